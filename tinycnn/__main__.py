@@ -1,0 +1,3 @@
+from tinycnn.cli import main
+
+raise SystemExit(main())

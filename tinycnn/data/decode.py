@@ -1,0 +1,153 @@
+"""Decode worker: JPEG bytes -> uint8 RGB rows written straight into the cache's .npy files.
+
+Workers write with ``os.pwrite`` at each image's final offset instead of returning pixels to the
+parent: nothing crosses a pipe but file names and small sums, and no process holds the 1.2 GB
+train array in memory (page-cache pages are not part of any process's RSS).
+
+JPEGs of the expected size go through simplejpeg (libjpeg-turbo with no Python-level marker
+parsing): 3.5x Pillow's rate on 64x64 images here, with byte-identical pixels (same library, same
+DCT and upsampling settings; checked on the real data). Anything else goes through Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from tinycnn.data.sources import Source
+
+try:
+    import simplejpeg
+except ImportError:  # optional accelerator: Pillow decodes everything without it
+    simplejpeg = None
+
+IMAGE_SIZE = 64
+
+
+@dataclass
+class Chunk:
+    """Work for one task: images of one split with their row index in that split's array."""
+
+    split: str
+    rows: list[int]
+    files: list[str]
+    data: list[bytes] | None = None  # filled by the parent for streaming sources (tar.gz)
+
+
+@dataclass
+class ChunkResult:
+    split: str
+    done: int = 0
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (row, message)
+    grayscale: list[int] = field(default_factory=list)
+    cmyk: list[int] = field(default_factory=list)
+    resized: list[int] = field(default_factory=list)
+    pixel_sum: np.ndarray | None = None  # (64, 64, 3) uint64: sum over the chunk's images
+    pixel_sq_sum: np.ndarray | None = None  # (64, 64, 3) uint64: sum of squared values
+
+
+class _Worker:
+    """Per-process state: the source (reopened in the worker) and open output files."""
+
+    def __init__(
+        self, source: Source, outputs: dict[str, tuple[str, int]], resize: bool, stats_split: str
+    ) -> None:
+        self.source = source
+        self.fds = {split: os.open(path, os.O_WRONLY) for split, (path, _) in outputs.items()}
+        self.offsets = {split: offset for split, (_, offset) in outputs.items()}
+        self.resize = resize
+        self.stats_split = stats_split
+
+    def run(self, chunk: Chunk) -> ChunkResult:
+        result = ChunkResult(chunk.split)
+        row_bytes = IMAGE_SIZE * IMAGE_SIZE * 3
+        stats = chunk.split == self.stats_split
+        batch = np.empty((len(chunk.rows), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        good = []
+        for k, (row, rel) in enumerate(zip(chunk.rows, chunk.files, strict=True)):
+            try:
+                raw = chunk.data[k] if chunk.data is not None else self.source.read(rel)
+                if not _decode_fast(raw, batch[k], row, result):
+                    batch[k] = np.asarray(self._decode(raw, row, result))
+            except Exception as exc:  # any decode failure is reported with the file's name
+                result.failures.append((row, f"{self.source.display(rel)}: {_reason(exc)}"))
+                continue
+            os.pwrite(
+                self.fds[chunk.split], batch[k].data, self.offsets[chunk.split] + row * row_bytes
+            )
+            good.append(k)
+        result.done = len(good)
+        if stats and good:
+            # Exact integer sums; uint32 holds 65,535 images of 255^2 per pixel, chunks are smaller.
+            kept = batch[good] if len(good) < len(batch) else batch
+            result.pixel_sum = kept.sum(axis=0, dtype=np.uint32).astype(np.uint64)
+            result.pixel_sq_sum = (
+                np.square(kept, dtype=np.uint16).sum(axis=0, dtype=np.uint32).astype(np.uint64)
+            )
+        return result
+
+    def _decode(self, raw: bytes, row: int, result: ChunkResult) -> Image.Image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+            image.load()  # decode now: a truncated file fails here, not later
+        if image.mode != "RGB":
+            if image.mode in ("L", "LA", "1", "I", "I;16", "F"):
+                result.grayscale.append(row)
+            elif image.mode == "CMYK":
+                result.cmyk.append(row)
+            image = image.convert("RGB")
+        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+            if not self.resize:
+                raise ValueError(
+                    f"image is {image.size[0]}x{image.size[1]}, not "
+                    f"{IMAGE_SIZE}x{IMAGE_SIZE} (pass --resize to resize such images)"
+                )
+            image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+            result.resized.append(row)
+        return image
+
+
+def _decode_fast(raw: bytes, out: np.ndarray, row: int, result: ChunkResult) -> bool:
+    """Decode a 64x64 colour or grayscale JPEG into ``out``; False means: use Pillow instead."""
+    if simplejpeg is None or raw[:2] != b"\xff\xd8":
+        return False
+    height, width, colorspace, _ = simplejpeg.decode_jpeg_header(raw)
+    if (height, width) != (IMAGE_SIZE, IMAGE_SIZE) or colorspace not in ("YCbCr", "RGB", "Gray"):
+        return False  # CMYK/YCCK and odd sizes take Pillow's path (conversion, resize, errors)
+    # strict: a truncated file is an error, as in Pillow, not grey filler.
+    simplejpeg.decode_jpeg(raw, colorspace="RGB", buffer=out, strict=True)
+    if colorspace == "Gray":
+        result.grayscale.append(row)
+    return True
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if "truncated" in text.lower():
+        return f"truncated image ({text})"
+    if isinstance(exc, (OSError, SyntaxError)) or "cannot identify" in text:
+        return f"corrupt or unreadable image ({text})"
+    return text
+
+
+_WORKER: _Worker | None = None
+
+
+def init_worker(
+    source: Source, outputs: dict[str, tuple[str, int]], resize: bool, stats_split: str
+) -> None:
+    """Process-pool initializer: one _Worker per process."""
+    global _WORKER
+    _WORKER = _Worker(source, outputs, resize, stats_split)
+
+
+def run_chunk(chunk: Chunk) -> ChunkResult:
+    """Process-pool task."""
+    assert _WORKER is not None, "init_worker was not called"
+    return _WORKER.run(chunk)

@@ -1,0 +1,352 @@
+"""``tinycnn prepare``: decode every image once, in parallel, into a cache folder (see cache.py).
+
+Safety: the cache is built in a hidden sibling folder and renamed into place only when complete,
+so an interrupted or failed prepare never leaves a folder that looks like a cache. Speed: worker
+processes decode and write rows at their final offsets; for a .tar.gz the parent streams the
+archive once to list it and once to feed the workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tinycnn import __version__
+from tinycnn.data.cache import FORMAT, MANIFEST, read_manifest, write_json_atomic
+from tinycnn.data.decode import IMAGE_SIZE, Chunk, ChunkResult, init_worker, run_chunk
+from tinycnn.data.sources import Source, open_source
+from tinycnn.data.tiny_imagenet import Layout, read_layout
+from tinycnn.errors import CacheError, DataError
+
+CHUNK_IMAGES = 256  # per task: big enough to amortise IPC, small enough to balance 2 workers
+
+
+@dataclass
+class PrepareResult:
+    path: Path
+    manifest: dict
+    rebuilt: bool  # False when the cache was already up to date
+    seconds: float
+
+
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    resize: bool = False,
+    skip_bad: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> PrepareResult:
+    """Build (or confirm up to date) the cache of a Tiny ImageNet folder, .zip or .tar.gz.
+
+    Args:
+        src: the dataset folder (holding wnids.txt) or an official-layout archive.
+        out: the cache folder to create or refresh.
+        workers: decode processes (default: one per CPU core).
+        resize: resize images that are not 64x64 instead of failing on them.
+        skip_bad: skip unreadable images (each is listed in the manifest) instead of failing.
+        force: rebuild even if the cache is up to date.
+    """
+    start = time.perf_counter()
+    out = Path(out).expanduser()
+    _check_out(out)
+    source = open_source(src)
+    options = {"resize": resize, "skip_bad": skip_bad, "image_size": IMAGE_SIZE}
+    fingerprint = source.fingerprint()
+    if not force:
+        current = _current_manifest(out, fingerprint, options)
+        if current is not None:
+            return PrepareResult(out, current, False, time.perf_counter() - start)
+    _remove_stale_builds(out)
+    layout = read_layout(source)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _build(
+            source, layout, tmp, workers or os.cpu_count() or 1, resize, skip_bad, progress
+        )
+        manifest.update(
+            format=FORMAT,
+            tinycnn_version=__version__,
+            source=fingerprint,
+            options=options,
+            created=datetime.now(timezone.utc).isoformat(),
+            seconds=round(time.perf_counter() - start, 3),
+        )
+        manifest["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        write_json_atomic(tmp / MANIFEST, manifest)  # last: its presence marks completeness
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PrepareResult(out, manifest, True, time.perf_counter() - start)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"{out}: exists and is a file; --out must be a folder for the cache")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise CacheError(
+            f"{out}: a non-empty folder that is not a tinycnn cache; choose a new or empty folder"
+        )
+
+
+def _current_manifest(out: Path, fingerprint: dict, options: dict) -> dict | None:
+    """The existing cache's manifest if it was built from this source with these options."""
+    if not (out / MANIFEST).is_file():
+        return None
+    try:
+        manifest = read_manifest(out)
+    except CacheError:
+        return None  # damaged or old format: rebuild
+
+    def identity(fp: dict) -> dict:
+        return {k: v for k, v in fp.items() if k != "path"}  # a moved source is the same data
+
+    if identity(manifest.get("source", {})) != identity(fingerprint):
+        return None
+    return manifest if manifest.get("options") == options else None
+
+
+def _remove_stale_builds(out: Path) -> None:
+    # Leftovers of a killed prepare: .NAME.tmp-PID-xxxx whose process is gone.
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    for old in out.parent.glob(f".{out.name}.old-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished build into place, replacing an older cache."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _build(
+    source: Source,
+    layout: Layout,
+    tmp: Path,
+    workers: int,
+    resize: bool,
+    skip_bad: bool,
+    progress: bool,
+) -> dict:
+    outputs = {}
+    for name, split in layout.splits.items():
+        outputs[name] = (str(tmp / f"{name}_images.npy"), _create_npy(tmp, name, len(split.files)))
+    totals = {name: ChunkResult(name) for name in layout.splits}
+    total = sum(len(s.files) for s in layout.splits.values())
+    bar = tqdm(total=total, unit="img", desc="prepare", disable=not progress, smoothing=0.1)
+    # fork: workers need no re-import of the caller's __main__ (which fails for notebooks and
+    # stdin scripts under spawn/forkserver) and start in milliseconds; they never touch torch.
+    context = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    )
+    with (
+        bar,
+        ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=init_worker,
+            initargs=(source, outputs, resize, "train"),
+        ) as pool,
+    ):
+        try:
+            _run_chunks(pool, _chunks(source, layout), workers, totals, skip_bad, bar)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    splits = {}
+    for name, split in layout.splits.items():
+        result = totals[name]
+        bad_rows = sorted(row for row, _ in result.failures)
+        _write_split(tmp, split, bad_rows)
+        if len(split.files) == len(bad_rows):
+            raise DataError(
+                f"{source.display(name)}: every image of the {name} split is unreadable"
+            )
+        splits[name] = {
+            "count": len(split.files) - len(bad_rows),
+            "grayscale": len(result.grayscale),
+            "cmyk": len(result.cmyk),
+            "resized": len(result.resized),
+            "labelled": split.labels is not None,
+            "boxes": split.boxes is not None,
+            "skipped": [
+                {"file": split.files[row], "reason": msg} for row, msg in sorted(result.failures)
+            ],
+        }
+    stats = _write_stats(tmp, totals["train"], splits["train"]["count"])
+    return {
+        "classes": layout.wnids,
+        "names": layout.names,
+        "image_size": IMAGE_SIZE,
+        "splits": splits,
+        "stats": stats,
+    }
+
+
+def _create_npy(tmp: Path, split: str, count: int) -> int:
+    """Create a sparse (N, 64, 64, 3) uint8 .npy; returns the byte offset of its first row."""
+    array = np.lib.format.open_memmap(
+        tmp / f"{split}_images.npy",
+        mode="w+",
+        dtype=np.uint8,
+        shape=(count, IMAGE_SIZE, IMAGE_SIZE, 3),
+    )
+    offset = array.offset
+    del array
+    return offset
+
+
+def _chunks(source: Source, layout: Layout):
+    """Tasks of CHUNK_IMAGES rows; bytes attached when the source can only be streamed."""
+    if source.random_access:
+        for name, split in layout.splits.items():
+            for lo in range(0, len(split.files), CHUNK_IMAGES):
+                rows = list(range(lo, min(lo + CHUNK_IMAGES, len(split.files))))
+                yield Chunk(name, rows, [split.files[r] for r in rows])
+        return
+    where = {
+        rel: (name, row)
+        for name, split in layout.splits.items()
+        for row, rel in enumerate(split.files)
+    }
+    pending = {name: Chunk(name, [], [], []) for name in layout.splits}
+    found = 0
+    for rel, data in source.stream(where):
+        found += 1
+        name, row = where[rel]
+        chunk = pending[name]
+        chunk.rows.append(row)
+        chunk.files.append(rel)
+        chunk.data.append(data)
+        if len(chunk.rows) == CHUNK_IMAGES:
+            yield chunk
+            pending[name] = Chunk(name, [], [], [])
+    for chunk in pending.values():
+        if chunk.rows:
+            yield chunk
+    if found < len(where):
+        raise DataError(
+            f"{source.path}: {len(where) - found} listed files were not found on the "
+            "second read of the archive (did it change during prepare?)"
+        )
+
+
+def _run_chunks(
+    pool: ProcessPoolExecutor,
+    chunks,
+    workers: int,
+    totals: dict[str, ChunkResult],
+    skip_bad: bool,
+    bar: tqdm,
+) -> None:
+    """Feed chunks with a bounded number in flight (memory stays flat for a streamed archive)."""
+    in_flight: set[Future] = set()
+    for chunk in chunks:
+        in_flight.add(pool.submit(run_chunk, chunk))
+        if len(in_flight) >= 3 * workers:
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            _collect(done, totals, skip_bad, bar)
+    while in_flight:
+        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+        _collect(done, totals, skip_bad, bar)
+
+
+def _collect(done: set[Future], totals: dict[str, ChunkResult], skip_bad: bool, bar: tqdm) -> None:
+    for future in done:
+        result = future.result()
+        if result.failures and not skip_bad:
+            first = min(result.failures)[1]
+            raise DataError(
+                f"{first} (use --skip-bad to skip unreadable images; each is listed "
+                "in the manifest)"
+            )
+        total = totals[result.split]
+        total.done += result.done
+        total.failures += result.failures
+        total.grayscale += result.grayscale
+        total.cmyk += result.cmyk
+        total.resized += result.resized
+        for field_name in ("pixel_sum", "pixel_sq_sum"):
+            value = getattr(result, field_name)
+            if value is not None:
+                current = getattr(total, field_name)
+                setattr(total, field_name, value if current is None else current + value)
+        bar.update(result.done + len(result.failures))
+
+
+def _write_split(tmp: Path, split, bad_rows: list[int]) -> None:
+    """Write labels, boxes and file list; drop skipped rows from the image array."""
+    keep = np.setdiff1d(np.arange(len(split.files)), bad_rows)
+    if bad_rows:
+        _compact_images(tmp / f"{split.name}_images.npy", keep)
+    if split.labels is not None:
+        np.save(tmp / f"{split.name}_labels.npy", split.labels[keep])
+    if split.boxes is not None:
+        np.save(tmp / f"{split.name}_boxes.npy", split.boxes[keep])
+    text = "".join(split.files[i] + "\n" for i in keep)
+    (tmp / f"{split.name}_files.txt").write_text(text, encoding="utf-8")
+
+
+def _compact_images(path: Path, keep: np.ndarray) -> None:
+    # Rare path (only with --skip-bad): copy the good rows into a new array, in slices.
+    source = np.load(path, mmap_mode="r")
+    packed_path = path.with_name("packed-" + path.name)
+    packed = np.lib.format.open_memmap(
+        packed_path, mode="w+", dtype=np.uint8, shape=(len(keep), *source.shape[1:])
+    )
+    for lo in range(0, len(keep), 4096):
+        packed[lo : lo + 4096] = source[keep[lo : lo + 4096]]
+    packed.flush()
+    del packed, source
+    packed_path.replace(path)
+
+
+def _write_stats(tmp: Path, train: ChunkResult, count: int) -> dict:
+    """Mean image and per-channel mean/std of the training images (0-255 scale)."""
+    if train.pixel_sum is None or count == 0:
+        raise DataError("no training image could be decoded")
+    mean_image = train.pixel_sum / count
+    np.save(tmp / "mean_image.npy", mean_image.astype(np.float32))
+    pixels = count * IMAGE_SIZE * IMAGE_SIZE
+    channel_mean = train.pixel_sum.sum(axis=(0, 1)) / pixels
+    channel_sq = train.pixel_sq_sum.sum(axis=(0, 1)) / pixels
+    channel_std = np.sqrt(np.maximum(channel_sq - channel_mean**2, 0.0))
+    return {
+        "scale": "0-255",
+        "channel_mean": [round(float(v), 4) for v in channel_mean],
+        "channel_std": [round(float(v), 4) for v in channel_std],
+    }

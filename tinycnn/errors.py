@@ -1,0 +1,23 @@
+"""The one error family of tinycnn: every message names the file, line or value at fault."""
+
+from __future__ import annotations
+
+
+class TinycnnError(Exception):
+    """Base of every error tinycnn raises on purpose; the CLI prints it without a traceback."""
+
+
+class DataError(TinycnnError):
+    """The dataset on disk is missing, malformed or unreadable."""
+
+
+class CacheError(TinycnnError):
+    """A prepared cache is missing, incomplete, or does not match what was asked for."""
+
+
+class DownloadError(TinycnnError):
+    """A download failed, or its size or checksum is wrong."""
+
+
+class ConfigError(TinycnnError):
+    """A configuration value is unknown, of the wrong type, or impossible."""

@@ -29,6 +29,7 @@ class Served:
     """How the server behaves, and what it saw (one (Range header, body bytes sent) per GET)."""
 
     url: str = ""
+    payload: bytes = PAYLOAD
     cut_first_after: int | None = None  # (a) close the first response early, after this many bytes
     ignore_range: bool = False  # (b) answer every request with 200 and the whole payload
     status: int | None = None  # (c) answer with this error status, e.g. 404
@@ -51,7 +52,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             served.requests.append((range_header, 0))
             self.send_error(served.status)
             return
-        body = bytearray(PAYLOAD)
+        body = bytearray(served.payload)
         if served.corrupt:
             body[len(body) // 2] ^= 0xFF
         start = 0
@@ -263,3 +264,38 @@ def test_file_url_works_offline(tmp_path: Path) -> None:
     Path(f"{dest}.part").write_bytes(b"junk")  # file:// ignores Range, so this must be replaced
     got = fetch.download(source.as_uri(), dest, sha256=SHA256, **FAST)
     assert got.size == len(PAYLOAD) and dest.read_bytes() == PAYLOAD
+
+
+def test_fetch_command_downloads_resumes_and_prepares(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tinycnn.cli import main
+    from tinycnn.data.cache import load_cache
+    from tinycnn.data.synthetic import make_synthetic
+
+    archive = make_synthetic(
+        tmp_path / "made",
+        classes=3,
+        train_per_class=5,
+        val_per_class=2,
+        test_count=3,
+        archive="zip",
+    )
+    served.payload = archive.read_bytes()
+    served.cut_first_after = len(served.payload) // 3  # the transfer breaks; fetch resumes
+    sha256 = hashlib.sha256(served.payload).hexdigest()
+    out = tmp_path / "data" / "cache"
+    rc = main(["fetch", "--url", served.url, "--out", str(out), "--sha256", sha256, "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert served.requests[1][0] == f"bytes={len(served.payload) // 3}-"
+    assert (tmp_path / "data" / "tiny.zip").read_bytes() == served.payload
+    assert load_cache(out).manifest["splits"]["train"]["count"] == 15
+    assert sha256 in capsys.readouterr().out
+    # A wrong checksum is a clear error and leaves no cache.
+    served.requests.clear()
+    bad = tmp_path / "bad"
+    rc = main(
+        ["fetch", "--url", served.url, "--out", str(bad / "cache"), "--sha256", "0" * 64, "-q"]
+    )
+    assert rc == 1 and "sha256" in capsys.readouterr().err
+    assert not (bad / "cache").exists() and not (bad / "tiny.zip").exists()

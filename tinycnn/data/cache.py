@@ -132,3 +132,36 @@ def write_json_atomic(path: Path, obj: object) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def summarize(manifest: dict, path: str | Path = "") -> str:
+    """A short human-readable summary of a manifest (what ``tinycnn info`` prints)."""
+    source = manifest.get("source", {})
+    classes = manifest["classes"]
+    more = ", ..." if len(classes) > 3 else ""
+    first = ", ".join(
+        f"{w} {n.split(',')[0]}" for w, n in zip(classes[:3], manifest["names"][:3], strict=True)
+    )
+    lines = [
+        f"cache    {path}  (format {manifest['format']}, {manifest.get('image_size', 64)}px, "
+        f"prepared {manifest.get('created', '?')[:19]} in {manifest.get('seconds', 0):.1f} s)",
+        f"source   {source.get('kind', '?')} {source.get('path', '?')}",
+        f"classes  {len(classes)} in wnids.txt order ({first}{more})",
+        f"{'split':<8} {'images':>8} {'grayscale':>10} {'cmyk':>5} {'resized':>8} {'skipped':>8}",
+    ]
+    for name in SPLITS:
+        s = manifest["splits"].get(name)
+        if s is not None:
+            lines.append(
+                f"{name:<8} {s['count']:>8} {s['grayscale']:>10} {s['cmyk']:>5} "
+                f"{s['resized']:>8} {len(s['skipped']):>8}"
+            )
+    stats = manifest.get("stats", {})
+    if stats:
+        mean = " ".join(f"{v:.1f}" for v in stats["channel_mean"])
+        std = " ".join(f"{v:.1f}" for v in stats["channel_std"])
+        lines.append(f"train RGB mean {mean}, std {std} (0-255 scale)")
+    for name in SPLITS:
+        for skipped in manifest["splits"].get(name, {}).get("skipped", []):
+            lines.append(f"skipped  {skipped['file']}: {skipped['reason']}")
+    return "\n".join(lines)

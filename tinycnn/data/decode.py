@@ -34,6 +34,8 @@ class Chunk:
     """Work for one task: images of one split with their row index in that split's array."""
 
     split: str
+    target: str  # the split's .npy file
+    offset: int  # byte offset of its first row
     rows: list[int]
     files: list[str]
     data: list[bytes] | None = None  # filled by the parent for streaming sources (tar.gz)
@@ -43,7 +45,7 @@ class Chunk:
 class ChunkResult:
     split: str
     done: int = 0
-    failures: list[tuple[int, str]] = field(default_factory=list)  # (row, message)
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (row, what went wrong)
     grayscale: list[int] = field(default_factory=list)
     cmyk: list[int] = field(default_factory=list)
     resized: list[int] = field(default_factory=list)
@@ -54,14 +56,16 @@ class ChunkResult:
 class _Worker:
     """Per-process state: the source (reopened in the worker) and open output files."""
 
-    def __init__(
-        self, source: Source, outputs: dict[str, tuple[str, int]], resize: bool, stats_split: str
-    ) -> None:
+    def __init__(self, source: Source, resize: bool, stats_split: str) -> None:
         self.source = source
-        self.fds = {split: os.open(path, os.O_WRONLY) for split, (path, _) in outputs.items()}
-        self.offsets = {split: offset for split, (_, offset) in outputs.items()}
+        self.fds: dict[str, int] = {}
         self.resize = resize
         self.stats_split = stats_split
+
+    def _fd(self, target: str) -> int:
+        if target not in self.fds:
+            self.fds[target] = os.open(target, os.O_WRONLY)
+        return self.fds[target]
 
     def run(self, chunk: Chunk) -> ChunkResult:
         result = ChunkResult(chunk.split)
@@ -75,11 +79,9 @@ class _Worker:
                 if not _decode_fast(raw, batch[k], row, result):
                     batch[k] = np.asarray(self._decode(raw, row, result))
             except Exception as exc:  # any decode failure is reported with the file's name
-                result.failures.append((row, f"{self.source.display(rel)}: {_reason(exc)}"))
+                result.failures.append((row, _reason(exc)))
                 continue
-            os.pwrite(
-                self.fds[chunk.split], batch[k].data, self.offsets[chunk.split] + row * row_bytes
-            )
+            os.pwrite(self._fd(chunk.target), batch[k].data, chunk.offset + row * row_bytes)
             good.append(k)
         result.done = len(good)
         if stats and good:
@@ -104,7 +106,7 @@ class _Worker:
             image = image.convert("RGB")
         if image.size != (IMAGE_SIZE, IMAGE_SIZE):
             if not self.resize:
-                raise ValueError(
+                raise WrongSizeError(
                     f"image is {image.size[0]}x{image.size[1]}, not "
                     f"{IMAGE_SIZE}x{IMAGE_SIZE} (pass --resize to resize such images)"
                 )
@@ -127,24 +129,28 @@ def _decode_fast(raw: bytes, out: np.ndarray, row: int, result: ChunkResult) -> 
     return True
 
 
+class WrongSizeError(Exception):
+    """An image that is not 64x64 while resizing is off."""
+
+
 def _reason(exc: Exception) -> str:
+    """What went wrong with one image, in words: truncated, corrupt, or the size message."""
     text = str(exc) or type(exc).__name__
-    if "truncated" in text.lower():
+    if isinstance(exc, WrongSizeError):
+        return text
+    lowered = text.lower()
+    if "truncated" in lowered or "premature end" in lowered:  # Pillow's / libjpeg's wording
         return f"truncated image ({text})"
-    if isinstance(exc, (OSError, SyntaxError)) or "cannot identify" in text:
-        return f"corrupt or unreadable image ({text})"
-    return text
+    return f"corrupt or unreadable image ({text})"
 
 
 _WORKER: _Worker | None = None
 
 
-def init_worker(
-    source: Source, outputs: dict[str, tuple[str, int]], resize: bool, stats_split: str
-) -> None:
+def init_worker(source: Source, resize: bool, stats_split: str) -> None:
     """Process-pool initializer: one _Worker per process."""
     global _WORKER
-    _WORKER = _Worker(source, outputs, resize, stats_split)
+    _WORKER = _Worker(source, resize, stats_split)
 
 
 def run_chunk(chunk: Chunk) -> ChunkResult:

@@ -13,7 +13,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,13 +72,14 @@ def prepare(
         if current is not None:
             return PrepareResult(out, current, False, time.perf_counter() - start)
     _remove_stale_builds(out)
-    layout = read_layout(source)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        manifest = _build(
-            source, layout, tmp, workers or os.cpu_count() or 1, resize, skip_bad, progress
-        )
+        # The pool starts before the source is read: forked workers then share none of the
+        # parent's memory (a .tar.gz's kept bytes), and start while the layout is checked.
+        with _decode_pool(source, workers or os.cpu_count() or 1, resize) as pool:
+            layout = read_layout(source)
+            manifest = _build(pool, source, layout, tmp, skip_bad, progress)
         manifest.update(
             format=FORMAT,
             tinycnn_version=__version__,
@@ -153,40 +156,50 @@ def _swap_in(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def _build(
-    source: Source,
-    layout: Layout,
-    tmp: Path,
-    workers: int,
-    resize: bool,
-    skip_bad: bool,
-    progress: bool,
-) -> dict:
-    outputs = {}
-    for name, split in layout.splits.items():
-        outputs[name] = (str(tmp / f"{name}_images.npy"), _create_npy(tmp, name, len(split.files)))
-    totals = {name: ChunkResult(name) for name in layout.splits}
-    total = sum(len(s.files) for s in layout.splits.values())
-    bar = tqdm(total=total, unit="img", desc="prepare", disable=not progress, smoothing=0.1)
+@contextmanager
+def _decode_pool(source: Source, workers: int, resize: bool) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes, started now; pending work is cancelled if the caller fails."""
     # fork: workers need no re-import of the caller's __main__ (which fails for notebooks and
     # stdin scripts under spawn/forkserver) and start in milliseconds; they never touch torch.
     context = multiprocessing.get_context(
         "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     )
-    with (
-        bar,
-        ProcessPoolExecutor(
-            workers,
-            mp_context=context,
-            initializer=init_worker,
-            initargs=(source, outputs, resize, "train"),
-        ) as pool,
-    ):
-        try:
-            _run_chunks(pool, _chunks(source, layout), workers, totals, skip_bad, bar)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=init_worker, initargs=(source, resize, "train")
+    )
+    try:
+        for _ in range(workers):
+            pool.submit(int)  # start every worker now, before the parent grows
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _build(
+    pool: ProcessPoolExecutor,
+    source: Source,
+    layout: Layout,
+    tmp: Path,
+    skip_bad: bool,
+    progress: bool,
+) -> dict:
+    targets = {
+        name: (str(tmp / f"{name}_images.npy"), _create_npy(tmp, name, len(split.files)))
+        for name, split in layout.splits.items()
+    }
+    totals = {name: ChunkResult(name) for name in layout.splits}
+    total = sum(len(s.files) for s in layout.splits.values())
+
+    def fail_on_bad(result: ChunkResult) -> None:
+        if result.failures and not skip_bad:
+            row, why = min(result.failures)
+            raise DataError(
+                f"{source.display(layout.splits[result.split].files[row])}: {why} (use "
+                "--skip-bad to skip unreadable images; each is listed in the manifest)"
+            )
+
+    with tqdm(total=total, unit="img", desc="prepare", disable=not progress) as bar:
+        _run_chunks(pool, _chunks(source, layout, targets), totals, fail_on_bad, bar)
     splits = {}
     for name, split in layout.splits.items():
         result = totals[name]
@@ -204,7 +217,7 @@ def _build(
             "labelled": split.labels is not None,
             "boxes": split.boxes is not None,
             "skipped": [
-                {"file": split.files[row], "reason": msg} for row, msg in sorted(result.failures)
+                {"file": split.files[row], "reason": why} for row, why in sorted(result.failures)
             ],
         }
     stats = _write_stats(tmp, totals["train"], splits["train"]["count"])
@@ -230,20 +243,26 @@ def _create_npy(tmp: Path, split: str, count: int) -> int:
     return offset
 
 
-def _chunks(source: Source, layout: Layout):
+def _chunks(source: Source, layout: Layout, targets: dict[str, tuple[str, int]]):
     """Tasks of CHUNK_IMAGES rows; bytes attached when the source can only be streamed."""
+
+    def empty(name: str, streamed: bool) -> Chunk:
+        return Chunk(name, *targets[name], rows=[], files=[], data=[] if streamed else None)
+
     if source.random_access:
         for name, split in layout.splits.items():
             for lo in range(0, len(split.files), CHUNK_IMAGES):
-                rows = list(range(lo, min(lo + CHUNK_IMAGES, len(split.files))))
-                yield Chunk(name, rows, [split.files[r] for r in rows])
+                chunk = empty(name, streamed=False)
+                chunk.rows = list(range(lo, min(lo + CHUNK_IMAGES, len(split.files))))
+                chunk.files = split.files[lo : lo + CHUNK_IMAGES]
+                yield chunk
         return
     where = {
         rel: (name, row)
         for name, split in layout.splits.items()
         for row, rel in enumerate(split.files)
     }
-    pending = {name: Chunk(name, [], [], []) for name in layout.splits}
+    pending = {name: empty(name, streamed=True) for name in layout.splits}
     found = 0
     for rel, data in source.stream(where):
         found += 1
@@ -254,10 +273,8 @@ def _chunks(source: Source, layout: Layout):
         chunk.data.append(data)
         if len(chunk.rows) == CHUNK_IMAGES:
             yield chunk
-            pending[name] = Chunk(name, [], [], [])
-    for chunk in pending.values():
-        if chunk.rows:
-            yield chunk
+            pending[name] = empty(name, streamed=True)
+    yield from (chunk for chunk in pending.values() if chunk.rows)
     if found < len(where):
         raise DataError(
             f"{source.path}: {len(where) - found} listed files were not found on the "
@@ -268,44 +285,42 @@ def _chunks(source: Source, layout: Layout):
 def _run_chunks(
     pool: ProcessPoolExecutor,
     chunks,
-    workers: int,
     totals: dict[str, ChunkResult],
-    skip_bad: bool,
+    fail_on_bad: Callable[[ChunkResult], None],
     bar: tqdm,
 ) -> None:
     """Feed chunks with a bounded number in flight (memory stays flat for a streamed archive)."""
     in_flight: set[Future] = set()
+    limit = 3 * pool._max_workers
+
+    def collect(block_until: str) -> None:
+        nonlocal in_flight
+        done, in_flight = wait(in_flight, return_when=block_until)
+        for future in done:
+            result = future.result()
+            fail_on_bad(result)
+            _merge(totals[result.split], result)
+            bar.update(result.done + len(result.failures))
+
     for chunk in chunks:
         in_flight.add(pool.submit(run_chunk, chunk))
-        if len(in_flight) >= 3 * workers:
-            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            _collect(done, totals, skip_bad, bar)
+        if len(in_flight) >= limit:
+            collect(FIRST_COMPLETED)
     while in_flight:
-        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-        _collect(done, totals, skip_bad, bar)
+        collect(FIRST_COMPLETED)
 
 
-def _collect(done: set[Future], totals: dict[str, ChunkResult], skip_bad: bool, bar: tqdm) -> None:
-    for future in done:
-        result = future.result()
-        if result.failures and not skip_bad:
-            first = min(result.failures)[1]
-            raise DataError(
-                f"{first} (use --skip-bad to skip unreadable images; each is listed "
-                "in the manifest)"
-            )
-        total = totals[result.split]
-        total.done += result.done
-        total.failures += result.failures
-        total.grayscale += result.grayscale
-        total.cmyk += result.cmyk
-        total.resized += result.resized
-        for field_name in ("pixel_sum", "pixel_sq_sum"):
-            value = getattr(result, field_name)
-            if value is not None:
-                current = getattr(total, field_name)
-                setattr(total, field_name, value if current is None else current + value)
-        bar.update(result.done + len(result.failures))
+def _merge(total: ChunkResult, result: ChunkResult) -> None:
+    total.done += result.done
+    total.failures += result.failures
+    total.grayscale += result.grayscale
+    total.cmyk += result.cmyk
+    total.resized += result.resized
+    for field_name in ("pixel_sum", "pixel_sq_sum"):
+        value = getattr(result, field_name)
+        if value is not None:
+            current = getattr(total, field_name)
+            setattr(total, field_name, value if current is None else current + value)
 
 
 def _write_split(tmp: Path, split, bad_rows: list[int]) -> None:

@@ -105,6 +105,7 @@ class ZipSource(Source):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self._zip: zipfile.ZipFile | None = None
+        self._pid = os.getpid()
         try:
             all_names = [i.filename for i in self._open().infolist() if not i.is_dir()]
         except (zipfile.BadZipFile, OSError) as exc:
@@ -114,8 +115,10 @@ class ZipSource(Source):
         self._names = [n[cut:] for n in all_names if n.startswith(self.root)]
 
     def _open(self) -> zipfile.ZipFile:
-        if self._zip is None:
+        # One handle per process: a forked worker must not share the parent's file offset.
+        if self._zip is None or self._pid != os.getpid():
             self._zip = zipfile.ZipFile(self.path)
+            self._pid = os.getpid()
         return self._zip
 
     def names(self) -> list[str]:

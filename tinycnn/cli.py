@@ -1,0 +1,153 @@
+"""The ``tinycnn`` command: argparse subcommands, each a thin call into the library.
+
+Errors raised on purpose (TinycnnError) print as one line without a traceback and exit 1;
+Ctrl-C and SIGTERM exit 130/143 after the library has cleaned up (no half-written output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from tinycnn import __version__
+from tinycnn.errors import TinycnnError
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from tinycnn.data.cache import summarize
+    from tinycnn.data.prepare import prepare
+
+    result = prepare(
+        args.src,
+        args.out,
+        workers=args.workers,
+        resize=args.resize,
+        skip_bad=args.skip_bad,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    if result.rebuilt:
+        images = sum(s["count"] for s in result.manifest["splits"].values())
+        print(
+            f"prepared {images} images in {result.seconds:.1f} s "
+            f"({images / max(result.seconds, 1e-9):,.0f} images/s)"
+        )
+    else:
+        print(f"{result.path}: up to date with {args.src} (nothing to do; --force rebuilds)")
+    if not args.quiet:
+        print(summarize(result.manifest, result.path))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from tinycnn.data.cache import read_manifest, summarize
+
+    manifest = read_manifest(Path(args.cache))
+    print(json.dumps(manifest, indent=1) if args.json else summarize(manifest, args.cache))
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from tinycnn.data.cache import summarize
+    from tinycnn.data.fetch import download
+    from tinycnn.data.prepare import prepare
+
+    out = Path(args.out)
+    archive = (
+        Path(args.archive)
+        if args.archive
+        else out.parent / (args.url.rstrip("/").rsplit("/", 1)[-1] or "download.zip")
+    )
+    got = download(
+        args.url, archive, sha256=args.sha256, md5=args.md5, size=args.size, progress=not args.quiet
+    )
+    print(f"{got.path}: {got.size:,} bytes, sha256 {got.sha256}")
+    result = prepare(got.path, out, workers=args.workers, progress=not args.quiet)
+    if not args.quiet:
+        print(summarize(result.manifest, result.path))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tinycnn.demo import run_demo
+
+    print(run_demo(args.out, seed=args.seed, progress=not args.quiet))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinycnn",
+        description=("Train, ensemble and analyse CNN classifiers on Tiny ImageNet."),
+    )
+    parser.add_argument("--version", action="version", version=f"tinycnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="decode a dataset once into a memory-mapped cache")
+    p.add_argument("src", help="Tiny ImageNet folder, .zip or .tar.gz (official layout)")
+    p.add_argument("--out", required=True, help="cache folder to create or refresh")
+    p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores)")
+    p.add_argument("--resize", action="store_true", help="resize images that are not 64x64")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable images (each is listed in the manifest)",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("info", help="summarise a prepared cache")
+    p.add_argument("cache", help="cache folder")
+    p.add_argument("--json", action="store_true", help="print the raw manifest")
+    p.set_defaults(func=_cmd_info)
+
+    from tinycnn.data.fetch import OFFICIAL_URL
+
+    p = sub.add_parser("fetch", help="download the official zip (resumable, verified), prepare it")
+    p.add_argument("--url", default=OFFICIAL_URL, help=f"archive URL (default {OFFICIAL_URL})")
+    p.add_argument("--out", required=True, help="cache folder to create")
+    p.add_argument("--archive", help="where to keep the download (default: beside --out)")
+    p.add_argument("--sha256", help="expected sha256 of the archive")
+    p.add_argument("--md5", help="expected md5 (the official zip's is checked by default)")
+    p.add_argument("--size", type=int, help="expected size in bytes")
+    p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("demo", help="the whole job on generated demo data")
+    p.add_argument("--out", default="tinycnn-demo", help="output folder (default ./tinycnn-demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _raise_interrupt(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tinycnn`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so cleanup code (temporary folders, checkpoints) runs.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return args.func(args)
+    except TinycnnError as exc:
+        print(f"tinycnn: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `tinycnn info --json | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt as exc:
+        print(
+            f"tinycnn: interrupted ({exc or 'Ctrl-C'}); nothing half-written was kept",
+            file=sys.stderr,
+        )
+        return 143 if "signal" in str(exc) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,396 @@
+"""Tests of the model registry, the paper's CNN family and weight initialisation."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinycnn.errors import ConfigError
+from tinycnn.models import (
+    ModelInfo,
+    PaperCNN,
+    create_model,
+    init_weights,
+    list_models,
+    register_model,
+    registry,
+)
+
+MODEL_NAMES = [info.name for info in list_models()]
+BATCH = 2
+PAPER8_PARAMS = 3_343_720
+# A tiny paper-family network for the option tests: 16x16 input, two pools -> 4x4.
+SMALL = {"conv_channels": [4, 8], "pool_after": [0, 1], "fc_widths": [16], "input_size": 16}
+
+
+def _images(size: int = 56, batch: int = BATCH, seed: int = 0) -> torch.Tensor:
+    """(batch, 3, size, size) float32 standard normal images, the same for a given seed."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=generator)
+
+
+def _layers(model: nn.Module, kind: type[nn.Module]) -> list[nn.Module]:
+    return [module for module in model.modules() if isinstance(module, kind)]
+
+
+def _forward_order(model: nn.Module, images: torch.Tensor) -> list[str]:
+    """Type names of the leaf modules in the order the forward pass calls them."""
+    order: list[str] = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: order.append(type(m).__name__)) for m in leaves
+    ]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order
+
+
+# --- every registered model -------------------------------------------------------------------
+
+
+def test_registry_lists_the_paper_family() -> None:
+    assert {"paper8", "cnn5", "shallow"} <= set(MODEL_NAMES)
+    assert sorted(MODEL_NAMES) == MODEL_NAMES
+    for info in list_models():
+        assert isinstance(info, ModelInfo)
+        assert info.description and info.default_input == 56 and info.params > 0
+
+
+@pytest.mark.parametrize("num_classes", [200, 10])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_shape(name: str, num_classes: int) -> None:
+    model = create_model(name, num_classes=num_classes).eval()
+    with torch.no_grad():
+        logits = model(_images())
+    assert logits.shape == (BATCH, num_classes)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_backward_gives_finite_grads(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    loss = F.cross_entropy(model(_images()), torch.tensor([3, 199]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, param_name
+        assert torch.isfinite(param.grad).all(), param_name
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_eval_is_deterministic_and_channels_last_agrees(name: str) -> None:
+    model = create_model(name).eval()
+    images = _images()
+    with torch.no_grad():
+        first, second = model(images), model(images)
+        model = model.to(memory_format=torch.channels_last)
+        last = model(images.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(first, second)
+    torch.testing.assert_close(last, first, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_bf16_autocast_forward(name: str) -> None:
+    model = create_model(name).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(_images(batch=1))
+    assert logits.shape == (1, 200) and logits.dtype == torch.bfloat16
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_listed_params_match_the_built_model(name: str) -> None:
+    (info,) = [info for info in list_models() if info.name == name]
+    assert info.params == sum(p.numel() for p in create_model(name).parameters())
+
+
+@pytest.mark.parametrize("options", [{}, {"num_classes": 10, "activation": "prelu"}])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_stamped_options_rebuild_the_model(name: str, options: dict[str, Any]) -> None:
+    model = create_model(name, **options)
+    assert model.tinycnn_name == name
+    stamped = json.loads(json.dumps(model.tinycnn_options))  # a checkpoint's round trip
+    assert stamped == model.tinycnn_options and stamped["num_classes"] == options.get(
+        "num_classes", 200
+    )
+    rebuilt = create_model(model.tinycnn_name, **stamped)
+    shapes = {key: value.shape for key, value in model.state_dict().items()}
+    assert {key: value.shape for key, value in rebuilt.state_dict().items()} == shapes
+    assert rebuilt.tinycnn_options == stamped
+
+
+# --- paper8: the paper's final model ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def paper8() -> PaperCNN:
+    return create_model("paper8").eval()
+
+
+def test_paper8_parameter_count(paper8: PaperCNN) -> None:
+    assert sum(p.numel() for p in paper8.parameters()) == PAPER8_PARAMS
+    (info,) = [info for info in list_models() if info.name == "paper8"]
+    assert info.params == PAPER8_PARAMS
+
+
+def test_paper8_layer_order(paper8: PaperCNN) -> None:
+    conv_relu = ["Conv2d", "ReLU"]
+    fc_relu_drop = ["Linear", "ReLU", "Dropout"]
+    expected = (
+        conv_relu * 2 + ["MaxPool2d"] + conv_relu * 2 + ["MaxPool2d"] + conv_relu + ["MaxPool2d"]
+    )
+    expected += ["Flatten", *fc_relu_drop, *fc_relu_drop, "Linear"]
+    assert _forward_order(paper8, _images(batch=1)) == expected
+
+
+def test_paper8_pools_halve_to_7x7_and_feed_6272_inputs(paper8: PaperCNN) -> None:
+    pools = _layers(paper8, nn.MaxPool2d)
+    assert [(pool.kernel_size, pool.stride) for pool in pools] == [(2, 2)] * 3
+    convs = _layers(paper8, nn.Conv2d)
+    assert all(
+        c.kernel_size == (3, 3) and c.stride == (1, 1) and c.padding == (1, 1) for c in convs
+    )
+    assert [c.out_channels for c in convs] == [128] * 5
+    linears = _layers(paper8, nn.Linear)
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [
+        (6272, 400),
+        (400, 400),
+        (400, 200),
+    ]
+    with torch.no_grad():
+        images = _images(batch=1)
+        assert paper8.forward_features(images).shape == (1, 128, 7, 7)
+        codes = paper8.forward_head(paper8.forward_features(images), pre_logits=True)
+    assert codes.shape == (1, 400) == (1, paper8.num_features)
+    assert [d.p for d in _layers(paper8, nn.Dropout)] == [0.5, 0.5]
+
+
+def test_paper8_input_size_64_widens_the_first_fc() -> None:
+    model = create_model("paper8", input_size=64).eval()
+    assert _layers(model, nn.Linear)[0].in_features == 128 * 8 * 8
+    with torch.no_grad():
+        assert model(_images(size=64, batch=1)).shape == (1, 200)
+
+
+def test_wrong_image_size_is_a_clear_error(paper8: PaperCNN) -> None:
+    with pytest.raises(ConfigError, match=r"image size \(64, 64\) does not match input_size 56"):
+        paper8(_images(size=64, batch=1))
+
+
+# --- options --------------------------------------------------------------------------------------
+
+
+def test_prelu_learns_a_slope_per_channel() -> None:
+    model = create_model("paper8", activation="prelu", **SMALL)
+    assert not _layers(model, nn.ReLU)
+    assert [p.weight.numel() for p in _layers(model, nn.PReLU)] == [4, 8, 16]
+    assert model(_images(size=16)).shape == (BATCH, 200)
+
+
+def test_batch_norm_adds_bn_before_each_activation() -> None:
+    model = create_model("paper8", batch_norm=True, **SMALL).train()
+    assert [bn.num_features for bn in _layers(model, nn.BatchNorm2d)] == [4, 8]
+    assert [bn.num_features for bn in _layers(model, nn.BatchNorm1d)] == [16]
+    order = _forward_order(model, _images(size=16))
+    assert order[:4] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert order[-5:] == ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    # BN's shift replaces the biases of the layers it follows; the output layer keeps its own.
+    assert all(layer.bias is None for layer in _layers(model, nn.Conv2d))
+    assert [fc.bias is None for fc in _layers(model, nn.Linear)] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "options", [{"batch_norm": True}, {"activation": "prelu"}, {"batch_norm": True, "dropout": 0}]
+)
+def test_variants_train_under_bf16_autocast_and_channels_last(options: dict[str, Any]) -> None:
+    model = create_model("paper8", **SMALL, **options).train()
+    model = model.to(memory_format=torch.channels_last)
+    images = _images(size=16).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(images), torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("options", "convs", "fcs"),
+    [
+        ({}, [4, 8], [(8 * 4 * 4, 16), (16, 200)]),
+        ({"conv_channels": [6, 10]}, [6, 10], [(10 * 4 * 4, 16), (16, 200)]),
+        ({"fc_widths": [32, 24, 12]}, [4, 8], [(128, 32), (32, 24), (24, 12), (12, 200)]),
+        ({"fc_widths": []}, [4, 8], [(128, 200)]),
+        ({"pool_after": [1]}, [4, 8], [(8 * 8 * 8, 16), (16, 200)]),
+        ({"input_size": 32}, [4, 8], [(8 * 8 * 8, 16), (16, 200)]),
+    ],
+)
+def test_options_shape_the_network(
+    options: dict[str, Any], convs: list[int], fcs: list[tuple[int, int]]
+) -> None:
+    model = create_model("paper8", **{**SMALL, **options}).eval()
+    assert [c.out_channels for c in _layers(model, nn.Conv2d)] == convs
+    assert [(fc.in_features, fc.out_features) for fc in _layers(model, nn.Linear)] == fcs
+    with torch.no_grad():
+        assert model(_images(size=model.input_size)).shape == (BATCH, 200)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.7])
+def test_dropout_reaches_the_fc_layers_only(p: float) -> None:
+    model = create_model("paper8", dropout=p, **{**SMALL, "fc_widths": [16, 16]})
+    assert [d.p for d in _layers(model, nn.Dropout)] == [p, p]
+    assert not any(isinstance(module, nn.Dropout) for module in model.features)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("nope", {}, r"unknown model 'nope'; known models: .*paper8"),
+        ("paper8", {"dropuot": 0.5}, r"no option 'dropuot' \(did you mean 'dropout'\?\).*fc_w"),
+        ("paper8", {"input_size": 4}, r"input_size 4 is too small: 3 max-pools"),
+        ("paper8", {"input_size": 60}, r"input_size 60 must be divisible by 8"),
+        ("paper8", {"input_size": 0}, r"input_size 0 must be a positive integer"),
+        ("paper8", {"dropout": -0.1}, r"dropout -0.1 must be a probability"),
+        ("paper8", {"dropout": 1.0}, r"dropout 1.0 must be a probability"),
+        ("paper8", {"activation": "tanh"}, r"activation 'tanh' is not one of relu, prelu"),
+        ("paper8", {"conv_channels": []}, r"conv_channels \[\] must not be empty"),
+        ("paper8", {"conv_channels": [128, 0]}, r"conv_channels \[128, 0\] .* not 0"),
+        ("paper8", {"conv_channels": 128}, r"conv_channels 128 must be a list"),
+        ("paper8", {"fc_widths": [400, -1]}, r"fc_widths \[400, -1\]"),
+        ("paper8", {"pool_after": [1, 5]}, r"pool_after index 5 is not a conv layer index 0..4"),
+        ("paper8", {"pool_after": [1, 1]}, r"pool_after \[1, 1\] repeats an index"),
+        ("paper8", {"batch_norm": "yes"}, r"batch_norm 'yes' must be true or false"),
+        ("paper8", {"num_classes": 0}, r"num_classes 0 must be a positive integer"),
+        ("paper8", {"conv_channels": {1, 2}}, r"options must be JSON values"),
+    ],
+)
+def test_bad_options_raise_config_error(name: str, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_model(name, **options)
+
+
+# --- the registry itself ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """An empty registry for this test only, so test models never leak into list_models()."""
+    scratch: dict[str, Any] = {}
+    monkeypatch.setattr(registry, "_REGISTRY", scratch)
+    return scratch
+
+
+def test_register_model_and_its_errors(scratch_registry: dict[str, Any]) -> None:
+    @register_model("tiny", default_input=8, description="a linear probe")
+    def tiny(num_classes: int = 200, *, width: int = 4, scale: float = 1.0) -> nn.Module:
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(3 * 8 * 8, width), nn.Linear(width, num_classes)
+        )
+
+    assert tiny(num_classes=5, width=2)[2].out_features == 5  # the decorator returns the factory
+    assert list_models() == [ModelInfo("tiny", "a linear probe", 8, 192 * 4 + 4 + 4 * 200 + 200)]
+    model = create_model("tiny", width=4, scale=(2, 3))
+    assert model.tinycnn_options == {"num_classes": 200, "width": 4, "scale": [2, 3]}
+    assert create_model("tiny").tinycnn_options == {"num_classes": 200, "width": 4, "scale": 1.0}
+    with pytest.raises(ConfigError, match=r"no option 'layers'; its options: scale, width$"):
+        create_model("tiny", width=4, layers=3)
+    with pytest.raises(ConfigError, match=r"model name 'tiny' is already registered"):
+        register_model("tiny")(tiny)
+    with pytest.raises(ConfigError, match=r"factory 'no_classes' of model 'x' must accept"):
+
+        @register_model("x")
+        def no_classes(width: int = 3) -> nn.Module:
+            return nn.Identity()
+
+    with pytest.raises(ConfigError, match=r"option 'width' of model 'y' needs a default value"):
+
+        @register_model("y")
+        def no_default(num_classes: int = 200, *, width: int) -> nn.Module:
+            return nn.Identity()
+
+
+def test_factories_with_free_options_keep_them(scratch_registry: dict[str, Any]) -> None:
+    @register_model("free")
+    def free(num_classes: int = 200, **options: Any) -> nn.Module:
+        return nn.Linear(4, num_classes)
+
+    assert create_model("free", num_classes=3, depth=2).tinycnn_options == {
+        "num_classes": 3,
+        "depth": 2,
+    }
+
+
+# --- initialisation ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cnn5_bn() -> nn.Module:
+    """cnn5 with batch norm on; its first fc holds 1568*400 weights, enough for tight stats."""
+    torch.manual_seed(0)
+    model = create_model("cnn5", batch_norm=True, fc_widths=[400])
+    for bn in _layers(model, nn.BatchNorm2d) + _layers(model, nn.BatchNorm1d):
+        # Away from 1 and 0, so that a reset shows.
+        nn.init.uniform_(bn.weight, 2.0, 3.0)
+        nn.init.uniform_(bn.bias, 2.0, 3.0)
+    return model
+
+
+def _fans(layer: nn.Module) -> tuple[int, int]:
+    """Fan in and fan out as the paper counts them: a conv's n_in = in_ch * k * k."""
+    receptive = math.prod(layer.weight.shape[2:])
+    return layer.weight.shape[1] * receptive, layer.weight.shape[0] * receptive
+
+
+def _weighted(model: nn.Module) -> list[nn.Module]:
+    return _layers(model, nn.Conv2d) + _layers(model, nn.Linear)
+
+
+def _check_biases_and_bn(model: nn.Module) -> None:
+    assert all(layer.bias is None or not layer.bias.any() for layer in _weighted(model))
+    for bn in _layers(model, nn.BatchNorm2d) + _layers(model, nn.BatchNorm1d):
+        assert (bn.weight == 1).all() and (bn.bias == 0).all()
+
+
+def test_gaussian_init_has_std_0_01(cnn5_bn: nn.Module) -> None:
+    assert init_weights(cnn5_bn, "gaussian") is cnn5_bn
+    big = _layers(cnn5_bn, nn.Linear)[0].weight
+    assert big.numel() == 1568 * 400
+    assert abs(big.std().item() - 0.01) < 0.01 * 0.01 and abs(big.mean().item()) < 1e-4
+    assert all(layer.weight.std().item() < 0.02 for layer in _weighted(cnn5_bn))
+    _check_biases_and_bn(cnn5_bn)
+
+
+def test_xavier_init_respects_the_normalised_bound(cnn5_bn: nn.Module) -> None:
+    init_weights(cnn5_bn, "xavier")
+    for layer in _weighted(cnn5_bn):
+        fan_in, fan_out = _fans(layer)
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert layer.weight.abs().max().item() <= bound
+    big = _layers(cnn5_bn, nn.Linear)[0].weight
+    bound = math.sqrt(6 / (1568 + 400))
+    assert abs(big.std().item() - bound / math.sqrt(3)) < 0.01 * bound / math.sqrt(3)
+    _check_biases_and_bn(cnn5_bn)
+
+
+def test_kaiming_init_uses_fan_out_for_convs_and_fan_in_for_fcs(cnn5_bn: nn.Module) -> None:
+    init_weights(cnn5_bn, "kaiming")
+    conv = _layers(cnn5_bn, nn.Conv2d)[1].weight  # 32*32*9 weights
+    assert abs(conv.std().item() - math.sqrt(2 / (32 * 9))) < 0.05 * math.sqrt(2 / (32 * 9))
+    big = _layers(cnn5_bn, nn.Linear)[0].weight
+    assert abs(big.std().item() - math.sqrt(2 / 1568)) < 0.01 * math.sqrt(2 / 1568)
+    _check_biases_and_bn(cnn5_bn)
+
+
+def test_unknown_init_scheme_is_an_error(cnn5_bn: nn.Module) -> None:
+    with pytest.raises(ConfigError, match=r"init scheme 'he' is not one of gaussian, xavier"):
+        init_weights(cnn5_bn, "he")

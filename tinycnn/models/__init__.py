@@ -1,0 +1,20 @@
+"""Models by name: ``create_model("paper8")``; ``list_models()`` shows what is registered.
+
+Importing this package registers every family (one module each).
+"""
+
+from __future__ import annotations
+
+from tinycnn.models import paper as _paper  # noqa: F401  (registers the paper's models)
+from tinycnn.models.init import init_weights
+from tinycnn.models.paper import PaperCNN
+from tinycnn.models.registry import ModelInfo, create_model, list_models, register_model
+
+__all__ = [
+    "ModelInfo",
+    "PaperCNN",
+    "create_model",
+    "init_weights",
+    "list_models",
+    "register_model",
+]

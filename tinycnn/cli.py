@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tinycnn import __version__
-from tinycnn.errors import TinycnnError
+from tinycnn.errors import ConfigError, TinycnnError
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -71,6 +71,60 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tinycnn.config import load_config
+    from tinycnn.train import checkpoint_config, train
+
+    if args.resume:
+        if args.config or args.set or args.init_from:
+            raise ConfigError(
+                "--resume continues a run with its own config.toml; it takes no "
+                "--config, --set or --init-from"
+            )
+        result = train(None, args.resume, resume=True, progress=not args.quiet)
+    else:
+        if not args.out:
+            raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
+        overrides = list(args.set)
+        if args.data:
+            overrides.insert(0, f"data.cache={json.dumps(args.data)}")
+        if args.config or not args.init_from:
+            cfg = load_config(args.config, overrides)
+        else:  # --init-from without --config: the checkpoint's settings, with --set changes
+            base = checkpoint_config(args.init_from)
+            cfg = load_config(None, _as_overrides(base) + overrides)
+        result = train(cfg, args.out, init_from=args.init_from, progress=not args.quiet)
+    last = result.metrics[-1] if result.metrics else None
+    if last:
+        print(
+            f"{result.stopped}: {result.run_dir} after {result.iteration} iterations; val "
+            f"top-1 error {last['val_top1_error']:.2%}, top-5 {last['val_top5_error']:.2%}"
+        )
+    if result.stopped == "interrupted":
+        print(f"resume with: tinycnn train --resume {result.run_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _as_overrides(cfg) -> list[str]:
+    from tinycnn.config import _toml_value, config_to_dict
+
+    return [
+        f"{section}.{key}={_toml_value(value)}"
+        for section, values in config_to_dict(cfg).items()
+        for key, value in values.items()
+    ]
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from tinycnn.models import list_models
+
+    print(f"{'name':<10} {'params':>11}  {'input':>5}  description")
+    for info in list_models():
+        print(f"{info.name:<10} {info.params:>11,}  {info.default_input:>5}  {info.description}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tinycnn.demo import run_demo
 
@@ -117,6 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("train", help="train a model (config TOML + --set overrides)")
+    p.add_argument("--data", help="prepared cache folder (sets data.cache)")
+    p.add_argument("--config", help="TOML config, e.g. configs/paper/paper8_l2_5e-4.toml")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=10 (repeatable)",
+    )
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from a checkpoint's weights with new hyperparameters",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("demo", help="the whole job on generated demo data")
     p.add_argument("--out", default="tinycnn-demo", help="output folder (default ./tinycnn-demo)")

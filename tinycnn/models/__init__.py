@@ -8,7 +8,13 @@ from __future__ import annotations
 from tinycnn.models import paper as _paper  # noqa: F401  (registers the paper's models)
 from tinycnn.models.init import init_weights
 from tinycnn.models.paper import PaperCNN
-from tinycnn.models.registry import ModelInfo, create_model, list_models, register_model
+from tinycnn.models.registry import (
+    ModelInfo,
+    create_model,
+    list_models,
+    model_options,
+    register_model,
+)
 
 __all__ = [
     "ModelInfo",
@@ -16,5 +22,6 @@ __all__ = [
     "create_model",
     "init_weights",
     "list_models",
+    "model_options",
     "register_model",
 ]

@@ -160,3 +160,13 @@ def list_models() -> list[ModelInfo]:
         ModelInfo(name, entry.description, entry.default_input, _count_params(entry))
         for name, entry in sorted(_REGISTRY.items())
     ]
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options of model ``name`` with their default values (num_classes excluded)."""
+    params = inspect.signature(_entry(name).factory).parameters
+    return {
+        n: p.default
+        for n, p in params.items()
+        if n != "num_classes" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }

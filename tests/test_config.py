@@ -1,0 +1,111 @@
+"""Run configuration: TOML and --set overrides in, resolved TOML out, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tinycnn.config import RunConfig, config_to_dict, load_config, to_toml
+from tinycnn.errors import ConfigError
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
+
+
+def test_defaults_are_the_papers() -> None:
+    cfg = load_config()
+    assert (cfg.model.name, cfg.model.init, cfg.optim.name) == ("paper8", "xavier", "sgd")
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (1e-3, 0.9, 5e-4)
+    assert (cfg.schedule.name, cfg.schedule.step_epochs, cfg.schedule.gamma) == ("step", 10, 0.1)
+    assert cfg.data.normalization == "mean_image" and cfg.augment.crop == 56
+
+
+def test_overrides_and_model_options(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nname = "cnn5"\ndropout = 0.3\n[train]\nepochs = 7\n')
+    cfg = load_config(
+        path,
+        [
+            "train.epochs=3",
+            "model.name=paper8",
+            "optim.lr=5e-6",
+            "model.fc_widths=[100, 100]",
+            "augment.flip=false",
+        ],
+    )
+    assert cfg.train.epochs == 3 and cfg.model.name == "paper8" and cfg.optim.lr == 5e-6
+    assert cfg.model.options == {"dropout": 0.3, "fc_widths": [100, 100]}
+    assert cfg.augment.flip is False
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_presets_load_and_round_trip(preset: Path, tmp_path: Path) -> None:
+    cfg = load_config(preset)
+    resolved = tmp_path / "config.toml"
+    resolved.write_text(to_toml(cfg))
+    assert config_to_dict(load_config(resolved)) == config_to_dict(cfg)
+
+
+def test_paper_presets_cover_the_results_table() -> None:
+    names = {p.stem for p in PRESETS}
+    assert {
+        "shallow",
+        "cnn5",
+        "paper8_nodropout",
+        "paper8_l2_1e-4",
+        "paper8_l2_3e-4",
+        "paper8_l2_5e-4",
+        "finetune",
+    } <= names
+    decays = {load_config(p).optim.weight_decay for p in PRESETS if p.stem.startswith("paper8_l2")}
+    assert decays == {1e-4, 3e-4, 5e-4}
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("[trainer]\nepochs = 3\n", [], "unknown config section [trainer]"),
+        ("[train]\nepoch = 3\n", [], "unknown key train.epoch"),
+        ("[train]\nepochs = 'ten'\n", [], "train.epochs = 'ten': expected int, got str"),
+        ("[train]\nepochs = 2.5\n", [], "train.epochs = 2.5: expected int"),
+        ("[augment]\nflip = 1\n", [], "augment.flip = 1: expected bool"),
+        ("", ["optim.lr=-1"], "optim.lr = -1.0: must be a positive number"),
+        ("", ["optim.momentum=1.5"], "optim.momentum = 1.5: must be in [0, 1)"),
+        ("", ["optim.name=rmsprop"], "optim.name = 'rmsprop': expected one of"),
+        ("", ["train.epochs=0"], "train.epochs = 0: must be a number >= 1"),
+        ("", ["schedule.name=exp"], "schedule.name = 'exp'"),
+        ("", ["train.precision=fp16"], "train.precision = 'fp16'"),
+        ("", ["augment.contrast=1.5"], "contrast must be < 1"),
+        ("", ["epochs=3"], "expected section.key=value"),
+        ("", ["train.epochs"], "expected section.key=value"),
+        ("[train\n", [], "not valid TOML"),
+    ],
+)
+def test_bad_configs(tmp_path: Path, text: str, overrides: list[str], message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_resolved_toml_writes_every_key() -> None:
+    text = to_toml(RunConfig())
+    for key in (
+        "normalization",
+        "holdout_per_class",
+        "init",
+        "weight_decay",
+        "warmup_epochs",
+        "noise_std",
+        "snapshot_every",
+        "keep_snapshots",
+        "max_minutes",
+    ):
+        assert f"\n{key} = " in text

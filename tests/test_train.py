@@ -1,0 +1,309 @@
+"""The training engine: learning, exact resume, fine-tuning, divergence, checkpoints, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinycnn.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from tinycnn.cli import main
+from tinycnn.config import ScheduleConfig, load_config
+from tinycnn.data.prepare import prepare
+from tinycnn.data.splits import holdout_split
+from tinycnn.errors import ConfigError
+from tinycnn.models import create_model
+from tinycnn.optim import ClassicalMomentumSGD, lr_at
+from tinycnn.session import TrainingDivergedError
+from tinycnn.train import read_metrics, train
+
+# A small, fast model for the generated 5-class data (60 train images: 3 batches of 16).
+SMALL = [
+    "model.name=cnn5",
+    "model.conv_channels=[8, 8, 8]",
+    "model.fc_widths=[32]",
+    "train.batch_size=16",
+    "train.eval_batch_size=64",
+    'data.normalization="channel"',
+    "optim.name=nesterov",
+    "optim.lr=0.02",
+    "train.deterministic=true",
+    "train.threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare(
+        synth_sources["folder"], tmp_path_factory.mktemp("c") / "cache", progress=False
+    ).path
+
+
+def _cfg(cache: Path, *overrides: str):
+    return load_config(None, [f"data.cache={json.dumps(str(cache))}", *SMALL, *overrides])
+
+
+def test_tiny_model_overfits_a_tiny_batch(cache: Path) -> None:
+    from tinycnn.data.cache import load_cache
+
+    torch.manual_seed(0)
+    split = load_cache(cache).split("train")
+    x = torch.from_numpy(np.array(split.images[:32])).permute(0, 3, 1, 2).float() / 255
+    x = x[:, :, 4:60, 4:60].contiguous()
+    y = torch.from_numpy(split.labels[:32].astype(np.int64))
+    model = create_model("cnn5", num_classes=5, conv_channels=[16, 16, 16], fc_widths=[64])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    accuracy = (model(x).argmax(1) == y).float().mean().item()
+    assert accuracy == 1.0 and loss.item() < 0.05
+
+
+def test_training_learns_and_writes_the_run_folder(cache: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = train(_cfg(cache, "train.epochs=6", "data.holdout_per_class=2"), run, progress=False)
+    metrics = read_metrics(run)
+    assert len(metrics) == 6 and metrics == result.metrics
+    for row in metrics:
+        for key in (
+            "epoch",
+            "iteration",
+            "train_loss",
+            "train_top1_error",
+            "val_top1_error",
+            "val_top5_error",
+            "tune_top1_error",
+            "lr",
+            "seconds",
+        ):
+            assert key in row
+        assert all(0 <= row[k] <= 1 for k in row if k.endswith("_error"))
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert metrics[-1]["val_top1_error"] < 0.6  # chance is 0.8 on 5 classes
+    names = {p.name for p in (run / "checkpoints").iterdir()}
+    assert {"last.pt", "best.pt", "epoch-001.pt", "epoch-006.pt"} <= names
+    resolved = load_config(run / "config.toml")
+    assert resolved.train.epochs == 6 and resolved.model.options["conv_channels"] == [8, 8, 8]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoints_are_self_describing_and_weights_only(cache: Path, tmp_path: Path) -> None:
+    result = train(_cfg(cache, "train.epochs=1"), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    torch.load(path, weights_only=True)  # no pickled code needed
+    payload = load_checkpoint(path)
+    assert payload["model"]["name"] == "cnn5" and len(payload["classes"]) == 5
+    assert payload["normalization"]["kind"] == "channel" and payload["input_size"] == 56
+    assert payload["config"]["optim"]["name"] == "nesterov"
+    assert payload["epoch"] == 1 and payload["iteration"] == 3
+    assert "optimizer" in payload and "rng" in payload
+    model = model_from_checkpoint(payload)
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor.cpu())
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(os.system))
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(evil)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("stop_at", [2, 3, 7])  # mid-epoch, at an epoch end, late
+def test_interrupted_and_resumed_equals_uninterrupted(
+    cache: Path, tmp_path: Path, stop_at: int
+) -> None:
+    cfg = _cfg(
+        cache, "train.epochs=3", "augment.tint=10.0", "augment.noise_std=1.0", "model.dropout=0.3"
+    )
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    cut = train(cfg, tmp_path / "cut", progress=False, stop_at_iteration=stop_at)
+    assert cut.stopped == "interrupted" and cut.iteration == stop_at
+    resumed = train(None, tmp_path / "cut", resume=True, progress=False)
+    assert resumed.iteration == whole.iteration == 9
+    expected = _weights(whole.model)
+    for name, tensor in _weights(resumed.model).items():
+        assert torch.equal(tensor, expected[name]), name
+    strip = ("seconds", "elapsed_seconds", "images_per_second")
+    assert [
+        {k: v for k, v in r.items() if k not in strip} for r in read_metrics(tmp_path / "cut")
+    ] == [{k: v for k, v in r.items() if k not in strip} for r in whole.metrics]
+
+
+def test_init_from_applies_new_hyperparameters(cache: Path, tmp_path: Path) -> None:
+    from tinycnn.runtime import make_runtime
+    from tinycnn.session import load_session
+
+    train(_cfg(cache, "train.epochs=1"), tmp_path / "a", progress=False)
+    snapshot = tmp_path / "a" / "checkpoints" / "epoch-001.pt"
+    cfg = _cfg(
+        cache,
+        "train.epochs=1",
+        "optim.lr=5e-6",
+        "optim.weight_decay=1e-5",
+        "model.dropout=0.1",
+        'model.init="default"',
+    )
+    session = load_session(cfg, tmp_path / "b", make_runtime(threads=1), init_from=snapshot)
+    saved = load_checkpoint(snapshot)["model"]["state"]
+    for name, tensor in session.model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), "starts from the snapshot's weights"
+    assert session.optimizer.param_groups[0]["weight_decay"] == 1e-5
+    dropouts = [m.p for m in session.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.1]
+    result = train(cfg, tmp_path / "b", init_from=snapshot, progress=False)
+    assert read_metrics(tmp_path / "b")[0]["lr"] == 5e-6
+    assert result.iteration == 3  # epochs count afresh: the new run's own schedule
+
+
+def test_init_from_a_different_class_list_is_an_error(
+    cache: Path, tmp_path: Path, mini_archive: Path
+) -> None:
+    other = prepare(mini_archive, tmp_path / "mini", progress=False).path
+    train(_cfg(other, "train.epochs=1", "train.batch_size=250"), tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="different class list"):
+        train(
+            _cfg(cache, "train.epochs=1"),
+            tmp_path / "b",
+            init_from=tmp_path / "a" / "checkpoints" / "last.pt",
+            progress=False,
+        )
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(cache: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        cache,
+        "train.epochs=50",
+        "optim.lr=1e6",
+        'optim.name="sgd"',
+        "train.snapshot_every=1",
+        'data.normalization="none"',
+    )
+    with pytest.raises(TrainingDivergedError, match=r"loss became (nan|inf) at iteration"):
+        train(cfg, tmp_path / "run", progress=False)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in last["model"]["state"].values())
+
+
+def test_time_budget_stops_with_an_evaluated_checkpoint(cache: Path, tmp_path: Path) -> None:
+    result = train(
+        _cfg(cache, "train.epochs=1000", "train.max_minutes=0.02"), tmp_path / "r", progress=False
+    )
+    assert result.stopped == "time budget" and result.iteration < 3000
+    assert "val_top1_error" in result.metrics[-1]
+    assert (
+        load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["iteration"] == result.iteration
+    )
+
+
+def test_snapshots_every_n_iterations_with_retention(cache: Path, tmp_path: Path) -> None:
+    train(
+        _cfg(cache, "train.epochs=4", "train.snapshot_every=2", "train.keep_snapshots=3"),
+        tmp_path / "r",
+        progress=False,
+    )
+    kept = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert kept == ["best.pt", "epoch-004.pt", "iter-0000010.pt", "iter-0000012.pt", "last.pt"]
+
+
+def test_schedules_are_per_iteration() -> None:
+    step = ScheduleConfig(name="step", step_epochs=2, gamma=0.1)
+    assert [lr_at(i, 10, 100, 1.0, step) for i in (0, 19, 20, 45)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.01]
+    )
+    cosine = ScheduleConfig(name="cosine", warmup_epochs=1)
+    assert lr_at(4, 10, 110, 1.0, cosine) == pytest.approx(0.5)
+    assert lr_at(10, 10, 110, 1.0, cosine) == pytest.approx(1.0)
+    assert lr_at(60, 10, 110, 1.0, cosine) == pytest.approx(0.5)
+    onecycle = ScheduleConfig(name="onecycle", warmup_epochs=1, final_lr_fraction=0.1)
+    assert lr_at(110, 10, 110, 1.0, onecycle) == pytest.approx(0.1)
+
+
+def test_classical_momentum_follows_the_papers_rule() -> None:
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = ClassicalMomentumSGD([w], lr=0.1, momentum=0.9, weight_decay=0.01)
+    v = torch.zeros(2)
+    expected = w.detach().clone()
+    for lr in (0.1, 0.1, 0.01):  # a learning-rate drop acts through the velocity
+        optimizer.param_groups[0]["lr"] = lr
+        w.grad = torch.tensor([0.5, 0.25])
+        optimizer.step()
+        v = 0.9 * v - lr * (torch.tensor([0.5, 0.25]) + 0.01 * expected)
+        expected = expected + v
+        assert torch.allclose(w.detach(), expected)
+
+
+def test_holdout_split_is_per_class_and_reproducible() -> None:
+    labels = np.repeat(np.arange(4), 10)
+    train_rows, tune_rows = holdout_split(labels, 3, seed=1)
+    assert np.bincount(labels[tune_rows]).tolist() == [3, 3, 3, 3]
+    assert not set(train_rows) & set(tune_rows) and len(train_rows) + len(tune_rows) == 40
+    assert np.array_equal(tune_rows, holdout_split(labels, 3, seed=1)[1])
+    with pytest.raises(ConfigError, match="has only 10"):
+        holdout_split(labels, 10)
+
+
+def _argv(cache: Path, out: Path, *extra: str) -> list[str]:
+    sets = [a for item in SMALL for a in ("--set", item)]
+    return ["train", "--data", str(cache), *sets, *extra, "--out", str(out), "-q"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "model.dropuot=0.1"], "has no option 'dropuot' (did you mean 'dropout'?)"),
+        (["--set", "optim.lr=0"], "optim.lr = 0.0: must be a positive number"),
+        (["--set", "train.epochs=two"], "train.epochs = 'two': expected int"),
+        (["--set", "model.input_size=3"], "input_size"),
+    ],
+)
+def test_bad_train_arguments_fail_before_any_work(
+    cache: Path, tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    out = tmp_path / "run"
+    assert main(_argv(cache, out, *extra)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinycnn: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_cli_train_then_refuse_to_overwrite(cache: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(_argv(cache, out, "--set", "train.epochs=1")) == 0
+    assert "val top-1 error" in capsys.readouterr().out
+    assert main(_argv(cache, out, "--set", "train.epochs=1")) == 1
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+
+
+def test_sigterm_saves_and_resume_finishes(cache: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = _argv(cache, out, "--set", "train.epochs=40")
+    code = f"from tinycnn.cli import main; raise SystemExit(main({argv!r}))"
+    process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "epoch-002.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert f"resume with: tinycnn train --resume {out}" in err
+    stopped_at = load_checkpoint(out / "checkpoints" / "last.pt")["iteration"]
+    assert 6 <= stopped_at < 120, "stopped mid-run, with its position saved"
+    assert main(["train", "--resume", str(out), "--set", "train.epochs=2", "-q"]) == 1
+    assert "takes no --config, --set or --init-from" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "-q"]) == 0
+    assert len(read_metrics(out)) == 40 and read_metrics(out)[-1]["iteration"] == 120

@@ -1,0 +1,245 @@
+"""Typed run configuration: TOML in (with ``--set section.key=value`` overrides), resolved TOML out.
+
+A run folder keeps the fully resolved ``config.toml``, so a run can be repeated or resumed from it
+alone. Every key is checked before any work: unknown keys, wrong types and impossible values are
+one-line ConfigErrors that quote the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from tinycnn.data.augment import AugmentConfig
+from tinycnn.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+NORMALIZATIONS = ("mean_image", "channel", "none")
+OPTIMIZERS = ("sgd", "nesterov", "adagrad", "adamw")
+SCHEDULES = ("step", "cosine", "onecycle", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+INITS = ("xavier", "gaussian", "kaiming", "default")
+
+
+@dataclass
+class DataConfig:
+    cache: str = ""  # prepared cache folder (tinycnn prepare); --data sets it
+    normalization: str = "mean_image"  # the paper's mean-image subtraction, or per-channel
+    holdout_per_class: int = 0  # train images per class held out as the tuning split
+    holdout_seed: int = 0  # which ones: fixed apart from train.seed, so runs share one split
+
+
+@dataclass
+class ModelConfig:
+    name: str = "paper8"
+    init: str = "xavier"  # the paper's normalised initialisation; "default" keeps PyTorch's
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd = classical momentum as in the paper/Caffe: v = mu v - lr g; w += v
+    lr: float = 1e-3  # peak learning rate, per batch of train.batch_size
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # L2 lambda (coupled, as in the paper); decoupled for adamw
+    decay_bias_and_norm: bool = True  # the paper decays every weight; False spares bias/BN
+    label_smoothing: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    eps: float = 1e-8  # adamw / adagrad
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "step"  # step: lr * gamma every step_epochs (the paper: /10 every 10 epochs)
+    step_epochs: float = 10.0
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up from 0, then the schedule
+    final_lr_fraction: float = 0.0  # cosine and onecycle end at lr * this
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"  # auto: the GPU if there is one, else the CPU
+    precision: str = "auto"  # auto: bf16 autocast where the hardware has it, else fp32
+    channels_last: bool = True
+    deterministic: bool = False  # deterministic kernels: exact resume, some speed cost
+    threads: int = 0  # intra-op threads; 0 = every core
+    eval_batch_size: int = 500
+    snapshot_every: int = 0  # iterations between snapshots (the paper: 10,000); 0 = epochs only
+    keep_snapshots: int = 0  # periodic snapshots to keep (oldest go first); 0 = keep all
+    max_minutes: float = 0.0  # stop with a checkpoint after this long; 0 = no limit
+    tensorboard: bool = False  # also write TensorBoard logs (needs the tensorboard package)
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        """Check every value; returns self so calls chain."""
+        _choice("data.normalization", self.data.normalization, NORMALIZATIONS)
+        _at_least("data.holdout_per_class", self.data.holdout_per_class, 0)
+        _choice("model.init", self.model.init, INITS)
+        _choice("optim.name", self.optim.name, OPTIMIZERS)
+        _positive("optim.lr", self.optim.lr)
+        _fraction("optim.momentum", self.optim.momentum)
+        _at_least("optim.weight_decay", self.optim.weight_decay, 0)
+        _fraction("optim.label_smoothing", self.optim.label_smoothing)
+        if len(self.optim.betas) != 2 or not all(0 <= b < 1 for b in self.optim.betas):
+            raise ConfigError(f"optim.betas = {self.optim.betas}: expected two numbers in [0, 1)")
+        _choice("schedule.name", self.schedule.name, SCHEDULES)
+        _positive("schedule.step_epochs", self.schedule.step_epochs)
+        _positive("schedule.gamma", self.schedule.gamma)
+        _at_least("schedule.warmup_epochs", self.schedule.warmup_epochs, 0)
+        _fraction("schedule.final_lr_fraction", self.schedule.final_lr_fraction)
+        self.augment.validate()
+        _at_least("train.epochs", self.train.epochs, 1)
+        _at_least("train.batch_size", self.train.batch_size, 1)
+        _at_least("train.eval_batch_size", self.train.eval_batch_size, 1)
+        _choice("train.precision", self.train.precision, PRECISIONS)
+        for name in ("threads", "snapshot_every", "keep_snapshots"):
+            _at_least(f"train.{name}", getattr(self.train, name), 0)
+        _at_least("train.max_minutes", self.train.max_minutes, 0)
+        return self
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} = {value!r}: expected one of {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if not value >= low or math.isinf(value):
+        raise ConfigError(f"{key} = {value!r}: must be a number >= {low}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0 or math.isinf(value):
+        raise ConfigError(f"{key} = {value!r}: must be a positive number")
+
+
+def _fraction(key: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ConfigError(f"{key} = {value!r}: must be in [0, 1)")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read a TOML config (or the defaults), apply ``section.key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for item in overrides:
+        _apply_override(raw, item)
+    return config_from_dict(raw).validate()
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=10")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word: a string, as a user would mean it (model.name=paper8)
+    raw.setdefault(parts[0], {})[parts[1]] = value
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from nested dicts, checking section names, keys and types."""
+    sections = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for name in raw:
+        if name not in sections:
+            raise ConfigError(f"unknown config section [{name}]; sections: {', '.join(sections)}")
+    built = {}
+    for name, f in sections.items():
+        values = dict(raw.get(name, {}))
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
+        if name == "model":  # every key that is not name/init is a model option
+            known = {"name", "init", "options"}
+            options = {
+                **values.pop("options", {}),
+                **{k: values.pop(k) for k in list(values) if k not in known},
+            }
+            values["options"] = options
+        built[name] = _section(name, f.default_factory, values)
+    return RunConfig(**built)
+
+
+def _section(section: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown key {section}.{key}; [{section}] keys: {', '.join(hints)}")
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    origin = getattr(hint, "__origin__", hint)
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = {float: float, int: int, bool: bool, str: str, list: list, dict: dict}.get(origin)
+    wrong = expected is not None and (
+        not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+    )
+    if wrong:
+        raise ConfigError(
+            f"{key} = {value!r}: expected {expected.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Nested plain dicts (TOML- and JSON-serialisable); model options flattened into [model]."""
+    out = dataclasses.asdict(cfg)
+    options = out["model"].pop("options")
+    out["model"].update(options)
+    return out
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The resolved config as TOML, every key written out."""
+    lines = ["# Resolved tinycnn run configuration: every setting this run used."]
+    for section, values in config_to_dict(cfg).items():
+        lines.append(f"\n[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")

@@ -1,0 +1,104 @@
+"""Optimisers (the paper's classical momentum, Nesterov, AdaGrad, AdamW) and LR schedules.
+
+Schedules are plain functions of the iteration number, so resuming mid-epoch reproduces the
+learning rate exactly with no scheduler state to save.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from tinycnn.config import OptimConfig, ScheduleConfig
+
+
+class ClassicalMomentumSGD(torch.optim.Optimizer):
+    """SGD with the paper's (and Caffe's) momentum: v <- mu v - lr (g + lambda w); w <- w + v.
+
+    Unlike torch.optim.SGD (v <- mu v + g; w <- w - lr v), the learning rate sits inside the
+    velocity, so a learning-rate drop takes effect gradually, as in the paper's runs.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # the class docstring gives the rule
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            velocities = []
+            for p in params:
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                velocities.append(state["velocity"])
+            torch._foreach_mul_(velocities, group["momentum"])
+            torch._foreach_add_(velocities, grads, alpha=-group["lr"])
+            torch._foreach_add_(params, velocities)
+        return loss
+
+
+def _param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    if cfg.decay_bias_and_norm:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)  # biases, BN and PReLU are 1-d
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser named by cfg.name over the model's trainable parameters."""
+    groups = _param_groups(model, cfg)
+    if cfg.name == "sgd":
+        return ClassicalMomentumSGD(groups, cfg.lr, cfg.momentum, cfg.weight_decay)
+    if cfg.name == "nesterov":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+
+
+def lr_at(
+    iteration: int, iters_per_epoch: int, total_iters: int, base_lr: float, cfg: ScheduleConfig
+) -> float:
+    """Learning rate for one iteration (0-based) of a run of total_iters iterations."""
+    warmup = round(cfg.warmup_epochs * iters_per_epoch)
+    if iteration < warmup:
+        return base_lr * (iteration + 1) / warmup
+    if cfg.name == "constant":
+        return base_lr
+    if cfg.name == "step":
+        step = max(1, round(cfg.step_epochs * iters_per_epoch))
+        return base_lr * cfg.gamma ** (iteration // step)
+    progress = min(1.0, (iteration - warmup) / max(1, total_iters - warmup))
+    floor = base_lr * cfg.final_lr_fraction
+    if cfg.name == "cosine":
+        return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (base_lr - floor) * (1 - progress)  # onecycle: warm-up, then linear to floor
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def topk_errors(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
+    """Count of samples whose label is not among the top-k logits, for each k."""
+    k_max = min(max(ks), logits.shape[1])
+    top = logits.topk(k_max, dim=1).indices
+    hits = top == labels[:, None]
+    return [(~hits[:, : min(k, k_max)].any(dim=1)).sum() for k in ks]

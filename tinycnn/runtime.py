@@ -1,0 +1,78 @@
+"""Where and how a model runs: device, threads, precision (bf16 autocast) and memory format."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tinycnn.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: plain fp32
+    channels_last: bool
+
+    def autocast(self):
+        """Context for a forward pass: bf16 autocast on the fast path, nothing otherwise."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 convolutions are fast: CUDA with bf16, or a CPU with AMX/AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(checker()) if checker is not None else False
+    return False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device = {name!r}: not a device (auto, cpu, cuda, cuda:1)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine")
+    return device
+
+
+def make_runtime(
+    device: str = "auto",
+    precision: str = "auto",
+    channels_last: bool = True,
+    threads: int = 0,
+    deterministic: bool = False,
+) -> Runtime:
+    """Resolve the settings against this machine and apply the process-wide ones."""
+    dev = resolve_device(device)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if precision == "bf16" and not bf16_supported(dev):
+        raise ConfigError(f"train.precision = 'bf16': {dev} has no fast bf16; use auto or fp32")
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(dev))
+    return Runtime(dev, torch.bfloat16 if use_bf16 else None, channels_last)

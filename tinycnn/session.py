@@ -1,0 +1,339 @@
+"""The state of one training run: data in memory, model, optimiser, position, checkpoints, logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tinycnn.checkpoint import (
+    load_checkpoint,
+    normalization_payload,
+    save_checkpoint,
+)
+from tinycnn.config import RunConfig, config_to_dict
+from tinycnn.data.augment import Normalization
+from tinycnn.data.cache import Cache, load_cache
+from tinycnn.data.splits import holdout_split
+from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.evaluate import error_rates, predict_logits
+from tinycnn.models import create_model, init_weights, model_options
+from tinycnn.optim import build_optimizer
+from tinycnn.runtime import Runtime
+
+
+class TrainingDivergedError(TinycnnError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class EpochAccumulator:
+    loss_sum: float = 0.0  # summed over images
+    wrong: int = 0
+    seen: int = 0
+
+    def add(self, loss_sum: float, wrong: int, seen: int) -> None:
+        self.loss_sum += loss_sum
+        self.wrong += wrong
+        self.seen += seen
+
+
+@dataclass
+class Session:
+    cfg: RunConfig
+    out: Path
+    runtime: Runtime
+    cache: Cache
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    norm: Normalization | None
+    train_images: torch.Tensor  # (N, 64, 64, 3) uint8, in memory
+    train_labels: torch.Tensor  # (N,) int64
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (images, labels)
+    eval_size: int
+    iteration: int = 0
+    elapsed_before: float = 0.0  # training seconds before a resume
+    accum: EpochAccumulator = field(default_factory=EpochAccumulator)
+    metrics: list[dict] = field(default_factory=list)
+    best_error: float = math.inf
+    writer: object | None = None
+
+    def __post_init__(self) -> None:
+        generator_device = self.runtime.device if self.runtime.device.type == "cuda" else "cpu"
+        self.aug_generator = torch.Generator(device=generator_device)
+
+    @property
+    def iters_per_epoch(self) -> int:
+        # Whole batches only: every step sees batch_size images; a new order each epoch.
+        return max(1, len(self.train_labels) // self.cfg.train.batch_size)
+
+    @property
+    def total_iters(self) -> int:
+        return self.iters_per_epoch * self.cfg.train.epochs
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    def payload(self, elapsed: float, metrics: dict | None = None) -> dict:
+        """Everything a checkpoint holds (see checkpoint.py)."""
+        model = self.model
+        return {
+            "model": {
+                "name": model.tinycnn_name,
+                "options": model.tinycnn_options,
+                "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            },
+            "classes": self.cache.classes,
+            "names": self.cache.names,
+            "normalization": normalization_payload(self.norm),
+            "input_size": self.eval_size,
+            "config": config_to_dict(self.cfg),
+            "epoch": self.iteration // self.iters_per_epoch,
+            "iteration": self.iteration,
+            "elapsed_seconds": elapsed,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "accumulator": vars(self.accum).copy(),
+            "best_error": self.best_error,
+            "metrics": metrics,
+        }
+
+    def save(self, name: str, elapsed: float, metrics: dict | None = None) -> Path:
+        """Write checkpoints/NAME.pt and make it the resume point (last.pt)."""
+        path = save_checkpoint(self.checkpoints / f"{name}.pt", self.payload(elapsed, metrics))
+        if name != "last":
+            _copy_atomic(path, self.checkpoints / "last.pt")
+            self._apply_retention()
+        return path
+
+    def _apply_retention(self) -> None:
+        keep = self.cfg.train.keep_snapshots
+        if not keep:
+            return
+        snapshots = [*self.checkpoints.glob("iter-*.pt"), *self.checkpoints.glob("epoch-*.pt")]
+        snapshots.sort(key=lambda p: (self.position(p), p.name))
+        for old in snapshots[:-keep]:
+            old.unlink(missing_ok=True)
+
+    def position(self, path: Path) -> int:
+        """The iteration a snapshot was taken at, from its name (iter-0010000, epoch-003)."""
+        kind, number = path.stem.split("-")
+        return int(number) * (1 if kind == "iter" else self.iters_per_epoch)
+
+    def end_epoch(
+        self, elapsed: float, epoch_seconds: float | None, progress: bool, partial: bool = False
+    ) -> dict:
+        """Evaluate, log one metrics line, snapshot (epoch-NNN, last, maybe best)."""
+        row = {
+            "epoch": self.iteration / self.iters_per_epoch
+            if partial
+            else self.iteration // self.iters_per_epoch,
+            "iteration": self.iteration,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": self.accum.loss_sum / max(self.accum.seen, 1),
+            "train_top1_error": self.accum.wrong / max(self.accum.seen, 1),
+        }
+        for name, (images, labels) in self.eval_sets.items():
+            logits = predict_logits(
+                self.model,
+                images,
+                self.runtime,
+                size=self.eval_size,
+                norm=self.norm,
+                batch_size=self.cfg.train.eval_batch_size,
+            )
+            rates = error_rates(logits, labels)
+            row.update(
+                {
+                    f"{name}_loss": rates["loss"],
+                    f"{name}_top1_error": rates["top1_error"],
+                    f"{name}_top5_error": rates["top5_error"],
+                }
+            )
+        row.update(
+            seconds=epoch_seconds,
+            elapsed_seconds=elapsed,
+            images_per_second=self.accum.seen / epoch_seconds if epoch_seconds else None,
+            precision=self.runtime.precision,
+            partial_epoch=partial,
+        )
+        self.accum = EpochAccumulator()
+        selector = "tune_top1_error" if "tune_top1_error" in row else "val_top1_error"
+        name = f"epoch-{row['epoch']:03d}" if not partial else "last"
+        path = self.save(name, elapsed, row)
+        if row[selector] < self.best_error:
+            self.best_error = row[selector]
+            _copy_atomic(path, self.checkpoints / "best.pt")
+        self._log(row, progress)
+        return row
+
+    def _log(self, row: dict, progress: bool) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.metrics.append(row)
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(key, value, row["iteration"])
+        if progress:
+            tune = f", tune top-1 {row['tune_top1_error']:.2%}" if "tune_top1_error" in row else ""
+            print(
+                f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}, val top-1 error "
+                f"{row['val_top1_error']:.2%}, top-5 {row['val_top5_error']:.2%}{tune} "
+                f"({row['seconds'] or 0:.0f} s)",
+                flush=True,
+            )
+
+    def diverged(self, value: float) -> None:
+        last = self.checkpoints / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
+        self.close()
+        raise TrainingDivergedError(
+            f"loss became {value} at iteration {self.iteration} (epoch "
+            f"{self.iteration // self.iters_per_epoch + 1}); stopped, {kept}. Lower optim.lr "
+            "or use warm-up (schedule.warmup_epochs)"
+        )
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def load_session(
+    cfg: RunConfig, out: Path, runtime: Runtime, *, init_from=None, resume: bool = False
+) -> Session:
+    """Load data, build model and optimiser, and restore a resume point or initial weights."""
+    cache = load_cache(cfg.data.cache)
+    train_rows, tune_rows = holdout_split(
+        cache.split("train").labels, cfg.data.holdout_per_class, cfg.data.holdout_seed
+    )
+    images, labels = _load_rows(cache, "train", train_rows)
+    eval_sets = {"val": _load_rows(cache, "val", None)}
+    if len(tune_rows):
+        eval_sets["tune"] = _load_rows(cache, "train", tune_rows)
+    eval_size = cfg.augment.crop or cache.manifest.get("image_size", 64)
+    model = build_model(cfg, cache.num_classes, eval_size)
+    model = runtime.prepare_model(model)
+    optimizer = build_optimizer(model, cfg.optim)
+    session = Session(
+        cfg,
+        out,
+        runtime,
+        cache,
+        model,
+        optimizer,
+        _normalization(cfg, cache),
+        images,
+        labels,
+        eval_sets,
+        eval_size,
+    )
+    if resume:
+        _restore(session, out / "checkpoints" / "last.pt")
+    elif init_from is not None:
+        _load_weights(session, Path(init_from))
+    if cfg.train.tensorboard:
+        session.writer = _tensorboard(out)
+    return session
+
+
+def build_model(
+    cfg: RunConfig, num_classes: int, input_size: int, initialise: bool = True
+) -> nn.Module:
+    """The configured model, initialised; input_size follows the crop unless set explicitly."""
+    options = dict(cfg.model.options)
+    if "input_size" in model_options(cfg.model.name) and "input_size" not in options:
+        options["input_size"] = input_size
+    model = create_model(cfg.model.name, num_classes=num_classes, **options)
+    if initialise and cfg.model.init != "default":
+        torch.manual_seed(cfg.train.seed)
+        init_weights(model, cfg.model.init)
+    return model
+
+
+def _load_rows(cache: Cache, split: str, rows: np.ndarray | None):
+    data = cache.split(split)
+    images = np.array(data.images) if rows is None else data.images[rows]  # into memory
+    labels = data.labels if rows is None else data.labels[rows]
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64))
+
+
+def _normalization(cfg: RunConfig, cache: Cache) -> Normalization | None:
+    if cfg.data.normalization == "mean_image":
+        return Normalization.from_mean_image(cache.mean_image)
+    if cfg.data.normalization == "channel":
+        return Normalization.channel(cache.channel_mean, cache.channel_std)
+    return None
+
+
+def _check_classes(payload: dict, cache: Cache, path: Path) -> None:
+    if payload["classes"] != cache.classes:
+        raise ConfigError(
+            f"{path}: trained on a different class list ({len(payload['classes'])} "
+            f"classes) than {cache.path} ({cache.num_classes})"
+        )
+
+
+def _restore(s: Session, path: Path) -> None:
+    payload = load_checkpoint(path)
+    _check_classes(payload, s.cache, path)
+    s.model.load_state_dict(payload["model"]["state"])
+    s.optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    s.iteration = payload["iteration"]
+    s.elapsed_before = payload["elapsed_seconds"]
+    s.accum = EpochAccumulator(**payload["accumulator"])
+    s.best_error = payload["best_error"]
+    s.metrics = _sync_metrics(s.out, payload)
+
+
+def _sync_metrics(out: Path, payload: dict) -> list[dict]:
+    """Metrics lines up to the resume point; the checkpoint's own line if the log missed it."""
+    from tinycnn.train import read_metrics
+
+    rows = [r for r in read_metrics(out) if r["iteration"] <= payload["iteration"]]
+    if payload["metrics"] and all(r["iteration"] != payload["iteration"] for r in rows):
+        rows.append(payload["metrics"])
+    tmp = out / ".metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(out / "metrics.jsonl")
+    return rows
+
+
+def _load_weights(s: Session, path: Path) -> None:
+    payload = load_checkpoint(path)
+    _check_classes(payload, s.cache, path)
+    try:
+        s.model.load_state_dict(payload["model"]["state"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1] if "\n" in str(exc) else str(exc)
+        raise ConfigError(
+            f"{path}: its weights do not fit model {s.cfg.model.name} with these "
+            f"options ({first.strip()})"
+        ) from None
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(
+            "train.tensorboard = true needs the tensorboard package (pip install tensorboard)"
+        ) from None
+    return SummaryWriter(str(out / "tensorboard"))

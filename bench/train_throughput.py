@@ -1,0 +1,162 @@
+"""Training throughput of paper8: tinycnn's fast path against a naive PyTorch baseline, one run.
+
+Usage: python bench/train_throughput.py [--cache DIR] [--archive TAR_GZ] [--iters N]
+
+- naive: the usual tutorial pipeline. JPEG files on disk, a Dataset that opens each image with
+  PIL and applies per-image transforms (random 56 crop, flip, to tensor, mean/std), a DataLoader
+  with 2 worker processes, the model in fp32 NCHW, torch.optim.SGD.
+- tinycnn fp32: tinycnn's own training step (in-memory uint8 batch, batched augmentation, the
+  paper's augmentation and optimiser) with bf16 and channels_last switched off.
+- tinycnn: the same step on the default fast path (bf16 autocast + channels_last where supported).
+The variants run in alternating rounds so that machine noise hits them alike; the figures are
+images/s of whole training steps (data + forward + backward + update), batch 128.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVE = ROOT.parent / "shared/data/tiny-imagenet-200.tar.gz"
+BATCH = 128
+
+
+class JpegDataset(torch.utils.data.Dataset):
+    """Per-image PIL loading and transforms, as in torchvision-based tutorials."""
+
+    def __init__(self, files: list[Path], labels: list[int], mean: np.ndarray, std: np.ndarray):
+        self.files, self.labels, self.mean, self.std = files, labels, mean, std
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        image = Image.open(self.files[i]).convert("RGB")
+        x, y = np.random.randint(0, 9, size=2)
+        image = image.crop((x, y, x + 56, y + 56))
+        if np.random.rand() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+        return (pixels - self.mean) / self.std, self.labels[i]
+
+
+def _extract(archive: Path, folder: Path, count: int) -> tuple[list[Path], list[int]]:
+    files, labels, classes = [], [], {}
+    with tarfile.open(archive) as tf:
+        for member in tf:
+            if "/train/" in member.name and member.name.endswith(".JPEG"):
+                wnid = member.name.split("/")[2]
+                target = folder / Path(member.name).name
+                target.write_bytes(tf.extractfile(member).read())
+                files.append(target)
+                labels.append(classes.setdefault(wnid, len(classes)))
+                if len(files) == count:
+                    break
+    return files, [label % 200 for label in labels]
+
+
+def naive_steps(files, labels, iters: int):
+    """Generator: each next() runs `iters` naive steps and yields images/s."""
+    from tinycnn.models import create_model, init_weights
+
+    model = init_weights(create_model("paper8"), "xavier").train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    mean = torch.tensor([0.48, 0.45, 0.40])[:, None, None]
+    std = torch.tensor([0.27, 0.26, 0.28])[:, None, None]
+    loader = torch.utils.data.DataLoader(
+        JpegDataset(files, labels, mean, std),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=2,
+        drop_last=True,
+        persistent_workers=True,
+    )
+    batches = iter(loader)
+    while True:
+        start = time.perf_counter()
+        for _ in range(iters):
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                x, y = next(batches)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        yield iters * BATCH / (time.perf_counter() - start)
+
+
+def tinycnn_steps(cache: Path, fast: bool, iters: int, run_dir: Path):
+    from tinycnn.config import load_config
+    from tinycnn.runtime import make_runtime
+    from tinycnn.session import load_session
+    from tinycnn.train import _step
+
+    cfg = load_config(
+        ROOT / "configs/paper/paper8_l2_5e-4.toml",
+        [f"data.cache={json.dumps(str(cache))}", 'data.normalization="channel"'],
+    )
+    runtime = make_runtime(precision="auto" if fast else "fp32", channels_last=fast)
+    session = load_session(cfg, run_dir, runtime)
+    order = torch.randperm(len(session.train_labels))
+    while True:
+        start = time.perf_counter()
+        for _ in range(iters):
+            lo = (session.iteration * BATCH) % (len(order) - BATCH)
+            _step(session, order[lo : lo + BATCH])
+            session.iteration += 1
+        yield iters * BATCH / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", default=None, help="prepared full cache (default: prepare one)")
+    parser.add_argument("--archive", default=str(ARCHIVE))
+    parser.add_argument("--iters", type=int, default=6, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cache = Path(args.cache) if args.cache else None
+        if cache is None:
+            from tinycnn.data.prepare import prepare
+
+            cache = prepare(args.archive, tmp / "cache", progress=False).path
+        (tmp / "jpeg").mkdir()
+        files, labels = _extract(Path(args.archive), tmp / "jpeg", 4 * BATCH * args.iters)
+        variants = {
+            "naive (PIL DataLoader, fp32 NCHW)": naive_steps(files, labels, args.iters),
+            "tinycnn, fp32 NCHW": tinycnn_steps(cache, False, args.iters, tmp / "r1"),
+            "tinycnn, fast path": tinycnn_steps(cache, True, args.iters, tmp / "r2"),
+        }
+        for steps in variants.values():
+            next(steps)  # warm-up round: worker start, kernel selection, first allocations
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, steps in variants.items():
+                rates[name].append(next(steps))
+    base = float(np.median(rates["naive (PIL DataLoader, fp32 NCHW)"]))
+    print(
+        f"paper8 training, batch {BATCH}, {torch.get_num_threads()} threads, "
+        f"{args.rounds} rounds x {args.iters} steps (median)"
+    )
+    for name, values in rates.items():
+        rate = float(np.median(values))
+        print(f"{name:<36} {rate:7.1f} images/s   {rate / base:5.2f}x naive")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""A trained model ready for inference: weights, normalisation, crop size and class names, from
+one checkpoint. Evaluation, ensembles, prediction and export all start here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normalization_from_payload
+from tinycnn.data.augment import Normalization
+from tinycnn.errors import ConfigError
+from tinycnn.evaluate import TTA_VIEWS, predict_logits
+from tinycnn.runtime import Runtime, make_runtime
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: nn.Module  # eval mode, on runtime.device, in runtime's memory format
+    norm: Normalization | None
+    input_size: int  # the crop side the model was trained on
+    classes: list[str]  # wnids, in the training cache's order
+    names: list[str]
+    config: dict  # the training run's resolved config
+    epoch: int
+    iteration: int
+    runtime: Runtime
+
+    def logits(self, images_u8: Tensor, tta: str = "center", batch_size: int = 500) -> Tensor:
+        """(N, C) float32 logits on the CPU for (N, 64, 64, 3) uint8 images."""
+        if tta not in TTA_VIEWS:
+            raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
+        return predict_logits(self.model, images_u8, self.runtime, size=self.input_size,
+                              norm=self.norm, batch_size=batch_size, tta=tta)
+
+    def probabilities(self, images_u8: Tensor, tta: str = "center",
+                      batch_size: int = 500) -> Tensor:
+        """(N, C) float32 class probabilities on the CPU (TTA views averaged as probabilities)."""
+        return self.logits(images_u8, tta, batch_size).softmax(dim=1)
+
+    def check_classes(self, classes: list[str], where: str) -> None:
+        """A clear error when the data's class list is not the one the model was trained on."""
+        if classes != self.classes:
+            detail = (f"{len(self.classes)} classes vs {len(classes)}"
+                      if len(classes) != len(self.classes) else "same classes, different order")
+            raise ConfigError(f"{self.path}: trained on a different class list than {where} "
+                              f"({detail}); evaluate on data prepared from the same dataset")
+
+
+def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
+    """Load a checkpoint for inference on runtime's device (default: the fast path here)."""
+    runtime = runtime or make_runtime()
+    payload = load_checkpoint(path)
+    model = runtime.prepare_model(model_from_checkpoint(payload)).eval()
+    return LoadedModel(
+        path=Path(path), model=model, norm=normalization_from_payload(payload["normalization"]),
+        input_size=payload["input_size"], classes=payload["classes"], names=payload["names"],
+        config=payload["config"], epoch=payload["epoch"], iteration=payload["iteration"],
+        runtime=runtime,
+    )
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (checkpoint identity for caches of predictions)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def images_tensor(array) -> Tensor:
+    """A (N, 64, 64, 3) uint8 numpy array or memory map as a torch tensor (one copy at most)."""
+    import numpy as np
+
+    return torch.from_numpy(np.ascontiguousarray(array))

@@ -125,6 +125,70 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime(args: argparse.Namespace):
+    from tinycnn.runtime import make_runtime
+
+    return make_runtime(args.device, args.precision)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tinycnn.data.cache import load_cache
+    from tinycnn.evaluation import evaluate, evaluations_json, format_evaluations
+
+    results = evaluate(
+        args.checkpoints,
+        args.data,
+        split=args.split,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        runtime=_runtime(args),
+    )
+    if args.json:
+        print(evaluations_json(results))
+    else:
+        cache = load_cache(args.data)
+        print(format_evaluations(results, dict(zip(cache.classes, cache.names, strict=True))))
+    return 0
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from tinycnn.ensemble import ensemble, format_result, save_result
+
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    result = ensemble(
+        args.members,
+        args.data,
+        split=args.split,
+        tta=args.tta,
+        weights=weights,
+        greedy=args.greedy,
+        select_on=args.select_on,
+        runtime=_runtime(args),
+        prob_cache=None if args.no_cache else Path(args.prob_cache),
+    )
+    out = save_result(result, args.out)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(format_result(result))
+        print(f"saved {out / 'probabilities.npy'} and {out / 'ensemble.json'}")
+    return 0
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="prepared cache folder")
+    p.add_argument("--split", default="val", help="val (default), train or tune")
+    p.add_argument(
+        "--tta",
+        default="center",
+        choices=["center", "flip", "10crop"],
+        help="test-time views: centre crop, + its mirror, or Caffe's 10 crops",
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tinycnn.demo import run_demo
 
@@ -191,6 +255,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="error rates, per-class accuracy, confusion")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT|RUN_DIR[@SELECTION]")
+    _add_inference_options(p)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.set_defaults(func=_cmd_evaluate)
+
+    from tinycnn.ensemble import DEFAULT_PROB_CACHE
+
+    p = sub.add_parser("ensemble", help="average the probabilities of models and snapshots")
+    p.add_argument(
+        "members",
+        nargs="+",
+        metavar="CHECKPOINT|RUN_DIR[@SELECTION]",
+        help="e.g. run1@last:3 run2@every:10000 model.pt",
+    )
+    _add_inference_options(p)
+    p.add_argument("--weights", help="comma-separated member weights (default: equal)")
+    p.add_argument(
+        "--greedy",
+        action="store_true",
+        help="choose members greedily (with replacement) on --select-on",
+    )
+    p.add_argument("--select-on", default="tune", help="split for --greedy (default: tune)")
+    p.add_argument("--out", default="ensemble", help="folder for probabilities.npy, ensemble.json")
+    p.add_argument(
+        "--prob-cache",
+        default=str(DEFAULT_PROB_CACHE),
+        help="where member probabilities are cached (by checkpoint sha256)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not cache member probabilities")
+    p.set_defaults(func=_cmd_ensemble)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_cmd_models)

@@ -65,3 +65,14 @@ def error_rates(logits: Tensor, labels: Tensor) -> dict[str, float]:
         "top5_error": float((~hits.any(dim=1)).float().mean()) if count else float("nan"),
         "count": count,
     }
+
+
+def per_class_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(accuracy per class (C,) float64, confusion (C, C) int64: rows true, columns predicted)."""
+    predicted = logits.argmax(dim=1)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    confusion.index_put_((labels.long(), predicted), torch.ones_like(predicted), accumulate=True)
+    totals = confusion.sum(dim=1).double()
+    accuracy = confusion.diagonal().double() / totals.clamp_min(1)
+    accuracy[totals == 0] = float("nan")
+    return accuracy, confusion

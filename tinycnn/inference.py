@@ -35,21 +35,34 @@ class LoadedModel:
         """(N, C) float32 logits on the CPU for (N, 64, 64, 3) uint8 images."""
         if tta not in TTA_VIEWS:
             raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
-        return predict_logits(self.model, images_u8, self.runtime, size=self.input_size,
-                              norm=self.norm, batch_size=batch_size, tta=tta)
+        return predict_logits(
+            self.model,
+            images_u8,
+            self.runtime,
+            size=self.input_size,
+            norm=self.norm,
+            batch_size=batch_size,
+            tta=tta,
+        )
 
-    def probabilities(self, images_u8: Tensor, tta: str = "center",
-                      batch_size: int = 500) -> Tensor:
+    def probabilities(
+        self, images_u8: Tensor, tta: str = "center", batch_size: int = 500
+    ) -> Tensor:
         """(N, C) float32 class probabilities on the CPU (TTA views averaged as probabilities)."""
         return self.logits(images_u8, tta, batch_size).softmax(dim=1)
 
     def check_classes(self, classes: list[str], where: str) -> None:
         """A clear error when the data's class list is not the one the model was trained on."""
         if classes != self.classes:
-            detail = (f"{len(self.classes)} classes vs {len(classes)}"
-                      if len(classes) != len(self.classes) else "same classes, different order")
-            raise ConfigError(f"{self.path}: trained on a different class list than {where} "
-                              f"({detail}); evaluate on data prepared from the same dataset")
+            detail = (
+                f"{len(self.classes)} classes vs {len(classes)}"
+                if len(classes) != len(self.classes)
+                else "same classes, different order"
+            )
+            raise ConfigError(
+                f"{self.path}: trained on a different class list than {where} "
+                f"({detail}); evaluate on data prepared from the same dataset"
+            )
 
 
 def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
@@ -58,9 +71,15 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
     payload = load_checkpoint(path)
     model = runtime.prepare_model(model_from_checkpoint(payload)).eval()
     return LoadedModel(
-        path=Path(path), model=model, norm=normalization_from_payload(payload["normalization"]),
-        input_size=payload["input_size"], classes=payload["classes"], names=payload["names"],
-        config=payload["config"], epoch=payload["epoch"], iteration=payload["iteration"],
+        path=Path(path),
+        model=model,
+        norm=normalization_from_payload(payload["normalization"]),
+        input_size=payload["input_size"],
+        classes=payload["classes"],
+        names=payload["names"],
+        config=payload["config"],
+        epoch=payload["epoch"],
+        iteration=payload["iteration"],
         runtime=runtime,
     )
 
@@ -78,4 +97,7 @@ def images_tensor(array) -> Tensor:
     """A (N, 64, 64, 3) uint8 numpy array or memory map as a torch tensor (one copy at most)."""
     import numpy as np
 
-    return torch.from_numpy(np.ascontiguousarray(array))
+    array = np.asarray(array)
+    if not array.flags.writeable or not array.flags.c_contiguous:  # e.g. a read-only memmap
+        array = np.array(array)
+    return torch.from_numpy(array)

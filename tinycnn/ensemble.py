@@ -1,0 +1,303 @@
+"""Model and snapshot ensembles: average class probabilities; greedy selection (Caruana et al.).
+
+Members are checkpoints or run folders with a snapshot selection:
+
+    RUN_DIR              its best.pt           RUN_DIR@last / RUN_DIR@best
+    RUN_DIR@every:N      snapshots N iterations apart (iter-*.pt; the paper used 10,000)
+    RUN_DIR@top:K        the K epoch snapshots with the lowest selection error (metrics.jsonl)
+    RUN_DIR@last:K       the K most recent snapshots
+    RUN_DIR@epochs:2,4   those epoch snapshots
+
+Each member's probabilities on a split are computed once and cached under the checkpoint's
+sha256, so adding a member to an ensemble costs one member's inference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tinycnn.data.cache import Cache, load_cache
+from tinycnn.errors import ConfigError
+from tinycnn.evaluate import error_rates
+from tinycnn.evaluation import labelled_split
+from tinycnn.inference import file_digest, load_model
+from tinycnn.runtime import Runtime, make_runtime
+
+DEFAULT_PROB_CACHE = Path(os.environ.get("TINYCNN_CACHE", Path.home() / ".cache" / "tinycnn"))
+
+
+def _snapshots(run: Path) -> list[Path]:
+    folder = run / "checkpoints"
+    return sorted([*folder.glob("iter-*.pt"), *folder.glob("epoch-*.pt")], key=_position)
+
+
+def _position(path: Path) -> tuple[int, int]:
+    # epoch-NNN after iter-* of the same run; within a kind, by number (names are zero-padded).
+    kind, number = path.stem.split("-")
+    return (0 if kind == "iter" else 1, int(number))
+
+
+def resolve_members(spec: str) -> list[Path]:
+    """Checkpoint files named by one member spec (see the module docstring)."""
+    target, _, selection = spec.partition("@")
+    path = Path(target)
+    if path.is_file():
+        if selection:
+            raise ConfigError(f"{spec}: a snapshot selection (@...) needs a run folder")
+        return [path]
+    if not (path / "checkpoints").is_dir():
+        raise ConfigError(
+            f"{target}: neither a checkpoint file nor a run folder (with checkpoints/)"
+        )
+    kind, _, arg = (selection or "best").partition(":")
+    if kind in ("best", "last") and not arg:
+        return [_existing(path / "checkpoints" / f"{kind}.pt")]
+    snapshots = _snapshots(path)
+    if kind == "every":
+        step = _positive_int(spec, arg)
+        chosen = [
+            p
+            for p in snapshots
+            if p.stem.startswith("iter-") and int(p.stem.split("-")[1]) % step == 0
+        ]
+    elif kind == "last":
+        chosen = snapshots[-_positive_int(spec, arg) :]
+    elif kind == "epochs":
+        wanted = [int(v) for v in arg.split(",") if v.strip()]
+        chosen = [_existing(path / "checkpoints" / f"epoch-{e:03d}.pt") for e in wanted]
+    elif kind == "top":
+        chosen = _top_epochs(path, _positive_int(spec, arg))
+    else:
+        raise ConfigError(
+            f"{spec}: unknown selection @{kind}; use best, last, every:N, top:K, "
+            "last:K or epochs:LIST"
+        )
+    if not chosen:
+        raise ConfigError(
+            f"{spec}: selects no snapshot (the run has "
+            f"{', '.join(p.name for p in snapshots) or 'none'})"
+        )
+    return chosen
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such checkpoint")
+    return path
+
+
+def _positive_int(spec: str, text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{spec}: {text!r} is not a positive whole number")
+    return int(text)
+
+
+def _top_epochs(run: Path, k: int) -> list[Path]:
+    from tinycnn.train import read_metrics
+
+    scored = []
+    for row in read_metrics(run):
+        key = "tune_top1_error" if "tune_top1_error" in row else "val_top1_error"
+        path = run / "checkpoints" / f"epoch-{int(row['epoch']):03d}.pt"
+        if path.is_file() and not row.get("partial_epoch"):
+            scored.append((row[key], path))
+    return [p for _, p in sorted(scored)[:k]]
+
+
+class ProbabilityCache:
+    """Member probabilities on a split, stored as .npy under the checkpoint's sha256."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+
+    def get(self, checkpoint: Path, cache: Cache, split: str, tta: str, compute) -> np.ndarray:
+        if self.root is None:
+            return compute()
+        source = cache.manifest["source"]
+        key = json.dumps([file_digest(checkpoint), source, split, tta], sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        path = self.root / f"{digest}.npy"
+        if path.is_file():
+            return np.load(path)
+        probs = compute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.save(f, probs)
+        tmp.replace(path)
+        return probs
+
+
+@dataclass
+class EnsembleResult:
+    split: str
+    tta: str
+    members: list[dict]  # {"checkpoint", "weight", "top1_error", "top5_error", "loss"}
+    ensemble: dict  # {"top1_error", "top5_error", "loss", "count"}
+    gain: float  # best member's top-1 error minus the ensemble's (positive = better)
+    probabilities: np.ndarray = field(repr=False)  # (N, C) float32, the ensemble's
+    selection: dict | None = None  # greedy: {"split", "counts", "tune_top1_error"}
+
+    def to_json(self) -> dict:
+        out = {k: v for k, v in vars(self).items() if k != "probabilities"}
+        return out
+
+
+def _rates(probs: np.ndarray, labels: Tensor) -> dict:
+    return error_rates(torch.from_numpy(probs).clamp_min(1e-12).log(), labels)
+
+
+def average(probs: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Weighted mean of member probabilities (weights need not sum to 1)."""
+    total = float(sum(weights))
+    if total <= 0:
+        raise ConfigError(f"ensemble weights {weights} must add up to more than 0")
+    out = np.zeros_like(probs[0], dtype=np.float64)
+    for p, w in zip(probs, weights, strict=True):
+        out += (w / total) * p
+    return out.astype(np.float32)
+
+
+def greedy_select(probs: list[np.ndarray], labels: Tensor, rounds: int) -> list[int]:
+    """Forward selection with replacement (Caruana et al. 2004): counts per member.
+
+    Each round adds the member whose inclusion gives the lowest top-1 error (then loss) of the
+    running average; the best prefix over all rounds is kept.
+    """
+    counts = [0] * len(probs)
+    running = np.zeros_like(probs[0], dtype=np.float64)
+    best: tuple[tuple[float, float], list[int]] | None = None
+    for step in range(1, rounds + 1):
+        trials = []
+        for i, p in enumerate(probs):
+            candidate = (running + p) / step
+            r = _rates(candidate.astype(np.float32), labels)
+            trials.append(((r["top1_error"], r["loss"]), i))
+        score, chosen = min(trials)
+        counts[chosen] += 1
+        running += probs[chosen]
+        if best is None or score < best[0]:
+            best = (score, list(counts))
+    return best[1]
+
+
+def member_probabilities(
+    paths: list[Path],
+    cache: Cache,
+    split: str,
+    tta: str,
+    runtime: Runtime,
+    prob_cache: ProbabilityCache,
+    batch_size: int = 500,
+) -> tuple[list[np.ndarray], Tensor]:
+    """Each member's (N, C) probabilities on a split (cached), and the split's labels."""
+    labels = None
+    probs = []
+    for path in paths:
+        loaded = load_model(path, runtime)
+        loaded.check_classes(cache.classes, str(cache.path))
+
+        def compute(loaded=loaded):
+            images, _ = labelled_split(cache, split, loaded.config)
+            return loaded.probabilities(images, tta, batch_size).numpy()
+
+        probs.append(prob_cache.get(path, cache, split, tta, compute))
+        if labels is None:
+            labels = labelled_split(cache, split, loaded.config)[1]
+    return probs, labels
+
+
+def ensemble(
+    specs: list[str],
+    cache_dir: str | Path,
+    *,
+    split: str = "val",
+    tta: str = "center",
+    weights: list[float] | None = None,
+    greedy: bool = False,
+    select_on: str = "tune",
+    rounds: int = 0,
+    runtime: Runtime | None = None,
+    prob_cache: Path | None = DEFAULT_PROB_CACHE,
+) -> EnsembleResult:
+    """Average the members' probabilities on a split; optionally choose members greedily."""
+    paths = [p for spec in specs for p in resolve_members(spec)]
+    if weights is not None and len(weights) != len(paths):
+        raise ConfigError(f"{len(weights)} weights for {len(paths)} members")
+    runtime = runtime or make_runtime()
+    cache = load_cache(cache_dir)
+    store = ProbabilityCache(prob_cache)
+    probs, labels = member_probabilities(paths, cache, split, tta, runtime, store)
+    selection = None
+    if greedy:
+        tune_probs, tune_labels = member_probabilities(paths, cache, select_on, tta, runtime, store)
+        counts = greedy_select(tune_probs, tune_labels, rounds or max(10, 2 * len(paths)))
+        weights = [float(c) for c in counts]
+        chosen = average(tune_probs, weights)
+        selection = {
+            "split": select_on,
+            "counts": counts,
+            f"{select_on}_top1_error": _rates(chosen, tune_labels)["top1_error"],
+        }
+    weights = weights or [1.0] * len(paths)
+    members = []
+    for path, p, w in zip(paths, probs, weights, strict=True):
+        r = _rates(p, labels)
+        members.append(
+            {
+                "checkpoint": str(path),
+                "weight": w,
+                "top1_error": r["top1_error"],
+                "top5_error": r["top5_error"],
+                "loss": r["loss"],
+            }
+        )
+    combined = average(probs, weights)
+    rates = _rates(combined, labels)
+    best_member = min(m["top1_error"] for m in members if m["weight"] > 0)
+    return EnsembleResult(
+        split, tta, members, rates, best_member - rates["top1_error"], combined, selection
+    )
+
+
+def save_result(result: EnsembleResult, out: str | Path) -> Path:
+    """Write probabilities.npy and ensemble.json into a folder, each atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".probabilities.npy.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, result.probabilities)
+    tmp.replace(out / "probabilities.npy")
+    tmp = out / f".ensemble.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out / "ensemble.json")
+    return out
+
+
+def format_result(result: EnsembleResult) -> str:
+    """Members, the ensemble and the gain, in percent, for people."""
+    lines = [f"{'member':<52} {'weight':>6} {'top-1 err':>9} {'top-5 err':>9}"]
+    for m in result.members:
+        name = m["checkpoint"] if len(m["checkpoint"]) <= 52 else "..." + m["checkpoint"][-49:]
+        lines.append(
+            f"{name:<52} {m['weight']:>6g} {m['top1_error']:>9.2%} {m['top5_error']:>9.2%}"
+        )
+    e = result.ensemble
+    lines.append(
+        f"{'ensemble (' + result.split + ', ' + result.tta + ')':<52} {'':>6} "
+        f"{e['top1_error']:>9.2%} {e['top5_error']:>9.2%}"
+    )
+    lines.append(f"gain over the best member: {result.gain * 100:+.2f} points of top-1 error")
+    if result.selection:
+        lines.append(
+            f"greedy selection on {result.selection['split']}: counts {result.selection['counts']}"
+        )
+    return "\n".join(lines)

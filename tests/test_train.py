@@ -307,3 +307,16 @@ def test_sigterm_saves_and_resume_finishes(cache: Path, tmp_path: Path, capsys) 
     assert "takes no --config, --set or --init-from" in capsys.readouterr().err
     assert main(["train", "--resume", str(out), "-q"]) == 0
     assert len(read_metrics(out)) == 40 and read_metrics(out)[-1]["iteration"] == 120
+
+
+def test_tensorboard_option_needs_the_package(cache: Path, tmp_path: Path) -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="needs the tensorboard package"):
+            train(_cfg(cache, "train.tensorboard=true"), tmp_path / "r", progress=False)
+        assert not (tmp_path / "r").exists()
+    else:
+        train(_cfg(cache, "train.tensorboard=true", "train.epochs=1"), tmp_path / "r",
+              progress=False)
+        assert any((tmp_path / "r" / "tensorboard").iterdir())

@@ -22,12 +22,12 @@ DEMO_TOP = "tiny-imagenet-synth"
 DEMO_TRAINING = [
     "model.name=cnn5",
     "model.conv_channels=[32, 64, 64]",
-    "model.init=\"kaiming\"",
-    "data.normalization=\"channel\"",
-    "optim.name=\"nesterov\"",
+    'model.init="kaiming"',
+    'data.normalization="channel"',
+    'optim.name="nesterov"',
     "optim.lr=0.05",
     "optim.weight_decay=5e-4",
-    "schedule.name=\"cosine\"",
+    'schedule.name="cosine"',
     "schedule.warmup_epochs=1",
     "augment.tint=10.0",
     "augment.contrast=0.1",
@@ -41,27 +41,41 @@ def run_demo(out: str | Path = "tinycnn-demo", *, seed: int = 0, progress: bool 
     out = Path(out)
     data = out / "data" / DEMO_TOP
     if not (data / "wnids.txt").is_file():
-        make_synthetic(out / "data", classes=10, train_per_class=100, val_per_class=20,
-                       test_count=50, seed=seed, top_folder=DEMO_TOP)
+        make_synthetic(
+            out / "data",
+            classes=10,
+            train_per_class=100,
+            val_per_class=20,
+            test_count=50,
+            seed=seed,
+            top_folder=DEMO_TOP,
+        )
     prepared = prepare(data, out / "cache", progress=progress)
     lines = [f"demo data: {data}", summarize(prepared.manifest, out / "cache"), ""]
     run = out / "run"
-    cfg = load_config(None, [f"data.cache={json.dumps(str(out / 'cache'))}", *DEMO_TRAINING,
-                             f"train.seed={seed}"])
+    cfg = load_config(
+        None, [f"data.cache={json.dumps(str(out / 'cache'))}", *DEMO_TRAINING, f"train.seed={seed}"]
+    )
     done = read_metrics(run)
     if not done:
         train(cfg, run, progress=progress)
     elif len(done) < cfg.train.epochs:
         train(None, run, resume=True, progress=progress)
     metrics = read_metrics(run)
-    lines.append(f"trained cnn5 on {prepared.manifest['splits']['train']['count']} images, "
-                 f"{len(prepared.manifest['classes'])} classes (chance: "
-                 f"{1 / len(prepared.manifest['classes']):.0%} accuracy); run folder {run}")
+    lines.append(
+        f"trained cnn5 on {prepared.manifest['splits']['train']['count']} images, "
+        f"{len(prepared.manifest['classes'])} classes (chance: "
+        f"{1 / len(prepared.manifest['classes']):.0%} accuracy); run folder {run}"
+    )
     lines.append("epoch  train loss  val top-1 error  val top-5 error")
     for row in metrics:
-        lines.append(f"{row['epoch']:>5}  {row['train_loss']:>10.3f}  "
-                     f"{row['val_top1_error']:>15.1%}  {row['val_top5_error']:>15.1%}")
+        lines.append(
+            f"{row['epoch']:>5}  {row['train_loss']:>10.3f}  "
+            f"{row['val_top1_error']:>15.1%}  {row['val_top5_error']:>15.1%}"
+        )
     final = metrics[-1]
-    lines.append(f"val accuracy: {1 - final['val_top1_error']:.1%} top-1, "
-                 f"{1 - final['val_top5_error']:.1%} top-5")
+    lines.append(
+        f"val accuracy: {1 - final['val_top1_error']:.1%} top-1, "
+        f"{1 - final['val_top5_error']:.1%} top-5"
+    )
     return "\n".join(lines)

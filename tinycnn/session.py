@@ -329,11 +329,16 @@ def _load_weights(s: Session, path: Path) -> None:
         ) from None
 
 
-def _tensorboard(out: Path):
+def tensorboard_writer_class():
+    """torch's SummaryWriter; a ConfigError naming the missing package when it is absent."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError(
             "train.tensorboard = true needs the tensorboard package (pip install tensorboard)"
         ) from None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter
+
+
+def _tensorboard(out: Path):
+    return tensorboard_writer_class()(str(out / "tensorboard"))

@@ -114,6 +114,10 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> None:
         build_model(cfg, cache.num_classes, cfg.augment.crop or 64, initialise=False)
     if init_from is not None:
         load_checkpoint(init_from)
+    if cfg.train.tensorboard:
+        from tinycnn.session import tensorboard_writer_class
+
+        tensorboard_writer_class()
 
 
 def _new_run_dir(out: Path, cfg: RunConfig) -> None:

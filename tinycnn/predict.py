@@ -1,0 +1,292 @@
+"""Predict classes for a cache's test split (a submission file) or for any image files.
+
+Everything here works through a ``Predictor``: a callable from uint8 images (N, 64, 64, 3) to
+class probabilities (N, C) that also carries its ``classes`` (wnids) and ``names``. One model with
+its test-time augmentation is one (``model_predictor``); an ensemble is another, with the same
+attributes, so submissions and file predictions never need to know which they were given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from tinycnn.data.cache import load_cache
+from tinycnn.data.tiny_imagenet import natural_key
+from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.evaluate import TTA_VIEWS
+from tinycnn.inference import LoadedModel
+
+IMAGE_SIZE = 64
+# What a folder contributes: suffixes Pillow can read (it also registers some it only writes,
+# like .pdf); MPO pictures are read by the JPEG opener, so their format has none of its own.
+IMAGE_SUFFIXES = frozenset(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN or fmt == "MPO"
+)
+_WHITE = (255, 255, 255, 255)
+
+
+class Predictor(Protocol):
+    """Maps uint8 images (N, 64, 64, 3) to probabilities (N, C) over ``classes``, in that order."""
+
+    classes: list[str]  # wnids
+    names: list[str]  # words.txt names, one per class
+
+    def __call__(self, images_u8: Tensor) -> Tensor: ...
+
+
+@dataclass
+class ModelPredictor:
+    """One loaded model with a fixed test-time augmentation, as a Predictor."""
+
+    loaded: LoadedModel
+    tta: str = "center"
+    batch_size: int = 500
+
+    @property
+    def classes(self) -> list[str]:
+        return self.loaded.classes
+
+    @property
+    def names(self) -> list[str]:
+        return self.loaded.names
+
+    def __call__(self, images_u8: Tensor) -> Tensor:
+        """(N, C) float32 probabilities on the CPU; images_u8: (N, 64, 64, 3) uint8."""
+        return self.loaded.probabilities(images_u8, self.tta, self.batch_size)
+
+
+def model_predictor(loaded: LoadedModel, tta: str = "center") -> ModelPredictor:
+    """Wrap a loaded model as a Predictor; tta: one of "center", "flip", "10crop"."""
+    if tta not in TTA_VIEWS:  # fail before any image is read, not at the first batch
+        raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
+    return ModelPredictor(loaded, tta)
+
+
+def predict_batches(predictor: Predictor, images: np.ndarray, batch_size: int = 500) -> Tensor:
+    """(N, C) probabilities of images (N, 64, 64, 3) uint8; a memory map is read per batch."""
+    outputs = []
+    for lo in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.array(images[lo : lo + batch_size]))  # a writable copy
+        probs = predictor(batch)
+        # Ensembles are written elsewhere: a wrong shape must fail here, not as a bad file.
+        if tuple(probs.shape) != (len(batch), len(predictor.classes)):
+            raise TinycnnError(
+                f"predictor returned shape {tuple(probs.shape)} for {len(batch)} images, "
+                f"expected ({len(batch)}, {len(predictor.classes)})"
+            )
+        outputs.append(probs.float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, len(predictor.classes))
+
+
+def write_submission(
+    predictor: Predictor, cache_dir: str | Path, out_file: str | Path, batch_size: int = 500
+) -> int:
+    """Write ``test_K.JPEG<TAB>wnid`` for each test image of a cache; returns the line count.
+
+    Lines follow the cache's order, which is natural file-name order (test_0, test_1, ...,
+    test_9, test_10, ...). Test images that prepare skipped (--skip-bad) have no line. The file
+    is written to a temporary sibling and renamed, so it is never seen half-written.
+    """
+    cache = load_cache(cache_dir)
+    check_classes(predictor.classes, cache.classes, f"the cache {cache.path}")
+    test = cache.split("test")
+    top1 = predict_batches(predictor, test.images, batch_size).argmax(dim=1).tolist()
+    lines = [
+        f"{PurePosixPath(file).name}\t{predictor.classes[k]}\n"
+        for file, k in zip(test.files, top1, strict=True)
+    ]
+    _write_text_atomic(Path(out_file), "".join(lines))
+    return len(lines)
+
+
+def check_classes(predictor_classes: list[str], data_classes: list[str], where: str) -> None:
+    """ConfigError when the data's class list (wnids, in order) is not the predictor's."""
+    if predictor_classes == data_classes:
+        return
+    if len(predictor_classes) != len(data_classes):
+        detail = f"{len(predictor_classes)} classes vs {len(data_classes)}"
+    elif set(predictor_classes) == set(data_classes):
+        detail = "same classes, different order"
+    else:
+        missing = sorted(set(data_classes) - set(predictor_classes))
+        detail = f"{len(missing)} classes differ, e.g. {missing[0]}"
+    raise ConfigError(
+        f"{where}: its class list differs from the model's ({detail}); predict with models "
+        "trained on data prepared from the same dataset"
+    )
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write text via a unique temporary sibling and a rename; no partial file on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_images(
+    paths: list[str | Path],
+) -> tuple[list[Path], np.ndarray, list[tuple[Path, str]]]:
+    """Read image files and folders as 64x64 RGB; returns (files, images, failures).
+
+    paths: files (read whatever their suffix) and folders (searched recursively for files with a
+    suffix Pillow knows, e.g. .jpg .png .gif .webp .bmp .tif; hidden files and folders and other
+    suffixes are left out; a folder's images in natural name order). images: (N, 64, 64, 3)
+    uint8, one per returned file. failures: (path, reason) for each path that does not exist,
+    folder without images, and file Pillow cannot read; the other files are still read.
+    """
+    files, arrays, failures, seen = [], [], [], set()
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = _folder_images(path, failures)
+            if not found:
+                failures.append((path, "folder holds no image files"))
+        elif path.exists():
+            found = [path]
+        else:
+            failures.append((path, "no such file or folder"))
+            continue
+        for file in found:
+            key = file.resolve()
+            if key in seen:  # a file named and also inside a named folder is predicted once
+                continue
+            seen.add(key)
+            try:
+                arrays.append(read_image(file))
+                files.append(file)
+            except Exception as exc:  # any one bad file is reported by name; the rest go on
+                failures.append((file, _failure_reason(exc)))
+    images = np.stack(arrays) if arrays else np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    return files, images, failures
+
+
+def _folder_images(folder: Path, failures: list[tuple[Path, str]]) -> list[Path]:
+    """Image files under folder, recursively, natural order of their relative paths.
+
+    failures: gets each subfolder that cannot be listed (os.walk would skip it silently).
+    """
+
+    def unlistable(exc: OSError) -> None:
+        failures.append((Path(exc.filename or folder), f"cannot list folder ({exc.strerror})"))
+
+    found = []
+    for root, dirs, names in os.walk(folder, onerror=unlistable):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .git, .ipynb_checkpoints, ...
+        for name in names:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(Path(root, name))
+    return sorted(found, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(64, 64, 3) uint8 RGB from any image Pillow reads (the first frame of an animation).
+
+    The image is turned upright by its EXIF orientation, made RGB (transparency over white,
+    16-bit grayscale scaled to 8 bits) and, when it is not 64x64, squashed to 64x64 with Pillow's
+    antialiased bicubic filter, without cropping: the Tiny ImageNet images were made the same
+    way (whole ImageNet boxes resized to 64x64), and the cache resizes odd images identically.
+    """
+    with Image.open(path) as image:
+        image.load()  # decode now: a truncated file fails here, inside this file's report
+        image = _to_rgb(ImageOps.exif_transpose(image))
+    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB view of any mode; the plain convert() would saturate 16-bit and blacken transparency."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
+        # 16-bit samples (PNG, TIFF): keep the high byte instead of clipping everything to 255.
+        wide = np.asarray(image, dtype=np.uint32)
+        image = Image.fromarray((wide >> 8).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        # Transparent pixels carry arbitrary colours; show them as a viewer would, on white.
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _failure_reason(exc: Exception) -> str:
+    """One line on why a file could not be read."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image Pillow can read (corrupt, or an unsupported format)"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"image too large to decode safely ({exc})"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "truncated" in text.lower():
+        return f"truncated image ({text})"
+    return f"unreadable image ({text})"
+
+
+@dataclass
+class PredictionReport:
+    """Top classes per readable file, and why the other files were not predicted."""
+
+    rows: list[dict] = field(default_factory=list)  # {"file", "top": [{"wnid", "name", ...}]}
+    failures: list[dict] = field(default_factory=list)  # {"file", "reason"}
+
+
+def predict_files(
+    predictor: Predictor, paths: list[str | Path], top: int = 5, batch_size: int = 500
+) -> PredictionReport:
+    """The top classes of each image file or folder's images; unreadable files become failures.
+
+    top: classes kept per file, most probable first (at most the number of classes).
+    """
+    if top < 1:
+        raise ConfigError(f"--top {top}: expected at least 1")
+    files, images, failed = load_images(paths)
+    probs = predict_batches(predictor, images, batch_size)
+    values, indices = probs.topk(min(top, len(predictor.classes)), dim=1)
+    rows = []
+    for file, row_values, row_indices in zip(files, values.tolist(), indices.tolist(), strict=True):
+        best = [
+            {"wnid": predictor.classes[k], "name": predictor.names[k], "probability": p}
+            for p, k in zip(row_values, row_indices, strict=True)
+        ]
+        rows.append({"file": str(file), "top": best})
+    failures = [{"file": str(path), "reason": reason} for path, reason in failed]
+    return PredictionReport(rows, failures)
+
+
+def format_report(report: PredictionReport) -> str:
+    """A table for people: each file, then its top classes as "probability name (wnid)"."""
+    lines = []
+    for row in report.rows:
+        lines.append(row["file"])
+        lines.extend(f"  {t['probability']:6.3f}  {t['name']} ({t['wnid']})" for t in row["top"])
+    if report.failures:
+        lines.append(f"not predicted ({len(report.failures)}):")
+        lines.extend(f"  {f['file']}: {f['reason']}" for f in report.failures)
+    lines.append(f"{len(report.rows)} predicted, {len(report.failures)} not predicted")
+    return "\n".join(lines)
+
+
+def report_json(report: PredictionReport) -> str:
+    """The report as JSON: {"rows": [...], "failures": [...]}."""
+    return json.dumps({"rows": report.rows, "failures": report.failures}, indent=1)
+
+
+def exit_code(report: PredictionReport) -> int:
+    """0: every file predicted; 2: some predicted, some not; 1: none predicted."""
+    if not report.rows:
+        return 1
+    return 2 if report.failures else 0

@@ -189,3 +189,32 @@ def test_cli_evaluate_and_ensemble(run, tmp_path: Path, capsys) -> None:
     assert "ensemble (val, center)" in text and "gain over the best member" in text
     assert np.load(out / "probabilities.npy").shape == (20, 5)
     assert len(json.loads((out / "ensemble.json").read_text())["members"]) == 3
+
+
+def test_cli_predict_submission_and_files_with_an_ensemble(
+    run, tmp_path: Path, capsys, synth_sources
+) -> None:
+    cache, folder = run
+    submission = tmp_path / "sub.txt"
+    image = synth_sources["folder"] / "val" / "images" / "val_0.JPEG"
+    argv = [
+        "predict",
+        f"{folder}@last:2",
+        "--data",
+        str(cache),
+        "--submission",
+        str(submission),
+        "--images",
+        str(image),
+        "--json",
+        "--precision",
+        "fp32",
+    ]
+    assert main(argv) == 0
+    lines = submission.read_text().splitlines()
+    assert len(lines) == 8 and lines[0].startswith("test_0.JPEG\t")
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows[0]["file"].endswith("val_0.JPEG") and len(rows[0]["top"]) == 5
+    assert main(["predict", str(folder), "--images", str(tmp_path / "missing.png")]) == 1
+    assert main(["predict", str(folder)]) == 1
+    assert "say what to predict" in capsys.readouterr().err

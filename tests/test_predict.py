@@ -273,3 +273,14 @@ def test_reports_for_people_and_for_programs(mixed_inputs: dict[str, Path], pred
     assert f"{best['probability']:6.3f}  {best['name']} ({best['wnid']})" in text
     assert f"{mixed_inputs['missing']}: no such file or folder" in text
     assert text.endswith("1 predicted, 1 not predicted")
+
+
+def test_a_truncated_file_is_reported_and_the_rest_read(tmp_path: Path) -> None:
+    whole = _save(tmp_path / "whole.jpg", _noise("RGB", (64, 64)), quality=95)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    read, images, failures = load_images([cut, whole])
+    assert read == [whole] and len(images) == 1
+    assert [(path, reason.split(" (")[0]) for path, reason in failures] == [
+        (cut, "truncated image")
+    ]

@@ -175,6 +175,32 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tinycnn.ensemble import load_predictor
+    from tinycnn.predict import (
+        exit_code,
+        format_report,
+        predict_files,
+        report_json,
+        write_submission,
+    )
+
+    if not args.submission and not args.images:
+        raise ConfigError("say what to predict: --submission FILE (with --data) or --images PATH")
+    if args.submission and not args.data:
+        raise ConfigError("--submission needs --data CACHE (its test split is predicted)")
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    predictor = load_predictor(args.members, tta=args.tta, weights=weights, runtime=_runtime(args))
+    if args.submission:
+        lines = write_submission(predictor, args.data, args.submission)
+        print(f"wrote {args.submission}: {lines} lines (test image<TAB>wnid)", file=sys.stderr)
+    if not args.images:
+        return 0
+    report = predict_files(predictor, args.images, top=args.top)
+    print(report_json(report) if args.json else format_report(report))
+    return exit_code(report)
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="prepared cache folder")
     p.add_argument("--split", default="val", help="val (default), train or tune")
@@ -287,6 +313,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-cache", action="store_true", help="do not cache member probabilities")
     p.set_defaults(func=_cmd_ensemble)
+
+    p = sub.add_parser("predict", help="a test-split submission, or top-5 for image files")
+    p.add_argument(
+        "members",
+        nargs="+",
+        metavar="CHECKPOINT|RUN_DIR[@SELECTION]",
+        help="one model, or several (their probabilities are averaged)",
+    )
+    p.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--submission", metavar="FILE", help="write test_K.JPEG<TAB>wnid lines")
+    p.add_argument("--data", help="prepared cache whose test split --submission predicts")
+    p.add_argument("--tta", default="center", choices=["center", "flip", "10crop"])
+    p.add_argument("--weights", help="comma-separated member weights (default: equal)")
+    p.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_cmd_models)

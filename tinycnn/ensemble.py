@@ -301,3 +301,47 @@ def format_result(result: EnsembleResult) -> str:
             f"greedy selection on {result.selection['split']}: counts {result.selection['counts']}"
         )
     return "\n".join(lines)
+
+
+@dataclass
+class EnsemblePredictor:
+    """A Predictor (see predict.py) that averages its members' probabilities."""
+
+    members: list  # LoadedModel, all with the same class list
+    weights: list[float]
+    tta: str = "center"
+
+    @property
+    def classes(self) -> list[str]:
+        return self.members[0].classes
+
+    @property
+    def names(self) -> list[str]:
+        return self.members[0].names
+
+    def __call__(self, images_u8: Tensor) -> Tensor:
+        probs = [m.probabilities(images_u8, self.tta).numpy() for m in self.members]
+        return torch.from_numpy(average(probs, self.weights))
+
+
+def load_predictor(
+    specs: list[str],
+    *,
+    tta: str = "center",
+    weights: list[float] | None = None,
+    runtime: Runtime | None = None,
+):
+    """One model (its own Predictor) or an ensemble of all members the specs name."""
+    from tinycnn.predict import model_predictor
+
+    paths = [p for spec in specs for p in resolve_members(spec)]
+    runtime = runtime or make_runtime()
+    loaded = [load_model(p, runtime) for p in paths]
+    for other in loaded[1:]:
+        other.check_classes(loaded[0].classes, str(loaded[0].path))
+    if len(loaded) == 1 and not weights:
+        return model_predictor(loaded[0], tta)
+    weights = weights or [1.0] * len(loaded)
+    if len(weights) != len(loaded):
+        raise ConfigError(f"{len(weights)} weights for {len(loaded)} members")
+    return EnsemblePredictor(loaded, weights, tta)

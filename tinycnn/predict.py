@@ -198,8 +198,8 @@ def read_image(path: Path) -> np.ndarray:
 
     The image is turned upright by its EXIF orientation, made RGB (transparency over white,
     16-bit grayscale scaled to 8 bits) and, when it is not 64x64, squashed to 64x64 with Pillow's
-    antialiased bicubic filter, without cropping: the Tiny ImageNet images were made the same
-    way (whole ImageNet boxes resized to 64x64), and the cache resizes odd images identically.
+    antialiased bicubic filter, without cropping: the Tiny ImageNet images were made that way
+    (whole ImageNet images downsampled to 64x64), and the cache's --resize uses the same filter.
     """
     with Image.open(path) as image:
         image.load()  # decode now: a truncated file fails here, inside this file's report

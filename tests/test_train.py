@@ -317,6 +317,7 @@ def test_tensorboard_option_needs_the_package(cache: Path, tmp_path: Path) -> No
             train(_cfg(cache, "train.tensorboard=true"), tmp_path / "r", progress=False)
         assert not (tmp_path / "r").exists()
     else:
-        train(_cfg(cache, "train.tensorboard=true", "train.epochs=1"), tmp_path / "r",
-              progress=False)
+        train(
+            _cfg(cache, "train.tensorboard=true", "train.epochs=1"), tmp_path / "r", progress=False
+        )
         assert any((tmp_path / "r" / "tensorboard").iterdir())

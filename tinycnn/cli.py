@@ -201,6 +201,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return exit_code(report)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from tinycnn.export import export_model, format_report
+
+    print(format_report(export_model(args.checkpoint, args.format, args.out)))
+    return 0
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="prepared cache folder")
     p.add_argument("--split", default="val", help="val (default), train or tune")
@@ -331,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="ONNX or TorchScript with the preprocessing built in")
+    p.add_argument("checkpoint", help="checkpoint file (e.g. RUN/checkpoints/best.pt)")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--out", required=True, help="file to write")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_cmd_models)

@@ -1,0 +1,224 @@
+"""Export: ONNX and TorchScript files that hold the preprocessing and match evaluation's logits."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx  # the test extra installs onnx and onnxruntime: never skip the round trip
+import onnxruntime
+import pytest
+import torch
+
+from tinycnn import export
+from tinycnn.config import load_config
+from tinycnn.data.cache import load_cache
+from tinycnn.data.prepare import prepare
+from tinycnn.errors import ConfigError
+from tinycnn.export import ExportError, Preprocessed, export_model, format_report
+from tinycnn.inference import load_model
+from tinycnn.runtime import make_runtime
+from tinycnn.train import train
+
+KINDS = ("mean_image", "channel", "none")
+FORMATS = ("onnx", "torchscript")
+# A tiny cnn5 for the real 10-class subset; a low lr: mean-image inputs are on the 0-255 scale.
+TINY = [
+    "model.name=cnn5",
+    "model.conv_channels=[8, 8, 8]",
+    "model.fc_widths=[32]",
+    "train.batch_size=16",
+    "train.eval_batch_size=64",
+    "optim.name=nesterov",
+    "optim.lr=0.0005",
+    'train.device="cpu"',
+    'train.precision="fp32"',
+    "train.threads=1",
+    "train.epochs=1",
+]
+
+
+@pytest.fixture(scope="module")
+def mini_cache(mini_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "cache"
+    return prepare(mini_archive, out, workers=1, progress=False).path
+
+
+@pytest.fixture(scope="module")
+def val_images(mini_cache: Path) -> np.ndarray:
+    """16 real validation images, (16, 64, 64, 3) uint8."""
+    return np.array(load_cache(mini_cache).split("val").images[:16])
+
+
+@pytest.fixture(scope="module")
+def checkpoints(mini_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A briefly trained checkpoint (5 iterations) for each normalisation kind."""
+    root = tmp_path_factory.mktemp("runs")
+    paths = {}
+    for kind in KINDS:
+        cache = f"data.cache={json.dumps(str(mini_cache))}"
+        cfg = load_config(None, [cache, *TINY, f'data.normalization="{kind}"'])
+        train(cfg, root / kind, progress=False, stop_at_iteration=5)
+        paths[kind] = root / kind / "checkpoints" / "last.pt"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def exported(
+    checkpoints: dict[str, Path], val_images: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> dict[tuple[str, str], export.ExportReport]:
+    """Every (normalisation kind, format) exported once, checked on the real images."""
+    root = tmp_path_factory.mktemp("exported")
+    return {
+        (kind, fmt): export_model(
+            checkpoints[kind], fmt, root / f"{kind}.{fmt}", check_images=val_images
+        )
+        for kind in KINDS
+        for fmt in FORMATS
+    }
+
+
+def _evaluation_logits(checkpoint: Path, images: np.ndarray) -> np.ndarray:
+    runtime = make_runtime("cpu", "fp32", channels_last=False, threads=torch.get_num_threads())
+    return load_model(checkpoint, runtime).logits(torch.from_numpy(images), tta="center").numpy()
+
+
+def _run_file(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
+    """Logits of an exported file, loaded the way a user would load it."""
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(["logits"], {"images": images})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated upstream
+        module = torch.jit.load(str(path))
+    with torch.inference_mode():
+        return module(torch.from_numpy(images)).numpy()
+
+
+def _close(actual: np.ndarray, expected: np.ndarray) -> float:
+    assert actual.shape == expected.shape and actual.dtype == np.float32
+    diff = float(np.abs(actual - expected).max())
+    assert diff <= 1e-3 * max(1.0, float(np.abs(expected).max())), diff
+    return diff
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_matches_evaluation_logits(
+    exported, checkpoints, val_images: np.ndarray, kind: str, fmt: str
+) -> None:
+    report = exported[kind, fmt]
+    assert report.format == fmt and report.images_checked == 16 and report.path.is_file()
+    assert report.max_abs_logit_diff <= report.tolerance
+    expected = _evaluation_logits(checkpoints[kind], val_images)
+    actual = _run_file(report.path, fmt, val_images)
+    _close(actual, expected)
+    assert (actual.argmax(1) == expected.argmax(1)).all()
+    assert not list(report.path.parent.glob(".*tmp*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_batch_size_is_dynamic(exported, checkpoints, val_images, fmt: str, batch: int) -> None:
+    images = val_images[3 : 3 + batch]
+    expected = _evaluation_logits(checkpoints["mean_image"], images)
+    _close(_run_file(exported["mean_image", fmt].path, fmt, images), expected)
+
+
+def test_onnx_carries_the_contract_and_class_list(exported, mini_cache: Path) -> None:
+    cache = load_cache(mini_cache)
+    model = onnx.load(str(exported["channel", "onnx"].path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["classes"]) == cache.classes
+    assert json.loads(meta["names"]) == cache.names
+    assert meta["input_spec"] == exported["channel", "onnx"].input_spec
+    assert "uint8[N, 64, 64, 3]" in meta["input_spec"] and "float32[N, 10]" in meta["input_spec"]
+    assert "normalisation channel" in meta["preprocessing"] and "uint8" in model.doc_string
+    (images,), (logits,) = model.graph.input, model.graph.output
+    assert (images.name, logits.name) == ("images", "logits")
+    assert images.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    dims = [d.dim_param or d.dim_value for d in images.type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and dims[1:] == [64, 64, 3]
+
+
+def test_torchscript_carries_the_class_list(exported, mini_cache: Path) -> None:
+    cache = load_cache(mini_cache)
+    extra = {"classes.json": "", "names.json": "", "input_spec.txt": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.load(str(exported["none", "torchscript"].path), _extra_files=extra)
+    assert json.loads(extra["classes.json"]) == cache.classes
+    assert json.loads(extra["names.json"]) == cache.names
+    assert extra["input_spec.txt"].decode() == exported["none", "torchscript"].input_spec
+
+
+def test_default_check_uses_random_images(checkpoints, tmp_path: Path) -> None:
+    report = export_model(checkpoints["channel"], "torchscript", tmp_path / "m.pt")
+    assert report.images_checked == export.CHECK_IMAGES
+    first, second = format_report(report).splitlines()
+    assert str(tmp_path / "m.pt") in first and "torchscript" in first
+    assert "8 images" in second and "tolerance" in second
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "ONNX", "", "onnx "])
+def test_unknown_format_is_a_config_error(checkpoints, tmp_path: Path, fmt: str) -> None:
+    with pytest.raises(ConfigError, match="expected one of onnx, torchscript"):
+        export_model(checkpoints["none"], fmt, tmp_path / "m")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_exporting_onto_a_folder_is_refused(checkpoints, tmp_path: Path, fmt: str) -> None:
+    folder = tmp_path / "model.onnx"
+    (folder / "inside").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="is a folder"):
+        export_model(checkpoints["none"], fmt, folder)
+    assert [p.name for p in folder.iterdir()] == ["inside"]
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((2, 64, 64, 3), np.float32), "uint8"),
+        (np.zeros((2, 56, 56, 3), np.uint8), "shape"),
+        (np.zeros((0, 64, 64, 3), np.uint8), "shape"),
+        (np.zeros((64, 64, 3), np.uint8), "shape"),
+        ([[0]], "uint8"),
+    ],
+)
+def test_bad_check_images_are_config_errors(checkpoints, tmp_path: Path, images, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        export_model(checkpoints["channel"], "torchscript", tmp_path / "m", check_images=images)
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_onnx_runtime_says_what_to_install(checkpoints, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes the import fail
+    with pytest.raises(ConfigError, match=r"onnxruntime.*pip install 'tinycnn\[export\]'"):
+        export_model(checkpoints["none"], "onnx", tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+class _OffByOnePixel(Preprocessed):
+    """A crop one pixel off the centre: the kind of mistake the check must catch."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.top += 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_wrong_preprocessing_fails_and_writes_nothing(
+    checkpoints, val_images, tmp_path: Path, monkeypatch, fmt: str
+) -> None:
+    out = tmp_path / "model.bin"
+    out.write_bytes(b"the previous export")
+    monkeypatch.setattr(export, "Preprocessed", _OffByOnePixel)
+    with pytest.raises(ExportError, match="differ from evaluation"):
+        export_model(checkpoints["mean_image"], fmt, out, check_images=val_images)
+    assert out.read_bytes() == b"the previous export"  # kept, not half-replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]

@@ -9,7 +9,6 @@ runs no pickled code.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from tinycnn import __version__
+from tinycnn.atomic import atomic_path
 from tinycnn.data.augment import Normalization
 from tinycnn.errors import TinycnnError
 
@@ -29,24 +29,9 @@ class CheckpointError(TinycnnError):
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     """Write payload to path through a temporary file and a rename (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(
-            {
-                "format": FORMAT,
-                "kind": "tinycnn-checkpoint",
-                "tinycnn_version": __version__,
-                **payload,
-            },
-            tmp,
-        )
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    header = {"format": FORMAT, "kind": "tinycnn-checkpoint", "tinycnn_version": __version__}
+    with atomic_path(path) as tmp:
+        torch.save({**header, **payload}, tmp)
     return path
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tinycnn.atomic import save_npy, write_json
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.errors import ConfigError
 from tinycnn.evaluate import error_rates
@@ -128,11 +129,7 @@ class ProbabilityCache:
         if path.is_file():
             return np.load(path)
         probs = compute()
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.save(f, probs)
-        tmp.replace(path)
+        save_npy(path, probs)
         return probs
 
 
@@ -271,14 +268,8 @@ def ensemble(
 def save_result(result: EnsembleResult, out: str | Path) -> Path:
     """Write probabilities.npy and ensemble.json into a folder, each atomically."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".probabilities.npy.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, result.probabilities)
-    tmp.replace(out / "probabilities.npy")
-    tmp = out / f".ensemble.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out / "ensemble.json")
+    save_npy(out / "probabilities.npy", result.probabilities)
+    write_json(out / "ensemble.json", result.to_json())
     return out
 
 

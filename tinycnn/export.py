@@ -29,7 +29,6 @@ import contextlib
 import importlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from tinycnn import __version__
+from tinycnn.atomic import atomic_path
 from tinycnn.data.augment import Normalization
 from tinycnn.data.decode import IMAGE_SIZE
 from tinycnn.errors import ConfigError, TinycnnError
@@ -150,20 +150,12 @@ def export_model(
     # A batch of 2, not 1: the exporters specialise a size-1 dimension to a constant.
     example = torch.zeros((2, image_size, image_size, 3), dtype=torch.uint8)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         # Check the very file that will be published, before publishing it.
         write(wrapper, example, tmp, _metadata(loaded, spec))
         exported = run(tmp, images)
         reference = loaded.logits(torch.from_numpy(images), tta="center").numpy()
         diff, tolerance = _compare(exported, reference, out)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return ExportReport(out, fmt, spec, diff, len(images), tolerance)
 
 

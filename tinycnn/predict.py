@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -20,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from tinycnn.atomic import atomic_path
 from tinycnn.data.cache import load_cache
 from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.errors import ConfigError, TinycnnError
@@ -128,15 +128,8 @@ def check_classes(predictor_classes: list[str], data_classes: list[str], where: 
 
 def _write_text_atomic(path: Path, text: str) -> None:
     """Write text via a unique temporary sibling and a rename; no partial file on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
 
 
 def load_images(

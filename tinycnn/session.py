@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinycnn.atomic import copy_file, write_text
 from tinycnn.checkpoint import (
     load_checkpoint,
     normalization_payload,
@@ -110,7 +110,7 @@ class Session:
         """Write checkpoints/NAME.pt and make it the resume point (last.pt)."""
         path = save_checkpoint(self.checkpoints / f"{name}.pt", self.payload(elapsed, metrics))
         if name != "last":
-            _copy_atomic(path, self.checkpoints / "last.pt")
+            copy_file(path, self.checkpoints / "last.pt")
             self._apply_retention()
         return path
 
@@ -171,7 +171,7 @@ class Session:
         path = self.save(name, elapsed, row)
         if row[selector] < self.best_error:
             self.best_error = row[selector]
-            _copy_atomic(path, self.checkpoints / "best.pt")
+            copy_file(path, self.checkpoints / "best.pt")
         self._log(row, progress)
         return row
 
@@ -207,12 +207,6 @@ class Session:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
 
 
 def load_session(
@@ -310,9 +304,7 @@ def _sync_metrics(out: Path, payload: dict) -> list[dict]:
     rows = [r for r in read_metrics(out) if r["iteration"] <= payload["iteration"]]
     if payload["metrics"] and all(r["iteration"] != payload["iteration"] for r in rows):
         rows.append(payload["metrics"])
-    tmp = out / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(out / "metrics.jsonl")
+    write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from tinycnn.atomic import write_text
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.data.augment import augment_batch
@@ -128,9 +129,7 @@ def _new_run_dir(out: Path, cfg: RunConfig) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is a file; --out must be a run folder")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".config.toml.tmp"
-    tmp.write_text(to_toml(cfg), encoding="utf-8")
-    tmp.replace(out / "config.toml")
+    write_text(out / "config.toml", to_toml(cfg))
 
 
 def _read_resolved_config(out: Path) -> dict:

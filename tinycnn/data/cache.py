@@ -127,13 +127,6 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def summarize(manifest: dict, path: str | Path = "") -> str:
     """A short human-readable summary of a manifest (what ``tinycnn info`` prints)."""
     source = manifest.get("source", {})

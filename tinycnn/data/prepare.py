@@ -24,7 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tinycnn import __version__
-from tinycnn.data.cache import FORMAT, MANIFEST, read_manifest, write_json_atomic
+from tinycnn.atomic import write_json
+from tinycnn.data.cache import FORMAT, MANIFEST, read_manifest
 from tinycnn.data.decode import IMAGE_SIZE, Chunk, ChunkResult, init_worker, run_chunk
 from tinycnn.data.sources import Source, open_source
 from tinycnn.data.tiny_imagenet import Layout, read_layout
@@ -89,7 +90,7 @@ def prepare(
             seconds=round(time.perf_counter() - start, 3),
         )
         manifest["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
-        write_json_atomic(tmp / MANIFEST, manifest)  # last: its presence marks completeness
+        write_json(tmp / MANIFEST, manifest)  # last: its presence marks completeness
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

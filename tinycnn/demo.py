@@ -51,16 +51,26 @@ def run_demo(out: str | Path = "tinycnn-demo", *, seed: int = 0, progress: bool 
             top_folder=DEMO_TOP,
         )
     prepared = prepare(data, out / "cache", progress=progress)
-    lines = [f"demo data: {data}", summarize(prepared.manifest, out / "cache"), ""]
+    state = "prepared now" if prepared.rebuilt else "up to date"
+    lines = [
+        f"demo data: {data}",
+        f"cache: {state}",
+        summarize(prepared.manifest, out / "cache"),
+        "",
+    ]
     run = out / "run"
     cfg = load_config(
         None, [f"data.cache={json.dumps(str(out / 'cache'))}", *DEMO_TRAINING, f"train.seed={seed}"]
     )
     done = read_metrics(run)
+    result = None
     if not done:
-        train(cfg, run, progress=progress)
+        result = train(cfg, run, progress=progress)
     elif len(done) < cfg.train.epochs:
-        train(None, run, resume=True, progress=progress)
+        result = train(None, run, resume=True, progress=progress)
+    if result is not None and result.stopped != "finished":
+        # Saved and resumable: the next `tinycnn demo` continues where this one stopped.
+        raise KeyboardInterrupt("demo training stopped; run the demo again to resume it")
     metrics = read_metrics(run)
     lines.append(
         f"trained cnn5 on {prepared.manifest['splits']['train']['count']} images, "

@@ -218,3 +218,35 @@ def test_cli_predict_submission_and_files_with_an_ensemble(
     assert main(["predict", str(folder), "--images", str(tmp_path / "missing.png")]) == 1
     assert main(["predict", str(folder)]) == 1
     assert "say what to predict" in capsys.readouterr().err
+
+
+def test_cli_export_checks_on_real_images(run, tmp_path: Path, capsys) -> None:
+    cache, folder = run
+    out = tmp_path / "model.onnx"
+    assert (
+        main(
+            [
+                "export",
+                str(folder / "checkpoints" / "last.pt"),
+                "--format",
+                "onnx",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert out.is_file() and "max |logit diff|" in text
+    assert f"the first 20 val images of {cache}" in text  # the training cache, found by itself
+    bad = [
+        "export",
+        str(folder / "checkpoints" / "last.pt"),
+        "--format",
+        "tflite",
+        "--out",
+        str(tmp_path / "m.tflite"),
+    ]
+    with pytest.raises(SystemExit) as info:  # argparse: not one of the formats
+        main(bad)
+    assert info.value.code == 2 and not (tmp_path / "m.tflite").exists()

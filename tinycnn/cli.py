@@ -204,8 +204,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from tinycnn.export import export_model, format_report
 
-    print(format_report(export_model(args.checkpoint, args.format, args.out)))
+    images, source = _check_images(args)
+    print(format_report(export_model(args.checkpoint, args.format, args.out, check_images=images)))
+    print(f"check images: {source}")
     return 0
+
+
+def _check_images(args: argparse.Namespace):
+    """Real images to check an export on: --data's val split, else the training cache's."""
+    from tinycnn.checkpoint import load_checkpoint
+    from tinycnn.data.cache import load_cache
+
+    cache_dir = args.data or load_checkpoint(args.checkpoint)["config"]["data"]["cache"]
+    if not cache_dir or not (Path(cache_dir) / "manifest.json").is_file():
+        return None, "8 random images (no cache found: pass --data CACHE to check on real ones)"
+    val = load_cache(cache_dir).split("val")
+    count = min(args.check_count, len(val))
+    return val.images[:count], f"the first {count} val images of {cache_dir}"
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
@@ -343,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint file (e.g. RUN/checkpoints/best.pt)")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     p.add_argument("--out", required=True, help="file to write")
+    p.add_argument(
+        "--data",
+        help="cache whose val images check the export (default: the checkpoint's training cache)",
+    )
+    p.add_argument("--check-count", type=int, default=100, help="images to check (default 100)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="list the registered models")

@@ -50,6 +50,8 @@ class _StopRequest:
         self.at_iteration = at_iteration
 
     def __call__(self, signum: int, _frame) -> None:
+        if self.reason == "interrupted":  # a second Ctrl-C: stop now, without the checkpoint
+            raise KeyboardInterrupt(f"signal {signum} again")
         self.reason = "interrupted"
         self.signal = signum
 

@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     p.set_defaults(func=_cmd_evaluate)
 
-    from tinycnn.ensemble import DEFAULT_PROB_CACHE
+    from tinycnn.paths import PROB_CACHE
 
     p = sub.add_parser("ensemble", help="average the probabilities of models and snapshots")
     p.add_argument(
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="ensemble", help="folder for probabilities.npy, ensemble.json")
     p.add_argument(
         "--prob-cache",
-        default=str(DEFAULT_PROB_CACHE),
+        default=str(PROB_CACHE),
         help="where member probabilities are cached (by checkpoint sha256)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not cache member probabilities")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +29,10 @@ from tinycnn.errors import ConfigError
 from tinycnn.evaluate import error_rates
 from tinycnn.evaluation import labelled_split
 from tinycnn.inference import file_digest, load_model
+from tinycnn.paths import PROB_CACHE
 from tinycnn.runtime import Runtime, make_runtime
 
-DEFAULT_PROB_CACHE = Path(os.environ.get("TINYCNN_CACHE", Path.home() / ".cache" / "tinycnn"))
+DEFAULT_PROB_CACHE = PROB_CACHE
 
 
 def _snapshots(run: Path) -> list[Path]:

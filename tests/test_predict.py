@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.test_train import SMALL as TRAIN_SMALL
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
@@ -32,20 +33,8 @@ from tinycnn.predict import (
 )
 from tinycnn.runtime import make_runtime
 
-# The small model of test_train.py; one epoch is enough: these tests check plumbing, not accuracy.
-SMALL = [
-    "model.name=cnn5",
-    "model.conv_channels=[8, 8, 8]",
-    "model.fc_widths=[32]",
-    "train.batch_size=16",
-    "train.eval_batch_size=64",
-    'data.normalization="channel"',
-    "optim.name=nesterov",
-    "optim.lr=0.02",
-    "train.deterministic=true",
-    "train.threads=1",
-    "train.epochs=1",
-]
+# One epoch of test_train.py's small model: these tests check plumbing, not accuracy.
+SMALL = [*TRAIN_SMALL, "train.epochs=1"]
 
 
 @dataclass

@@ -6,9 +6,30 @@ The public API is listed in ``__all__``. Heavy modules (torch) are imported lazi
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from tinycnn.errors import CacheError, ConfigError, DataError, DownloadError, TinycnnError
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it (imported on first use).
+_LAZY = {
+    "prepare": "tinycnn.data.prepare",
+    "load_cache": "tinycnn.data.cache",
+    "make_synthetic": "tinycnn.data.synthetic",
+    "download": "tinycnn.data.fetch",
+    "load_config": "tinycnn.config",
+    "RunConfig": "tinycnn.config",
+    "train": "tinycnn.train",
+    "create_model": "tinycnn.models",
+    "list_models": "tinycnn.models",
+    "load_model": "tinycnn.inference",
+    "evaluate": "tinycnn.evaluation",
+    "ensemble": "tinycnn.ensemble",
+    "export_model": "tinycnn.export",
+    "write_submission": "tinycnn.predict",
+    "predict_files": "tinycnn.predict",
+}
 
 __all__ = [
     "CacheError",
@@ -17,29 +38,11 @@ __all__ = [
     "DownloadError",
     "TinycnnError",
     "__version__",
-    "download",
-    "load_cache",
-    "make_synthetic",
-    "prepare",
+    *_LAZY,
 ]
 
 
 def __getattr__(name: str):
-    # Lazy re-exports: keep `import tinycnn` cheap (worker processes import it too).
-    if name == "prepare":
-        from tinycnn.data.prepare import prepare
-
-        return prepare
-    if name == "load_cache":
-        from tinycnn.data.cache import load_cache
-
-        return load_cache
-    if name == "make_synthetic":
-        from tinycnn.data.synthetic import make_synthetic
-
-        return make_synthetic
-    if name == "download":
-        from tinycnn.data.fetch import download
-
-        return download
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'tinycnn' has no attribute {name!r}")

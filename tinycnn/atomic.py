@@ -1,7 +1,14 @@
-"""Atomic file writes: a temporary sibling, fsync, one rename; readers never see half a file."""
+"""Atomic file writes: a temporary sibling, fsync, one rename; readers never see half a file.
+
+Any OSError while writing (a full disk, a read-only or forbidden folder) becomes one OutputError
+that names the file and the reason; the temporary file, and any folder made for it, are removed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import os
 import shutil
@@ -12,29 +19,99 @@ from pathlib import Path
 
 import numpy as np
 
+from tinycnn.errors import OutputError
+
+# errno -> (reason, what to do), for the failures people meet when writing results.
+_WRITE_FAILURES = {
+    errno.ENOSPC: ("disk full", "free some space or write elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write elsewhere"),
+    errno.EFBIG: ("file too large for this file system", "write elsewhere"),
+    errno.EROFS: ("read-only file system", "choose a folder you can write to"),
+    errno.EACCES: ("permission denied", "choose a folder you can write to"),
+    errno.EPERM: ("permission denied", "choose a folder you can write to"),
+    errno.ENOTDIR: ("a parent is a file, not a folder", "choose another path"),
+    errno.EEXIST: ("a parent is a file, not a folder", "choose another path"),  # from mkdir
+    errno.EISDIR: ("it is a folder", "give a file path"),
+}
+
+
+def output_error(path: Path, exc: OSError, tmp: Path | None = None) -> OutputError:
+    """One-line OutputError for an OSError met while writing path (via tmp)."""
+    reason, advice = _WRITE_FAILURES.get(exc.errno, (exc.strerror or str(exc), "check the path"))
+    where = exc.filename
+    at = f": {where}" if where and Path(where) not in (path, tmp) else ""
+    return OutputError(f"{path}: cannot write ({reason}{at}); {advice}; nothing was written")
+
+
+def _write_oserror(exc: BaseException) -> OSError | None:
+    """The OSError behind exc: torch's writers wrap a failed write in a RuntimeError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, else it is removed.
 
-    The writer inside the block writes the temporary path however it likes (torch.save, np.save,
-    an exporter); the data is flushed to disk before the rename.
+    The writer inside the block writes the temporary path however it likes (np.save, an
+    exporter, ``write_into``); the data is flushed to disk before the rename. Prefer writers
+    that go through Python file objects: torch's own file writer reports a full disk as an
+    opaque RuntimeError, or aborts the process (torch.jit.save to a path).
+    OutputError when writing fails for a reason of the file system (see _WRITE_FAILURES).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         tmp.replace(path)
+    except BaseException as exc:
+        _remove(tmp, made)
+        cause = _write_oserror(exc) if isinstance(exc, (OSError, RuntimeError)) else None
+        if cause is not None:
+            raise output_error(path, cause, tmp) from None
+        raise
     finally:
+        _unlink(tmp)
+
+
+def _unlink(tmp: Path) -> None:
+    # OSError: e.g. its folder could not be made, so there is nothing to remove.
+    with contextlib.suppress(OSError):
         tmp.unlink(missing_ok=True)
 
 
-def write_text(path: str | Path, text: str) -> None:
+def _remove(tmp: Path, made: list[Path]) -> None:
+    """Remove the temporary file and the folders made for it (innermost first, if empty)."""
+    _unlink(tmp)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty (another writer), or never made: leave it and its parents
+
+
+def write_into(tmp: Path, data: bytes | memoryview) -> None:
+    """Write data to the temporary file of an atomic_path block (the block reports failures)."""
+    with open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        write_into(tmp, data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, obj: object) -> None:
@@ -42,8 +119,18 @@ def write_json(path: str | Path, obj: object) -> None:
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
+    # Through memory: numpy reports a short write (a full disk) as an OSError without errno.
+    save_buffer(path, lambda f: np.save(f, array))
+
+
+def save_buffer(path: str | Path, writer) -> None:
+    """Let writer(file) serialise into memory, then write the bytes atomically.
+
+    For torch.save / torch.jit.save, whose own file writers fail opaquely on a full disk.
+    """
+    buffer = io.BytesIO()
+    writer(buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def copy_file(src: str | Path, dst: str | Path) -> None:

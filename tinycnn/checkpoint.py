@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tinycnn import __version__
-from tinycnn.atomic import atomic_path
+from tinycnn.atomic import save_buffer
 from tinycnn.data.augment import Normalization
 from tinycnn.errors import TinycnnError
 
@@ -28,10 +28,13 @@ class CheckpointError(TinycnnError):
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write payload to path through a temporary file and a rename (never half a file)."""
+    """Write payload to path through a temporary file and a rename (never half a file).
+
+    OutputError (naming path and the reason) when the disk is full or the folder not writable.
+    """
     header = {"format": FORMAT, "kind": "tinycnn-checkpoint", "tinycnn_version": __version__}
-    with atomic_path(path) as tmp:
-        torch.save({**header, **payload}, tmp)
+    # Serialised in memory first: torch's file writer turns a full disk into an opaque error.
+    save_buffer(path, lambda f: torch.save({**header, **payload}, f))
     return path
 
 

@@ -21,3 +21,7 @@ class DownloadError(TinycnnError):
 
 class ConfigError(TinycnnError):
     """A configuration value is unknown, of the wrong type, or impossible."""
+
+
+class OutputError(TinycnnError):
+    """An output file cannot be written (disk full, permission denied, read-only file system)."""

@@ -31,6 +31,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     )
     if result.rebuilt:
         images = sum(s["count"] for s in result.manifest["splits"].values())
+        if result.reason.startswith("the old cache"):
+            print(f"{result.path}: rebuilt because {result.reason}", file=sys.stderr)
         print(
             f"prepared {images} images in {result.seconds:.1f} s "
             f"({images / max(result.seconds, 1e-9):,.0f} images/s)"
@@ -43,10 +45,22 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from tinycnn.data.cache import read_manifest, summarize
+    import time
+
+    from tinycnn.data.cache import read_manifest, summarize, verify_cache
 
     manifest = read_manifest(Path(args.cache))
+    if args.verify:
+        start = time.perf_counter()
+        verify_cache(args.cache)
+        gigabytes = sum(manifest["files"].values()) / 1e9
+        verified = (
+            f"verified {len(manifest['checksums'])} files ({gigabytes:.2f} GB) in "
+            f"{time.perf_counter() - start:.1f} s: every sha256 matches the manifest"
+        )
     print(json.dumps(manifest, indent=1) if args.json else summarize(manifest, args.cache))
+    if args.verify:
+        print(verified, file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -269,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a prepared cache")
     p.add_argument("cache", help="cache folder")
     p.add_argument("--json", action="store_true", help="print the raw manifest")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every file's sha256 against the manifest (reads the whole cache)",
+    )
     p.set_defaults(func=_cmd_info)
 
     from tinycnn.data.fetch import OFFICIAL_URL

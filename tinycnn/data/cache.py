@@ -10,11 +10,17 @@ Layout of a cache folder (format 1)::
     mean_image.npy          (64, 64, 3) float32 mean training image, 0-255 scale
 
 Opening a cache maps the image arrays (``np.load(mmap_mode="r")``): nothing is read until used.
+Opening checks each file's size against the manifest (cheap); ``verify_cache`` also checks each
+file's sha256, recorded by prepare, which catches same-size damage (zeroed pixels, a rewritten
+header).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -59,6 +65,18 @@ class Cache:
     def splits(self) -> list[str]:
         return [s for s in SPLITS if s in self.manifest["splits"]]
 
+    @cached_property
+    def content_id(self) -> str:
+        """16 hex digits naming the data's content: same arrays and classes, same id.
+
+        Derived from the manifest's checksums (not from when or from where the cache was made), so
+        a rebuild that yields identical data keeps the id and one that changes any byte does not.
+        """
+        checksums = _checksums(self.path, self.manifest)
+        identity = {"classes": self.classes, "checksums": checksums}
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
     def split(self, name: str) -> SplitData:
         """Open one split; its images are memory-mapped, the small arrays are read."""
         if name not in self.manifest["splits"]:
@@ -66,18 +84,45 @@ class Cache:
         labels_path = self.path / f"{name}_labels.npy"
         boxes_path = self.path / f"{name}_boxes.npy"
         files_text = (self.path / f"{name}_files.txt").read_text(encoding="utf-8")
+        count = self.manifest["splits"][name]["count"]
+        size = self.manifest.get("image_size", 64)
         return SplitData(
             name=name,
-            images=np.load(self.path / f"{name}_images.npy", mmap_mode="r"),
-            labels=np.load(labels_path) if labels_path.exists() else None,
-            boxes=np.load(boxes_path) if boxes_path.exists() else None,
+            images=self._load(f"{name}_images.npy", (count, size, size, 3), np.uint8, mmap=True),
+            labels=self._load(labels_path.name, (count,), np.int16)
+            if labels_path.exists()
+            else None,
+            boxes=self._load(boxes_path.name, (count, 4), np.int16)
+            if boxes_path.exists()
+            else None,
             files=files_text.splitlines(),
         )
 
     @cached_property
     def mean_image(self) -> np.ndarray:
         """(64, 64, 3) float32 mean training image, 0-255 scale (the paper's preprocessing)."""
-        return np.load(self.path / "mean_image.npy")
+        size = self.manifest.get("image_size", 64)
+        return self._load("mean_image.npy", (size, size, 3), np.float32)
+
+    def _load(
+        self, name: str, shape: tuple[int, ...], dtype: type, mmap: bool = False
+    ) -> np.ndarray:
+        """np.load with damage (a bad header, a wrong shape) reported as a CacheError."""
+        path = self.path / name
+        try:
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise CacheError(f"{path}: not a readable .npy array ({exc}); {self._fix}") from None
+        if array.shape != shape or array.dtype != dtype:
+            raise CacheError(
+                f"{path}: {array.dtype} {array.shape}, the manifest says "
+                f"{np.dtype(dtype)} {shape}; {self._fix}"
+            )
+        return array
+
+    @property
+    def _fix(self) -> str:
+        return rebuild_hint(self.path, self.manifest)
 
     @property
     def channel_mean(self) -> list[float]:
@@ -91,6 +136,70 @@ class Cache:
 def load_cache(path: str | Path) -> Cache:
     """Open a prepared cache folder (memory-mapped); CacheError if it is missing or incomplete."""
     return Cache(path)
+
+
+def verify_cache(cache_or_path: Cache | str | Path, splits: Iterable[str] | None = None) -> None:
+    """Check every file's sha256 against the manifest; CacheError naming each damaged file.
+
+    Args:
+        cache_or_path: an open Cache or a cache folder.
+        splits: check only these splits' files (plus mean_image.npy and the other small files);
+            None checks everything. Reads every checked byte: about 1 s per GB here.
+    """
+    cache = cache_or_path if isinstance(cache_or_path, Cache) else Cache(cache_or_path)
+    checksums = _checksums(cache.path, cache.manifest)
+    names = sorted(checksums)
+    if splits is not None:
+        wanted = set(splits)
+        unknown = wanted - set(cache.manifest["splits"])
+        if unknown:
+            raise CacheError(
+                f"{cache.path}: no split {sorted(unknown)[0]!r} (has {', '.join(cache.splits)})"
+            )
+        names = [n for n in names if not n.endswith("_images.npy") or n.split("_")[0] in wanted]
+    digests = checksum_files([cache.path / n for n in names])
+    damaged = sorted(n for n in names if digests[n] != checksums[n])
+    if damaged:
+        listed = ", ".join(str(cache.path / n) for n in damaged[:3])
+        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        raise CacheError(
+            f"{listed}{more}: content differs from the sha256 recorded when the cache was "
+            f"prepared (the file is damaged); {rebuild_hint(cache.path, cache.manifest)}"
+        )
+
+
+def checksum_files(paths: list[Path]) -> dict[str, str]:
+    """{file name: hex sha256} of the given files, two at a time (largest first)."""
+    paths = sorted(paths, key=lambda p: -p.stat().st_size)
+    with ThreadPoolExecutor(2) as pool:  # hashlib releases the GIL while hashing
+        return dict(zip([p.name for p in paths], pool.map(file_sha256, paths), strict=True))
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks (no whole-file copy in memory)."""
+    digest = hashlib.sha256()
+    block = bytearray(1 << 22)
+    view = memoryview(block)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(block):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def rebuild_hint(path: Path, manifest: dict) -> str:
+    """What to run to rebuild a cache: its own source when the manifest names it."""
+    src = manifest.get("source", {}).get("path", "SRC")
+    return f"rebuild it with: tinycnn prepare {src} --out {path} --force"
+
+
+def _checksums(path: Path, manifest: dict) -> dict[str, str]:
+    checksums = manifest.get("checksums")
+    if not checksums:
+        raise CacheError(
+            f"{path / MANIFEST}: this cache has no checksums (prepared by an older tinycnn), so "
+            f"its content cannot be verified; {rebuild_hint(path, manifest)}"
+        )
+    return checksums
 
 
 def read_manifest(path: Path) -> dict:
@@ -111,7 +220,11 @@ def read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CacheError(f"{manifest_path}: not valid JSON ({exc})") from None
+        raise CacheError(
+            f"{manifest_path}: not valid JSON ({exc}); the cache is damaged, prepare it again"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{manifest_path}: not a tinycnn manifest; prepare the data again")
     if manifest.get("format") != FORMAT:
         raise CacheError(
             f"{manifest_path}: cache format {manifest.get('format')!r}, this tinycnn "
@@ -122,7 +235,7 @@ def read_manifest(path: Path) -> dict:
         if not file.is_file() or file.stat().st_size != size:
             raise CacheError(
                 f"{file}: missing or of the wrong size; the cache is damaged, "
-                "prepare the data again"
+                f"{rebuild_hint(path, manifest)}"
             )
     return manifest
 

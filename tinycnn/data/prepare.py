@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from tinycnn import __version__
 from tinycnn.atomic import write_json
-from tinycnn.data.cache import FORMAT, MANIFEST, read_manifest
+from tinycnn.data.cache import FORMAT, MANIFEST, checksum_files, read_manifest, verify_cache
 from tinycnn.data.decode import IMAGE_SIZE, Chunk, ChunkResult, init_worker, run_chunk
 from tinycnn.data.sources import Source, open_source
 from tinycnn.data.tiny_imagenet import Layout, read_layout
@@ -40,6 +40,7 @@ class PrepareResult:
     manifest: dict
     rebuilt: bool  # False when the cache was already up to date
     seconds: float
+    reason: str = ""  # why it was (re)built, e.g. "the source changed"; "" when up to date
 
 
 def prepare(
@@ -68,8 +69,10 @@ def prepare(
     source = open_source(src)
     options = {"resize": resize, "skip_bad": skip_bad, "image_size": IMAGE_SIZE}
     fingerprint = source.fingerprint()
-    if not force:
-        current = _current_manifest(out, fingerprint, options)
+    if force:
+        reason = "--force"
+    else:
+        current, reason = _current_manifest(out, fingerprint, options)
         if current is not None:
             return PrepareResult(out, current, False, time.perf_counter() - start)
     _remove_stale_builds(out)
@@ -89,13 +92,16 @@ def prepare(
             created=datetime.now(timezone.utc).isoformat(),
             seconds=round(time.perf_counter() - start, 3),
         )
-        manifest["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        files = sorted(tmp.iterdir())
+        manifest["files"] = {p.name: p.stat().st_size for p in files}
+        # Read back from the page cache just after writing: ~1 s per GB, see verify_cache.
+        manifest["checksums"] = dict(sorted(checksum_files(files).items()))
         write_json(tmp / MANIFEST, manifest)  # last: its presence marks completeness
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return PrepareResult(out, manifest, True, time.perf_counter() - start)
+    return PrepareResult(out, manifest, True, time.perf_counter() - start, reason)
 
 
 def _check_out(out: Path) -> None:
@@ -107,21 +113,30 @@ def _check_out(out: Path) -> None:
         )
 
 
-def _current_manifest(out: Path, fingerprint: dict, options: dict) -> dict | None:
-    """The existing cache's manifest if it was built from this source with these options."""
+def _current_manifest(out: Path, fingerprint: dict, options: dict) -> tuple[dict | None, str]:
+    """(the existing cache's manifest, "") if it is intact and was built from this source with
+    these options; else (None, why it must be rebuilt)."""
     if not (out / MANIFEST).is_file():
-        return None
+        return None, "new cache"
     try:
         manifest = read_manifest(out)
-    except CacheError:
-        return None  # damaged or old format: rebuild
+    except CacheError as exc:
+        return None, f"the old cache is unusable: {str(exc).split('; rebuild it with')[0]}"
 
     def identity(fp: dict) -> dict:
         return {k: v for k, v in fp.items() if k != "path"}  # a moved source is the same data
 
     if identity(manifest.get("source", {})) != identity(fingerprint):
-        return None
-    return manifest if manifest.get("options") == options else None
+        return None, "the source changed"
+    if manifest.get("options") != options:
+        return None, "other options"
+    if not manifest.get("checksums"):
+        return None, "the old cache has no checksums (prepared by an older tinycnn)"
+    try:  # same source and options: trust the files only if their checksums still match
+        verify_cache(out)
+    except CacheError as exc:
+        return None, f"the old cache is damaged: {str(exc).split('; rebuild it with')[0]}"
+    return manifest, ""
 
 
 def _remove_stale_builds(out: Path) -> None:

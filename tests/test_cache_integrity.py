@@ -1,0 +1,195 @@
+"""Cache integrity: per-file sha256 in the manifest, verify_cache, content_id, damaged headers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinycnn.data.cache as cache_module
+from tinycnn.cli import main
+from tinycnn.data.cache import load_cache
+from tinycnn.data.prepare import prepare
+from tinycnn.errors import CacheError
+
+
+@pytest.fixture(scope="module")
+def pristine(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One prepared cache of the generated dataset (read-only: tests copy it)."""
+    return prepare(synth_sources["folder"], tmp_path_factory.mktemp("c") / "c", progress=False).path
+
+
+@pytest.fixture
+def cache_copy(pristine: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(pristine, tmp_path / "cache"))
+
+
+def _zero_pixels(path: Path) -> str:
+    images = np.load(path / "train_images.npy", mmap_mode="r+")
+    images[7] = 0  # a whole image black: same size, nothing a size check sees
+    images.flush()
+    return "train_images.npy"
+
+
+def _garbage_header(path: Path) -> str:
+    file = path / "val_labels.npy"
+    data = bytearray(file.read_bytes())
+    data[10:40] = b"x" * 30  # inside the header's dict literal
+    file.write_bytes(bytes(data))
+    return "val_labels.npy"
+
+
+def _flipped_text_byte(path: Path) -> str:
+    file = path / "test_files.txt"
+    data = bytearray(file.read_bytes())
+    data[5] ^= 0x01
+    file.write_bytes(bytes(data))
+    return "test_files.txt"
+
+
+def _changed_mean(path: Path) -> str:
+    mean = np.load(path / "mean_image.npy")
+    mean[0, 0, 0] += 1.0
+    np.save(path / "mean_image.npy", mean)
+    return "mean_image.npy"
+
+
+DAMAGE = [_zero_pixels, _garbage_header, _flipped_text_byte, _changed_mean]
+
+
+def test_manifest_records_each_files_sha256(pristine: Path) -> None:
+    manifest = json.loads((pristine / "manifest.json").read_text())
+    files = sorted(p.name for p in pristine.iterdir() if p.name != "manifest.json")
+    assert sorted(manifest["checksums"]) == files
+    for name in files:
+        expected = hashlib.sha256((pristine / name).read_bytes()).hexdigest()
+        assert manifest["checksums"][name] == expected, name
+
+
+def test_intact_cache_verifies(pristine: Path) -> None:
+    assert cache_module.verify_cache(pristine) is None
+    assert cache_module.verify_cache(load_cache(pristine), splits=["val"]) is None
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=lambda f: f.__name__.strip("_"))
+def test_same_size_damage_is_found(cache_copy: Path, damage: Callable[[Path], str]) -> None:
+    sizes = {p.name: p.stat().st_size for p in cache_copy.iterdir()}
+    name = damage(cache_copy)
+    assert {p.name: p.stat().st_size for p in cache_copy.iterdir()} == sizes
+    with pytest.raises(CacheError) as info:
+        cache_module.verify_cache(cache_copy)
+    message = str(info.value)
+    assert str(cache_copy / name) in message and "damaged" in message
+    assert f"tinycnn prepare {load_cache(cache_copy).manifest['source']['path']}" in message
+    assert f"--out {cache_copy} --force" in message and "\n" not in message
+
+
+def test_splits_restrict_the_check(cache_copy: Path) -> None:
+    images = np.load(cache_copy / "test_images.npy", mmap_mode="r+")
+    images[0, 0, 0] ^= 0xFF
+    images.flush()
+    cache_module.verify_cache(cache_copy, splits=["train", "val"])  # test images not read
+    for splits in (["test"], None):
+        with pytest.raises(CacheError, match=r"test_images\.npy"):
+            cache_module.verify_cache(cache_copy, splits=splits)
+    with pytest.raises(CacheError, match="no split 'tune'"):
+        cache_module.verify_cache(cache_copy, splits=["tune"])
+    # The small files of every split are always checked.
+    _flipped_text_byte(cache_copy)
+    with pytest.raises(CacheError, match=r"test_files\.txt"):
+        cache_module.verify_cache(cache_copy, splits=["train"])
+
+
+def test_cache_without_checksums(cache_copy: Path, synth_sources: dict[str, Path]) -> None:
+    manifest_path = cache_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["checksums"]
+    manifest_path.write_text(json.dumps(manifest))
+    for check in (cache_module.verify_cache, lambda p: load_cache(p).content_id):
+        with pytest.raises(CacheError, match=r"no checksums .*--force"):
+            check(cache_copy)
+    result = prepare(synth_sources["folder"], cache_copy, progress=False)
+    assert result.rebuilt and "no checksums" in result.reason
+    cache_module.verify_cache(cache_copy)
+
+
+def test_damaged_header_is_a_cache_error(cache_copy: Path) -> None:
+    # Garbage in the header: np.load raises ValueError, which must not escape as a traceback.
+    file = cache_copy / "train_images.npy"
+    data = bytearray(file.read_bytes())
+    data[12:30] = b"#" * 18
+    file.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=r"train_images\.npy: not a readable \.npy array"):
+        load_cache(cache_copy).split("train")
+
+
+def test_header_with_another_shape_is_a_cache_error(cache_copy: Path) -> None:
+    # A header that still parses but describes other rows: a silent misread without the check.
+    file = cache_copy / "val_images.npy"
+    data = file.read_bytes()
+    shape = b"(20, 64, 64, 3)"
+    assert shape in data[:128]
+    file.write_bytes(data.replace(shape, b"(40, 32, 64, 3)", 1))
+    with pytest.raises(CacheError, match=r"val_images\.npy: uint8 \(40, 32, 64, 3\), the manifest"):
+        load_cache(cache_copy).split("val")
+
+
+def test_content_id(synth_sources: dict[str, Path], synth_copy: Path, tmp_path: Path) -> None:
+    ids = {
+        kind: load_cache(prepare(src, tmp_path / kind.replace(".", ""), progress=False).path)
+        for kind, src in synth_sources.items()
+    }
+    ids = {kind: cache.content_id for kind, cache in ids.items()}
+    assert len(set(ids.values())) == 1  # same pixels from a folder, a zip and a tar.gz
+    content_id = ids["folder"]
+    assert len(content_id) == 16 and int(content_id, 16) >= 0
+    out = tmp_path / "edited"
+    prepare(synth_copy, out, progress=False)
+    assert load_cache(out).content_id == content_id
+    assert prepare(synth_copy, out, progress=False, force=True).rebuilt
+    assert load_cache(out).content_id == content_id  # a rebuild of the same data: same id
+    image = next((synth_copy / "test" / "images").iterdir())
+    image.write_bytes((synth_copy / "val" / "images" / "val_0.JPEG").read_bytes())
+    assert prepare(synth_copy, out, progress=False, force=True).rebuilt
+    assert load_cache(out).content_id != content_id
+
+
+@pytest.mark.parametrize("damage", [_zero_pixels, _garbage_header], ids=["pixels", "header"])
+def test_prepare_rebuilds_a_damaged_cache(
+    synth_sources: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: Callable[[Path], str],
+) -> None:
+    out = tmp_path / "cache"
+    src = str(synth_sources["folder"])
+    assert main(["prepare", src, "--out", str(out), "-q"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "manifest.json"}
+    name = damage(out)
+    capsys.readouterr()
+    assert main(["prepare", src, "--out", str(out), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "up to date" not in captured.out
+    assert "rebuilt because the old cache is damaged" in captured.err and name in captured.err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "manifest.json"} == before
+    assert main(["prepare", src, "--out", str(out), "-q"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_info_verify(cache_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(cache_copy), "--verify"]) == 0
+    files = len(list(cache_copy.iterdir())) - 1
+    assert f"verified {files} files" in capsys.readouterr().out
+    assert main(["info", str(cache_copy)]) == 0  # without --verify: sizes only, still fine
+    _zero_pixels(cache_copy)
+    capsys.readouterr()
+    assert main(["info", str(cache_copy), "--verify"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinycnn: error: ") and "\n" not in err
+    assert f"{cache_copy / 'train_images.npy'}: content differs" in err
+    assert f"--out {cache_copy} --force" in err

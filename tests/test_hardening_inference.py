@@ -13,15 +13,21 @@ import builtins
 import errno
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.test_train import SMALL
 from tinycnn import atomic
 from tinycnn.atomic import save_npy, write_json, write_text
 from tinycnn.checkpoint import save_checkpoint
+from tinycnn.cli import main
+from tinycnn.config import load_config
+from tinycnn.data.prepare import prepare
+from tinycnn.data.synthetic import make_synthetic
 from tinycnn.errors import OutputError
 
 # errno, strerror, the words the message must use
@@ -118,3 +124,91 @@ def test_other_errors_pass_through(tmp_path: Path) -> None:
         tmp.write_text("half")
         1 / 0  # noqa: B018
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the commands that write files: export, ensemble --out, predict --submission ---------------
+
+
+@dataclass
+class Small:
+    dataset: Path  # generated dataset folder
+    cache: Path
+    run: Path
+    checkpoint: Path  # run/checkpoints/last.pt, two iterations of a tiny cnn5
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Small:
+    """A tiny model stopped after two iterations on generated data (5 classes, a tune split)."""
+    from tinycnn.train import train
+
+    root = tmp_path_factory.mktemp("hardening")
+    dataset = make_synthetic(
+        root / "data", classes=5, train_per_class=12, val_per_class=4, test_count=6, seed=3
+    )
+    cache = prepare(dataset, root / "cache", workers=1, progress=False).path
+    overrides = [f"data.cache={json.dumps(str(cache))}", *SMALL, "data.holdout_per_class=2"]
+    train(load_config(None, overrides), root / "run", progress=False, stop_at_iteration=2)
+    return Small(dataset, cache, root / "run", root / "run" / "checkpoints" / "last.pt")
+
+
+def run_cli(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``tinycnn ARGV`` run in-process."""
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    """The CLI failed with exit 1 and one "tinycnn: error:" line holding each fragment."""
+    assert code == 1, err
+    assert "Traceback" not in err and "\x1b" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinycnn: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+WRITING_COMMANDS = {
+    "export": lambda s, out: [
+        *("export", s.checkpoint, "--format", "torchscript", "--out", out / "model.pt"),
+        *("--data", s.cache, "--check-count", 4),
+    ],
+    "ensemble": lambda s, out: [
+        *("ensemble", s.checkpoint, "--data", s.cache, "--out", out / "ens"),
+        *("--no-cache", "--device", "cpu"),
+    ],
+    "predict": lambda s, out: [
+        *("predict", s.checkpoint, "--data", s.cache, "--submission", out / "sub.txt"),
+        *("--device", "cpu"),
+    ],
+}
+
+
+@pytest.mark.parametrize("command", sorted(WRITING_COMMANDS))
+@pytest.mark.parametrize(
+    ("fail", "code", "text", "words"),
+    [
+        (fail_writes, errno.ENOSPC, "No space left on device", "disk full"),
+        (fail_writes, errno.EROFS, "Read-only file system", "read-only file system"),
+        (fail_fsync, errno.EACCES, "Permission denied", "permission denied"),
+    ],
+)
+def test_writing_commands_report_unwritable_output_in_one_line(
+    small: Small,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    command: str,
+    fail,
+    code: int,
+    text: str,
+    words: str,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    fail(monkeypatch, code, text)
+    status, _, err = run_cli(capsys, WRITING_COMMANDS[command](small, out))
+    assert_one_line_error(status, err, str(out), words)
+    assert list(out.iterdir()) == []  # nothing half-written, no temporary file

@@ -15,6 +15,7 @@ sha256, so adding a member to an ensemble costs one member's inference.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tinycnn.atomic import save_npy, write_json
+from tinycnn.atomic import atomic_path, save_npy, write_into
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.errors import ConfigError
 from tinycnn.evaluate import error_rates
@@ -266,10 +267,19 @@ def ensemble(
 
 
 def save_result(result: EnsembleResult, out: str | Path) -> Path:
-    """Write probabilities.npy and ensemble.json into a folder, each atomically."""
+    """Write probabilities.npy and ensemble.json into a folder, both or neither.
+
+    OutputError (naming the file and the reason) when the folder cannot be written.
+    """
     out = Path(out)
-    save_npy(out / "probabilities.npy", result.probabilities)
-    write_json(out / "ensemble.json", result.to_json())
+    probs = io.BytesIO()
+    np.save(probs, result.probabilities)
+    text = json.dumps(result.to_json(), indent=1) + "\n"
+    # Both temporary files are written before either is renamed into place.
+    with atomic_path(out / "probabilities.npy") as probs_tmp:
+        write_into(probs_tmp, probs.getbuffer())
+        with atomic_path(out / "ensemble.json") as json_tmp:
+            write_into(json_tmp, text.encode("utf-8"))
     return out
 
 

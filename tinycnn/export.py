@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
 import logging
 import warnings
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from tinycnn import __version__
-from tinycnn.atomic import atomic_path
+from tinycnn.atomic import atomic_path, write_into
 from tinycnn.data.augment import Normalization
 from tinycnn.data.decode import IMAGE_SIZE
 from tinycnn.errors import ConfigError, TinycnnError
@@ -125,7 +126,8 @@ def export_model(
     Args:
         checkpoint: a tinycnn checkpoint file.
         fmt: "onnx" or "torchscript".
-        out: the file to write (replaced if it exists; never a folder).
+        out: the file to write (replaced if it exists; never a folder). OutputError when it cannot
+            be written (disk full, read-only folder); nothing is left behind.
         check_images: (N, 64, 64, 3) uint8 images to compare logits on (default: 8 random ones).
     """
     if fmt not in FORMATS:
@@ -238,8 +240,6 @@ def _quiet_exporter() -> Iterator[None]:
 
 def _write_onnx(wrapper: nn.Module, example: Tensor, path: Path, meta: dict[str, str]) -> None:
     """Export with a dynamic batch, add the contract and class list, save to path."""
-    import onnx
-
     batch = torch.export.Dim("batch")
     try:
         with _quiet_exporter():
@@ -266,7 +266,7 @@ def _write_onnx(wrapper: nn.Module, example: Tensor, path: Path, meta: dict[str,
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(proto, path)
+    write_into(path, proto.SerializeToString())  # a full disk: OutputError from atomic_path
 
 
 def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
@@ -298,7 +298,11 @@ def _write_torchscript(
             traced = torch.jit.trace(wrapper, example)
         except Exception as exc:
             raise ExportError(f"TorchScript trace failed: {type(exc).__name__}: {exc}") from exc
-        torch.jit.save(traced, str(path), _extra_files=extra)
+        # Into memory, then a Python write: torch.jit.save to a path aborts the whole process
+        # when the disk fills up.
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files=extra)
+    write_into(path, buffer.getbuffer())
 
 
 def _run_torchscript(path: Path, images: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from tinycnn.atomic import atomic_path
+from tinycnn.atomic import write_text
 from tinycnn.data.cache import load_cache
 from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.errors import ConfigError, TinycnnError
@@ -105,7 +105,7 @@ def write_submission(
         f"{PurePosixPath(file).name}\t{predictor.classes[k]}\n"
         for file, k in zip(test.files, top1, strict=True)
     ]
-    _write_text_atomic(Path(out_file), "".join(lines))
+    write_text(Path(out_file), "".join(lines))  # OutputError: disk full, read-only folder
     return len(lines)
 
 
@@ -124,12 +124,6 @@ def check_classes(predictor_classes: list[str], data_classes: list[str], where: 
         f"{where}: its class list differs from the model's ({detail}); predict with models "
         "trained on data prepared from the same dataset"
     )
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write text via a unique temporary sibling and a rename; no partial file on failure."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
 
 
 def load_images(

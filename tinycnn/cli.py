@@ -166,20 +166,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from tinycnn.ensemble import ensemble, format_result, save_result
+    import warnings
+
+    from tinycnn.ensemble import ProbabilityCacheWarning, ensemble, format_result, save_result
 
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    result = ensemble(
-        args.members,
-        args.data,
-        split=args.split,
-        tta=args.tta,
-        weights=weights,
-        greedy=args.greedy,
-        select_on=args.select_on,
-        runtime=_runtime(args),
-        prob_cache=None if args.no_cache else Path(args.prob_cache),
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProbabilityCacheWarning)
+        result = ensemble(
+            args.members,
+            args.data,
+            split=args.split,
+            tta=args.tta,
+            weights=weights,
+            greedy=args.greedy,
+            select_on=args.select_on,
+            runtime=_runtime(args),
+            prob_cache=None if args.no_cache else Path(args.prob_cache),
+        )
+    for warning in caught:  # one line each, as errors are, instead of Python's two
+        print(f"tinycnn: warning: {warning.message}", file=sys.stderr)
     out = save_result(result, args.out)
     if args.json:
         print(json.dumps(result.to_json()))
@@ -350,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prob-cache",
         default=str(PROB_CACHE),
-        help="where member probabilities are cached (by checkpoint sha256)",
+        help="where member probabilities are cached (by checkpoint sha256 and data content; "
+        "TINYCNN_CACHE moves the default; if unwritable: a warning, no caching)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not cache member probabilities")
     p.set_defaults(func=_cmd_ensemble)

@@ -9,7 +9,8 @@ Members are checkpoints or run folders with a snapshot selection:
     RUN_DIR@epochs:2,4   those epoch snapshots
 
 Each member's probabilities on a split are computed once and cached under the checkpoint's
-sha256, so adding a member to an ensemble costs one member's inference.
+sha256 and the data's content (see ProbabilityCache), so adding a member to an ensemble costs
+one member's inference.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +28,9 @@ from torch import Tensor
 
 from tinycnn.atomic import atomic_path, save_npy, write_into
 from tinycnn.data.cache import Cache, load_cache
-from tinycnn.errors import ConfigError
+from tinycnn.errors import CacheError, ConfigError, OutputError
 from tinycnn.evaluate import error_rates
-from tinycnn.evaluation import labelled_split
+from tinycnn.evaluation import labelled_split, split_rows
 from tinycnn.inference import file_digest, load_model
 from tinycnn.paths import PROB_CACHE
 from tinycnn.runtime import Runtime, make_runtime
@@ -114,24 +116,92 @@ def _top_epochs(run: Path, k: int) -> list[Path]:
     return [p for _, p in sorted(scored)[:k]]
 
 
+class ProbabilityCacheWarning(UserWarning):
+    """The probability cache cannot be used; the ensemble goes on without it."""
+
+
 class ProbabilityCache:
-    """Member probabilities on a split, stored as .npy under the checkpoint's sha256."""
+    """Member probabilities on a split, as .npy files named by a digest of all they depend on.
+
+    The key holds the checkpoint's sha256, the data's content (``Cache.content_id``: a rebuilt
+    cache with other pixels or labels gets new entries, whatever its source), the split and its
+    rows (tune follows the run's holdout settings), the TTA and the precision. The cache is an
+    optimisation: when it cannot be read or written (a read-only TINYCNN_CACHE, a full disk, a
+    cache prepared without checksums), a ProbabilityCacheWarning says so once and the
+    probabilities are computed as if there were no cache.
+    """
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
+        self.writable = True
+        self._warned = False
 
-    def get(self, checkpoint: Path, cache: Cache, split: str, tta: str, compute) -> np.ndarray:
+    def get(
+        self,
+        checkpoint: Path,
+        cache: Cache,
+        split: str,
+        tta: str,
+        rows: np.ndarray | None,
+        precision: str,
+        compute,
+    ) -> np.ndarray:
+        """compute()'s (N, C) probabilities, from the cache when an entry matches.
+
+        rows: the rows of the cache split that ``split`` reads (None: all of them).
+        """
         if self.root is None:
             return compute()
-        source = cache.manifest["source"]
-        key = json.dumps([file_digest(checkpoint), source, split, tta], sort_keys=True)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-        path = self.root / f"{digest}.npy"
-        if path.is_file():
-            return np.load(path)
+        try:
+            path = self.root / f"{self.key(checkpoint, cache, split, tta, rows, precision)}.npy"
+        except CacheError as exc:  # e.g. a cache without checksums: no content id
+            self._warn(f"not caching probabilities ({exc})")
+            return compute()
+        probs = self._read(path)
+        if probs is not None:
+            return probs
         probs = compute()
-        save_npy(path, probs)
+        if self.writable:
+            try:
+                save_npy(path, probs)
+            except OutputError as exc:
+                self.writable = False
+                self._warn(f"probability cache not written, going on without it ({exc})")
         return probs
+
+    @staticmethod
+    def key(
+        checkpoint: Path,
+        cache: Cache,
+        split: str,
+        tta: str,
+        rows: np.ndarray | None,
+        precision: str,
+    ) -> str:
+        """32 hex digits naming one member's probabilities on one split of one dataset."""
+        rows_id = "all" if rows is None else hashlib.sha256(np.asarray(rows, np.int64)).hexdigest()
+        parts = {
+            "checkpoint": file_digest(checkpoint),
+            "data": cache.content_id,
+            "split": split,
+            "rows": rows_id,
+            "tta": tta,
+            "precision": precision,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _read(self, path: Path) -> np.ndarray | None:
+        """The stored array, or None when there is none or it cannot be read (then recomputed)."""
+        try:
+            return np.load(path) if path.is_file() else None
+        except (OSError, ValueError) as exc:  # truncated, unreadable, not an .npy
+            self._warn(f"{path}: unreadable cached probabilities, computing them again ({exc})")
+            return None
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(message, ProbabilityCacheWarning, stacklevel=3)
 
 
 @dataclass
@@ -207,9 +277,14 @@ def member_probabilities(
             images, _ = labelled_split(cache, split, loaded.config)
             return loaded.probabilities(images, tta, batch_size).numpy()
 
-        probs.append(prob_cache.get(path, cache, split, tta, compute))
-        if labels is None:
-            labels = labelled_split(cache, split, loaded.config)[1]
+        name, rows = split_rows(cache, split, loaded.config)
+        precision = runtime.precision
+        probs.append(prob_cache.get(path, cache, split, tta, rows, precision, compute))
+        if labels is None:  # the labels alone: no copy of the images
+            split_labels = cache.split(name).labels
+            labels = torch.from_numpy(
+                np.asarray(split_labels if rows is None else split_labels[rows], np.int64)
+            )
     return probs, labels
 
 

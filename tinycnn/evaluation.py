@@ -41,10 +41,11 @@ class Evaluation:
         return dict(vars(self))
 
 
-def labelled_split(cache: Cache, split: str, config: dict) -> tuple[Tensor, Tensor]:
-    """(images uint8 (N, 64, 64, 3), labels (N,)) of a labelled split of the cache.
+def split_rows(cache: Cache, split: str, config: dict) -> tuple[str, np.ndarray | None]:
+    """(the cache split a labelled split reads, its rows there or None for all of them).
 
-    "tune" is the training run's held-out split, rebuilt from its config (data.holdout_*).
+    "tune" is the training run's held-out part of "train", rebuilt from its config
+    (data.holdout_*).
     """
     if split not in LABELLED_SPLITS:
         raise ConfigError(
@@ -52,17 +53,24 @@ def labelled_split(cache: Cache, split: str, config: dict) -> tuple[Tensor, Tens
             f"{', '.join(LABELLED_SPLITS)} (test has no labels)"
         )
     if split != "tune":
-        data = cache.split(split)
-        return images_tensor(data.images), torch.from_numpy(data.labels.astype(np.int64))
+        return split, None
     per_class = config["data"]["holdout_per_class"]
     if not per_class:
         raise ConfigError(
             "--split tune: this model was trained without a held-out split "
             "(data.holdout_per_class = 0)"
         )
-    train = cache.split("train")
-    _, rows = holdout_split(train.labels, per_class, config["data"]["holdout_seed"])
-    return images_tensor(train.images[rows]), torch.from_numpy(train.labels[rows].astype(np.int64))
+    _, rows = holdout_split(cache.split("train").labels, per_class, config["data"]["holdout_seed"])
+    return "train", rows
+
+
+def labelled_split(cache: Cache, split: str, config: dict) -> tuple[Tensor, Tensor]:
+    """(images uint8 (N, 64, 64, 3), labels (N,)) of a labelled split of the cache (split_rows)."""
+    name, rows = split_rows(cache, split, config)
+    data = cache.split(name)
+    if rows is None:
+        return images_tensor(data.images), torch.from_numpy(data.labels.astype(np.int64))
+    return images_tensor(data.images[rows]), torch.from_numpy(data.labels[rows].astype(np.int64))
 
 
 def evaluate_loaded(

@@ -1,7 +1,8 @@
 """The ``tinycnn`` command: argparse subcommands, each a thin call into the library.
 
 Errors raised on purpose (TinycnnError) print as one line without a traceback and exit 1;
-Ctrl-C and SIGTERM exit 130/143 after the library has cleaned up (no half-written output).
+Ctrl-C and SIGTERM exit 130/143 (128 + the signal) after the library has cleaned up (no
+half-written output).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from tinycnn import __version__
-from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.errors import ConfigError, Interrupted, TinycnnError
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -116,7 +117,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     if result.stopped == "interrupted":
         print(f"resume with: tinycnn train --resume {result.run_dir}", file=sys.stderr)
-        return 130
+        return 128 + (result.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     return 0
 
 
@@ -403,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _raise_interrupt(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,9 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt as exc:
         print(
-            f"tinycnn: interrupted ({exc or 'Ctrl-C'}); nothing half-written was kept",
+            f"tinycnn: interrupted ({str(exc) or 'Ctrl-C'}); nothing half-written was kept",
             file=sys.stderr,
         )
-        return 143 if "signal" in str(exc) else 130
+        return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)

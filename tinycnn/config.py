@@ -77,9 +77,10 @@ class TrainConfig:
     threads: int = 0  # intra-op threads; 0 = every core
     eval_batch_size: int = 500
     snapshot_every: int = 0  # iterations between snapshots (the paper: 10,000); 0 = epochs only
-    keep_snapshots: int = 0  # periodic snapshots to keep (oldest go first); 0 = keep all
-    max_minutes: float = 0.0  # stop with a checkpoint after this long; 0 = no limit
+    keep_snapshots: int = 0  # iteration snapshots to keep (oldest go first; epoch ones stay)
+    max_minutes: float = 0.0  # wall-clock budget of the whole run, evaluations included; 0 = none
     tensorboard: bool = False  # also write TensorBoard logs (needs the tensorboard package)
+    init_from: str = ""  # the checkpoint whose weights the run started from ("": initialised)
 
 
 @dataclass

@@ -25,3 +25,12 @@ class ConfigError(TinycnnError):
 
 class OutputError(TinycnnError):
     """An output file cannot be written (disk full, permission denied, read-only file system)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a command; the CLI exits 128 + the signal number."""
+
+    def __init__(self, signum: int, again: bool = False) -> None:
+        self.signum = signum
+        name = {2: "Ctrl-C", 15: "SIGTERM"}.get(signum, f"signal {signum}")
+        super().__init__(f"{name} again" if again else name)

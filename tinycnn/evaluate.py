@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from tinycnn.data.augment import Normalization, center_crop, flip_views, ten_crop
 from tinycnn.runtime import Runtime
@@ -22,15 +23,25 @@ def predict_logits(
     norm: Normalization | None,
     batch_size: int = 500,
     tta: str = "center",
+    progress: str | None = None,
 ) -> Tensor:
     """Class logits (N, C) float32 on the CPU; with TTA, the mean of the views' softmax as logits.
 
     images_u8: (N, 64, 64, 3) uint8 (CPU or device); size: the crop the model was trained on.
+    progress: a label for a progress bar over the images (None: no bar).
     """
     was_training = model.training
     model.eval()
     norm = norm.to(runtime.device) if norm is not None else None
     outputs = []
+    bar = tqdm(
+        total=len(images_u8),
+        desc=progress,
+        unit="img",
+        disable=progress is None,
+        leave=False,
+        dynamic_ncols=True,
+    )
     for lo in range(0, len(images_u8), batch_size):
         batch = images_u8[lo : lo + batch_size].to(runtime.device, non_blocking=True)
         views = _views(batch, size, norm, tta)  # (B * V, 3, size, size)
@@ -41,6 +52,8 @@ def predict_logits(
             probs = logits.softmax(dim=1).view(len(batch), TTA_VIEWS[tta], -1).mean(dim=1)
             logits = probs.clamp_min(1e-12).log()
         outputs.append(logits.cpu())
+        bar.update(len(batch))
+    bar.close()
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +27,24 @@ from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.evaluate import error_rates, predict_logits
 from tinycnn.models import create_model, init_weights, model_options
 from tinycnn.optim import build_optimizer
+from tinycnn.run_folder import METRICS, append_line, read_metrics
 from tinycnn.runtime import Runtime
 
 
 class TrainingDivergedError(TinycnnError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def pause_point(phase: str, iteration: int) -> None:
+    """Fault injection for the kill tests: wait here to be killed when asked to.
+
+    With TINYCNN_PAUSE_AT="PHASE@ITERATION", the process writes its pid to TINYCNN_PAUSE_FILE at
+    that point and sleeps, so a test can kill -9 it at an exact phase of the run.
+    """
+    if os.environ.get("TINYCNN_PAUSE_AT") == f"{phase}@{iteration}":
+        Path(os.environ["TINYCNN_PAUSE_FILE"]).write_text(str(os.getpid()), encoding="utf-8")
+        while True:
+            time.sleep(60)
 
 
 @dataclass
@@ -63,6 +77,7 @@ class Session:
     accum: EpochAccumulator = field(default_factory=EpochAccumulator)
     metrics: list[dict] = field(default_factory=list)
     best_error: float = math.inf
+    evaluation_pending: bool = False  # resumed at an epoch end whose evaluation was not saved
     writer: object | None = None
 
     def __post_init__(self) -> None:
@@ -115,18 +130,13 @@ class Session:
         return path
 
     def _apply_retention(self) -> None:
+        # Iteration snapshots only: epoch snapshots are the paper's snapshot-ensemble members.
         keep = self.cfg.train.keep_snapshots
         if not keep:
             return
-        snapshots = [*self.checkpoints.glob("iter-*.pt"), *self.checkpoints.glob("epoch-*.pt")]
-        snapshots.sort(key=lambda p: (self.position(p), p.name))
+        snapshots = sorted(self.checkpoints.glob("iter-*.pt"))  # zero-padded: name order
         for old in snapshots[:-keep]:
             old.unlink(missing_ok=True)
-
-    def position(self, path: Path) -> int:
-        """The iteration a snapshot was taken at, from its name (iter-0010000, epoch-003)."""
-        kind, number = path.stem.split("-")
-        return int(number) * (1 if kind == "iter" else self.iters_per_epoch)
 
     def end_epoch(
         self, elapsed: float, epoch_seconds: float | None, progress: bool, partial: bool = False
@@ -149,6 +159,7 @@ class Session:
                 size=self.eval_size,
                 norm=self.norm,
                 batch_size=self.cfg.train.eval_batch_size,
+                progress=f"evaluate {name}" if progress else None,
             )
             rates = error_rates(logits, labels)
             row.update(
@@ -166,20 +177,24 @@ class Session:
             partial_epoch=partial,
         )
         self.accum = EpochAccumulator()
-        selector = "tune_top1_error" if "tune_top1_error" in row else "val_top1_error"
+        # The checkpoint carries the best error including its own evaluation: a resume from it
+        # must not forget that this epoch was the best so far.
+        is_best = row[selection_key(row)] < self.best_error
+        if is_best:
+            self.best_error = row[selection_key(row)]
         name = f"epoch-{row['epoch']:03d}" if not partial else "last"
+        pause_point("evaluated", self.iteration)
         path = self.save(name, elapsed, row)
-        if row[selector] < self.best_error:
-            self.best_error = row[selector]
+        pause_point("saved", self.iteration)
+        if is_best:
             copy_file(path, self.checkpoints / "best.pt")
+        pause_point("best", self.iteration)
         self._log(row, progress)
+        pause_point("logged", self.iteration)
         return row
 
     def _log(self, row: dict, progress: bool) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.out / "metrics.jsonl", json.dumps(row))
         self.metrics.append(row)
         if self.writer is not None:
             for key, value in row.items():
@@ -295,17 +310,43 @@ def _restore(s: Session, path: Path) -> None:
     s.accum = EpochAccumulator(**payload["accumulator"])
     s.best_error = payload["best_error"]
     s.metrics = _sync_metrics(s.out, payload)
+    _sync_best(s, payload)
+    # An iteration snapshot at an epoch's end, saved before that epoch was evaluated.
+    s.evaluation_pending = payload["metrics"] is None and s.iteration % s.iters_per_epoch == 0
 
 
 def _sync_metrics(out: Path, payload: dict) -> list[dict]:
-    """Metrics lines up to the resume point; the checkpoint's own line if the log missed it."""
-    from tinycnn.train import read_metrics
+    """Metrics lines up to the resume point; the checkpoint's own line if the log missed it.
 
-    rows = [r for r in read_metrics(out) if r["iteration"] <= payload["iteration"]]
-    if payload["metrics"] and all(r["iteration"] != payload["iteration"] for r in rows):
-        rows.append(payload["metrics"])
-    write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    Lines of a time-budget stop's partial evaluation are dropped: the resumed run goes on from
+    that point, and an uninterrupted run has no such line.
+    """
+    rows = [
+        r
+        for r in read_metrics(out)
+        if r["iteration"] <= payload["iteration"] and not r.get("partial_epoch")
+    ]
+    own = payload["metrics"]
+    logged = {r["iteration"] for r in rows}
+    if own and not own.get("partial_epoch") and own["iteration"] not in logged:
+        rows.append(own)
+    write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
+
+
+def _sync_best(s: Session, payload: dict) -> None:
+    """Make best.pt the resume point if that was the best evaluation and the copy was cut off."""
+    own = payload["metrics"]
+    if not own or own.get("partial_epoch") or own[selection_key(own)] != s.best_error:
+        return
+    best = s.checkpoints / "best.pt"
+    if not best.exists() or load_checkpoint(best)["iteration"] != payload["iteration"]:
+        copy_file(s.checkpoints / "last.pt", best)
+
+
+def selection_key(row: dict) -> str:
+    """The metric that picks best.pt: the tuning split's top-1 error if there is one, else val."""
+    return "tune_top1_error" if "tune_top1_error" in row else "val_top1_error"
 
 
 def _load_weights(s: Session, path: Path) -> None:

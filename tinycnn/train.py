@@ -8,12 +8,11 @@ what the uninterrupted one would have done.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,12 +24,22 @@ from tinycnn.atomic import write_text
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.data.augment import augment_batch
-from tinycnn.errors import ConfigError
+from tinycnn.data.cache import load_cache
+from tinycnn.data.splits import holdout_split
+from tinycnn.errors import ConfigError, Interrupted
 from tinycnn.optim import lr_at, set_lr
-from tinycnn.runtime import make_runtime
-from tinycnn.session import Session, TrainingDivergedError, load_session
+from tinycnn.run_folder import read_metrics, read_resolved_config, run_lock
+from tinycnn.runtime import Runtime, make_runtime
+from tinycnn.session import (
+    Session,
+    TrainingDivergedError,
+    build_model,
+    load_session,
+    pause_point,
+    tensorboard_writer_class,
+)
 
-__all__ = ["RunResult", "TrainingDivergedError", "train"]
+__all__ = ["RunResult", "TrainingDivergedError", "read_metrics", "train"]
 
 
 @dataclass
@@ -40,6 +49,7 @@ class RunResult:
     metrics: list[dict] = field(default_factory=list)
     stopped: str = "finished"  # finished | interrupted | time budget
     iteration: int = 0
+    signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
 
 
 class _StopRequest:
@@ -47,11 +57,12 @@ class _StopRequest:
 
     def __init__(self, at_iteration: int | None = None) -> None:
         self.reason: str | None = None
+        self.signal: int | None = None
         self.at_iteration = at_iteration
 
     def __call__(self, signum: int, _frame) -> None:
         if self.reason == "interrupted":  # a second Ctrl-C: stop now, without the checkpoint
-            raise KeyboardInterrupt(f"signal {signum} again")
+            raise Interrupted(signum, again=True)
         self.reason = "interrupted"
         self.signal = signum
 
@@ -72,7 +83,7 @@ def _catch_signals(stop: _StopRequest):
 
 
 def train(
-    cfg: RunConfig,
+    cfg: RunConfig | None,
     out: str | Path,
     *,
     resume: bool = False,
@@ -80,47 +91,55 @@ def train(
     progress: bool = True,
     stop_at_iteration: int | None = None,
 ) -> RunResult:
-    """Train cfg's model on cfg.data.cache into the run folder ``out``; returns the trained model.
+    """Train cfg's model on cfg.data.cache into the run folder ``out``; returns a RunResult.
 
-    resume: continue the run in ``out`` from its last checkpoint (cfg is then read from there).
+    resume: continue the run in ``out`` from its last checkpoint (cfg is then read from there);
+      a run folder with no checkpoint yet starts afresh from its config.toml.
     init_from: start from a checkpoint's weights with this config's (new) hyperparameters.
     stop_at_iteration: behave as if interrupted once this many iterations are done (tests).
+    One process at a time may use a run folder: a second gets a RunFolderError.
     """
+    started = time.perf_counter()  # train.max_minutes counts from here
     out = Path(out)
     if resume:
-        cfg = config_from_dict(_read_resolved_config(out)).validate()
+        _read_resolved_config(out)  # a clear error before the lock makes a folder
     else:
-        _preflight(cfg, init_from)  # every check before the run folder is made
-        _new_run_dir(out, cfg)
-    rt = make_runtime(
-        cfg.train.device,
-        cfg.train.precision,
-        cfg.train.channels_last,
-        cfg.train.threads,
-        cfg.train.deterministic,
-    )
-    session = load_session(cfg, out, rt, init_from=init_from, resume=resume)
-    stop = _StopRequest(stop_at_iteration)
-    with _catch_signals(stop):
-        return _loop(session, stop, progress)
+        # Every check before the run folder is made: a failed start leaves nothing behind.
+        rt = _preflight(cfg, init_from)
+    with run_lock(out):
+        if resume:
+            cfg = config_from_dict(_read_resolved_config(out)).validate()
+            rt = _preflight(cfg, cfg.train.init_from or None)
+            has_checkpoint = (out / "checkpoints" / "last.pt").is_file()
+            init_from = None if has_checkpoint else cfg.train.init_from or None
+            resume = has_checkpoint
+        else:
+            if init_from is not None:
+                cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
+            _new_run_dir(out, cfg)
+            pause_point("started", 0)
+        session = load_session(cfg, out, rt, init_from=init_from, resume=resume)
+        stop = _StopRequest(stop_at_iteration)
+        with _catch_signals(stop):
+            return _loop(session, stop, progress, started)
 
 
-def _preflight(cfg: RunConfig, init_from: str | Path | None) -> None:
-    from tinycnn.checkpoint import load_checkpoint
-    from tinycnn.data.cache import load_cache
-    from tinycnn.session import build_model
-
+def _preflight(cfg: RunConfig, init_from: str | Path | None) -> Runtime:
+    """Check the data, model, device, held-out split and init checkpoint; returns the runtime."""
     if not cfg.data.cache:
         raise ConfigError("data.cache is not set: pass --data CACHE (a tinycnn prepare folder)")
     cache = load_cache(cfg.data.cache)
+    holdout_split(
+        cache.split("train").labels, cfg.data.holdout_per_class, cfg.data.holdout_seed
+    )
     with torch.device("meta"):  # checks the model options without allocating anything
         build_model(cfg, cache.num_classes, cfg.augment.crop or 64, initialise=False)
     if init_from is not None:
         load_checkpoint(init_from)
     if cfg.train.tensorboard:
-        from tinycnn.session import tensorboard_writer_class
-
         tensorboard_writer_class()
+    t = cfg.train
+    return make_runtime(t.device, t.precision, t.channels_last, t.threads, t.deterministic)
 
 
 def _new_run_dir(out: Path, cfg: RunConfig) -> None:
@@ -128,27 +147,23 @@ def _new_run_dir(out: Path, cfg: RunConfig) -> None:
         raise ConfigError(
             f"{out}: already holds a run; continue it with --resume {out}, or choose a new --out"
         )
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is a file; --out must be a run folder")
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.toml", to_toml(cfg))
 
 
 def _read_resolved_config(out: Path) -> dict:
-    from tinycnn.config import tomllib
-
-    path = out / "config.toml"
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing, so {out} is not a run folder to resume")
-    return tomllib.loads(path.read_text(encoding="utf-8"))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is a file; --out must be a run folder")
+    return read_resolved_config(out)
 
 
-def _loop(s: Session, stop: _StopRequest, progress: bool) -> RunResult:
+def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> RunResult:
     cfg = s.cfg
     ipe, total = s.iters_per_epoch, s.total_iters
-    start_time = time.perf_counter() - s.elapsed_before
+    clock = _Budget(cfg.train.max_minutes, started - s.elapsed_before, s)
     model = s.model
     model.train()
+    if s.evaluation_pending:  # killed between an epoch-end snapshot and its evaluation
+        s.end_epoch(clock.elapsed(), None, progress)
     while s.iteration < total:
         epoch = s.iteration // ipe
         perm = _epoch_order(cfg.train.seed, epoch, len(s.train_labels))
@@ -172,38 +187,84 @@ def _loop(s: Session, stop: _StopRequest, progress: bool) -> RunResult:
                 rate = s.accum.seen / max(time.perf_counter() - epoch_start, 1e-9)
                 bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}", refresh=False)
                 bar.update()
+                pause_point("step", s.iteration)
                 if cfg.train.snapshot_every and s.iteration % cfg.train.snapshot_every == 0:
-                    s.save(f"iter-{s.iteration:07d}", time.perf_counter() - start_time)
-                reason = _stop_reason(stop, s, start_time)
+                    s.save(f"iter-{s.iteration:07d}", clock.elapsed())
+                    pause_point("snapshot", s.iteration)
+                reason = _stop_reason(stop, s, clock)
                 if reason and s.iteration % ipe:  # at an epoch end, stop after its evaluation
-                    return _stop(s, reason, start_time)
-        s.end_epoch(time.perf_counter() - start_time, time.perf_counter() - epoch_start, progress)
-        reason = _stop_reason(stop, s, start_time)
+                    return _stop(s, reason, clock, stop, progress)
+        clock.evaluating()
+        s.end_epoch(clock.elapsed(), time.perf_counter() - epoch_start, progress)
+        clock.evaluated()
+        reason = _stop_reason(stop, s, clock)
         if reason and s.iteration < total:
             s.close()  # end_epoch has just saved the resume point
-            return RunResult(s.out, model, s.metrics, reason, s.iteration)
+            return RunResult(s.out, model, s.metrics, reason, s.iteration, stop.signal)
     s.close()
     return RunResult(s.out, model, s.metrics, "finished", s.iteration)
 
 
-def _stop_reason(stop: _StopRequest, s: Session, start_time: float) -> str | None:
+class _Budget:
+    """train.max_minutes as a wall-clock limit that leaves time for the closing evaluation.
+
+    The closing evaluation's cost is the last measured one, or before any, an estimate from the
+    training rate: a forward pass costs about a third of a training step per image.
+    """
+
+    def __init__(self, minutes: float, origin: float, session: Session) -> None:
+        self.seconds = minutes * 60
+        self.origin = origin  # perf_counter() at which the run's elapsed time was 0
+        self.session = session
+        self.eval_seconds: float | None = None
+        self._eval_started = 0.0
+        self._step_origin = (time.perf_counter(), session.iteration)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.origin
+
+    def evaluating(self) -> None:
+        self._eval_started = time.perf_counter()
+
+    def evaluated(self) -> None:
+        self.eval_seconds = time.perf_counter() - self._eval_started
+        self._step_origin = (time.perf_counter(), self.session.iteration)
+
+    def _eval_estimate(self) -> float:
+        if self.eval_seconds is not None:
+            return self.eval_seconds
+        since, iteration = self._step_origin
+        steps = self.session.iteration - iteration
+        if steps == 0:
+            return 0.0
+        per_image = (time.perf_counter() - since) / (steps * self.session.cfg.train.batch_size)
+        images = sum(len(labels) for _, labels in self.session.eval_sets.values())
+        return images * per_image / 2.5  # a margin over the third
+
+    def exhausted(self) -> bool:
+        if not self.seconds:
+            return False
+        return self.elapsed() + self._eval_estimate() > self.seconds
+
+
+def _stop_reason(stop: _StopRequest, s: Session, clock: _Budget) -> str | None:
     if stop.at_iteration is not None and s.iteration >= stop.at_iteration:
         stop.reason = "interrupted"
-    budget = s.cfg.train.max_minutes
-    if budget and time.perf_counter() - start_time > budget * 60:
+    if stop.reason is None and clock.exhausted():
         return "time budget"
     return stop.reason
 
 
-def _stop(s: Session, reason: str, start_time: float) -> RunResult:
+def _stop(
+    s: Session, reason: str, clock: _Budget, stop: _StopRequest, progress: bool
+) -> RunResult:
     """Save the resume point mid-epoch; at a time budget also evaluate: that is the result."""
-    elapsed = time.perf_counter() - start_time
     if reason == "time budget":
-        s.end_epoch(elapsed, None, progress=False, partial=True)
+        s.end_epoch(clock.elapsed(), None, progress, partial=True)
     else:
-        s.save("last", elapsed)
+        s.save("last", clock.elapsed())
     s.close()
-    return RunResult(s.out, s.model, s.metrics, reason, s.iteration)
+    return RunResult(s.out, s.model, s.metrics, reason, s.iteration, stop.signal)
 
 
 def _epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
@@ -236,19 +297,6 @@ def _step(s: Session, rows: torch.Tensor) -> tuple[float, int]:
     s.optimizer.step()
     wrong = int((logits.argmax(dim=1) != labels).sum())
     return value, wrong
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The per-epoch metrics of a run folder (the last line per epoch wins)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[row["iteration"]] = row
-    return [rows[k] for k in sorted(rows)]
 
 
 def checkpoint_config(path: str | Path) -> RunConfig:

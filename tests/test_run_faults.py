@@ -1,0 +1,264 @@
+"""Runs survive faults: kill -9 at every phase, torn logs, a second writer, failed starts, signals.
+
+The kill tests run the real CLI in a subprocess. TINYCNN_PAUSE_AT=PHASE@ITERATION makes it wait
+at that exact point of the run (see session.pause_point); the test then kills it with SIGKILL
+from outside, resumes it with ``tinycnn train --resume`` in a fresh process, and compares the
+run folder with an uninterrupted run's: every metrics line, every checkpoint file, its weights,
+and which epoch best.pt holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinycnn.checkpoint import load_checkpoint
+from tinycnn.cli import main
+from tinycnn.data.prepare import prepare
+from tinycnn.run_folder import read_metrics
+
+# 50 training images after the hold-out (2 per class): batch 16 -> 3 iterations an epoch, 9 in
+# all. Iteration snapshots every 3 iterations fall exactly on epoch ends (fault 1 of issue 7).
+RUN = [
+    "model.name=cnn5",
+    "model.conv_channels=[8, 8, 8]",
+    "model.fc_widths=[32]",
+    "model.dropout=0.3",
+    "train.batch_size=16",
+    "train.eval_batch_size=64",
+    'data.normalization="channel"',
+    "data.holdout_per_class=2",
+    "optim.name=nesterov",
+    "optim.lr=0.05",
+    "augment.noise_std=1.0",
+    "train.deterministic=true",
+    "train.threads=1",
+    "train.epochs=3",
+    "train.snapshot_every=3",
+]
+TIMING = ("seconds", "elapsed_seconds", "images_per_second")
+
+# Where a run can die: (phase, iteration). step: after an optimisation step; snapshot: after an
+# iteration snapshot; evaluated: after an epoch's evaluation, before its checkpoint; saved:
+# after epoch-NNN.pt and last.pt, before best.pt; best: before the metrics line; logged: after.
+PHASES = [
+    ("step", 2),
+    ("step", 3),
+    ("snapshot", 3),
+    ("evaluated", 3),
+    ("saved", 6),
+    ("best", 6),
+    ("logged", 6),
+    ("snapshot", 9),
+    ("saved", 9),
+]
+
+
+@pytest.fixture(scope="module")
+def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare(
+        synth_sources["folder"], tmp_path_factory.mktemp("c") / "cache", progress=False
+    ).path
+
+
+def _train_argv(cache: Path, out: Path, *extra: str) -> list[str]:
+    sets = [a for item in RUN for a in ("--set", item)]
+    return ["train", "--data", str(cache), *sets, *extra, "--out", str(out), "-q"]
+
+
+def _tinycnn(argv: list[str], env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinycnn", *argv],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen) -> tuple[int, str]:
+    _, err = process.communicate(timeout=300)
+    return process.returncode, err
+
+
+def _paused(argv: list[str], phase: str, iteration: int, flag: Path) -> subprocess.Popen:
+    """Start the CLI and return once it waits at PHASE@ITERATION."""
+    process = _tinycnn(
+        argv, {"TINYCNN_PAUSE_AT": f"{phase}@{iteration}", "TINYCNN_PAUSE_FILE": str(flag)}
+    )
+    deadline = time.monotonic() + 240
+    while not flag.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"ended before {phase}@{iteration}: {process.stderr.read()}")
+        assert time.monotonic() < deadline, f"never reached {phase}@{iteration}"
+        time.sleep(0.05)
+    return process
+
+
+def _kill_and_resume(cache: Path, out: Path, phase: str, iteration: int) -> str:
+    process = _paused(_train_argv(cache, out), phase, iteration, out.with_suffix(".paused"))
+    process.kill()  # SIGKILL: no handler, no cleanup
+    process.communicate(timeout=60)
+    code, err = _finish(_tinycnn(["train", "--resume", str(out), "-q"]))
+    assert code == 0, f"resume after a kill at {phase}@{iteration} failed: {err}"
+    return err
+
+
+def _run_record(run: Path) -> dict:
+    """What a run leaves that must not depend on interruptions (timings left out)."""
+    metrics = [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(run)]
+    checkpoints = {}
+    for path in sorted((run / "checkpoints").glob("*.pt")):
+        payload = load_checkpoint(path)
+        checkpoints[path.name] = {
+            "iteration": payload["iteration"],
+            "best_error": payload["best_error"],
+            "metrics": payload["metrics"]
+            and {k: v for k, v in payload["metrics"].items() if k not in TIMING},
+            "state": payload["model"]["state"],
+        }
+    return {"metrics": metrics, "checkpoints": checkpoints}
+
+
+def _assert_same_run(got: dict, expected: dict, where: str) -> None:
+    assert got["metrics"] == expected["metrics"], f"{where}: metrics differ"
+    assert sorted(got["checkpoints"]) == sorted(expected["checkpoints"]), where
+    for name, want in expected["checkpoints"].items():
+        have = got["checkpoints"][name]
+        for key in ("iteration", "best_error", "metrics"):
+            assert have[key] == want[key], f"{where}: {name} {key}"
+        for tensor_name, tensor in want["state"].items():
+            assert torch.equal(have["state"][tensor_name], tensor), f"{where}: {name}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("whole") / "run"
+    code, err = _finish(_tinycnn(_train_argv(cache, out)))
+    assert code == 0, err
+    record = _run_record(out)
+    assert [r["iteration"] for r in record["metrics"]] == [3, 6, 9]
+    return record
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_phase_then_resume_equals_the_uninterrupted_run(
+    cache: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    def one(phase_iteration: tuple[str, int]) -> tuple[str, dict]:
+        phase, iteration = phase_iteration
+        out = tmp_path / f"{phase}-{iteration}"
+        _kill_and_resume(cache, out, phase, iteration)
+        return f"killed at {phase}@{iteration}", _run_record(out)
+
+    with ThreadPoolExecutor(2) as pool:
+        for where, record in pool.map(one, PHASES):
+            _assert_same_run(record, uninterrupted, where)
+
+
+def test_every_checkpoint_remembers_the_best_error_including_its_own(
+    uninterrupted: dict,
+) -> None:
+    # The truth is the metrics log: best.pt is chosen on the tuning split.
+    rows = uninterrupted["metrics"]
+    for k, row in enumerate(rows):
+        name = f"epoch-{row['epoch']:03d}.pt"
+        best_so_far = min(r["tune_top1_error"] for r in rows[: k + 1])
+        assert uninterrupted["checkpoints"][name]["best_error"] == best_so_far, name
+    best_row = min(rows, key=lambda r: (r["tune_top1_error"], r["iteration"]))
+    assert uninterrupted["checkpoints"]["best.pt"]["iteration"] == best_row["iteration"]
+
+
+def test_a_torn_metrics_line_is_rebuilt_on_resume(
+    cache: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    out = tmp_path / "run"
+    process = _paused(_train_argv(cache, out), "logged", 3, tmp_path / "flag")
+    process.kill()
+    process.communicate(timeout=60)
+    log = out / "metrics.jsonl"
+    whole = log.read_text()
+    second = json.dumps(uninterrupted["metrics"][0])
+    log.write_text(whole + second[: len(second) // 2])  # a line cut off by the kill
+    assert len(read_metrics(out)) == 1, "the torn line is dropped on reading"
+    code, err = _finish(_tinycnn(["train", "--resume", str(out), "-q"]))
+    assert code == 0, err
+    _assert_same_run(_run_record(out), uninterrupted, "torn metrics line")
+
+
+def test_a_damaged_metrics_line_is_named(cache: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(_train_argv(cache, out, "--set", "train.epochs=1")) == 0
+    log = out / "metrics.jsonl"
+    log.write_text("garbage\n" + log.read_text())
+    assert main(["train", "--resume", str(out), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{log} line 1: not a metrics record" in err and "\n" not in err
+
+
+def test_a_second_process_on_a_run_folder_is_refused(cache: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    first = _paused(_train_argv(cache, out), "step", 1, tmp_path / "flag")
+    try:
+        for argv in (_train_argv(cache, out), ["train", "--resume", str(out), "-q"]):
+            assert main(argv) == 1
+            err = capsys.readouterr().err.strip()
+            assert f"in use by another tinycnn process (pid {first.pid}," in err, err
+            assert "\n" not in err
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    # The kernel dropped the dead process's lock: its run resumes.
+    assert main(["train", "--resume", str(out), "-q"]) == 0
+    assert read_metrics(out)[-1]["iteration"] == 9
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("train.device=cuda:0", "CUDA is not available"),
+        ("data.holdout_per_class=12", "data.holdout_per_class = 12: class 0 has only 12"),
+    ],
+)
+def test_a_failed_start_leaves_no_run_folder(
+    cache: Path, tmp_path: Path, capsys, setting: str, message: str
+) -> None:
+    if setting.startswith("train.device") and torch.cuda.is_available():
+        setting = "train.device=cuda:99"
+        message = "cuda:99"
+    out = tmp_path / "run"
+    assert main(_train_argv(cache, out, "--set", setting)) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_sigterm_at_start_up_then_resume_starts_afresh(
+    cache: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    out = tmp_path / "run"
+    process = _paused(_train_argv(cache, out), "started", 0, tmp_path / "flag")
+    process.send_signal(signal.SIGTERM)
+    code, err = _finish(process)
+    assert code == 143 and "interrupted (SIGTERM)" in err, err
+    assert not (out / "checkpoints").exists()  # nothing but the config and the lock
+    code, err = _finish(_tinycnn(["train", "--resume", str(out), "-q"]))
+    assert code == 0, err
+    _assert_same_run(_run_record(out), uninterrupted, "resumed before the first step")
+
+
+def test_ctrl_c_outside_training_names_itself(monkeypatch, capsys) -> None:
+    def interrupted(_args) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tinycnn.cli._cmd_models", interrupted)
+    assert main(["models"]) == 130
+    assert "interrupted (Ctrl-C)" in capsys.readouterr().err

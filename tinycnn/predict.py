@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -33,6 +34,15 @@ IMAGE_SUFFIXES = frozenset(
     ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN or fmt == "MPO"
 )
 _WHITE = (255, 255, 255, 255)
+# Images with more pixels than this are refused before they are decoded (--max-pixels). Decoding
+# costs about 3 bytes a pixel, and several times that while converting: 50 megapixels (an
+# 8000x6000 48-megapixel phone photo fits) stays within a few hundred MB, where a 12000x12000 PNG
+# of 17 KB, under Pillow's own bomb limit, would take over 1 GB. 0: no limit but Pillow's.
+MAX_PIXELS = 50_000_000
+
+
+class ImageTooLargeError(TinycnnError):
+    """An image has more pixels than the limit; it was not decoded."""
 
 
 class Predictor(Protocol):
@@ -127,7 +137,7 @@ def check_classes(predictor_classes: list[str], data_classes: list[str], where: 
 
 
 def load_images(
-    paths: list[str | Path],
+    paths: list[str | Path], max_pixels: int = MAX_PIXELS
 ) -> tuple[list[Path], np.ndarray, list[tuple[Path, str]]]:
     """Read image files and folders as 64x64 RGB; returns (files, images, failures).
 
@@ -135,8 +145,10 @@ def load_images(
     suffix Pillow knows, e.g. .jpg .png .gif .webp .bmp .tif; hidden files and folders and other
     suffixes are left out; a folder's images in natural name order). images: (N, 64, 64, 3)
     uint8, one per returned file. failures: (path, reason) for each path that does not exist,
-    folder without images, and file Pillow cannot read; the other files are still read.
+    folder without images, and file Pillow cannot read or that has more than max_pixels pixels
+    (0: no limit); the other files are still read.
     """
+    _check_max_pixels(max_pixels)
     files, arrays, failures, seen = [], [], [], set()
     for path in map(Path, paths):
         if path.is_dir():
@@ -154,7 +166,7 @@ def load_images(
                 continue
             seen.add(key)
             try:
-                arrays.append(read_image(file))
+                arrays.append(read_image(file, max_pixels))
                 files.append(file)
             except Exception as exc:  # any one bad file is reported by name; the rest go on
                 failures.append((file, _failure_reason(exc)))
@@ -180,15 +192,28 @@ def _folder_images(folder: Path, failures: list[tuple[Path, str]]) -> list[Path]
     return sorted(found, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """(64, 64, 3) uint8 RGB from any image Pillow reads (the first frame of an animation).
+
+    ImageTooLargeError, before any decoding, when the header gives more than max_pixels pixels
+    (0: no limit of tinycnn's; Pillow still refuses decompression bombs).
 
     The image is turned upright by its EXIF orientation, made RGB (transparency over white,
     16-bit grayscale scaled to 8 bits) and, when it is not 64x64, squashed to 64x64 with Pillow's
     antialiased bicubic filter, without cropping: the Tiny ImageNet images were made that way
     (whole ImageNet images downsampled to 64x64), and the cache's --resize uses the same filter.
     """
-    with Image.open(path) as image:
+    with warnings.catch_warnings():
+        # Pillow warns about images between its bomb limit and twice it; ours is stricter.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)  # reads the header only
+    with image:
+        width, height = image.size
+        if max_pixels and width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"image too large: {width}x{height} = {width * height:,} pixels, over the "
+                f"limit of {max_pixels:,} (--max-pixels); it was not decoded"
+            )
         image.load()  # decode now: a truncated file fails here, inside this file's report
         image = _to_rgb(ImageOps.exif_transpose(image))
     if image.size != (IMAGE_SIZE, IMAGE_SIZE):
@@ -209,8 +234,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _check_max_pixels(max_pixels: int) -> None:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0:
+        raise ConfigError(
+            f"--max-pixels {max_pixels!r}: expected a whole number of pixels >= 0 "
+            f"(0: no limit; default {MAX_PIXELS})"
+        )
+
+
 def _failure_reason(exc: Exception) -> str:
     """One line on why a file could not be read."""
+    if isinstance(exc, ImageTooLargeError):
+        return str(exc)
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not an image Pillow can read (corrupt, or an unsupported format)"
     if isinstance(exc, Image.DecompressionBombError):
@@ -232,15 +267,20 @@ class PredictionReport:
 
 
 def predict_files(
-    predictor: Predictor, paths: list[str | Path], top: int = 5, batch_size: int = 500
+    predictor: Predictor,
+    paths: list[str | Path],
+    top: int = 5,
+    batch_size: int = 500,
+    max_pixels: int = MAX_PIXELS,
 ) -> PredictionReport:
     """The top classes of each image file or folder's images; unreadable files become failures.
 
     top: classes kept per file, most probable first (at most the number of classes).
+    max_pixels: larger images are failures, refused before decoding (0: no limit but Pillow's).
     """
     if top < 1:
         raise ConfigError(f"--top {top}: expected at least 1")
-    files, images, failed = load_images(paths)
+    files, images, failed = load_images(paths, max_pixels)
     probs = predict_batches(predictor, images, batch_size)
     values, indices = probs.topk(min(top, len(predictor.classes)), dim=1)
     rows = []

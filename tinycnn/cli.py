@@ -217,7 +217,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {args.submission}: {lines} lines (test image<TAB>wnid)", file=sys.stderr)
     if not args.images:
         return 0
-    report = predict_files(predictor, args.images, top=args.top)
+    report = predict_files(predictor, args.images, top=args.top, max_pixels=args.max_pixels)
     print(report_json(report) if args.json else format_report(report))
     return exit_code(report)
 
@@ -376,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", default="center", choices=["center", "flip", "10crop"])
     p.add_argument("--weights", help="comma-separated member weights (default: equal)")
     p.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=50_000_000,
+        help="refuse larger images before decoding them, reported as not predicted (default "
+        "50000000: 50 megapixels, a few hundred MB to decode; 0: no limit but Pillow's)",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--json", action="store_true", help="print one JSON object")

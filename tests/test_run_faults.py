@@ -9,8 +9,10 @@ and which epoch best.pt holds.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +25,10 @@ import torch
 
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.cli import main
+from tinycnn.config import load_config
 from tinycnn.data.prepare import prepare
 from tinycnn.run_folder import read_metrics
+from tinycnn.train import train
 
 # 50 training images after the hold-out (2 per class): batch 16 -> 3 iterations an epoch, 9 in
 # all. Iteration snapshots every 3 iterations fall exactly on epoch ends (fault 1 of issue 7).
@@ -262,3 +266,75 @@ def test_ctrl_c_outside_training_names_itself(monkeypatch, capsys) -> None:
     monkeypatch.setattr("tinycnn.cli._cmd_models", interrupted)
     assert main(["models"]) == 130
     assert "interrupted (Ctrl-C)" in capsys.readouterr().err
+
+
+def test_training_refuses_a_damaged_cache(cache: Path, tmp_path: Path, capsys) -> None:
+    damaged = tmp_path / "cache"
+    shutil.copytree(cache, damaged)
+    images = damaged / "train_images.npy"
+    data = bytearray(images.read_bytes())
+    data[-5000:] = bytes(5000)  # zeroed pixels: same size, so only a checksum can tell
+    images.write_bytes(bytes(data))
+    out = tmp_path / "run"
+    assert main(_train_argv(damaged, out)) == 1
+    err = capsys.readouterr().err.strip()
+    assert str(images) in err and "--force" in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
+    cache: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) > 6:  # the first checkpoints and log lines fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "run"
+    assert main(_train_argv(cache, out, "--set", "train.snapshot_every=1")) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot write (disk full)" in err and str(out) in err and "\n" not in err, err
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    last = load_checkpoint(out / "checkpoints" / "last.pt")  # whole and loadable
+    assert last["iteration"] >= 1
+    assert not [p for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
+
+
+def test_the_time_budget_includes_the_evaluations(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.session
+    import tinycnn.train
+
+    real = tinycnn.session.predict_logits
+
+    def slow_evaluation(*args, **kwargs):
+        time.sleep(1.0)  # stands for the 10,000 val images of a real run
+        return real(*args, **kwargs)
+
+    def slow_step(*args, **kwargs):
+        time.sleep(0.05)  # 25 steps an epoch: an epoch takes longer than its evaluation
+        return real_augment(*args, **kwargs)
+
+    real_augment = tinycnn.train.augment_batch
+    monkeypatch.setattr(tinycnn.session, "predict_logits", slow_evaluation)
+    monkeypatch.setattr(tinycnn.train, "augment_batch", slow_step)
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1000"])
+    cfg.train.batch_size = 2
+    cfg.train.max_minutes = 0.1  # 6 s; each evaluation (val + tune) takes 2 s
+    start = time.perf_counter()
+    result = train(cfg, tmp_path / "run", progress=False)
+    took = time.perf_counter() - start
+    assert result.stopped == "time budget" and result.metrics[-1]["iteration"] >= 25
+    assert took < 6.0 + 1.0, f"a 6 s budget took {took:.1f} s"
+
+
+def test_every_evaluation_shows_progress(cache: Path, tmp_path: Path, capsys) -> None:
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1"])
+    train(cfg, tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert "evaluate val" in err and "evaluate tune" in err

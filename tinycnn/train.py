@@ -24,7 +24,7 @@ from tinycnn.atomic import write_text
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.data.augment import augment_batch
-from tinycnn.data.cache import load_cache
+from tinycnn.data.cache import load_cache, verify_cache
 from tinycnn.data.splits import holdout_split
 from tinycnn.errors import ConfigError, Interrupted
 from tinycnn.optim import lr_at, set_lr
@@ -129,6 +129,7 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> Runtime:
     if not cfg.data.cache:
         raise ConfigError("data.cache is not set: pass --data CACHE (a tinycnn prepare folder)")
     cache = load_cache(cfg.data.cache)
+    verify_cache(cache, splits=("train", "val"))  # never train on damaged data (~1 s per GB)
     holdout_split(
         cache.split("train").labels, cfg.data.holdout_per_class, cfg.data.holdout_seed
     )

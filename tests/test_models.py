@@ -382,6 +382,17 @@ def test_xavier_init_respects_the_normalised_bound(cnn5_bn: nn.Module) -> None:
     _check_biases_and_bn(cnn5_bn)
 
 
+def test_caffe_xavier_init_is_uniform_in_sqrt_3_over_fan_in(cnn5_bn: nn.Module) -> None:
+    # Caffe's XavierFiller with its default variance_norm (FAN_IN): U(-sqrt(3/n), sqrt(3/n)).
+    init_weights(cnn5_bn, "caffe_xavier")
+    first = _layers(cnn5_bn, nn.Conv2d)[0].weight  # 3 -> 32 channels, 3x3: fan_in 27
+    assert first.abs().max().item() <= math.sqrt(3 / 27)
+    assert first.abs().max().item() > 0.95 * math.sqrt(3 / 27)  # not Glorot's tighter bound
+    big = _layers(cnn5_bn, nn.Linear)[0].weight  # fan_in 1568: std sqrt(1 / 1568)
+    assert abs(big.std().item() - math.sqrt(1 / 1568)) < 0.01 * math.sqrt(1 / 1568)
+    _check_biases_and_bn(cnn5_bn)
+
+
 def test_kaiming_init_uses_fan_out_for_convs_and_fan_in_for_fcs(cnn5_bn: nn.Module) -> None:
     init_weights(cnn5_bn, "kaiming")
     conv = _layers(cnn5_bn, nn.Conv2d)[1].weight  # 32*32*9 weights

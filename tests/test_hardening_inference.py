@@ -32,7 +32,7 @@ from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
 from tinycnn.data.synthetic import make_synthetic
 from tinycnn.ensemble import ProbabilityCache, ProbabilityCacheWarning, ensemble
-from tinycnn.errors import OutputError
+from tinycnn.errors import ConfigError, OutputError
 from tinycnn.inference import load_model
 from tinycnn.predict import MAX_PIXELS, load_images
 from tinycnn.runtime import make_runtime
@@ -448,3 +448,124 @@ def test_cli_predict_reports_a_huge_image_and_predicts_the_rest(
     assert_one_line_error(code, err, "--max-pixels -1")
     parser_default = build_parser().parse_args(["predict", "x"]).max_pixels
     assert parser_default == MAX_PIXELS  # the CLI does not import predict.py to read it
+
+
+# --- checkpoints that are not what they claim, and configs that cannot be ---------------------
+
+
+def _edited(small: Small, path: Path, edit) -> Path:
+    payload = torch.load(small.checkpoint, weights_only=True)
+    edit(payload)
+    save_checkpoint(path, payload)
+    return path
+
+
+def _bad_state(payload: dict) -> None:
+    state = payload["model"]["state"]
+    del state["features.0.weight"]
+    state["extra.weight"] = torch.zeros(1)
+
+
+def _bad_shapes(payload: dict) -> None:
+    state = payload["model"]["state"]
+    state["classifier.weight"] = torch.zeros(10, 32)
+    state["classifier.bias"] = torch.zeros(10)
+
+
+BAD_CHECKPOINTS = {  # name: (make it from the small run, words the one line must hold)
+    "pickled module": (
+        lambda s, p: torch.save(load_model(s.checkpoint).model, p),
+        "a pickled tinycnn.models.paper.PaperCNN object",
+    ),
+    "bare state dict": (
+        lambda s, p: torch.save(load_model(s.checkpoint).model.state_dict(), p),
+        "a bare state dict",
+    ),
+    "missing and unexpected keys": (
+        lambda s, p: _edited(s, p, _bad_state),
+        "missing keys: features.0.weight; unexpected keys: extra.weight",
+    ),
+    "wrong shapes": (
+        lambda s, p: _edited(s, p, _bad_shapes),
+        "shape of classifier.weight is (10, 32) in the checkpoint, (5, 32) in cnn5; "
+        "shape of classifier.bias is (10,) in the checkpoint, (5,) in cnn5",
+    ),
+    "unknown model": (
+        lambda s, p: _edited(s, p, lambda d: d["model"].update(name="resnet999")),
+        "cannot rebuild its model (unknown model 'resnet999'",
+    ),
+    "missing field": (
+        lambda s, p: _edited(s, p, lambda d: d.pop("classes")),
+        "missing classes",
+    ),
+    "truncated": (
+        lambda s, p: p.write_bytes(s.checkpoint.read_bytes()[:5000]),
+        "not a readable checkpoint (not a PyTorch zip archive",
+    ),
+}
+
+LOADING_COMMANDS = {
+    "evaluate": lambda s, ckpt, out: ["evaluate", ckpt, "--data", s.cache],
+    "ensemble": lambda s, ckpt, out: [
+        *("ensemble", ckpt, s.checkpoint, "--data", s.cache, "--out", out, "--no-cache"),
+    ],
+    "predict": lambda s, ckpt, out: ["predict", ckpt, "--images", s.dataset / "test"],
+    "export": lambda s, ckpt, out: [
+        *("export", ckpt, "--format", "torchscript", "--out", out / "m.pt", "--data", s.cache),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(small: Small, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad")
+    paths = {}
+    for name, (make, _) in BAD_CHECKPOINTS.items():
+        paths[name] = root / f"{name.replace(' ', '-')}.pt"
+        make(small, paths[name])
+    return paths
+
+
+@pytest.mark.parametrize("command", sorted(LOADING_COMMANDS))
+@pytest.mark.parametrize("kind", sorted(BAD_CHECKPOINTS))
+def test_bad_checkpoints_are_one_line_in_every_command(
+    small: Small,
+    bad_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    kind: str,
+    command: str,
+) -> None:
+    path = bad_checkpoints[kind]
+    code, _, err = run_cli(capsys, LOADING_COMMANDS[command](small, path, tmp_path / "out"))
+    line = assert_one_line_error(code, err, f"{path}: ", BAD_CHECKPOINTS[kind][1])
+    assert "weights_only" not in line and "trust" not in line  # none of torch's advice
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+CLASS_COUNT_CONFIGS = [  # (TOML text or None, --set overrides)
+    (None, ["model.num_classes=5"]),
+    ("[model]\nname = 'cnn5'\nnum_classes = 10\n", []),
+    (None, ["model.options={num_classes = 5}"]),
+]
+
+
+@pytest.mark.parametrize(("toml", "overrides"), CLASS_COUNT_CONFIGS)
+def test_num_classes_in_a_config_is_a_config_error(
+    tmp_path: Path, toml: str | None, overrides: list[str]
+) -> None:
+    path = None
+    if toml is not None:
+        path = tmp_path / "run.toml"
+        path.write_text(toml)
+    with pytest.raises(ConfigError, match=r"model.num_classes = \d+: the number of classes comes "):
+        load_config(path, overrides)
+
+
+def test_cli_train_with_num_classes_is_one_line(
+    small: Small, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["train", "--data", small.cache, "--out", tmp_path / "run"]
+    code, _, err = run_cli(capsys, [*argv, "--set", "model.num_classes=5"])
+    assert_one_line_error(code, err, "model.num_classes = 5", "comes from the data")
+    assert not (tmp_path / "run").exists()

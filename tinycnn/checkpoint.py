@@ -9,6 +9,9 @@ runs no pickled code.
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,9 @@ from tinycnn.data.augment import Normalization
 from tinycnn.errors import TinycnnError
 
 FORMAT = 1
+# What inference needs from a checkpoint (training also reads optimizer, rng, accumulator, ...).
+INFERENCE_FIELDS = ("model", "classes", "names", "normalization", "input_size", "config")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class CheckpointError(TinycnnError):
@@ -39,21 +45,95 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint on the CPU with weights_only=True; CheckpointError if it is not one."""
+    """Read a checkpoint on the CPU with weights_only=True; CheckpointError if it is not one.
+
+    The error is one line that says what the file is instead: not a PyTorch file, a pickled
+    object (e.g. a whole model from ``torch.save(model)``), a bare state dict, another format.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # every torch.save since 1.6 is a zip archive
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (not a PyTorch zip archive: truncated, or "
+            "another kind of file)"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which, without the traceback
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
+    except pickle.UnpicklingError as exc:  # weights_only refused a class: a pickled object
+        raise CheckpointError(f"{path}: {_pickled_object(exc)}") from None
+    except Exception as exc:  # a damaged archive: say which, without the traceback
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("kind") != "tinycnn-checkpoint":
-        raise CheckpointError(f"{path}: not a tinycnn checkpoint")
+        raise CheckpointError(f"{path}: not a tinycnn checkpoint{_what_it_is(payload)}")
     if payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: checkpoint format {payload.get('format')}, this tinycnn reads format {FORMAT}"
         )
     return payload
+
+
+def _pickled_object(exc: Exception) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", _ANSI.sub("", str(exc)))
+    if not found:
+        return "not a readable checkpoint (its pickled data is damaged or holds objects)"
+    return (
+        f"not a tinycnn checkpoint (a pickled {found.group(1)} object, e.g. a whole model saved "
+        "with torch.save(model); tinycnn does not unpickle objects, for safety); use a "
+        "checkpoint written by tinycnn train"
+    )
+
+
+def _what_it_is(payload: object) -> str:
+    if (
+        isinstance(payload, dict)
+        and payload
+        and all(isinstance(v, torch.Tensor) for v in payload.values())
+    ):
+        return (
+            " (a bare state dict: it lacks the model name, classes and normalisation that "
+            "tinycnn needs)"
+        )
+    return f" (a {type(payload).__name__} without tinycnn's header)"
+
+
+def _first_line(exc: Exception) -> str:
+    text = _ANSI.sub("", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_state(model: nn.Module, state: dict[str, Any], where: str) -> None:
+    """CheckpointError naming every missing, unexpected and misshapen tensor of state.
+
+    where: names the checkpoint in the message, e.g. "run/checkpoints/best.pt".
+    """
+    own = model.state_dict()
+    name = getattr(model, "tinycnn_name", "the model")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"shape of {k} is {_shape(state[k])} in the checkpoint, {_shape(v)} in {name}"
+        for k, v in own.items()
+        if k in state and _shape(state[k]) != _shape(v)
+    ]
+    problems = [
+        *([f"missing keys: {_names(missing)}"] if missing else []),
+        *([f"unexpected keys: {_names(unexpected)}"] if unexpected else []),
+        *shapes[:3],
+        *([f"{len(shapes) - 3} more shapes differ"] if len(shapes) > 3 else []),
+    ]
+    if problems:
+        listed = "; ".join(problems)
+        raise CheckpointError(f"{where}: its weights do not fit model {name}: {listed}")
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _names(keys: list[str], shown: int = 5) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def normalization_payload(norm: Normalization | None) -> dict[str, Any]:
@@ -76,10 +156,24 @@ def normalization_from_payload(payload: dict[str, Any]) -> Normalization | None:
     return Normalization.from_mean_image(payload["mean_image"])
 
 
-def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (on the CPU, eval mode)."""
+def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (on the CPU, eval mode).
+
+    path: names the checkpoint in errors. CheckpointError when a field is missing, the model
+    cannot be built (an unknown name or option), or the weights do not fit it (check_state).
+    """
     from tinycnn.models import create_model
 
-    model = create_model(payload["model"]["name"], **payload["model"]["options"])
-    model.load_state_dict(payload["model"]["state"])
+    absent = [f for f in INFERENCE_FIELDS if f not in payload]
+    spec = payload.get("model")
+    if not absent and not (isinstance(spec, dict) and {"name", "options", "state"} <= set(spec)):
+        absent = ["model.name, model.options or model.state"]
+    if absent:
+        raise CheckpointError(f"{path}: damaged tinycnn checkpoint, missing {', '.join(absent)}")
+    try:
+        model = create_model(spec["name"], **spec["options"])
+    except TinycnnError as exc:  # e.g. a model of a newer tinycnn
+        raise CheckpointError(f"{path}: cannot rebuild its model ({exc})") from None
+    check_state(model, spec["state"], str(path))
+    model.load_state_dict(spec["state"])
     return model.eval()

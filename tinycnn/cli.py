@@ -236,7 +236,9 @@ def _check_images(args: argparse.Namespace):
     from tinycnn.checkpoint import load_checkpoint
     from tinycnn.data.cache import load_cache
 
-    cache_dir = args.data or load_checkpoint(args.checkpoint)["config"]["data"]["cache"]
+    # A damaged checkpoint without these fields is reported by export_model, in one line.
+    config = load_checkpoint(args.checkpoint).get("config") if not args.data else {}
+    cache_dir = args.data or (config or {}).get("data", {}).get("cache")
     if not cache_dir or not (Path(cache_dir) / "manifest.json").is_file():
         return None, "8 random images (no cache found: pass --data CACHE to check on real ones)"
     val = load_cache(cache_dir).split("val")

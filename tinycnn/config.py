@@ -94,6 +94,12 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every value; returns self so calls chain."""
+        if "num_classes" in self.model.options:  # create_model gets it from the cache
+            raise ConfigError(
+                f"model.num_classes = {self.model.options['num_classes']!r}: the number of "
+                "classes comes from the data (the cache's class list); remove this key, or "
+                "prepare a cache that holds only the classes you want"
+            )
         _choice("data.normalization", self.data.normalization, NORMALIZATIONS)
         _at_least("data.holdout_per_class", self.data.holdout_per_class, 0)
         _choice("model.init", self.model.init, INITS)

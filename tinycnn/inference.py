@@ -69,7 +69,7 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
     """Load a checkpoint for inference on runtime's device (default: the fast path here)."""
     runtime = runtime or make_runtime()
     payload = load_checkpoint(path)
-    model = runtime.prepare_model(model_from_checkpoint(payload)).eval()
+    model = runtime.prepare_model(model_from_checkpoint(payload, path)).eval()
     return LoadedModel(
         path=Path(path),
         model=model,

@@ -338,3 +338,17 @@ def test_every_evaluation_shows_progress(cache: Path, tmp_path: Path, capsys) ->
     train(cfg, tmp_path / "run", progress=True)
     err = capsys.readouterr().err
     assert "evaluate val" in err and "evaluate tune" in err
+
+
+def test_init_from_weights_that_do_not_fit_is_one_line_before_any_work(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    first = tmp_path / "first"
+    assert main(_train_argv(cache, first, "--set", "train.epochs=1")) == 0
+    out = tmp_path / "wider"
+    checkpoint = first / "checkpoints" / "last.pt"
+    argv = _train_argv(cache, out, "--set", "model.fc_widths=[64]", "--init-from", str(checkpoint))
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert str(checkpoint) in err and "shape of" in err and "(32, " in err and "\n" not in err, err
+    assert not out.exists()

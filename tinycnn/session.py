@@ -15,6 +15,7 @@ from torch import nn
 
 from tinycnn.atomic import copy_file, write_text
 from tinycnn.checkpoint import (
+    check_state,
     load_checkpoint,
     normalization_payload,
     save_checkpoint,
@@ -302,6 +303,7 @@ def _check_classes(payload: dict, cache: Cache, path: Path) -> None:
 def _restore(s: Session, path: Path) -> None:
     payload = load_checkpoint(path)
     _check_classes(payload, s.cache, path)
+    check_state(s.model, payload["model"]["state"], str(path))
     s.model.load_state_dict(payload["model"]["state"])
     s.optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng"]["torch"])
@@ -352,14 +354,8 @@ def selection_key(row: dict) -> str:
 def _load_weights(s: Session, path: Path) -> None:
     payload = load_checkpoint(path)
     _check_classes(payload, s.cache, path)
-    try:
-        s.model.load_state_dict(payload["model"]["state"])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1] if "\n" in str(exc) else str(exc)
-        raise ConfigError(
-            f"{path}: its weights do not fit model {s.cfg.model.name} with these "
-            f"options ({first.strip()})"
-        ) from None
+    check_state(s.model, payload["model"]["state"], str(path))
+    s.model.load_state_dict(payload["model"]["state"])
 
 
 def tensorboard_writer_class():

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tinycnn.atomic import write_text
-from tinycnn.checkpoint import load_checkpoint
+from tinycnn.checkpoint import check_state, load_checkpoint
 from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.data.augment import augment_batch
 from tinycnn.data.cache import load_cache, verify_cache
@@ -134,9 +134,9 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> Runtime:
         cache.split("train").labels, cfg.data.holdout_per_class, cfg.data.holdout_seed
     )
     with torch.device("meta"):  # checks the model options without allocating anything
-        build_model(cfg, cache.num_classes, cfg.augment.crop or 64, initialise=False)
+        model = build_model(cfg, cache.num_classes, cfg.augment.crop or 64, initialise=False)
     if init_from is not None:
-        load_checkpoint(init_from)
+        check_state(model, load_checkpoint(init_from)["model"]["state"], str(init_from))
     if cfg.train.tensorboard:
         tensorboard_writer_class()
     t = cfg.train

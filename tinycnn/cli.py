@@ -29,6 +29,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         force=args.force,
         progress=not args.quiet,
+        size=args.size,
+        classes=args.classes,
     )
     if result.rebuilt:
         images = sum(s["count"] for s in result.manifest["splits"].values())
@@ -276,10 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="decode a dataset once into a memory-mapped cache")
-    p.add_argument("src", help="Tiny ImageNet folder, .zip or .tar.gz (official layout)")
+    p.add_argument(
+        "src",
+        help="Tiny ImageNet folder, .zip or .tar.gz, or your own train/CLASS/*.jpg + "
+        "val/CLASS/*.jpg folder or archive",
+    )
     p.add_argument("--out", required=True, help="cache folder to create or refresh")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores)")
-    p.add_argument("--resize", action="store_true", help="resize images that are not 64x64")
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="centre-crop and resize images that are not SIZE x SIZE (always on for your own "
+        "class-per-folder data)",
+    )
+    p.add_argument("--size", type=int, default=64, help="side of the cached images (default 64)")
+    p.add_argument(
+        "--classes",
+        metavar="FILE|official",
+        help="keep only these classes (a file of class ids, one per line, or 'official': the "
+        "200 of Tiny ImageNet); the rest are dropped and counted",
+    )
     p.add_argument(
         "--skip-bad",
         action="store_true",

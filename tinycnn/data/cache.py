@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinycnn.data.layout import official_wnids
 from tinycnn.errors import CacheError
 
 FORMAT = 1
@@ -244,15 +245,20 @@ def summarize(manifest: dict, path: str | Path = "") -> str:
     """A short human-readable summary of a manifest (what ``tinycnn info`` prints)."""
     source = manifest.get("source", {})
     classes = manifest["classes"]
+    dataset = manifest.get("dataset", {"layout": "official", "classes_from": "wnids.txt"})
     more = ", ..." if len(classes) > 3 else ""
     first = ", ".join(
-        f"{w} {n.split(',')[0]}" for w, n in zip(classes[:3], manifest["names"][:3], strict=True)
+        f"{w} {n.split(',')[0]}" if n != w else w
+        for w, n in zip(classes[:3], manifest["names"][:3], strict=True)
     )
     lines = [
         f"cache    {path}  (format {manifest['format']}, {manifest.get('image_size', 64)}px, "
         f"prepared {manifest.get('created', '?')[:19]} in {manifest.get('seconds', 0):.1f} s)",
-        f"source   {source.get('kind', '?')} {source.get('path', '?')}",
-        f"classes  {len(classes)} in wnids.txt order ({first}{more})",
+        f"source   {source.get('kind', '?')} {source.get('path', '?')} "
+        f"({'Tiny ImageNet layout' if dataset['layout'] == 'official' else 'class-per-folder'})",
+        f"classes  {len(classes)} in {dataset.get('classes_from', 'wnids.txt')} order "
+        f"({first}{more})",
+        f"dataset  {standard_difference(manifest) or 'the standard 200-class Tiny ImageNet'}",
         f"{'split':<8} {'images':>8} {'grayscale':>10} {'cmyk':>5} {'resized':>8} {'skipped':>8}",
     ]
     for name in SPLITS:
@@ -267,7 +273,52 @@ def summarize(manifest: dict, path: str | Path = "") -> str:
         mean = " ".join(f"{v:.1f}" for v in stats["channel_mean"])
         std = " ".join(f"{v:.1f}" for v in stats["channel_std"])
         lines.append(f"train RGB mean {mean}, std {std} (0-255 scale)")
+    lines += _dataset_notes(dataset)
     for name in SPLITS:
         for skipped in manifest["splits"].get(name, {}).get("skipped", []):
             lines.append(f"skipped  {skipped['file']}: {skipped['reason']}")
     return "\n".join(lines)
+
+
+def standard_difference(manifest: dict) -> str:
+    """ "" for a cache of the standard 200-class Tiny ImageNet, else how it differs, in words."""
+    official = official_wnids()
+    classes = manifest["classes"]
+    extra = [c for c in classes if c not in set(official)]
+    missing = [c for c in official if c not in set(classes)]
+    reasons = []
+    if extra or missing:
+        listed = ", ".join(extra[:3]) + (", ..." if len(extra) > 3 else "")
+        reasons.append(
+            f"{len(classes)} classes"
+            + (f", {len(extra)} not in Tiny ImageNet ({listed})" if extra else "")
+            + (f", {len(missing)} of its 200 missing" if missing else "")
+        )
+    elif classes != official:
+        reasons.append("its 200 classes in another order (class indices differ from wnids.txt)")
+    if manifest.get("image_size", 64) != 64:
+        reasons.append(f"{manifest['image_size']}px images, not 64px")
+    counts = {"train": 100_000, "val": 10_000, "test": 10_000}
+    for name, expected in counts.items():
+        got = manifest["splits"].get(name, {}).get("count", 0)
+        if not reasons and got != expected:
+            reasons.append(f"{name} has {got:,} images, not {expected:,}")
+    return "NOT the standard 200-class Tiny ImageNet: " + "; ".join(reasons) if reasons else ""
+
+
+def _dataset_notes(dataset: dict) -> list[str]:
+    lines = []
+    dropped = dataset.get("dropped_classes")
+    if dropped:
+        images = ", ".join(f"{n} {k}" for k, n in dataset.get("dropped_images", {}).items())
+        shown = ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+        lines.append(f"dropped  {len(dropped)} classes by --classes ({shown}): {images} images")
+    missing = dataset.get("missing_box_files")
+    if missing:
+        unknown = dataset.get("boxes_unknown", {}).get("train", 0)
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        lines.append(
+            f"boxes    unknown (-1) for {unknown} train images: {len(missing)} box files "
+            f"missing ({shown})"
+        )
+    return lines

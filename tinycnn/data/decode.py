@@ -11,13 +11,18 @@ DCT and upsampling settings; checked on the real data). Anything else goes throu
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
+import signal
+import sys
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tinycnn.data.sources import Source
 
@@ -27,6 +32,7 @@ except ImportError:  # optional accelerator: Pillow decodes everything without i
     simplejpeg = None
 
 IMAGE_SIZE = 64
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Chunk:
     rows: list[int]
     files: list[str]
     data: list[bytes] | None = None  # filled by the parent for streaming sources (tar.gz)
+    resize: bool = False  # centre-crop and resize images of another size (else: an error)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class ChunkResult:
     grayscale: list[int] = field(default_factory=list)
     cmyk: list[int] = field(default_factory=list)
     resized: list[int] = field(default_factory=list)
+    wrong_size: tuple[int, str] | None = None  # (row, message) of an image to be --resize'd
     pixel_sum: np.ndarray | None = None  # (64, 64, 3) uint64: sum over the chunk's images
     pixel_sq_sum: np.ndarray | None = None  # (64, 64, 3) uint64: sum of squared values
 
@@ -56,11 +64,11 @@ class ChunkResult:
 class _Worker:
     """Per-process state: the source (reopened in the worker) and open output files."""
 
-    def __init__(self, source: Source, resize: bool, stats_split: str) -> None:
+    def __init__(self, source: Source, stats_split: str, size: int) -> None:
         self.source = source
         self.fds: dict[str, int] = {}
-        self.resize = resize
         self.stats_split = stats_split
+        self.size = size
 
     def _fd(self, target: str) -> int:
         if target not in self.fds:
@@ -69,15 +77,20 @@ class _Worker:
 
     def run(self, chunk: Chunk) -> ChunkResult:
         result = ChunkResult(chunk.split)
-        row_bytes = IMAGE_SIZE * IMAGE_SIZE * 3
+        size = self.size
+        row_bytes = size * size * 3
         stats = chunk.split == self.stats_split
-        batch = np.empty((len(chunk.rows), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        batch = np.empty((len(chunk.rows), size, size, 3), np.uint8)
         good = []
         for k, (row, rel) in enumerate(zip(chunk.rows, chunk.files, strict=True)):
             try:
                 raw = chunk.data[k] if chunk.data is not None else self.source.read(rel)
-                if not _decode_fast(raw, batch[k], row, result):
-                    batch[k] = np.asarray(self._decode(raw, row, result))
+                if not _decode_fast(raw, batch[k], row, result, size):
+                    batch[k] = np.asarray(self._decode(raw, row, result, chunk.resize))
+            except WrongSizeError as exc:
+                # Readable, so not a --skip-bad matter: the whole prepare stops on the first one.
+                result.wrong_size = (row, str(exc))
+                break
             except Exception as exc:  # any decode failure is reported with the file's name
                 result.failures.append((row, _reason(exc)))
                 continue
@@ -93,34 +106,40 @@ class _Worker:
             )
         return result
 
-    def _decode(self, raw: bytes, row: int, result: ChunkResult) -> Image.Image:
+    def _decode(self, raw: bytes, row: int, result: ChunkResult, resize: bool) -> Image.Image:
+        size = self.size
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw))
+            if image.size != (size, size):
+                if not resize:  # checked before decoding: the first one stops prepare
+                    raise WrongSizeError(
+                        f"image is {image.size[0]}x{image.size[1]}, not {size}x{size} (pass "
+                        f"--resize to centre-crop and resize such images to {size}x{size})"
+                    )
+                # JPEG: decode at 1/2, 1/4 or 1/8 scale when that still covers size x size.
+                image.draft(image.mode, (size, size))
+                result.resized.append(row)
             image.load()  # decode now: a truncated file fails here, not later
+            image = ImageOps.exif_transpose(image)  # camera photos stored on their side
         if image.mode != "RGB":
             if image.mode in ("L", "LA", "1", "I", "I;16", "F"):
                 result.grayscale.append(row)
             elif image.mode == "CMYK":
                 result.cmyk.append(row)
             image = image.convert("RGB")
-        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-            if not self.resize:
-                raise WrongSizeError(
-                    f"image is {image.size[0]}x{image.size[1]}, not "
-                    f"{IMAGE_SIZE}x{IMAGE_SIZE} (pass --resize to resize such images)"
-                )
-            image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-            result.resized.append(row)
+        if image.size != (size, size):
+            # Keep the aspect: crop the centre square, then resize (antialiased when shrinking).
+            image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
         return image
 
 
-def _decode_fast(raw: bytes, out: np.ndarray, row: int, result: ChunkResult) -> bool:
-    """Decode a 64x64 colour or grayscale JPEG into ``out``; False means: use Pillow instead."""
+def _decode_fast(raw: bytes, out: np.ndarray, row: int, result: ChunkResult, size: int) -> bool:
+    """Decode a size x size colour or grayscale JPEG into ``out``; False: use Pillow instead."""
     if simplejpeg is None or raw[:2] != b"\xff\xd8":
         return False
     height, width, colorspace, _ = simplejpeg.decode_jpeg_header(raw)
-    if (height, width) != (IMAGE_SIZE, IMAGE_SIZE) or colorspace not in ("YCbCr", "RGB", "Gray"):
+    if (height, width) != (size, size) or colorspace not in ("YCbCr", "RGB", "Gray"):
         return False  # CMYK/YCCK and odd sizes take Pillow's path (conversion, resize, errors)
     # strict: a truncated file is an error, as in Pillow, not grey filler.
     simplejpeg.decode_jpeg(raw, colorspace="RGB", buffer=out, strict=True)
@@ -130,14 +149,12 @@ def _decode_fast(raw: bytes, out: np.ndarray, row: int, result: ChunkResult) -> 
 
 
 class WrongSizeError(Exception):
-    """An image that is not 64x64 while resizing is off."""
+    """A readable image of another size while resizing is off (not a --skip-bad matter)."""
 
 
 def _reason(exc: Exception) -> str:
     """What went wrong with one image, in words: truncated, corrupt, or the size message."""
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, WrongSizeError):
-        return text
     lowered = text.lower()
     if "truncated" in lowered or "premature end" in lowered:  # Pillow's / libjpeg's wording
         return f"truncated image ({text})"
@@ -147,10 +164,40 @@ def _reason(exc: Exception) -> str:
 _WORKER: _Worker | None = None
 
 
-def init_worker(source: Source, resize: bool, stats_split: str) -> None:
-    """Process-pool initializer: one _Worker per process."""
+def init_worker(source: Source, stats_split: str, size: int = IMAGE_SIZE, parent: int = 0) -> None:
+    """Process-pool initializer: one _Worker per process, bound to live no longer than parent."""
     global _WORKER
-    _WORKER = _Worker(source, resize, stats_split)
+    # The parent handles Ctrl-C (it shuts the pool down); SIGTERM kills a worker at once rather
+    # than raising the parent's KeyboardInterrupt handler, inherited through fork, mid-task.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if parent:
+        _die_with_parent(parent)
+    _WORKER = _Worker(source, stats_split, size)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Exit when the parent process dies, even by kill -9 (which runs none of its cleanup).
+
+    Without this an orphaned worker waits forever on its task queue: it holds the queue's
+    write end itself, so it never sees end-of-file.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass  # no prctl: fall back to watching
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tinycnn-parent-watch", daemon=True).start()
 
 
 def run_chunk(chunk: Chunk) -> ChunkResult:

@@ -8,6 +8,7 @@ archive once to list it and once to feed the workers.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import shutil
@@ -27,8 +28,10 @@ from tinycnn import __version__
 from tinycnn.atomic import write_json
 from tinycnn.data.cache import FORMAT, MANIFEST, checksum_files, read_manifest, verify_cache
 from tinycnn.data.decode import IMAGE_SIZE, Chunk, ChunkResult, init_worker, run_chunk
+from tinycnn.data.folders import is_folder_layout, read_folder_layout
+from tinycnn.data.layout import Layout, read_class_list
 from tinycnn.data.sources import Source, open_source
-from tinycnn.data.tiny_imagenet import Layout, read_layout
+from tinycnn.data.tiny_imagenet import read_layout
 from tinycnn.errors import CacheError, DataError
 
 CHUNK_IMAGES = 256  # per task: big enough to amortise IPC, small enough to balance 2 workers
@@ -52,22 +55,38 @@ def prepare(
     skip_bad: bool = False,
     force: bool = False,
     progress: bool = True,
+    size: int = IMAGE_SIZE,
+    classes: str | Path | None = None,
 ) -> PrepareResult:
-    """Build (or confirm up to date) the cache of a Tiny ImageNet folder, .zip or .tar.gz.
+    """Build (or confirm up to date) the cache of a dataset folder, .zip or .tar.gz.
 
     Args:
-        src: the dataset folder (holding wnids.txt) or an official-layout archive.
+        src: a Tiny ImageNet folder (holding wnids.txt) or archive, or a class-per-folder
+            dataset (train/CLASS/*.jpg, val/CLASS/*.jpg, optional test/).
         out: the cache folder to create or refresh.
         workers: decode processes (default: one per CPU core).
-        resize: resize images that are not 64x64 instead of failing on them.
+        resize: centre-crop and resize images that are not size x size instead of failing on
+            them (always on for class-per-folder data).
         skip_bad: skip unreadable images (each is listed in the manifest) instead of failing.
         force: rebuild even if the cache is up to date.
+        size: side of the cached square images, in pixels.
+        classes: keep only the classes of this file (one id per line), or "official": the
+            200 classes of Tiny ImageNet; the others are dropped and counted.
     """
     start = time.perf_counter()
     out = Path(out).expanduser()
     _check_out(out)
+    if size < 8:
+        raise DataError(f"--size {size}: images must be at least 8 pixels wide")
+    class_list = None if classes is None else read_class_list(classes)
     source = open_source(src)
-    options = {"resize": resize, "skip_bad": skip_bad, "image_size": IMAGE_SIZE}
+    options = {
+        "resize": resize,
+        "skip_bad": skip_bad,
+        "image_size": size,
+        "classes": None if class_list is None else str(classes),
+        "class_list": None if class_list is None else _digest(class_list),
+    }
     fingerprint = source.fingerprint()
     if force:
         reason = "--force"
@@ -81,9 +100,10 @@ def prepare(
     try:
         # The pool starts before the source is read: forked workers then share none of the
         # parent's memory (a .tar.gz's kept bytes), and start while the layout is checked.
-        with _decode_pool(source, workers or os.cpu_count() or 1, resize) as pool:
-            layout = read_layout(source)
-            manifest = _build(pool, source, layout, tmp, skip_bad, progress)
+        with _decode_pool(source, workers or os.cpu_count() or 1, size) as pool:
+            layout = read_dataset(source, class_list)
+            resize_all = resize or layout.kind == "folders"
+            manifest = _build(pool, source, layout, tmp, skip_bad, progress, size, resize_all)
         manifest.update(
             format=FORMAT,
             tinycnn_version=__version__,
@@ -102,6 +122,18 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PrepareResult(out, manifest, True, time.perf_counter() - start, reason)
+
+
+def read_dataset(source: Source, classes: list[str] | None = None) -> Layout:
+    """The layout of any supported dataset: official Tiny ImageNet (it has wnids.txt) or
+    class-per-folder; ``classes`` keeps only those classes, in that order."""
+    if is_folder_layout(source.names()):
+        return read_folder_layout(source, classes)
+    return read_layout(source, classes)
+
+
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def _check_out(out: Path) -> None:
@@ -173,7 +205,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 
 @contextmanager
-def _decode_pool(source: Source, workers: int, resize: bool) -> Iterator[ProcessPoolExecutor]:
+def _decode_pool(source: Source, workers: int, size: int) -> Iterator[ProcessPoolExecutor]:
     """Worker processes, started now; pending work is cancelled if the caller fails."""
     # fork: workers need no re-import of the caller's __main__ (which fails for notebooks and
     # stdin scripts under spawn/forkserver) and start in milliseconds; they never touch torch.
@@ -181,13 +213,18 @@ def _decode_pool(source: Source, workers: int, resize: bool) -> Iterator[Process
         "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     )
     pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=init_worker, initargs=(source, resize, "train")
+        workers,
+        mp_context=context,
+        initializer=init_worker,
+        initargs=(source, "train", size, os.getpid()),
     )
     try:
         for _ in range(workers):
             pool.submit(int)  # start every worker now, before the parent grows
         yield pool
     finally:
+        # Waits for the chunks in flight (terminating a worker could leave the pool's queue
+        # locks held, and hang); a parent killed outright takes its workers with it (decode.py).
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -198,15 +235,20 @@ def _build(
     tmp: Path,
     skip_bad: bool,
     progress: bool,
+    size: int,
+    resize: bool,
 ) -> dict:
     targets = {
-        name: (str(tmp / f"{name}_images.npy"), _create_npy(tmp, name, len(split.files)))
+        name: (str(tmp / f"{name}_images.npy"), _create_npy(tmp, name, len(split.files), size))
         for name, split in layout.splits.items()
     }
     totals = {name: ChunkResult(name) for name in layout.splits}
     total = sum(len(s.files) for s in layout.splits.values())
 
     def fail_on_bad(result: ChunkResult) -> None:
+        if result.wrong_size is not None:
+            row, why = result.wrong_size
+            raise DataError(f"{source.display(layout.splits[result.split].files[row])}: {why}")
         if result.failures and not skip_bad:
             row, why = min(result.failures)
             raise DataError(
@@ -215,13 +257,14 @@ def _build(
             )
 
     with tqdm(total=total, unit="img", desc="prepare", disable=not progress) as bar:
-        _run_chunks(pool, _chunks(source, layout, targets), totals, fail_on_bad, bar)
+        chunks = _chunks(source, layout, targets, resize)
+        _run_chunks(pool, chunks, totals, fail_on_bad, bar)
     splits = {}
     for name, split in layout.splits.items():
         result = totals[name]
         bad_rows = sorted(row for row, _ in result.failures)
         _write_split(tmp, split, bad_rows)
-        if len(split.files) == len(bad_rows):
+        if split.files and len(split.files) == len(bad_rows):
             raise DataError(
                 f"{source.display(name)}: every image of the {name} split is unreadable"
             )
@@ -232,38 +275,43 @@ def _build(
             "resized": len(result.resized),
             "labelled": split.labels is not None,
             "boxes": split.boxes is not None,
+            "boxes_unknown": 0
+            if split.boxes is None
+            else int(np.sum(np.delete(split.boxes[:, 0], bad_rows) < 0)),
             "skipped": [
                 {"file": split.files[row], "reason": why} for row, why in sorted(result.failures)
             ],
         }
-    stats = _write_stats(tmp, totals["train"], splits["train"]["count"])
+    stats = _write_stats(tmp, totals["train"], splits["train"]["count"], size)
     return {
         "classes": layout.wnids,
         "names": layout.names,
-        "image_size": IMAGE_SIZE,
+        "image_size": size,
         "splits": splits,
         "stats": stats,
+        "dataset": {"layout": layout.kind, **layout.notes},
     }
 
 
-def _create_npy(tmp: Path, split: str, count: int) -> int:
-    """Create a sparse (N, 64, 64, 3) uint8 .npy; returns the byte offset of its first row."""
+def _create_npy(tmp: Path, split: str, count: int, size: int) -> int:
+    """Create a sparse (N, size, size, 3) uint8 .npy; returns the byte offset of its first row."""
     array = np.lib.format.open_memmap(
         tmp / f"{split}_images.npy",
         mode="w+",
         dtype=np.uint8,
-        shape=(count, IMAGE_SIZE, IMAGE_SIZE, 3),
+        shape=(count, size, size, 3),
     )
     offset = array.offset
     del array
     return offset
 
 
-def _chunks(source: Source, layout: Layout, targets: dict[str, tuple[str, int]]):
+def _chunks(source: Source, layout: Layout, targets: dict[str, tuple[str, int]], resize: bool):
     """Tasks of CHUNK_IMAGES rows; bytes attached when the source can only be streamed."""
 
     def empty(name: str, streamed: bool) -> Chunk:
-        return Chunk(name, *targets[name], rows=[], files=[], data=[] if streamed else None)
+        data = [] if streamed else None
+        return Chunk(name, *targets[name], rows=[], files=[], data=data, resize=resize)
 
     if source.random_access:
         for name, split in layout.splits.items():
@@ -366,13 +414,13 @@ def _compact_images(path: Path, keep: np.ndarray) -> None:
     packed_path.replace(path)
 
 
-def _write_stats(tmp: Path, train: ChunkResult, count: int) -> dict:
+def _write_stats(tmp: Path, train: ChunkResult, count: int, size: int) -> dict:
     """Mean image and per-channel mean/std of the training images (0-255 scale)."""
     if train.pixel_sum is None or count == 0:
         raise DataError("no training image could be decoded")
     mean_image = train.pixel_sum / count
     np.save(tmp / "mean_image.npy", mean_image.astype(np.float32))
-    pixels = count * IMAGE_SIZE * IMAGE_SIZE
+    pixels = count * size * size
     channel_mean = train.pixel_sum.sum(axis=(0, 1)) / pixels
     channel_sq = train.pixel_sq_sum.sum(axis=(0, 1)) / pixels
     channel_std = np.sqrt(np.maximum(channel_sq - channel_mean**2, 0.0))

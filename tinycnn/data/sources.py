@@ -1,14 +1,16 @@
 """Read a Tiny ImageNet tree from a folder, a .zip or a .tar.gz without extracting it to disk.
 
-A source exposes the files under the dataset's top folder (the one holding ``wnids.txt``) by
-paths relative to that folder, in POSIX form. Folders and zips are random-access, so decode
-workers open them themselves; a .tar.gz is one gzip stream, read sequentially by ``stream``.
+A source exposes the files under the dataset's top folder (the one holding ``wnids.txt``, or
+``train/`` for a class-per-folder dataset) by paths relative to that folder, in POSIX form.
+Folders and zips are random-access, so decode workers open them themselves; a .tar.gz is one gzip
+stream, read sequentially by ``stream``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -230,18 +232,24 @@ def open_source(path: str | Path) -> Source:
     raise DataError(f"{path}: not a folder, .zip or .tar.gz (the Tiny ImageNet formats)")
 
 
+def _is_dataset_folder(path: Path) -> bool:
+    # Official layout (wnids.txt) or class-per-folder (train/CLASS/...).
+    return (path / "wnids.txt").is_file() or (path / "train").is_dir()
+
+
 def _find_folder_root(path: Path) -> Path:
     # Accept the dataset folder itself, or a folder holding exactly one dataset folder
     # (what unpacking the official zip into a download folder gives).
-    if (path / "wnids.txt").is_file():
+    if _is_dataset_folder(path):
         return path
-    inner = [p for p in path.iterdir() if (p / "wnids.txt").is_file()]
+    inner = [p for p in path.iterdir() if p.is_dir() and _is_dataset_folder(p)]
     if len(inner) == 1:
         return inner[0]
     if not inner:
         raise DataError(
             f"{path}/wnids.txt: missing (expected the Tiny ImageNet folder holding "
-            "wnids.txt, words.txt, train/, val/ and test/)"
+            "wnids.txt, words.txt, train/, val/ and test/, or a folder of your own images "
+            "as train/CLASS/*.jpg and val/CLASS/*.jpg)"
         )
     raise DataError(
         f"{path}: holds several datasets ({', '.join(p.name for p in inner)}); name one of them"
@@ -265,9 +273,20 @@ def _find_archive_root(path: Path, names: list[str]) -> str:
             f"{path}: wnids.txt is at the top of the archive; expected it inside one "
             "top folder, as in the official tiny-imagenet-200/"
         )
+    # A class-per-folder archive: train/CLASS/file at the top or inside one top folder.
+    folder_roots = sorted(
+        {n[: n.index("train/")] for n in names if re.match(r"^([^/]+/)?train/[^/]+/.", n)}
+    )
+    if len(folder_roots) == 1:
+        return folder_roots[0]
+    if folder_roots:
+        raise DataError(
+            f"{path}: several folders hold train/ ({', '.join(r or '.' for r in folder_roots)}); "
+            "expected one dataset"
+        )
     raise DataError(
-        f"{path}: no top folder with wnids.txt (expected tiny-imagenet-200/wnids.txt; "
-        f"found {', '.join(tops) or 'nothing'})"
+        f"{path}: no top folder with wnids.txt (expected tiny-imagenet-200/wnids.txt, or "
+        f"train/CLASS/ folders of images; found {', '.join(tops) or 'nothing'})"
     )
 
 

@@ -1,0 +1,466 @@
+"""prepare on data as found in the wild: extra classes, missing box files, BOM/CRLF text files,
+wrong-size images, a user's class-per-folder images, and a prepare killed mid-way."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tinycnn.data.cache as cache_module
+from tinycnn.cli import main
+from tinycnn.data import decode
+from tinycnn.data.cache import load_cache
+from tinycnn.data.prepare import prepare
+from tinycnn.data.sources import Source, open_source
+from tinycnn.data.tiny_imagenet import read_layout
+from tinycnn.errors import DataError
+
+EXTRA = ["n90000001", "n90000002"]  # appended classes, as in a 202-line wnids.txt seen on GitHub
+
+
+def _wnids(root: Path) -> list[str]:
+    return (root / "wnids.txt").read_text().split()
+
+
+def _save(path: Path, colour: tuple[int, int, int], size: tuple[int, int], fmt: str = "JPEG"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, fmt, **({"quality": 100} if fmt == "JPEG" else {}))
+
+
+def _add_extra_classes(root: Path, per_class: int = 3) -> dict[str, int]:
+    """Append EXTRA to wnids.txt with train images but no _boxes.txt, and val images of them."""
+    with open(root / "wnids.txt", "a") as f:
+        f.write("".join(w + "\n" for w in EXTRA))
+    donor = sorted((root / "train" / _wnids(root)[0] / "images").iterdir())[:per_class]
+    lines = []
+    for k, wnid in enumerate(EXTRA):
+        for i, image in enumerate(donor):
+            target = root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, target)
+        name = f"val_{900 + k}.JPEG"
+        shutil.copy(root / "val" / "images" / "val_0.JPEG", root / "val" / "images" / name)
+        lines.append(f"{name}\t{wnid}\t1\t2\t30\t40\n")
+    with open(root / "val" / "val_annotations.txt", "a") as f:
+        f.write("".join(lines))
+    return {"train": per_class * len(EXTRA), "val": len(EXTRA)}
+
+
+# --- 12: a copy with extra classes; every layout problem in one message -----------------------
+
+
+def test_missing_box_files_make_boxes_unknown(synth_copy: Path, tmp_path: Path, capsys) -> None:
+    extra = _add_extra_classes(synth_copy)
+    out = tmp_path / "cache"
+    assert main(["prepare", str(synth_copy), "--out", str(out), "-q"]) == 0
+    cache = load_cache(out)
+    assert cache.classes == _wnids(synth_copy) and len(cache.classes) == 7
+    train = cache.split("train")
+    unknown = [f for f, box in zip(train.files, train.boxes, strict=True) if box[0] == -1]
+    assert sorted(unknown) == sorted(
+        f"train/{w}/images/{w}_{i}.JPEG" for w in EXTRA for i in range(3)
+    )
+    assert (train.boxes[[f.split("/")[1] not in EXTRA for f in train.files]] >= 0).all()
+    dataset = cache.manifest["dataset"]
+    assert dataset["missing_box_files"] == [f"train/{w}/{w}_boxes.txt" for w in EXTRA]
+    assert cache.manifest["splits"]["train"]["boxes_unknown"] == extra["train"]
+    assert len(cache.split("val")) == 5 * 4 + extra["val"]
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"boxes    unknown (-1) for {extra['train']} train images: 2 box files missing" in text
+    assert "NOT the standard 200-class Tiny ImageNet: 7 classes, 7 not in Tiny ImageNet" in text
+
+
+def test_classes_file_restricts_the_cache(
+    synth_sources: dict[str, Path], synth_copy: Path, tmp_path: Path
+) -> None:
+    original = _wnids(synth_copy)
+    extra = _add_extra_classes(synth_copy)
+    listed = tmp_path / "classes.txt"
+    listed.write_text("\n".join(original) + "\n")
+    out = tmp_path / "restricted"
+    assert (
+        main(["prepare", str(synth_copy), "--out", str(out), "-q", "--classes", str(listed)]) == 0
+    )
+    restricted = load_cache(out)
+    dataset = restricted.manifest["dataset"]
+    assert dataset["dropped_classes"] == EXTRA
+    assert dataset["dropped_images"] == extra
+    # Independent truth: the same dataset before the extra classes were added.
+    plain = load_cache(prepare(synth_sources["folder"], tmp_path / "plain", progress=False).path)
+    assert restricted.classes == plain.classes and restricted.names == plain.names
+    for name in ("train", "val", "test"):
+        a, b = restricted.split(name), plain.split(name)
+        assert a.files == b.files and np.array_equal(a.images, b.images), name
+        if a.labels is not None:
+            assert np.array_equal(a.labels, b.labels) and np.array_equal(a.boxes, b.boxes)
+
+
+def test_classes_list_order_and_unknown_class(synth_copy: Path, tmp_path: Path) -> None:
+    wnids = _wnids(synth_copy)
+    listed = tmp_path / "classes.txt"
+    listed.write_text(f"{wnids[3]}\r\n{wnids[1]}\r\n")  # CRLF, a subset, another order
+    cache = load_cache(prepare(synth_copy, tmp_path / "c", progress=False, classes=listed).path)
+    assert cache.classes == [wnids[3], wnids[1]]
+    train = cache.split("train")
+    assert [cache.classes[label] for label in train.labels] == [
+        f.split("/")[1] for f in train.files
+    ]
+    listed.write_text(f"{wnids[0]}\nn12345678\n")
+    with pytest.raises(DataError, match="class n12345678 of the --classes list is not in"):
+        prepare(synth_copy, tmp_path / "d", progress=False, classes=listed)
+
+
+def _fake_source(wnids: list[str], extra: list[str]) -> Source:
+    """An official-layout tree in memory (names and text files only: enough for read_layout)."""
+    files: dict[str, bytes] = {"wnids.txt": "".join(w + "\n" for w in wnids + extra).encode()}
+    names = ["wnids.txt", "test/images/test_0.JPEG"]
+    val_lines = []
+    for k, wnid in enumerate(wnids + extra):
+        names += [f"train/{wnid}/images/{wnid}_{i}.JPEG" for i in range(2)]
+        if wnid not in extra:
+            box = f"train/{wnid}/{wnid}_boxes.txt"
+            files[box] = "".join(f"{wnid}_{i}.JPEG\t0\t0\t9\t9\n" for i in range(2)).encode()
+            names.append(box)
+        names.append(f"val/images/val_{k}.JPEG")
+        val_lines.append(f"val_{k}.JPEG\t{wnid}\t0\t0\t5\t5\n")
+    files["val/val_annotations.txt"] = "".join(val_lines).encode()
+    names += list(files)
+
+    class Fake(Source):
+        kind = "fake"
+
+        def names(self) -> list[str]:
+            return sorted(set(names))
+
+        def read(self, rel: str) -> bytes:
+            return files[rel]
+
+    return Fake(Path("github-copy"))
+
+
+def test_classes_official_on_a_202_class_copy() -> None:
+    from tinycnn.data.layout import official_wnids
+
+    official = official_wnids()
+    source = _fake_source(official, EXTRA)
+    everything = read_layout(source)
+    assert everything.wnids == official + EXTRA
+    assert everything.notes["missing_box_files"] == [f"train/{w}/{w}_boxes.txt" for w in EXTRA]
+    layout = read_layout(source, classes=official)
+    assert layout.wnids == official
+    assert len(layout.splits["train"].files) == 400 and len(layout.splits["val"].files) == 200
+    assert layout.notes["dropped_classes"] == EXTRA
+    assert layout.notes["dropped_images"] == {"train": 4, "val": 2}
+    assert "missing_box_files" not in layout.notes  # the dropped classes' boxes do not matter
+
+
+def test_shipped_official_class_list_matches_the_real_archive(full_archive: Path) -> None:
+    from tinycnn.data.layout import official_wnids
+    from tinycnn.data.sources import _iter_tar
+
+    real = next(
+        data
+        for name, data in _iter_tar(full_archive, want=lambda n: n.endswith("/wnids.txt"))
+        if data is not None
+    )
+    assert official_wnids() == real.decode().split() and len(official_wnids()) == 200
+
+
+@pytest.fixture(scope="session")
+def full_archive() -> Path:
+    from tests.conftest import FULL_ARCHIVE, require_real
+
+    return require_real(FULL_ARCHIVE)
+
+
+def test_every_layout_problem_in_one_message(synth_copy: Path, tmp_path: Path, capsys) -> None:
+    wnids = _wnids(synth_copy)
+    shutil.rmtree(synth_copy / "train" / wnids[1])  # 1: a class folder missing
+    _save(synth_copy / "train" / "n99999999" / "images" / "n99999999_0.JPEG", (0, 0, 0), (64, 64))
+    ann = synth_copy / "val" / "val_annotations.txt"
+    lines = ann.read_text().splitlines()
+    lines[2] = lines[2].replace(lines[2].split("\t")[1], "n00000001")  # 3: an unknown class
+    ann.write_text("\n".join(lines) + "\n")
+    (synth_copy / "wnids.txt").write_text("\n".join([*wnids, "bad id!"]) + "\n")  # 4
+    for image in (synth_copy / "test" / "images").iterdir():  # 5: an empty test split
+        image.unlink()
+    out = tmp_path / "cache"
+    assert main(["prepare", str(synth_copy), "--out", str(out), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and not out.exists()
+    assert f"{synth_copy}: 5 problems in the dataset, nothing was prepared" in err
+    for expected in (
+        f"train/{wnids[1]}/images: class folder is missing",
+        "train/n99999999: class folder not listed in wnids.txt",
+        "val_annotations.txt line 3: unknown class n00000001",
+        "wnids.txt line 6: 'bad id!' is not a class id",
+        "test/images: the test split is empty or missing",
+    ):
+        assert expected in err, expected
+
+
+def test_many_problems_are_counted_and_the_first_few_listed(synth_copy: Path) -> None:
+    wnid = _wnids(synth_copy)[0]
+    (synth_copy / "train" / wnid / f"{wnid}_boxes.txt").write_text("")  # 12 images, no box line
+    with pytest.raises(DataError) as info:
+        read_layout(open_source(synth_copy))
+    message = str(info.value)
+    assert "12 problems" in message and message.count("no box line for") == 5
+    assert message.endswith("; and 7 more")
+
+
+# --- 14: BOM and CRLF ---------------------------------------------------------------------------
+
+
+def _boxes_file(root: Path) -> Path:
+    wnid = _wnids(root)[1]
+    return root / "train" / wnid / f"{wnid}_boxes.txt"
+
+
+TEXT_FILES = {
+    "wnids": lambda root: root / "wnids.txt",
+    "words": lambda root: root / "words.txt",
+    "val_annotations": lambda root: root / "val" / "val_annotations.txt",
+    "boxes": _boxes_file,
+}
+
+
+@pytest.mark.parametrize("style", ["bom", "crlf", "bom+crlf"])
+@pytest.mark.parametrize("which", list(TEXT_FILES))
+def test_bom_and_crlf_text_files(
+    synth_sources: dict[str, Path], synth_copy: Path, which: str, style: str
+) -> None:
+    expected = read_layout(open_source(synth_sources["folder"]))
+    path = TEXT_FILES[which](synth_copy)
+    text = path.read_text(encoding="utf-8")
+    if "crlf" in style:
+        text = text.replace("\n", "\r\n")
+    path.write_bytes(("\ufeff" if "bom" in style else "").encode() + text.encode("utf-8"))
+    got = read_layout(open_source(synth_copy))
+    assert got.wnids == expected.wnids and got.names == expected.names
+    for name, split in expected.splits.items():
+        assert got.splits[name].files == split.files
+        for field in ("labels", "boxes"):
+            a, b = getattr(got.splits[name], field), getattr(split, field)
+            assert (a is None and b is None) or np.array_equal(a, b), (name, field)
+
+
+# --- 13: wrong-size images are not "unreadable" -------------------------------------------------
+
+
+def test_wrong_size_with_skip_bad_fails_at_once_pointing_at_resize(
+    synth_copy: Path, tmp_path: Path, capsys
+) -> None:
+    for image in (synth_copy / "train").rglob("*.JPEG"):  # a 32x32 copy of the train split
+        _save(image, (10, 20, 30), (32, 32))
+    out = tmp_path / "cache"
+    assert main(["prepare", str(synth_copy), "--out", str(out), "-q", "--skip-bad"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "image is 32x32, not 64x64 (pass --resize" in err and "/train/" in err
+    assert "skip-bad" not in err and "unreadable" not in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_wrong_size_message_does_not_suggest_skip_bad(synth_copy: Path, tmp_path: Path, capsys):
+    _save(synth_copy / "test" / "images" / "test_1.JPEG", (1, 2, 3), (48, 40))
+    assert main(["prepare", str(synth_copy), "--out", str(tmp_path / "c"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "test/images/test_1.JPEG: image is 48x40, not 64x64 (pass --resize" in err
+    assert "--skip-bad" not in err
+
+
+def test_a_worker_stops_its_chunk_at_the_first_wrong_size(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    for name, size in [("a.png", 64), ("b.png", 32), ("c.png", 64)]:
+        _save(root / name, (9, 9, 9), (size, size), "PNG")
+    target = tmp_path / "rows.bin"
+    target.write_bytes(bytes(3 * 64 * 64 * 3))
+
+    class Tree(Source):
+        def read(self, rel: str) -> bytes:
+            return (root / rel).read_bytes()
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:  # in this process, as a worker would
+        decode.init_worker(Tree(root), "none", 64)
+        chunk = decode.Chunk("train", str(target), 0, [0, 1, 2], ["a.png", "b.png", "c.png"])
+        result = decode.run_chunk(chunk)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert result.wrong_size is not None and result.wrong_size[0] == 1
+    assert "32x32" in result.wrong_size[1] and result.failures == []
+    assert result.done == 1  # c.png was not decoded: the prepare is failing anyway
+
+
+def test_resize_keeps_the_aspect_by_centre_crop(synth_copy: Path, tmp_path: Path) -> None:
+    # 192x64: red | blue | green thirds. A centre crop keeps only blue; squashing would mix all.
+    pixels = np.zeros((64, 192, 3), np.uint8)
+    pixels[:, :64, 0] = pixels[:, 64:128, 2] = pixels[:, 128:, 1] = 255
+    Image.fromarray(pixels).save(synth_copy / "test" / "images" / "test_1.JPEG", quality=100)
+    out = tmp_path / "cache"
+    assert main(["prepare", str(synth_copy), "--out", str(out), "-q", "--resize"]) == 0
+    test = load_cache(out).split("test")
+    image = test.images[test.files.index("test/images/test_1.JPEG")].astype(int)
+    assert (np.abs(image[4:-4, 4:-4] - [0, 0, 255]).max(axis=-1) < 40).all()
+
+
+# --- own datasets: class-per-folder -------------------------------------------------------------
+
+COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "eel": (30, 30, 200)}
+
+
+def _own_dataset(root: Path, val_only: str | None = None) -> Path:
+    """train/<class>/ and val/<class>/ of mixed formats and sizes, test/, and clutter."""
+    for k, (name, colour) in enumerate(COLOURS.items()):
+        for i in range(4):
+            size = [(64, 64), (100, 80), (30, 50), (256, 256)][i]
+            fmt, ext = [("JPEG", "jpg"), ("PNG", "png"), ("JPEG", "jpeg"), ("BMP", "bmp")][i]
+            _save(root / "train" / name / f"img{i}.{ext}", colour, size, fmt)
+        _save(root / "val" / name / f"v{k}.JPG", colour, (64, 96), "JPEG")
+    _save(root / "test" / "t1.png", (5, 5, 5), (70, 70), "PNG")
+    Image.new("L", (64, 64), 77).save(root / "test" / "t2.jpg")
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    _save(root / "train" / ".ipynb_checkpoints" / "x.jpg", (0, 0, 0), (64, 64))
+    if val_only:
+        _save(root / "val" / val_only / "v.jpg", (1, 1, 1), (64, 64))
+    return root
+
+
+def test_own_class_per_folder_dataset(tmp_path: Path, capsys) -> None:
+    root = _own_dataset(tmp_path / "mine")
+    out = tmp_path / "cache"
+    assert main(["prepare", str(root), "--out", str(out), "-q"]) == 0
+    cache = load_cache(out)
+    assert cache.classes == cache.names == ["cat", "dog", "eel"]
+    assert cache.manifest["dataset"]["layout"] == "folders"
+    counts = {k: v["count"] for k, v in cache.manifest["splits"].items()}
+    assert counts == {"train": 12, "val": 3, "test": 2}
+    for name in ("train", "val"):
+        split = cache.split(name)
+        assert split.images.shape[1:] == (64, 64, 3) and split.boxes is None
+        for image, label, file in zip(split.images, split.labels, split.files, strict=True):
+            assert file.split("/")[1] == cache.classes[label]
+            colour = COLOURS[cache.classes[label]]
+            assert np.abs(image.astype(int) - colour).max() <= 6, file
+    assert cache.manifest["splits"]["train"]["resized"] == 9  # all but the 64x64 ones
+    assert cache.split("test").files == ["test/t1.png", "test/t2.jpg"]
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "class-per-folder" in text and "sorted folder names order" in text
+    assert "NOT the standard 200-class Tiny ImageNet: 3 classes" in text
+    # The same tree zipped (with a top folder) gives the same arrays.
+    zipped = tmp_path / "mine.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(tmp_path).as_posix())
+    again = load_cache(prepare(zipped, tmp_path / "zipped", progress=False).path)
+    for name in ("train", "val", "test"):
+        assert np.array_equal(again.split(name).images, cache.split(name).images)
+
+
+def test_own_dataset_size_and_classes(tmp_path: Path) -> None:
+    root = _own_dataset(tmp_path / "mine")
+    listed = tmp_path / "keep.txt"
+    listed.write_text("eel\ncat\n")
+    cache = load_cache(prepare(root, tmp_path / "c", progress=False, size=32, classes=listed).path)
+    assert cache.classes == ["eel", "cat"]
+    assert cache.split("train").images.shape == (8, 32, 32, 3)
+    assert cache.mean_image.shape == (32, 32, 3)
+    assert cache.manifest["dataset"]["dropped_images"] == {"train": 4, "val": 1}
+    assert "32px images, not 64px" in cache_module.standard_difference(cache.manifest)
+
+
+def test_own_dataset_class_only_in_val(tmp_path: Path, capsys) -> None:
+    root = _own_dataset(tmp_path / "mine", val_only="fox")
+    out = tmp_path / "cache"
+    assert main(["prepare", str(root), "--out", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"{root / 'val' / 'fox'}: class 'fox' is in val/ but has no images in train/" in err
+    assert not out.exists()
+
+
+# --- 15: decode workers die with prepare --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_folder(mini_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real mini subset with 12x the train images (hard links): seconds to prepare."""
+    root = tmp_path_factory.mktemp("big") / "tiny-imagenet-big"
+    shutil.copytree(mini_folder, root, copy_function=os.link)
+    for boxes in (root / "train").glob("*/*_boxes.txt"):
+        lines = boxes.read_text().splitlines()
+        copies = []
+        for k in range(1, 12):
+            for line in lines:
+                name, rest = line.split("\t", 1)
+                os.link(boxes.parent / "images" / name, boxes.parent / "images" / f"c{k}_{name}")
+                copies.append(f"c{k}_{name}\t{rest}")
+        boxes.write_text("\n".join(lines + copies) + "\n")
+    return root
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's reaping is left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_with_prepare(big_folder: Path, tmp_path: Path, sig: int) -> None:
+    out = tmp_path / "cache"
+    argv = ["prepare", str(big_folder), "--out", str(out), "-q", "--workers", "2"]
+    code = f"from tinycnn.cli import main; raise SystemExit(main({argv!r}))"
+    process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            workers = _children(process.pid)
+            if len(workers) == 2 and list(tmp_path.glob(".cache.tmp-*/train_images.npy")):
+                break
+            time.sleep(0.005)
+        assert len(workers) == 2 and process.poll() is None, "prepare was not caught mid-run"
+        os.kill(process.pid, sig)  # the parent only, as `kill` or an OOM killer does
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)], "decode workers outlived prepare"
+        assert process.returncode == (-9 if sig == signal.SIGKILL else 143)
+    finally:
+        for worker in workers:
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)

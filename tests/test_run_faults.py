@@ -352,3 +352,36 @@ def test_init_from_weights_that_do_not_fit_is_one_line_before_any_work(
     err = capsys.readouterr().err.strip()
     assert str(checkpoint) in err and "shape of" in err and "(32, " in err and "\n" not in err, err
     assert not out.exists()
+
+
+def test_train_starts_with_one_banner_line(cache: Path, tmp_path: Path, capsys) -> None:
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1"])
+    result = train(cfg, tmp_path / "run", progress=True)
+    first = capsys.readouterr().out.splitlines()[0]
+    params = sum(p.numel() for p in result.model.parameters())
+    for part in (
+        f"train cnn5 ({params:,} parameters) on cpu, 1 thread,",
+        "fp32",
+        "50 images an epoch, 3 iterations x 1 epochs = 3",
+        f"run folder {tmp_path / 'run'}",
+    ):
+        assert part in first, (part, first)
+
+
+@pytest.mark.parametrize(
+    ("loss", "classes", "expected"),
+    [(5.30, 200, True), (5.25, 200, True), (5.20, 200, False), (1.60, 5, True), (1.5, 5, False)],
+)
+def test_chance_level_is_within_one_percent_of_ln_classes(
+    loss: float, classes: int, expected: bool
+) -> None:
+    from tinycnn.session import at_chance
+
+    assert at_chance(loss, classes) is expected  # ln 200 = 5.298, ln 5 = 1.609
+
+
+def test_a_run_at_chance_says_so(cache: Path, tmp_path: Path, capsys) -> None:
+    settings = [*RUN, "train.epochs=1", "optim.lr=1e-9", 'model.init="gaussian"']
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *settings])
+    train(cfg, tmp_path / "run", progress=True)
+    assert "is still at chance (ln 5 = 1.609)" in capsys.readouterr().out

@@ -209,6 +209,8 @@ class Session:
                 f"({row['seconds'] or 0:.0f} s)",
                 flush=True,
             )
+            if row["epoch"] == 1 and at_chance(row["train_loss"], self.cache.num_classes):
+                print(chance_advice(row["train_loss"], self.cache.num_classes), flush=True)
 
     def diverged(self, value: float) -> None:
         last = self.checkpoints / "last.pt"
@@ -371,3 +373,17 @@ def tensorboard_writer_class():
 
 def _tensorboard(out: Path):
     return tensorboard_writer_class()(str(out / "tensorboard"))
+
+
+def at_chance(loss: float, num_classes: int) -> bool:
+    """True when a loss is within 1% of ln(classes): the model still guesses uniformly."""
+    return abs(loss - math.log(num_classes)) <= 0.01 * math.log(num_classes)
+
+
+def chance_advice(loss: float, num_classes: int) -> str:
+    return (
+        f"warning: after an epoch the training loss {loss:.3f} is still at chance "
+        f"(ln {num_classes} = {math.log(num_classes):.3f}): the model is not learning yet. "
+        "Try batch norm (--set model.batch_norm=true), kaiming init, a higher optim.lr with "
+        "warm-up (schedule.warmup_epochs)"
+    )

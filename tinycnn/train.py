@@ -119,9 +119,32 @@ def train(
             _new_run_dir(out, cfg)
             pause_point("started", 0)
         session = load_session(cfg, out, rt, init_from=init_from, resume=resume)
+        if progress:
+            print(banner(session), flush=True)
         stop = _StopRequest(stop_at_iteration)
         with _catch_signals(stop):
             return _loop(session, stop, progress, started)
+
+
+def banner(s: Session) -> str:
+    """One line that says what is about to run, where, how fast a path, and for how long."""
+    cfg, rt = s.cfg, s.runtime
+    params = sum(p.numel() for p in s.model.parameters())
+    if rt.precision == "bf16":
+        why = "bf16 autocast: this machine has fast bf16"
+    elif cfg.train.precision == "fp32":
+        why = "fp32: as configured"
+    else:
+        why = f"fp32: this {rt.device.type.upper()} has no fast bf16"
+    n = torch.get_num_threads()
+    threads = f", {n} thread{'s' * (n > 1)}" if rt.device.type == "cpu" else ""
+    layout = ", channels_last" if rt.channels_last else ""
+    where = "resuming at iteration " + f"{s.iteration:,} " if s.iteration else ""
+    return (
+        f"train {cfg.model.name} ({params:,} parameters) on {rt.device}{threads}, {why}{layout}; "
+        f"{len(s.train_labels):,} images an epoch, {s.iters_per_epoch:,} iterations x "
+        f"{cfg.train.epochs} epochs = {s.total_iters:,}; {where}run folder {s.out}"
+    )
 
 
 def _preflight(cfg: RunConfig, init_from: str | Path | None) -> Runtime:
@@ -177,7 +200,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
             leave=False,
             dynamic_ncols=True,
         )
-        epoch_start = time.perf_counter()
+        epoch_start, first = time.perf_counter(), s.iteration
         with bar:
             while s.iteration < (epoch + 1) * ipe:
                 pos = s.iteration % ipe
@@ -185,8 +208,14 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                 loss_value, wrong = _step(s, rows)
                 s.accum.add(loss_value * len(rows), wrong, len(rows))
                 s.iteration += 1
-                rate = s.accum.seen / max(time.perf_counter() - epoch_start, 1e-9)
-                bar.set_postfix(loss=f"{loss_value:.3f}", img_s=f"{rate:.0f}", refresh=False)
+                seconds = max(time.perf_counter() - epoch_start, 1e-9)
+                rate = s.accum.seen / seconds
+                bar.set_postfix(
+                    loss=f"{loss_value:.3f}",
+                    img_s=f"{rate:.0f}",
+                    run_eta=clock.remaining(seconds / (s.iteration - first)),
+                    refresh=False,
+                )
                 bar.update()
                 pause_point("step", s.iteration)
                 if cfg.train.snapshot_every and s.iteration % cfg.train.snapshot_every == 0:
@@ -241,6 +270,18 @@ class _Budget:
         per_image = (time.perf_counter() - since) / (steps * self.session.cfg.train.batch_size)
         images = sum(len(labels) for _, labels in self.session.eval_sets.values())
         return images * per_image / 2.5  # a margin over the third
+
+    def remaining(self, seconds_per_iteration: float) -> str:
+        """The whole run's time to go (steps and evaluations), as H:MM:SS."""
+        s = self.session
+        steps = (s.total_iters - s.iteration) * seconds_per_iteration
+        evaluations = -(-(s.total_iters - s.iteration) // s.iters_per_epoch)
+        left = steps + evaluations * (self.eval_seconds or 0.0)
+        if self.seconds:
+            left = min(left, max(self.seconds - self.elapsed(), 0.0))
+        if left >= 86400:
+            return f"{left / 3600:.0f}h"
+        return time.strftime("%H:%M:%S", time.gmtime(left))
 
     def exhausted(self) -> bool:
         if not self.seconds:

@@ -385,3 +385,29 @@ def test_a_run_at_chance_says_so(cache: Path, tmp_path: Path, capsys) -> None:
     cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *settings])
     train(cfg, tmp_path / "run", progress=True)
     assert "is still at chance (ln 5 = 1.609)" in capsys.readouterr().out
+
+
+def test_exclude_drops_the_listed_training_images(cache: Path, tmp_path: Path, capsys) -> None:
+    from tinycnn.data.cache import load_cache
+
+    files = load_cache(cache).split("train").files
+    listed = tmp_path / "ambiguous.txt"
+    listed.write_text(f"# two images\n{files[0]}\n{files[7]}\n{files[7]}\n")
+    out = tmp_path / "run"
+    argv = _train_argv(cache, out, "--set", "train.epochs=1")
+    assert main([*argv, "--exclude", str(listed)]) == 0
+    config = (out / "config.toml").read_text()
+    assert f'exclude = "{listed}"' in config
+    from tinycnn.config import config_from_dict
+    from tinycnn.run_folder import read_resolved_config
+    from tinycnn.session import training_rows
+
+    cfg = config_from_dict(read_resolved_config(out))
+    train_rows, tune_rows = training_rows(cfg, load_cache(cache))
+    assert len(train_rows) == 60 - 10 - 2 + len({0, 7} & set(tune_rows.tolist()))
+    assert not {0, 7} & set(train_rows.tolist())
+    listed.write_text("train/nope.JPEG\n")
+    assert main(_train_argv(cache, tmp_path / "bad", "--exclude", str(listed))) == 1
+    err = capsys.readouterr().err
+    assert f"{listed} line 1: 'train/nope.JPEG' is not a training image" in err
+    assert not (tmp_path / "bad").exists()

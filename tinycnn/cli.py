@@ -93,10 +93,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tinycnn.train import checkpoint_config, train
 
     if args.resume:
-        if args.config or args.set or args.init_from:
+        if args.config or args.set or args.init_from or args.exclude:
             raise ConfigError(
                 "--resume continues a run with its own config.toml; it takes no "
-                "--config, --set or --init-from"
+                "--config, --set, --init-from or --exclude"
             )
         result = train(None, args.resume, resume=True, progress=not args.quiet)
     else:
@@ -105,6 +105,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides = list(args.set)
         if args.data:
             overrides.insert(0, f"data.cache={json.dumps(args.data)}")
+        if args.exclude:
+            overrides.append(f"data.exclude={json.dumps(str(Path(args.exclude).resolve()))}")
         if args.config or not args.init_from:
             cfg = load_config(args.config, overrides)
         else:  # --init-from without --config: the checkpoint's settings, with --set changes
@@ -341,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set train.epochs=10 (repeatable)",
     )
     p.add_argument("--out", help="run folder to create")
+    p.add_argument(
+        "--exclude",
+        metavar="FILE",
+        help="leave out the training images listed in FILE (e.g. a report's ambiguous.txt)",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument(
         "--init-from",

@@ -26,7 +26,7 @@ NORMALIZATIONS = ("mean_image", "channel", "none")
 OPTIMIZERS = ("sgd", "nesterov", "adagrad", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
-INITS = ("xavier", "gaussian", "kaiming", "default")
+INITS = ("xavier", "caffe_xavier", "gaussian", "kaiming", "default")
 
 
 @dataclass
@@ -35,6 +35,7 @@ class DataConfig:
     normalization: str = "mean_image"  # the paper's mean-image subtraction, or per-channel
     holdout_per_class: int = 0  # train images per class held out as the tuning split
     holdout_seed: int = 0  # which ones: fixed apart from train.seed, so runs share one split
+    exclude: str = ""  # file of training images to leave out, a name a line (ambiguous.txt)
 
 
 @dataclass

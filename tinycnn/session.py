@@ -232,9 +232,7 @@ def load_session(
 ) -> Session:
     """Load data, build model and optimiser, and restore a resume point or initial weights."""
     cache = load_cache(cfg.data.cache)
-    train_rows, tune_rows = holdout_split(
-        cache.split("train").labels, cfg.data.holdout_per_class, cfg.data.holdout_seed
-    )
+    train_rows, tune_rows = training_rows(cfg, cache)
     images, labels = _load_rows(cache, "train", train_rows)
     eval_sets = {"val": _load_rows(cache, "val", None)}
     if len(tune_rows):
@@ -277,6 +275,45 @@ def build_model(
         torch.manual_seed(cfg.train.seed)
         init_weights(model, cfg.model.init)
     return model
+
+
+def training_rows(cfg: RunConfig, cache: Cache) -> tuple[np.ndarray, np.ndarray]:
+    """(rows to train on, rows of the tuning split) of the cache's train split.
+
+    The tuning split is drawn first, from every training image, so excluding images never moves
+    it; excluded images (data.exclude) then leave the training rows only.
+    """
+    train = cache.split("train")
+    train_rows, tune_rows = holdout_split(
+        train.labels, cfg.data.holdout_per_class, cfg.data.holdout_seed
+    )
+    if cfg.data.exclude:
+        dropped = excluded_rows(Path(cfg.data.exclude), train.files)
+        train_rows = np.setdiff1d(train_rows, dropped)
+        if not len(train_rows):
+            raise ConfigError(f"data.exclude = {cfg.data.exclude}: leaves no image to train on")
+    return train_rows, tune_rows
+
+
+def excluded_rows(path: Path, files: list[str]) -> np.ndarray:
+    """Rows of the training files named in path (one file name a line, # comments allowed)."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"data.exclude = {path}: cannot read it ({exc})") from None
+    row_of = {name: row for row, name in enumerate(files)}
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        if name not in row_of:
+            raise ConfigError(
+                f"{path} line {lineno}: {name!r} is not a training image of this cache "
+                f"(expected names as in its train_files.txt, e.g. {files[0]!r})"
+            )
+        rows.append(row_of[name])
+    return np.unique(np.asarray(rows, dtype=np.int64))
 
 
 def _load_rows(cache: Cache, split: str, rows: np.ndarray | None):

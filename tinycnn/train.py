@@ -25,7 +25,6 @@ from tinycnn.checkpoint import check_state, load_checkpoint
 from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.data.augment import augment_batch
 from tinycnn.data.cache import load_cache, verify_cache
-from tinycnn.data.splits import holdout_split
 from tinycnn.errors import ConfigError, Interrupted
 from tinycnn.optim import lr_at, set_lr
 from tinycnn.run_folder import read_metrics, read_resolved_config, run_lock
@@ -37,6 +36,7 @@ from tinycnn.session import (
     load_session,
     pause_point,
     tensorboard_writer_class,
+    training_rows,
 )
 
 __all__ = ["RunResult", "TrainingDivergedError", "read_metrics", "train"]
@@ -153,9 +153,7 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> Runtime:
         raise ConfigError("data.cache is not set: pass --data CACHE (a tinycnn prepare folder)")
     cache = load_cache(cfg.data.cache)
     verify_cache(cache, splits=("train", "val"))  # never train on damaged data (~1 s per GB)
-    holdout_split(
-        cache.split("train").labels, cfg.data.holdout_per_class, cfg.data.holdout_seed
-    )
+    training_rows(cfg, cache)  # the held-out split and data.exclude are possible
     with torch.device("meta"):  # checks the model options without allocating anything
         model = build_model(cfg, cache.num_classes, cfg.augment.crop or 64, initialise=False)
     if init_from is not None:

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -363,15 +364,21 @@ def test_own_class_per_folder_dataset(tmp_path: Path, capsys) -> None:
     text = capsys.readouterr().out
     assert "class-per-folder" in text and "sorted folder names order" in text
     assert "NOT the standard 200-class Tiny ImageNet: 3 classes" in text
-    # The same tree zipped (with a top folder) gives the same arrays.
-    zipped = tmp_path / "mine.zip"
+    # The same tree as a .zip (inside a top folder) and a .tar.gz (at the top) gives the same.
+    zipped, tarred = tmp_path / "mine.zip", tmp_path / "mine.tar.gz"
     with zipfile.ZipFile(zipped, "w") as archive:
         for path in sorted(root.rglob("*")):
             if path.is_file():
                 archive.write(path, path.relative_to(tmp_path).as_posix())
-    again = load_cache(prepare(zipped, tmp_path / "zipped", progress=False).path)
-    for name in ("train", "val", "test"):
-        assert np.array_equal(again.split(name).images, cache.split(name).images)
+    with tarfile.open(tarred, "w:gz") as archive:
+        for path in sorted(root.iterdir()):
+            archive.add(path, path.name)
+    for packed in (zipped, tarred):
+        again = load_cache(prepare(packed, tmp_path / f"cache-{packed.name}", progress=False).path)
+        assert again.classes == cache.classes
+        for name in ("train", "val", "test"):
+            assert again.split(name).files == cache.split(name).files
+            assert np.array_equal(again.split(name).images, cache.split(name).images)
 
 
 def test_own_dataset_size_and_classes(tmp_path: Path) -> None:
@@ -437,29 +444,57 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's reaping is left
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_workers_die_with_prepare(big_folder: Path, tmp_path: Path, sig: int) -> None:
-    out = tmp_path / "cache"
-    argv = ["prepare", str(big_folder), "--out", str(out), "-q", "--workers", "2"]
+def _start_prepare(src: Path, out: Path) -> tuple[subprocess.Popen, list[int]]:
+    """`tinycnn prepare` in a subprocess, caught mid-run: (process, its two worker pids)."""
+    argv = ["prepare", str(src), "--out", str(out), "-q", "--workers", "2"]
     code = f"from tinycnn.cli import main; raise SystemExit(main({argv!r}))"
     process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     workers: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = _children(process.pid)
+        if len(workers) == 2 and list(out.parent.glob(f".{out.name}.tmp-*/train_images.npy")):
+            break
+        time.sleep(0.005)
+    assert len(workers) == 2 and process.poll() is None, "prepare was not caught mid-run"
+    return process, workers
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_with_prepare(big_folder: Path, tmp_path: Path, sig: int) -> None:
+    process, workers = _start_prepare(big_folder, tmp_path / "cache")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            workers = _children(process.pid)
-            if len(workers) == 2 and list(tmp_path.glob(".cache.tmp-*/train_images.npy")):
-                break
-            time.sleep(0.005)
-        assert len(workers) == 2 and process.poll() is None, "prepare was not caught mid-run"
         os.kill(process.pid, sig)  # the parent only, as `kill` or an OOM killer does
         process.wait(timeout=30)
-        deadline = time.monotonic() + 5
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not [w for w in workers if _alive(w)], "decode workers outlived prepare"
+        assert not _wait_gone(workers, 5), "decode workers outlived prepare"
         assert process.returncode == (-9 if sig == signal.SIGKILL else 143)
+    finally:
+        for worker in workers:
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_worker_is_one_clean_error(big_folder: Path, tmp_path: Path, sig: int) -> None:
+    out = tmp_path / "cache"
+    process, workers = _start_prepare(big_folder, out)
+    try:
+        os.kill(workers[0], sig)  # e.g. the out-of-memory killer picking a worker
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 1, err
+        assert "Traceback" not in err and err.count("\n") == 1, err
+        assert "a decode worker process died" in err and "run prepare again" in err
+        assert not _wait_gone(workers, 5) and not out.exists()
+        assert not list(tmp_path.glob(".cache.*")), "the build was not cleaned up"
     finally:
         for worker in workers:
             if _alive(worker):

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -258,7 +259,15 @@ def _build(
 
     with tqdm(total=total, unit="img", desc="prepare", disable=not progress) as bar:
         chunks = _chunks(source, layout, targets, resize)
-        _run_chunks(pool, chunks, totals, fail_on_bad, bar)
+        try:
+            _run_chunks(pool, chunks, totals, fail_on_bad, bar)
+        except BrokenProcessPool:
+            # Killed from outside: the kernel's out-of-memory killer, or a signal to the worker.
+            raise CacheError(
+                f"{source.path}: a decode worker process died (killed by a signal or for lack "
+                "of memory), so nothing was prepared; run prepare again (with fewer --workers "
+                "if memory is short)"
+            ) from None
     splits = {}
     for name, split in layout.splits.items():
         result = totals[name]

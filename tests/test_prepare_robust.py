@@ -387,6 +387,7 @@ def test_own_dataset_size_and_classes(tmp_path: Path) -> None:
     listed.write_text("eel\ncat\n")
     cache = load_cache(prepare(root, tmp_path / "c", progress=False, size=32, classes=listed).path)
     assert cache.classes == ["eel", "cat"]
+    assert cache.manifest["dataset"]["classes_from"] == f"--classes {listed}"
     assert cache.split("train").images.shape == (8, 32, 32, 3)
     assert cache.mean_image.shape == (32, 32, 3)
     assert cache.manifest["dataset"]["dropped_images"] == {"train": 4, "val": 1}

@@ -1,13 +1,13 @@
 """The prepared cache: per-split uint8 image arrays, labels, boxes and a manifest, memory-mapped.
 
-Layout of a cache folder (format 1)::
+Layout of a cache folder (format 1; S = image_size, 64 unless prepared with --size)::
 
     manifest.json           written last: a folder without it is not a cache
-    {split}_images.npy      (N, 64, 64, 3) uint8 RGB, split in {train, val, test}
-    {split}_labels.npy      (N,) int16 class index = line of wnids.txt (train, val)
-    {split}_boxes.npy       (N, 4) int16 x0, y0, x1, y1, inclusive (train, val)
+    {split}_images.npy      (N, S, S, 3) uint8 RGB, split in {train, val, test} (test optional)
+    {split}_labels.npy      (N,) int16 class index = position in manifest["classes"]
+    {split}_boxes.npy       (N, 4) int16 x0, y0, x1, y1 inclusive, -1 unknown (official layout)
     {split}_files.txt       the source file of each row, relative to the dataset folder
-    mean_image.npy          (64, 64, 3) float32 mean training image, 0-255 scale
+    mean_image.npy          (S, S, 3) float32 mean training image, 0-255 scale
 
 Opening a cache maps the image arrays (``np.load(mmap_mode="r")``): nothing is read until used.
 Opening checks each file's size against the manifest (cheap); ``verify_cache`` also checks each

@@ -103,6 +103,8 @@ def prepare(
         # parent's memory (a .tar.gz's kept bytes), and start while the layout is checked.
         with _decode_pool(source, workers or os.cpu_count() or 1, size) as pool:
             layout = read_dataset(source, class_list)
+            if classes is not None:
+                layout.notes["classes_from"] = f"--classes {classes}"
             resize_all = resize or layout.kind == "folders"
             manifest = _build(pool, source, layout, tmp, skip_bad, progress, size, resize_all)
         manifest.update(

@@ -102,7 +102,7 @@ def tinycnn_steps(cache: Path, fast: bool, iters: int, run_dir: Path):
     from tinycnn.config import load_config
     from tinycnn.runtime import make_runtime
     from tinycnn.session import load_session
-    from tinycnn.train import _step
+    from tinycnn.training import _step
 
     cfg = load_config(
         ROOT / "configs/paper/paper8_l2_5e-4.toml",

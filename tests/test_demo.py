@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tinycnn.cli import main
-from tinycnn.train import read_metrics
+from tinycnn.training import read_metrics
 
 
 @pytest.mark.slow

@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.test_train import SMALL
+from tests.test_training import SMALL
+from tinycnn.checkpoint import load_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
-from tinycnn.ensemble import ProbabilityCache, average, ensemble, greedy_select, resolve_members
+from tinycnn.ensemble import (
+    ProbabilityCache,
+    average,
+    ensemble,
+    format_result,
+    greedy_select,
+    resolve_members,
+)
 from tinycnn.errors import ConfigError
 from tinycnn.evaluate import error_rates, per_class_accuracy
 from tinycnn.evaluation import evaluate
 from tinycnn.inference import load_model
 from tinycnn.runtime import make_runtime
-from tinycnn.train import read_metrics, train
+from tinycnn.training import read_metrics, train
 
 FP32 = make_runtime(precision="fp32", channels_last=False, threads=1)
 
@@ -55,6 +65,29 @@ def test_error_rates_by_hand() -> None:
     accuracy, confusion = per_class_accuracy(logits, labels, 3)
     assert accuracy[0] == 1.0 and accuracy[1] == 0.0 and accuracy[2] == 0.0
     assert confusion.tolist() == [[1, 0, 0], [1, 0, 1], [0, 1, 0]]
+
+
+def test_top5_error_by_hand_with_seven_classes() -> None:
+    # Each row's label sits at a chosen rank: top-1 and top-5 errors differ from each other and
+    # from 0, and a top-4 (or top-6) error would differ from both.
+    descending = [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    ascending = descending[::-1]
+    logits = torch.tensor([descending, descending, descending, ascending, ascending, ascending])
+    labels = torch.tensor([0, 4, 5, 2, 6, 0])  # ranks 1, 5, 6, 5, 1, 7
+    rates = error_rates(logits, labels)
+    assert rates["count"] == 6
+    assert rates["top1_error"] == pytest.approx(4 / 6)  # rows 1, 2, 3, 5
+    assert rates["top5_error"] == pytest.approx(2 / 6)  # rows 2 (rank 6) and 5 (rank 7)
+    log_sum = math.log(sum(math.exp(v) for v in descending))
+    by_hand = [
+        log_sum - row[label] for row, label in zip(logits.tolist(), labels.tolist(), strict=True)
+    ]
+    assert rates["loss"] == pytest.approx(sum(by_hand) / 6)
+    accuracy, confusion = per_class_accuracy(logits, labels, 7)
+    assert confusion[0].tolist() == [1, 0, 0, 0, 0, 0, 1]  # row 0 right, row 5 said class 6
+    assert confusion.sum() == 6 and confusion.diagonal().sum() == 2
+    assert accuracy[0] == 0.5 and accuracy[6] == 1.0 and accuracy[4] == 0.0
+    assert math.isnan(accuracy[1]) and math.isnan(accuracy[3])  # no images of that class
 
 
 def test_member_specs(run) -> None:
@@ -250,3 +283,160 @@ def test_cli_export_checks_on_real_images(run, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as info:  # argparse: not one of the formats
         main(bad)
     assert info.value.code == 2 and not (tmp_path / "m.tflite").exists()
+
+
+# The numbers every report rests on, each against a truth computed here, not by tinycnn.
+
+
+def _three_class_members() -> tuple[list[np.ndarray], torch.Tensor]:
+    """Three members, each wrong on a different one of 3 images; their mean is right on all."""
+    right, wrong = [0.9, 0.1, 0.0], [0.4, 0.6, 0.0]
+    members = [
+        np.array([wrong if i == j else right for i in range(3)], np.float32) for j in range(3)
+    ]
+    return members, torch.tensor([0, 0, 0])
+
+
+@pytest.mark.parametrize("with_unused_member", [False, True])
+def test_gain_is_the_best_members_error_minus_the_ensembles(
+    run, monkeypatch, with_unused_member: bool
+) -> None:
+    cache, folder = run
+    members, labels = _three_class_members()  # each 1/3 wrong, their mean right: gain +1/3
+    weights = None
+    if with_unused_member:  # a perfect member of weight 0 is not "the best member"
+        members = [*members, np.array([[1.0, 0.0, 0.0]] * 3, np.float32)]
+        weights = [1.0, 1.0, 1.0, 0.0]
+    monkeypatch.setattr(
+        "tinycnn.ensemble.member_probabilities", lambda paths, *args, **kw: (members, labels)
+    )
+    epochs = "1,2,3,4" if with_unused_member else "1,2,3"
+    result = ensemble([f"{folder}@epochs:{epochs}"], cache, weights=weights, prob_cache=None)
+    assert [m["top1_error"] for m in result.members][:3] == pytest.approx([1 / 3] * 3)
+    assert result.ensemble["top1_error"] == 0.0
+    assert result.gain == pytest.approx(1 / 3)
+    assert "+33.33 points" in format_result(result)
+
+
+def test_a_worse_ensemble_has_a_negative_gain(run, monkeypatch) -> None:
+    cache, folder = run
+    perfect = np.array([[0.6, 0.4], [0.6, 0.4]], np.float32)  # 0% error
+    confident_wrong = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)  # 100% error
+    labels = torch.tensor([0, 0])
+    monkeypatch.setattr(
+        "tinycnn.ensemble.member_probabilities",
+        lambda paths, *args, **kw: ([perfect, confident_wrong], labels),
+    )
+    result = ensemble([f"{folder}@epochs:1,2"], cache, prob_cache=None)
+    assert result.ensemble["top1_error"] == 1.0  # the mean (0.3, 0.7) follows the wrong one
+    assert result.gain == -1.0
+    assert "-100.00 points" in format_result(result)
+
+
+def _reference_views(images: torch.Tensor, tta: str) -> list[tuple[int, int, bool]]:
+    """(top, left, mirrored) of each TTA view of a 64x64 image for a 56x56 model, by hand."""
+    assert images.shape[1:3] == (64, 64)
+    corners = [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)]  # TL, TR, BL, BR, centre (floor of 8/2)
+    return {
+        "center": [(4, 4, False)],
+        "flip": [(4, 4, False), (4, 4, True)],
+        "10crop": [(y, x, m) for m in (False, True) for y, x in corners],
+    }[tta]
+
+
+@pytest.mark.parametrize("tta", ["center", "flip", "10crop"])
+def test_tta_is_the_mean_of_each_images_own_views(run, tta: str) -> None:
+    cache, folder = run
+    data = load_cache(cache)
+    images = torch.from_numpy(np.array(data.split("val").images))
+    labels = torch.from_numpy(data.split("val").labels.astype(np.int64))
+    loaded = load_model(folder / "checkpoints" / "last.pt", FP32)
+    mean = torch.tensor(data.channel_mean, dtype=torch.float32)  # the run's "channel" setting
+    std = torch.tensor(data.channel_std, dtype=torch.float32)
+    probs = []
+    for top, left, mirrored in _reference_views(images, tta):
+        crop = images[:, top : top + 56, left : left + 56, :].float()
+        crop = crop.flip(2) if mirrored else crop  # mirror = reversed columns
+        x = ((crop - mean) / std).permute(0, 3, 1, 2).contiguous()
+        with torch.no_grad():
+            probs.append(loaded.model(x).softmax(dim=1))
+    expected = torch.stack(probs).mean(dim=0)  # (N, C): each image's own views only
+    # A batch size that splits the 20 images unevenly: views must not cross images or batches.
+    got = loaded.probabilities(images, tta, batch_size=7)
+    assert torch.allclose(got, expected, atol=1e-5)
+    (result,) = evaluate([f"{folder}@last"], cache, tta=tta, runtime=FP32)
+    assert result.top1_error == pytest.approx(
+        (expected.argmax(dim=1) != labels).float().mean().item()
+    )
+
+
+def _fake_run(root: Path, rows: list[dict], epochs: list[int]) -> Path:
+    """A run folder with empty epoch snapshots and the given metrics lines."""
+    (root / "checkpoints").mkdir(parents=True)
+    for e in epochs:
+        (root / "checkpoints" / f"epoch-{e:03d}.pt").write_bytes(b"")
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_top_k_picks_the_k_lowest_selection_errors(tmp_path: Path) -> None:
+    # tune and val disagree; a partial (time-budget) line and a deleted snapshot do not count.
+    rows = [
+        {"epoch": 1, "iteration": 10, "tune_top1_error": 0.5, "val_top1_error": 0.1},
+        {"epoch": 2, "iteration": 20, "tune_top1_error": 0.3, "val_top1_error": 0.4},
+        {"epoch": 3, "iteration": 30, "tune_top1_error": 0.4, "val_top1_error": 0.2},
+        {"epoch": 3.5, "iteration": 35, "tune_top1_error": 0.0, "partial_epoch": True},
+        {"epoch": 4, "iteration": 40, "tune_top1_error": 0.2, "val_top1_error": 0.6},
+        {"epoch": 5, "iteration": 50, "tune_top1_error": 0.1, "val_top1_error": 0.9},
+    ]
+    run = _fake_run(tmp_path / "tuned", rows, epochs=[1, 2, 3, 4])  # epoch-005.pt deleted
+    ckpt = run / "checkpoints"
+    assert resolve_members(f"{run}@top:2") == [ckpt / "epoch-004.pt", ckpt / "epoch-002.pt"]
+    assert resolve_members(f"{run}@top:1") == [ckpt / "epoch-004.pt"]
+    assert len(resolve_members(f"{run}@top:9")) == 4
+    # Without a tuning split the val error decides.
+    val_only = [{k: v for k, v in r.items() if k != "tune_top1_error"} for r in rows[:3]]
+    run = _fake_run(tmp_path / "val", val_only, epochs=[1, 2, 3])
+    ckpt = run / "checkpoints"
+    assert resolve_members(f"{run}@top:2") == [ckpt / "epoch-001.pt", ckpt / "epoch-003.pt"]
+
+
+def _stored_iteration(path: Path) -> int:
+    return load_checkpoint(path)["iteration"]
+
+
+@pytest.mark.parametrize("with_metrics", [True, False])
+def test_last_k_is_the_k_most_recent_snapshots_by_iteration(
+    run, tmp_path: Path, with_metrics: bool
+) -> None:
+    # 3 iterations per epoch, snapshots every 4: epoch-001 (3), iter-4, epoch-002 (6), iter-8,
+    # epoch-003 (9), iter-12 and epoch-004 (12, the same weights: one member).
+    _, folder = run
+    if not with_metrics:  # iterations per epoch then come from a checkpoint
+        (tmp_path / "run").mkdir()
+        folder = Path(shutil.copytree(folder / "checkpoints", tmp_path / "run" / "checkpoints"))
+        folder = folder.parent
+    ckpt = folder / "checkpoints"
+    snapshots = [*ckpt.glob("iter-*.pt"), *ckpt.glob("epoch-*.pt")]
+    iterations = sorted({_stored_iteration(p) for p in snapshots})
+    for k in (1, 2, 3, 4, 6):
+        chosen = resolve_members(f"{folder}@last:{k}")
+        assert [_stored_iteration(p) for p in chosen] == iterations[-k:], k
+    assert [p.name for p in resolve_members(f"{folder}@last:3")] == [
+        "iter-0000008.pt",
+        "epoch-003.pt",
+        "epoch-004.pt",
+    ]
+    assert len(resolve_members(f"{folder}@last:100")) == len(iterations)
+
+
+def test_a_checkpoint_overwritten_in_place_gets_new_probabilities(run, tmp_path: Path) -> None:
+    cache, folder = run
+    member, store = tmp_path / "member.pt", tmp_path / "probs"
+    shutil.copyfile(folder / "checkpoints" / "epoch-001.pt", member)
+    first = ensemble([str(member)], cache, runtime=FP32, prob_cache=store)
+    shutil.copyfile(folder / "checkpoints" / "epoch-004.pt", member)  # same path, new weights
+    second = ensemble([str(member)], cache, runtime=FP32, prob_cache=store)
+    fresh = ensemble([str(member)], cache, runtime=FP32, prob_cache=None)
+    assert not np.allclose(first.probabilities, fresh.probabilities, atol=1e-4)
+    assert np.array_equal(second.probabilities, fresh.probabilities)

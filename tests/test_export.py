@@ -21,7 +21,7 @@ from tinycnn.errors import ConfigError
 from tinycnn.export import ExportError, Preprocessed, export_model, format_report
 from tinycnn.inference import load_model
 from tinycnn.runtime import make_runtime
-from tinycnn.train import train
+from tinycnn.training import train
 
 KINDS = ("mean_image", "channel", "none")
 FORMATS = ("onnx", "torchscript")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_train import SMALL
+from tests.test_training import SMALL
 from tinycnn import atomic
 from tinycnn.atomic import save_npy, write_json, write_text
 from tinycnn.checkpoint import save_checkpoint
@@ -157,7 +157,7 @@ class Small:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Small:
     """A tiny model stopped after two iterations on generated data (5 classes, a tune split)."""
-    from tinycnn.train import train
+    from tinycnn.training import train
 
     root = tmp_path_factory.mktemp("hardening")
     dataset = make_synthetic(

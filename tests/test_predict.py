@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_train import SMALL as TRAIN_SMALL
+from tests.test_training import SMALL as TRAIN_SMALL
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
@@ -33,7 +33,7 @@ from tinycnn.predict import (
 )
 from tinycnn.runtime import make_runtime
 
-# One epoch of test_train.py's small model: these tests check plumbing, not accuracy.
+# One epoch of test_training.py's small model: these tests check plumbing, not accuracy.
 SMALL = [*TRAIN_SMALL, "train.epochs=1"]
 
 
@@ -47,7 +47,7 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """One tiny model trained once; 12 test images, so that test_10 must follow test_9."""
-    from tinycnn.train import train
+    from tinycnn.training import train
 
     root = tmp_path_factory.mktemp("predict")
     dataset = make_synthetic(

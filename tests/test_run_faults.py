@@ -28,7 +28,7 @@ from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.data.prepare import prepare
 from tinycnn.run_folder import read_metrics
-from tinycnn.train import train
+from tinycnn.training import train
 
 # 50 training images after the hold-out (2 per class): batch 16 -> 3 iterations an epoch, 9 in
 # all. Iteration snapshots every 3 iterations fall exactly on epoch ends (fault 1 of issue 7).
@@ -308,7 +308,7 @@ def test_the_time_budget_includes_the_evaluations(
     cache: Path, tmp_path: Path, monkeypatch
 ) -> None:
     import tinycnn.session
-    import tinycnn.train
+    import tinycnn.training
 
     real = tinycnn.session.predict_logits
 
@@ -320,9 +320,9 @@ def test_the_time_budget_includes_the_evaluations(
         time.sleep(0.05)  # 25 steps an epoch: an epoch takes longer than its evaluation
         return real_augment(*args, **kwargs)
 
-    real_augment = tinycnn.train.augment_batch
+    real_augment = tinycnn.training.augment_batch
     monkeypatch.setattr(tinycnn.session, "predict_logits", slow_evaluation)
-    monkeypatch.setattr(tinycnn.train, "augment_batch", slow_step)
+    monkeypatch.setattr(tinycnn.training, "augment_batch", slow_step)
     cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1000"])
     cfg.train.batch_size = 2
     cfg.train.max_minutes = 0.1  # 6 s; each evaluation (val + tune) takes 2 s

@@ -20,7 +20,7 @@ _LAZY = {
     "download": "tinycnn.data.fetch",
     "load_config": "tinycnn.config",
     "RunConfig": "tinycnn.config",
-    "train": "tinycnn.train",
+    "train": "tinycnn.training",
     "create_model": "tinycnn.models",
     "list_models": "tinycnn.models",
     "load_model": "tinycnn.inference",

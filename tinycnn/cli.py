@@ -90,7 +90,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from tinycnn.config import load_config
-    from tinycnn.train import checkpoint_config, train
+    from tinycnn.training import checkpoint_config, train
 
     if args.resume:
         if args.config or args.set or args.init_from or args.exclude:

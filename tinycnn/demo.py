@@ -14,7 +14,7 @@ from tinycnn.config import load_config
 from tinycnn.data.cache import summarize
 from tinycnn.data.prepare import prepare
 from tinycnn.data.synthetic import make_synthetic
-from tinycnn.train import read_metrics, train
+from tinycnn.training import read_metrics, train
 
 DEMO_TOP = "tiny-imagenet-synth"
 

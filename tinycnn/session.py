@@ -331,7 +331,7 @@ def _normalization(cfg: RunConfig, cache: Cache) -> Normalization | None:
     return None
 
 
-def _check_classes(payload: dict, cache: Cache, path: Path) -> None:
+def check_classes(payload: dict, cache: Cache, path: Path) -> None:
     if payload["classes"] != cache.classes:
         raise ConfigError(
             f"{path}: trained on a different class list ({len(payload['classes'])} "
@@ -341,7 +341,7 @@ def _check_classes(payload: dict, cache: Cache, path: Path) -> None:
 
 def _restore(s: Session, path: Path) -> None:
     payload = load_checkpoint(path)
-    _check_classes(payload, s.cache, path)
+    check_classes(payload, s.cache, path)
     check_state(s.model, payload["model"]["state"], str(path))
     s.model.load_state_dict(payload["model"]["state"])
     s.optimizer.load_state_dict(payload["optimizer"])
@@ -392,7 +392,7 @@ def selection_key(row: dict) -> str:
 
 def _load_weights(s: Session, path: Path) -> None:
     payload = load_checkpoint(path)
-    _check_classes(payload, s.cache, path)
+    check_classes(payload, s.cache, path)
     check_state(s.model, payload["model"]["state"], str(path))
     s.model.load_state_dict(payload["model"]["state"])
 

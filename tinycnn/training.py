@@ -1,4 +1,4 @@
-"""``tinycnn train``: the training loop, its run folder, snapshots, interruption and resume.
+"""train(): the training loop, its run folder, snapshots, interruption and resume.
 
 The whole training split lives in memory as one uint8 tensor; a batch is an index slice,
 augmented by batched tensor ops on the model's device; no DataLoader workers take cores from the
@@ -33,6 +33,7 @@ from tinycnn.session import (
     Session,
     TrainingDivergedError,
     build_model,
+    check_classes,
     load_session,
     pause_point,
     tensorboard_writer_class,
@@ -157,7 +158,9 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> Runtime:
     with torch.device("meta"):  # checks the model options without allocating anything
         model = build_model(cfg, cache.num_classes, cfg.augment.crop or 64, initialise=False)
     if init_from is not None:
-        check_state(model, load_checkpoint(init_from)["model"]["state"], str(init_from))
+        payload = load_checkpoint(init_from)
+        check_classes(payload, cache, Path(init_from))
+        check_state(model, payload["model"]["state"], str(init_from))
     if cfg.train.tensorboard:
         tensorboard_writer_class()
     t = cfg.train

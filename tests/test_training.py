@@ -25,7 +25,7 @@ from tinycnn.errors import ConfigError
 from tinycnn.models import create_model
 from tinycnn.optim import ClassicalMomentumSGD, lr_at
 from tinycnn.session import TrainingDivergedError
-from tinycnn.train import read_metrics, train
+from tinycnn.training import read_metrics, train
 
 # A small, fast model for the generated 5-class data (60 train images: 3 batches of 16).
 SMALL = [

@@ -360,7 +360,8 @@ def test_train_starts_with_one_banner_line(cache: Path, tmp_path: Path, capsys) 
     first = capsys.readouterr().out.splitlines()[0]
     params = sum(p.numel() for p in result.model.parameters())
     for part in (
-        f"train cnn5 ({params:,} parameters) on cpu, 1 thread,",
+        f"train cnn5 ({params:,} parameters, ",
+        "GFLOP per training image) on cpu, 1 thread,",
         "fp32",
         "50 images an epoch, 3 iterations x 1 epochs = 3",
         f"run folder {tmp_path / 'run'}",

@@ -20,6 +20,7 @@ from tinycnn.checkpoint import (
     normalization_payload,
     save_checkpoint,
 )
+from tinycnn.compute import PFLOP
 from tinycnn.config import RunConfig, config_to_dict
 from tinycnn.data.augment import Normalization
 from tinycnn.data.cache import Cache, load_cache
@@ -79,6 +80,7 @@ class Session:
     metrics: list[dict] = field(default_factory=list)
     best_error: float = math.inf
     evaluation_pending: bool = False  # resumed at an epoch end whose evaluation was not saved
+    flops_per_image: float = 0.0  # one training step, forward + backward (compute.py)
     writer: object | None = None
 
     def __post_init__(self) -> None:
@@ -115,6 +117,7 @@ class Session:
             "epoch": self.iteration // self.iters_per_epoch,
             "iteration": self.iteration,
             "elapsed_seconds": elapsed,
+            "flops_per_image": self.flops_per_image,
             "optimizer": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
             "accumulator": vars(self.accum).copy(),
@@ -151,6 +154,9 @@ class Session:
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_loss": self.accum.loss_sum / max(self.accum.seen, 1),
             "train_top1_error": self.accum.wrong / max(self.accum.seen, 1),
+            # Cumulative training compute (PFLOP = 1e15): every step sees batch_size images.
+            "train_pflop": self.iteration * self.cfg.train.batch_size * self.flops_per_image
+            / PFLOP,
         }
         for name, (images, labels) in self.eval_sets.items():
             logits = predict_logits(

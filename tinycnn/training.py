@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from tinycnn.atomic import write_text
 from tinycnn.checkpoint import check_state, load_checkpoint
+from tinycnn.compute import training_flops_per_image
 from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.data.augment import augment_batch
 from tinycnn.data.cache import load_cache, verify_cache
@@ -106,20 +107,21 @@ def train(
         _read_resolved_config(out)  # a clear error before the lock makes a folder
     else:
         # Every check before the run folder is made: a failed start leaves nothing behind.
-        rt = _preflight(cfg, init_from)
+        rt, flops = _preflight(cfg, init_from)
     with run_lock(out):
         if resume:
             cfg = config_from_dict(_read_resolved_config(out)).validate()
-            rt = _preflight(cfg, cfg.train.init_from or None)
+            rt, flops = _preflight(cfg, cfg.train.init_from or None)
             has_checkpoint = (out / "checkpoints" / "last.pt").is_file()
             init_from = None if has_checkpoint else cfg.train.init_from or None
             resume = has_checkpoint
         else:
             if init_from is not None:
                 cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
-            _new_run_dir(out, cfg)
+            _new_run_dir(out, cfg, flops)
             pause_point("started", 0)
         session = load_session(cfg, out, rt, init_from=init_from, resume=resume)
+        session.flops_per_image = flops
         if progress:
             print(banner(session), flush=True)
         stop = _StopRequest(stop_at_iteration)
@@ -141,15 +143,20 @@ def banner(s: Session) -> str:
     threads = f", {n} thread{'s' * (n > 1)}" if rt.device.type == "cpu" else ""
     layout = ", channels_last" if rt.channels_last else ""
     where = "resuming at iteration " + f"{s.iteration:,} " if s.iteration else ""
+    gflop = s.flops_per_image / 1e9
     return (
-        f"train {cfg.model.name} ({params:,} parameters) on {rt.device}{threads}, {why}{layout}; "
+        f"train {cfg.model.name} ({params:,} parameters, {gflop:.2f} GFLOP per training image) "
+        f"on {rt.device}{threads}, {why}{layout}; "
         f"{len(s.train_labels):,} images an epoch, {s.iters_per_epoch:,} iterations x "
         f"{cfg.train.epochs} epochs = {s.total_iters:,}; {where}run folder {s.out}"
     )
 
 
-def _preflight(cfg: RunConfig, init_from: str | Path | None) -> Runtime:
-    """Check the data, model, device, held-out split and init checkpoint; returns the runtime."""
+def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, float]:
+    """Check the data, model, device, held-out split and init checkpoint.
+
+    Returns the runtime and the FLOPs of one training step per image.
+    """
     if not cfg.data.cache:
         raise ConfigError("data.cache is not set: pass --data CACHE (a tinycnn prepare folder)")
     cache = load_cache(cfg.data.cache)
@@ -164,15 +171,21 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> Runtime:
     if cfg.train.tensorboard:
         tensorboard_writer_class()
     t = cfg.train
-    return make_runtime(t.device, t.precision, t.channels_last, t.threads, t.deterministic)
+    runtime = make_runtime(t.device, t.precision, t.channels_last, t.threads, t.deterministic)
+    return runtime, training_flops_per_image(model, cfg.augment.crop or 64)
 
 
-def _new_run_dir(out: Path, cfg: RunConfig) -> None:
+def _new_run_dir(out: Path, cfg: RunConfig, flops_per_image: float) -> None:
     if (out / "checkpoints" / "last.pt").exists() or (out / "metrics.jsonl").exists():
         raise ConfigError(
             f"{out}: already holds a run; continue it with --resume {out}, or choose a new --out"
         )
-    write_text(out / "config.toml", to_toml(cfg))
+    size = cfg.augment.crop or 64
+    compute = (
+        f"\n# Training compute: {flops_per_image / 1e9:.3f} GFLOP per image (forward + backward "
+        f"at {size}x{size}, torch's FlopCounterMode); metrics.jsonl has train_pflop.\n"
+    )
+    write_text(out / "config.toml", to_toml(cfg) + compute)
 
 
 def _read_resolved_config(out: Path) -> dict:

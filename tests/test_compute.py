@@ -1,0 +1,76 @@
+"""Training compute: FLOPs per image checked against hand counts, and train_pflop in the log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from tinycnn.compute import training_flops_per_image
+from tinycnn.config import load_config
+from tinycnn.data.prepare import prepare
+from tinycnn.models import create_model
+from tinycnn.training import train
+
+
+def _conv(c_in: int, c_out: int, side: int) -> int:
+    return 2 * c_in * 9 * c_out * side * side  # 3x3, padding 1: a multiply-add is 2 FLOPs
+
+
+def _paper8_forward() -> int:
+    convs = _conv(3, 128, 56) + _conv(128, 128, 56) + 2 * _conv(128, 128, 28)
+    convs += _conv(128, 128, 14)
+    return convs + 2 * (6272 * 400 + 400 * 400 + 400 * 200)
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "expected"),
+    [
+        # forward: conv 2*27*4*64 + fc 2*256*10; backward: the conv's weight gradient only (the
+        # image needs none), the fc's weight and input gradients.
+        (
+            lambda: nn.Sequential(
+                nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10)
+            ),
+            8,
+            2 * (2 * 27 * 4 * 64) + 3 * (2 * 256 * 10),
+        ),
+        # paper8 at 56x56: forward 1.47 GFLOP; backward twice that, less conv1's input gradient.
+        (
+            lambda: create_model("paper8", num_classes=200, input_size=56),
+            56,
+            3 * _paper8_forward() - _conv(3, 128, 56),
+        ),
+    ],
+)
+def test_training_flops_per_image_match_a_hand_count(model, size: int, expected: int) -> None:
+    assert training_flops_per_image(model(), size) == expected
+
+
+def test_metrics_log_cumulative_training_pflop(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    cfg = load_config(
+        None,
+        [
+            f"data.cache={json.dumps(str(cache))}",
+            "model.name=cnn5",
+            "model.conv_channels=[8, 8, 8]",
+            "model.fc_widths=[32]",
+            'data.normalization="channel"',
+            "train.batch_size=16",
+            "train.epochs=2",
+            "train.threads=1",
+        ],
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    model = create_model("cnn5", num_classes=5, conv_channels=[8, 8, 8], fc_widths=[32])
+    per_image = training_flops_per_image(model, 56)
+    steps = [row["iteration"] for row in result.metrics]
+    assert steps == [3, 6]  # 60 images, batch 16
+    for row in result.metrics:
+        assert row["train_pflop"] == pytest.approx(row["iteration"] * 16 * per_image / 1e15)
+    assert "GFLOP per image" in (tmp_path / "run" / "config.toml").read_text()

@@ -21,6 +21,7 @@ _LAZY = {
     "load_config": "tinycnn.config",
     "RunConfig": "tinycnn.config",
     "train": "tinycnn.training",
+    "RunResult": "tinycnn.training",
     "create_model": "tinycnn.models",
     "list_models": "tinycnn.models",
     "load_model": "tinycnn.inference",
@@ -46,3 +47,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'tinycnn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

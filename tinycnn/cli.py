@@ -161,6 +161,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
         runtime=_runtime(args),
+        progress=not args.json,
     )
     if args.json:
         print(evaluations_json(results))

@@ -79,12 +79,14 @@ def evaluate_loaded(
     split: str = "val",
     tta: str = "center",
     batch_size: int = 500,
+    progress: bool = False,
 ) -> Evaluation:
-    """Evaluate one loaded model on a labelled split of a cache."""
+    """Evaluate one loaded model on a labelled split of a cache; returns its Evaluation."""
     loaded.check_classes(cache.classes, str(cache.path))
     images, labels = labelled_split(cache, split, loaded.config)
     start = time.perf_counter()
-    logits = loaded.logits(images, tta, batch_size)
+    label = f"evaluate {loaded.path.name} on {split}" if progress else None
+    logits = loaded.logits(images, tta, batch_size, progress=label)
     seconds = time.perf_counter() - start
     rates = error_rates(logits, labels)
     accuracy, confusion = per_class_accuracy(logits, labels, len(cache.classes))
@@ -105,20 +107,29 @@ def evaluate_loaded(
 
 
 def evaluate(
-    checkpoints: list[str | Path],
+    checkpoints: str | Path | list[str | Path],
     cache_dir: str | Path,
     *,
     split: str = "val",
     tta: str = "center",
     batch_size: int = 500,
     runtime: Runtime | None = None,
+    progress: bool = False,
 ) -> list[Evaluation]:
-    """Evaluate each checkpoint (or run folder: its best.pt) on a split of a prepared cache."""
+    """Evaluate checkpoints on a split of a prepared cache; returns one Evaluation each.
+
+    checkpoints: one or a list of checkpoint files, run folders (their best.pt) or member specs
+    (RUN@last, RUN@epochs:2,4, ...). progress: show a progress bar per checkpoint.
+    """
     from tinycnn.ensemble import resolve_members
 
     cache = load_cache(cache_dir)
-    paths = [p for spec in checkpoints for p in resolve_members(str(spec))]
-    return [evaluate_loaded(load_model(p, runtime), cache, split, tta, batch_size) for p in paths]
+    specs = [checkpoints] if isinstance(checkpoints, str | Path) else checkpoints
+    paths = [p for spec in specs for p in resolve_members(str(spec))]
+    return [
+        evaluate_loaded(load_model(p, runtime), cache, split, tta, batch_size, progress)
+        for p in paths
+    ]
 
 
 def format_evaluations(results: list[Evaluation], names: dict[str, str], worst: int = 5) -> str:
@@ -139,8 +150,10 @@ def format_evaluations(results: list[Evaluation], names: dict[str, str], worst: 
         def label(item):
             return f"{names.get(item[1], item[1]).split(',')[0]} {item[0]:.0%}"
 
-        lines.append(f"best classes:  {', '.join(label(i) for i in ranked[::-1][:worst])}")
-        lines.append(f"worst classes: {', '.join(label(i) for i in ranked[:worst])}")
+        if len(results) > 1:
+            lines.append(f"{r.checkpoint}:")
+        lines.append(f"  best classes:  {', '.join(label(i) for i in ranked[::-1][:worst])}")
+        lines.append(f"  worst classes: {', '.join(label(i) for i in ranked[:worst])}")
     return "\n".join(lines)
 
 

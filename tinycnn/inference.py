@@ -31,8 +31,17 @@ class LoadedModel:
     iteration: int
     runtime: Runtime
 
-    def logits(self, images_u8: Tensor, tta: str = "center", batch_size: int = 500) -> Tensor:
-        """(N, C) float32 logits on the CPU for (N, 64, 64, 3) uint8 images."""
+    def logits(
+        self,
+        images_u8: Tensor,
+        tta: str = "center",
+        batch_size: int = 500,
+        progress: str | None = None,
+    ) -> Tensor:
+        """(N, C) float32 logits on the CPU for (N, 64, 64, 3) uint8 images.
+
+        progress: a label for a progress bar (None: no bar).
+        """
         if tta not in TTA_VIEWS:
             raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
         return predict_logits(
@@ -43,6 +52,7 @@ class LoadedModel:
             norm=self.norm,
             batch_size=batch_size,
             tta=tta,
+            progress=progress,
         )
 
     def probabilities(

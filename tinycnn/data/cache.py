@@ -209,15 +209,14 @@ def read_manifest(path: Path) -> dict:
         raise CacheError(f"{path}: is a file, not a cache folder")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        hint = (
-            "; an interrupted prepare leaves no manifest, run prepare again"
-            if path.is_dir()
-            else ""
-        )
-        raise CacheError(
-            f"{manifest_path}: missing, so {path} is not a prepared cache "
-            f"(make one with: tinycnn prepare SRC --out {path}){hint}"
-        )
+        if path.is_dir() and any(path.iterdir()):
+            # A folder of something else (images, a dataset): never suggest writing a cache here.
+            how = "make one in a new folder with: tinycnn prepare SRC --out CACHE_DIR"
+        elif path.is_dir():
+            how = f"an interrupted prepare leaves it empty; run tinycnn prepare SRC --out {path}"
+        else:
+            how = f"make one with: tinycnn prepare SRC --out {path}"
+        raise CacheError(f"{manifest_path}: missing, so {path} is not a prepared cache ({how})")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -5,7 +5,7 @@ Members are checkpoints or run folders with a snapshot selection:
     RUN_DIR              its best.pt           RUN_DIR@last / RUN_DIR@best
     RUN_DIR@every:N      snapshots N iterations apart (iter-*.pt; the paper used 10,000)
     RUN_DIR@top:K        the K epoch snapshots with the lowest selection error (metrics.jsonl)
-    RUN_DIR@last:K       the K most recent snapshots
+    RUN_DIR@last:K       the K most recent snapshots (iter-* and epoch-*, by iteration)
     RUN_DIR@epochs:2,4   those epoch snapshots
 
 Each member's probabilities on a split are computed once and cached under the checkpoint's
@@ -27,12 +27,14 @@ import torch
 from torch import Tensor
 
 from tinycnn.atomic import atomic_path, save_npy, write_into
+from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.errors import CacheError, ConfigError, OutputError
 from tinycnn.evaluate import error_rates
 from tinycnn.evaluation import labelled_split, split_rows
 from tinycnn.inference import file_digest, load_model
 from tinycnn.paths import PROB_CACHE
+from tinycnn.run_folder import read_metrics
 from tinycnn.runtime import Runtime, make_runtime
 
 DEFAULT_PROB_CACHE = PROB_CACHE
@@ -44,9 +46,34 @@ def _snapshots(run: Path) -> list[Path]:
 
 
 def _position(path: Path) -> tuple[int, int]:
-    # epoch-NNN after iter-* of the same run; within a kind, by number (names are zero-padded).
+    # For listing: iter-* then epoch-*, each by number (names are zero-padded).
     kind, number = path.stem.split("-")
     return (0 if kind == "iter" else 1, int(number))
+
+
+def _most_recent(run: Path, snapshots: list[Path], k: int) -> list[Path]:
+    """The k snapshots saved last, oldest first, by the training iteration they hold.
+
+    iter-N is at iteration N and epoch-E at E * iters_per_epoch, so the two kinds interleave.
+    An iteration snapshot at an epoch's end holds the same weights as that epoch's snapshot:
+    only the epoch one is kept, so that k members are k different models.
+    """
+    epochs = [p for p in snapshots if p.stem.startswith("epoch-")]
+    per_epoch = _iters_per_epoch(run, epochs) if epochs else 0
+    by_iteration: dict[int, Path] = {}
+    for path in snapshots:  # iter-* first: an epoch snapshot at the same iteration replaces it
+        kind, number = path.stem.split("-")
+        by_iteration[int(number) * (per_epoch if kind == "epoch" else 1)] = path
+    return [by_iteration[i] for i in sorted(by_iteration)][-k:]
+
+
+def _iters_per_epoch(run: Path, epoch_snapshots: list[Path]) -> int:
+    """From a complete epoch's metrics line, else from an epoch snapshot's stored iteration."""
+    for row in read_metrics(run):
+        if not row.get("partial_epoch") and row["epoch"] >= 1:
+            return int(row["iteration"]) // int(row["epoch"])
+    payload = load_checkpoint(epoch_snapshots[-1])
+    return int(payload["iteration"]) // max(1, int(payload["epoch"]))
 
 
 def resolve_members(spec: str) -> list[Path]:
@@ -73,7 +100,7 @@ def resolve_members(spec: str) -> list[Path]:
             if p.stem.startswith("iter-") and int(p.stem.split("-")[1]) % step == 0
         ]
     elif kind == "last":
-        chosen = snapshots[-_positive_int(spec, arg) :]
+        chosen = _most_recent(path, snapshots, _positive_int(spec, arg))
     elif kind == "epochs":
         wanted = [int(v) for v in arg.split(",") if v.strip()]
         chosen = [_existing(path / "checkpoints" / f"epoch-{e:03d}.pt") for e in wanted]
@@ -105,8 +132,6 @@ def _positive_int(spec: str, text: str) -> int:
 
 
 def _top_epochs(run: Path, k: int) -> list[Path]:
-    from tinycnn.train import read_metrics
-
     scored = []
     for row in read_metrics(run):
         key = "tune_top1_error" if "tune_top1_error" in row else "val_top1_error"

@@ -1,0 +1,288 @@
+"""What ``train`` builds is what the config names: checked on what the model and optimiser see.
+
+Each test watches a real (tiny) run through hooks and compares it with a truth written here: the
+normalised pixels of the first layer's input, the optimiser's update rule applied to the observed
+gradients, the label-smoothed loss of the observed logits, the split best.pt was chosen on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
+import tinycnn.session
+from tests.conftest import SYNTH
+from tests.test_training import SMALL
+from tinycnn.checkpoint import load_checkpoint
+from tinycnn.config import load_config
+from tinycnn.data.cache import load_cache
+from tinycnn.data.prepare import prepare
+from tinycnn.data.synthetic import make_synthetic
+from tinycnn.errors import ConfigError
+from tinycnn.training import read_metrics, train
+
+# Whole 64x64 images, no mirror, no photometric noise: every input the model sees is one
+# training image, normalised, so it can be recognised and checked pixel by pixel.
+WHOLE_IMAGES = ["augment.crop=0", "augment.flip=false", 'train.precision="fp32"']
+
+
+@pytest.fixture(scope="module")
+def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare(
+        synth_sources["folder"], tmp_path_factory.mktemp("sem") / "cache", progress=False
+    ).path
+
+
+def _cfg(cache: Path, *overrides: str):
+    return load_config(None, [f"data.cache={json.dumps(str(cache))}", *SMALL, *overrides])
+
+
+class Watch:
+    """Records the first layer's inputs and the model's outputs during a run."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.inputs: list[tuple[bool, torch.Tensor]] = []  # (training, (B, 3, H, W))
+        self.outputs: list[tuple[bool, torch.Tensor]] = []  # (training, (B, C) logits)
+        original = tinycnn.session.build_model
+
+        def build_and_watch(*args, **kwargs):
+            model = original(*args, **kwargs)
+            first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+            first.register_forward_pre_hook(
+                lambda m, inputs: self.inputs.append((m.training, inputs[0].detach().clone()))
+            )
+            model.register_forward_hook(
+                lambda m, _, out: self.outputs.append((m.training, out.detach().float().clone()))
+            )
+            return model
+
+        monkeypatch.setattr(tinycnn.session, "build_model", build_and_watch)
+
+
+def _normalised(images: np.ndarray, kind: str, cache_dir: Path) -> torch.Tensor:
+    """(N, 64, 64, 3) uint8 -> (N, 3, 64, 64) as the config's normalisation defines it."""
+    data = load_cache(cache_dir)
+    x = torch.from_numpy(np.array(images, dtype=np.float32))
+    if kind == "mean_image":
+        x = x - torch.from_numpy(np.array(data.mean_image, dtype=np.float32))
+    elif kind == "channel":
+        mean = torch.tensor(data.channel_mean, dtype=torch.float32)
+        x = (x - mean) / torch.tensor(data.channel_std, dtype=torch.float32)
+    return x.permute(0, 3, 1, 2)
+
+
+def _match(seen: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """For each seen input (B, 3, H, W), the index of the candidate it equals; fails otherwise."""
+    diff = (seen[:, None] - candidates[None]).abs().flatten(2).amax(dim=2)  # (B, N)
+    closest = diff.min(dim=1)
+    assert bool((closest.values < 1e-3).all()), f"inputs differ by {closest.values.max():.3g}"
+    return closest.indices
+
+
+@pytest.mark.parametrize("kind", ["mean_image", "channel", "none"])
+def test_the_first_layer_sees_the_configured_normalisation(
+    cache: Path, tmp_path: Path, monkeypatch, kind: str
+) -> None:
+    watch = Watch(monkeypatch)
+    cfg = _cfg(cache, *WHOLE_IMAGES, "train.epochs=1", f'data.normalization="{kind}"')
+    train(cfg, tmp_path / "run", progress=False)
+    data = load_cache(cache)
+    expected = {
+        True: _normalised(data.split("train").images, kind, cache),
+        False: _normalised(data.split("val").images, kind, cache),
+    }
+    assert {training for training, _ in watch.inputs} == {True, False}
+    for training, seen in watch.inputs:  # training batches, then the val evaluation
+        _match(seen, expected[training])
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert payload["normalization"]["kind"] == kind  # what evaluation will apply
+
+
+def test_label_smoothing_is_in_the_training_loss(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    eps = 0.3
+    watch = Watch(monkeypatch)
+    cfg = _cfg(cache, *WHOLE_IMAGES, "train.epochs=1", f"optim.label_smoothing={eps}")
+    train(cfg, tmp_path / "run", progress=False)
+    split = load_cache(cache).split("train")
+    candidates = _normalised(split.images, "channel", cache)
+    inputs = [x for training, x in watch.inputs if training]
+    outputs = [y for training, y in watch.outputs if training]
+    losses = []
+    for x, logits in zip(inputs, outputs, strict=True):
+        labels = torch.from_numpy(split.labels.astype(np.int64))[_match(x, candidates)]
+        log_p = logits.log_softmax(dim=1)
+        nll = -log_p.gather(1, labels[:, None]).squeeze(1)
+        losses.append(((1 - eps) * nll + eps * -log_p.mean(dim=1)).mean().item())
+    assert len(losses) == 3  # 60 images, batches of 16
+    assert read_metrics(tmp_path / "run")[0]["train_loss"] == pytest.approx(
+        sum(losses) / len(losses), rel=1e-5
+    )
+
+
+class StepWatch:
+    """Records every optimiser step of a run: lr, parameters and gradients before, after."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+
+    def __enter__(self) -> StepWatch:
+        def before(optimizer, args, kwargs):
+            groups = optimizer.param_groups
+            self.steps.append(
+                {
+                    "lr": [g["lr"] for g in groups],
+                    "params": [p for g in groups for p in g["params"]],
+                    "w": [p.detach().clone() for g in groups for p in g["params"]],
+                    "g": [p.grad.detach().clone() for g in groups for p in g["params"]],
+                }
+            )
+
+        def after(optimizer, args, kwargs):
+            self.steps[-1]["after"] = [p.detach().clone() for p in self.steps[-1]["params"]]
+
+        self.handles = [
+            register_optimizer_step_pre_hook(before),
+            register_optimizer_step_post_hook(after),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _reference_step(name: str, state: dict, w, g, lr: float, decay: float, o) -> torch.Tensor:
+    """One update of one parameter by the rule the optimiser's name stands for."""
+    t = state["t"] = state.get("t", 0) + 1
+    if name == "adamw":  # decoupled: the decay shrinks w, it is not part of the gradient
+        w = w * (1 - lr * decay)
+        b1, b2 = o["betas"]
+        m = state["m"] = b1 * state.get("m", 0) + (1 - b1) * g
+        v = state["v"] = b2 * state.get("v", 0) + (1 - b2) * g * g
+        return w - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + o["eps"])
+    d = g + decay * w  # coupled L2
+    if name == "sgd":  # the paper's classical momentum: v <- mu v - lr d; w <- w + v
+        v = state["v"] = o["momentum"] * state.get("v", 0) - lr * d
+        return w + v
+    if name == "nesterov":  # b <- mu b + d; w <- w - lr (d + mu b)
+        b = state["b"] = o["momentum"] * state["b"] + d if "b" in state else d
+        return w - lr * (d + o["momentum"] * b)
+    assert name == "adagrad"  # s <- s + d^2; w <- w - lr d / (sqrt(s) + eps)
+    s = state["s"] = state.get("s", 0) + d * d
+    return w - lr * d / (s.sqrt() + o["eps"])
+
+
+@pytest.mark.parametrize(
+    ("name", "decay_all"),
+    [
+        ("sgd", True),
+        ("sgd", False),
+        ("nesterov", True),
+        ("adagrad", True),
+        ("adamw", True),
+        ("adamw", False),
+    ],
+)
+def test_the_optimiser_follows_the_rule_its_name_stands_for(
+    cache: Path, tmp_path: Path, name: str, decay_all: bool
+) -> None:
+    # Values unlike the defaults, so that each must reach the optimiser; the learning rate halves
+    # every iteration, which tells the paper's momentum from torch.optim.SGD's.
+    lr, decay = 0.05, 0.02
+    options = {"momentum": 0.8, "betas": [0.8, 0.95], "eps": 1e-3}
+    cfg = _cfg(
+        cache,
+        "train.epochs=1",
+        'train.precision="fp32"',
+        f'optim.name="{name}"',
+        f"optim.lr={lr}",
+        f"optim.weight_decay={decay}",
+        f"optim.decay_bias_and_norm={str(decay_all).lower()}",
+        f"optim.momentum={options['momentum']}",
+        f"optim.betas={options['betas']}",
+        f"optim.eps={options['eps']}",
+        'schedule.name="step"',
+        "schedule.step_epochs=0.34",  # 1 iteration of 3
+        "schedule.gamma=0.5",
+    )
+    with StepWatch() as watch:
+        result = train(cfg, tmp_path / "run", progress=False)
+    trainable = [p for p in result.model.parameters() if p.requires_grad]
+    assert len(watch.steps) == 3
+    assert sorted(map(id, watch.steps[0]["params"])) == sorted(map(id, trainable))
+    states: dict[int, dict] = {}
+    for i, step in enumerate(watch.steps):
+        step_lr = lr * 0.5**i
+        assert step["lr"] == pytest.approx([step_lr] * len(step["lr"]))
+        for p, w, g, after in zip(step["params"], step["w"], step["g"], step["after"], strict=True):
+            p_decay = decay if decay_all or p.ndim > 1 else 0.0  # biases are 1-d
+            expected = _reference_step(
+                name, states.setdefault(id(p), {}), w, g, step_lr, p_decay, options
+            )
+            assert torch.allclose(after, expected, rtol=1e-5, atol=1e-7), (name, i, p.shape)
+
+
+@pytest.fixture(scope="module")
+def disagreeing_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated data with every val label moved to the next class.
+
+    Learning lowers the tuning error and raises the val error, so the two splits pick different
+    epochs as the best.
+    """
+    root = tmp_path_factory.mktemp("disagree")
+    source = make_synthetic(root, **SYNTH)
+    wnids = (source / "wnids.txt").read_text().split()
+    annotations = source / "val" / "val_annotations.txt"
+    lines = []
+    for line in annotations.read_text().splitlines():
+        fields = line.split("\t")
+        fields[1] = wnids[(wnids.index(fields[1]) + 1) % len(wnids)]
+        lines.append("\t".join(fields))
+    annotations.write_text("\n".join(lines) + "\n")
+    return prepare(source, root / "cache", progress=False).path
+
+
+def test_best_checkpoint_is_chosen_on_the_tuning_split(
+    disagreeing_cache: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(disagreeing_cache, "train.epochs=6", "data.holdout_per_class=2")
+    train(cfg, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run")
+
+    def first_best(key: str) -> dict:
+        return min(rows, key=lambda r: (r[key], r["iteration"]))  # ties: the earlier epoch
+
+    by_tune, by_val = first_best("tune_top1_error"), first_best("val_top1_error")
+    assert by_tune["iteration"] != by_val["iteration"], "the case must tell the splits apart"
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["iteration"] == by_tune["iteration"]
+    assert best["best_error"] == by_tune["tune_top1_error"]
+
+
+def test_tensorboard_gets_every_logged_number(cache: Path, tmp_path: Path) -> None:
+    # The test extra installs tensorboard, so this branch runs in CI.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(_cfg(cache, "train.tensorboard=true", "train.epochs=2"), tmp_path / "r", progress=False)
+    events = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    events.Reload()
+    rows = read_metrics(tmp_path / "r")
+    for key in ("val_top1_error", "val_top5_error", "train_loss", "lr"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        assert logged == [(r["iteration"], pytest.approx(r[key], rel=1e-6)) for r in rows], key
+
+
+def test_tensorboard_missing_is_one_clear_error(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ConfigError, match="needs the tensorboard package"):
+        train(_cfg(cache, "train.tensorboard=true"), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()

@@ -26,7 +26,7 @@ from tinycnn.ensemble import (
     resolve_members,
 )
 from tinycnn.errors import ConfigError
-from tinycnn.evaluate import error_rates, per_class_accuracy
+from tinycnn.metrics import error_rates, per_class_accuracy
 from tinycnn.evaluation import evaluate
 from tinycnn.inference import load_model
 from tinycnn.runtime import make_runtime

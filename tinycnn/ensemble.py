@@ -30,7 +30,7 @@ from tinycnn.atomic import atomic_path, save_npy, write_into
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.errors import CacheError, ConfigError, OutputError
-from tinycnn.evaluate import error_rates
+from tinycnn.metrics import error_rates
 from tinycnn.evaluation import labelled_split, split_rows
 from tinycnn.inference import file_digest, load_model
 from tinycnn.paths import PROB_CACHE

@@ -15,8 +15,8 @@ from torch import Tensor
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.data.splits import holdout_split
 from tinycnn.errors import ConfigError
-from tinycnn.evaluate import error_rates, per_class_accuracy
 from tinycnn.inference import LoadedModel, images_tensor, load_model
+from tinycnn.metrics import error_rates, per_class_accuracy
 from tinycnn.runtime import Runtime
 
 LABELLED_SPLITS = ("val", "train", "tune")

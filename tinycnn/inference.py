@@ -1,5 +1,6 @@
-"""A trained model ready for inference: weights, normalisation, crop size and class names, from
-one checkpoint. Evaluation, ensembles, prediction and export all start here.
+"""The inference layer: batched logits over in-memory uint8 images with test-time views, and a
+trained model loaded from one checkpoint (weights, normalisation, crop size, class names).
+Training's evaluations, evaluation, ensembles, prediction and export all run through here.
 """
 
 from __future__ import annotations
@@ -10,12 +11,66 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normalization_from_payload
-from tinycnn.data.augment import Normalization
+from tinycnn.data.augment import Normalization, center_crop, flip_views, ten_crop
 from tinycnn.errors import ConfigError
-from tinycnn.evaluate import TTA_VIEWS, predict_logits
 from tinycnn.runtime import Runtime, make_runtime
+
+TTA_VIEWS = {"center": 1, "flip": 2, "10crop": 10}
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images_u8: Tensor,
+    runtime: Runtime,
+    *,
+    size: int,
+    norm: Normalization | None,
+    batch_size: int = 500,
+    tta: str = "center",
+    progress: str | None = None,
+) -> Tensor:
+    """Class logits (N, C) float32 on the CPU; with TTA, the mean of the views' softmax as logits.
+
+    images_u8: (N, 64, 64, 3) uint8 (CPU or device); size: the crop the model was trained on.
+    progress: a label for a progress bar over the images (None: no bar).
+    """
+    was_training = model.training
+    model.eval()
+    norm = norm.to(runtime.device) if norm is not None else None
+    outputs = []
+    bar = tqdm(
+        total=len(images_u8),
+        desc=progress,
+        unit="img",
+        disable=progress is None,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for lo in range(0, len(images_u8), batch_size):
+        batch = images_u8[lo : lo + batch_size].to(runtime.device, non_blocking=True)
+        views = _views(batch, size, norm, tta)  # (B * V, 3, size, size)
+        with runtime.autocast():
+            logits = model(views).float()
+        if tta != "center":
+            # Average probabilities over views (Caffe's oversampling), returned as log-probs.
+            probs = logits.softmax(dim=1).view(len(batch), TTA_VIEWS[tta], -1).mean(dim=1)
+            logits = probs.clamp_min(1e-12).log()
+        outputs.append(logits.cpu())
+        bar.update(len(batch))
+    bar.close()
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def _views(batch: Tensor, size: int, norm: Normalization | None, tta: str) -> Tensor:
+    if tta == "center":
+        return center_crop(batch, size, norm)
+    views = flip_views(batch, size, norm) if tta == "flip" else ten_crop(batch, size, norm)
+    return views.flatten(0, 1)
 
 
 @dataclass

@@ -24,8 +24,7 @@ from tinycnn.atomic import write_text
 from tinycnn.data.cache import load_cache
 from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.errors import ConfigError, TinycnnError
-from tinycnn.evaluate import TTA_VIEWS
-from tinycnn.inference import LoadedModel
+from tinycnn.inference import TTA_VIEWS, LoadedModel
 
 IMAGE_SIZE = 64
 # What a folder contributes: suffixes Pillow can read (it also registers some it only writes,

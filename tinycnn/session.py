@@ -26,7 +26,8 @@ from tinycnn.data.augment import Normalization
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.data.splits import holdout_split
 from tinycnn.errors import ConfigError, TinycnnError
-from tinycnn.evaluate import error_rates, predict_logits
+from tinycnn.inference import predict_logits
+from tinycnn.metrics import error_rates
 from tinycnn.models import create_model, init_weights, model_options
 from tinycnn.optim import build_optimizer
 from tinycnn.run_folder import METRICS, append_line, read_metrics

@@ -34,7 +34,7 @@ from tinycnn.data.synthetic import make_synthetic
 from tinycnn.ensemble import ProbabilityCache, ProbabilityCacheWarning, ensemble
 from tinycnn.errors import ConfigError, OutputError
 from tinycnn.inference import load_model
-from tinycnn.predict import MAX_PIXELS, load_images
+from tinycnn.prediction import MAX_PIXELS, load_images
 from tinycnn.runtime import make_runtime
 
 # errno, strerror, the words the message must use

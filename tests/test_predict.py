@@ -20,7 +20,7 @@ from tinycnn.data.synthetic import make_synthetic
 from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.errors import ConfigError
 from tinycnn.inference import load_model
-from tinycnn.predict import (
+from tinycnn.prediction import (
     PredictionReport,
     exit_code,
     format_report,

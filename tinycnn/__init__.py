@@ -28,8 +28,8 @@ _LAZY = {
     "evaluate": "tinycnn.evaluation",
     "ensemble": "tinycnn.ensemble",
     "export_model": "tinycnn.export",
-    "write_submission": "tinycnn.predict",
-    "predict_files": "tinycnn.predict",
+    "write_submission": "tinycnn.prediction",
+    "predict_files": "tinycnn.prediction",
 }
 
 __all__ = [

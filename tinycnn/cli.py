@@ -203,7 +203,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tinycnn.ensemble import load_predictor
-    from tinycnn.predict import (
+    from tinycnn.prediction import (
         exit_code,
         format_report,
         predict_files,
@@ -263,6 +263,30 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import warnings
+
+    from tinycnn.analysis import build_report
+    from tinycnn.ensemble import ProbabilityCacheWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProbabilityCacheWarning)
+        report = build_report(
+            args.members,
+            args.data,
+            args.out,
+            tsne_images=args.tsne_images,
+            ambiguous=args.ambiguous,
+            seed=args.seed,
+            runtime=_runtime(args),
+            prob_cache=None if args.no_cache else Path(args.prob_cache),
+        )
+    for warning in caught:
+        print(f"tinycnn: warning: {warning.message}", file=sys.stderr)
+    print(f"report written in {report.seconds:.0f} s: {report.index}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -435,6 +459,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("report", help="the paper's figures and tables as one HTML page")
+    p.add_argument(
+        "members",
+        nargs="+",
+        metavar="CHECKPOINT|RUN_DIR[@SELECTION]",
+        help="runs or snapshots as for ensemble; several are also reported as their ensemble",
+    )
+    p.add_argument("--data", required=True, help="prepared cache folder (its val split)")
+    p.add_argument("--out", required=True, help="folder for index.html, report.json, figures")
+    p.add_argument(
+        "--tsne-images",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="val images embedded by t-SNE (default 2000: about half a minute on 2 cores)",
+    )
+    p.add_argument(
+        "--ambiguous",
+        type=int,
+        default=100,
+        metavar="K",
+        help="highest-loss training images listed in ambiguous.txt (default 100)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the t-SNE and example choices")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument(
+        "--prob-cache",
+        default=str(PROB_CACHE),
+        help="where member probabilities are cached (as for ensemble)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not cache member probabilities")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

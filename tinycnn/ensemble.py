@@ -32,7 +32,7 @@ from tinycnn.data.cache import Cache, load_cache
 from tinycnn.errors import CacheError, ConfigError, OutputError
 from tinycnn.metrics import error_rates
 from tinycnn.evaluation import labelled_split, split_rows
-from tinycnn.inference import file_digest, load_model
+from tinycnn.inference import file_digest, load_model, model_predictor
 from tinycnn.paths import PROB_CACHE
 from tinycnn.run_folder import read_metrics
 from tinycnn.runtime import Runtime, make_runtime
@@ -433,8 +433,6 @@ def load_predictor(
     runtime: Runtime | None = None,
 ):
     """One model (its own Predictor) or an ensemble of all members the specs name."""
-    from tinycnn.predict import model_predictor
-
     paths = [p for spec in specs for p in resolve_members(spec)]
     runtime = runtime or make_runtime()
     loaded = [load_model(p, runtime) for p in paths]

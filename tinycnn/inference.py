@@ -8,14 +8,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normalization_from_payload
 from tinycnn.data.augment import Normalization, center_crop, flip_views, ten_crop
-from tinycnn.errors import ConfigError
+from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.runtime import Runtime, make_runtime
 
 TTA_VIEWS = {"center": 1, "flip": 2, "10crop": 10}
@@ -166,3 +168,56 @@ def images_tensor(array) -> Tensor:
     if not array.flags.writeable or not array.flags.c_contiguous:  # e.g. a read-only memmap
         array = np.array(array)
     return torch.from_numpy(array)
+
+
+class Predictor(Protocol):
+    """Maps uint8 images (N, 64, 64, 3) to probabilities (N, C) over ``classes``, in that order."""
+
+    classes: list[str]  # wnids
+    names: list[str]  # words.txt names, one per class
+
+    def __call__(self, images_u8: Tensor) -> Tensor: ...
+
+
+@dataclass
+class ModelPredictor:
+    """One loaded model with a fixed test-time augmentation, as a Predictor."""
+
+    loaded: LoadedModel
+    tta: str = "center"
+    batch_size: int = 500
+
+    @property
+    def classes(self) -> list[str]:
+        return self.loaded.classes
+
+    @property
+    def names(self) -> list[str]:
+        return self.loaded.names
+
+    def __call__(self, images_u8: Tensor) -> Tensor:
+        """(N, C) float32 probabilities on the CPU; images_u8: (N, 64, 64, 3) uint8."""
+        return self.loaded.probabilities(images_u8, self.tta, self.batch_size)
+
+
+def model_predictor(loaded: LoadedModel, tta: str = "center") -> ModelPredictor:
+    """Wrap a loaded model as a Predictor; tta: one of "center", "flip", "10crop"."""
+    if tta not in TTA_VIEWS:  # fail before any image is read, not at the first batch
+        raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
+    return ModelPredictor(loaded, tta)
+
+
+def predict_batches(predictor: Predictor, images: np.ndarray, batch_size: int = 500) -> Tensor:
+    """(N, C) probabilities of images (N, 64, 64, 3) uint8; a memory map is read per batch."""
+    outputs = []
+    for lo in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.array(images[lo : lo + batch_size]))  # a writable copy
+        probs = predictor(batch)
+        # Ensembles are written elsewhere: a wrong shape must fail here, not as a bad file.
+        if tuple(probs.shape) != (len(batch), len(predictor.classes)):
+            raise TinycnnError(
+                f"predictor returned shape {tuple(probs.shape)} for {len(batch)} images, "
+                f"expected ({len(batch)}, {len(predictor.classes)})"
+            )
+        outputs.append(probs.float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, len(predictor.classes))

@@ -1,9 +1,9 @@
 """Predict classes for a cache's test split (a submission file) or for any image files.
 
-Everything here works through a ``Predictor``: a callable from uint8 images (N, 64, 64, 3) to
-class probabilities (N, C) that also carries its ``classes`` (wnids) and ``names``. One model with
-its test-time augmentation is one (``model_predictor``); an ensemble is another, with the same
-attributes, so submissions and file predictions never need to know which they were given.
+Everything here works through a ``Predictor`` (inference.py): a callable from uint8 images
+(N, 64, 64, 3) to class probabilities (N, C) that also carries its ``classes`` (wnids) and
+``names``. One model with its test-time augmentation is one; an ensemble is another, with the
+same attributes. The public functions also take checkpoints or run folders and build it.
 """
 
 from __future__ import annotations
@@ -13,18 +13,16 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Protocol
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch import Tensor
 
 from tinycnn.atomic import write_text
 from tinycnn.data.cache import load_cache
 from tinycnn.data.tiny_imagenet import natural_key
+from tinycnn.ensemble import load_predictor
 from tinycnn.errors import ConfigError, TinycnnError
-from tinycnn.inference import TTA_VIEWS, LoadedModel
+from tinycnn.inference import LoadedModel, Predictor, model_predictor, predict_batches
 
 IMAGE_SIZE = 64
 # What a folder contributes: suffixes Pillow can read (it also registers some it only writes,
@@ -44,68 +42,33 @@ class ImageTooLargeError(TinycnnError):
     """An image has more pixels than the limit; it was not decoded."""
 
 
-class Predictor(Protocol):
-    """Maps uint8 images (N, 64, 64, 3) to probabilities (N, C) over ``classes``, in that order."""
-
-    classes: list[str]  # wnids
-    names: list[str]  # words.txt names, one per class
-
-    def __call__(self, images_u8: Tensor) -> Tensor: ...
+Models = Predictor | LoadedModel | str | Path | list[str | Path]
 
 
-@dataclass
-class ModelPredictor:
-    """One loaded model with a fixed test-time augmentation, as a Predictor."""
-
-    loaded: LoadedModel
-    tta: str = "center"
-    batch_size: int = 500
-
-    @property
-    def classes(self) -> list[str]:
-        return self.loaded.classes
-
-    @property
-    def names(self) -> list[str]:
-        return self.loaded.names
-
-    def __call__(self, images_u8: Tensor) -> Tensor:
-        """(N, C) float32 probabilities on the CPU; images_u8: (N, 64, 64, 3) uint8."""
-        return self.loaded.probabilities(images_u8, self.tta, self.batch_size)
-
-
-def model_predictor(loaded: LoadedModel, tta: str = "center") -> ModelPredictor:
-    """Wrap a loaded model as a Predictor; tta: one of "center", "flip", "10crop"."""
-    if tta not in TTA_VIEWS:  # fail before any image is read, not at the first batch
-        raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
-    return ModelPredictor(loaded, tta)
-
-
-def predict_batches(predictor: Predictor, images: np.ndarray, batch_size: int = 500) -> Tensor:
-    """(N, C) probabilities of images (N, 64, 64, 3) uint8; a memory map is read per batch."""
-    outputs = []
-    for lo in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.array(images[lo : lo + batch_size]))  # a writable copy
-        probs = predictor(batch)
-        # Ensembles are written elsewhere: a wrong shape must fail here, not as a bad file.
-        if tuple(probs.shape) != (len(batch), len(predictor.classes)):
-            raise TinycnnError(
-                f"predictor returned shape {tuple(probs.shape)} for {len(batch)} images, "
-                f"expected ({len(batch)}, {len(predictor.classes)})"
-            )
-        outputs.append(probs.float().cpu())
-    return torch.cat(outputs) if outputs else torch.empty(0, len(predictor.classes))
+def as_predictor(models: Models, tta: str = "center") -> Predictor:
+    """A Predictor from one: a Predictor, a LoadedModel, or checkpoints / run folders / member
+    specs (one, or a list whose members' probabilities are averaged)."""
+    if isinstance(models, LoadedModel):
+        return model_predictor(models, tta)
+    if isinstance(models, str | Path):
+        return load_predictor([str(models)], tta=tta)
+    if isinstance(models, list | tuple):
+        return load_predictor([str(m) for m in models], tta=tta)
+    return models
 
 
 def write_submission(
-    predictor: Predictor, cache_dir: str | Path, out_file: str | Path, batch_size: int = 500
+    models: Models, cache_dir: str | Path, out_file: str | Path, batch_size: int = 500
 ) -> int:
     """Write ``test_K.JPEG<TAB>wnid`` for each test image of a cache; returns the line count.
+
+    models: a Predictor, a LoadedModel, or checkpoint(s) / run folder(s) (see as_predictor).
 
     Lines follow the cache's order, which is natural file-name order (test_0, test_1, ...,
     test_9, test_10, ...). Test images that prepare skipped (--skip-bad) have no line. The file
     is written to a temporary sibling and renamed, so it is never seen half-written.
     """
+    predictor = as_predictor(models)
     cache = load_cache(cache_dir)
     check_classes(predictor.classes, cache.classes, f"the cache {cache.path}")
     test = cache.split("test")
@@ -266,19 +229,22 @@ class PredictionReport:
 
 
 def predict_files(
-    predictor: Predictor,
+    models: Models,
     paths: list[str | Path],
     top: int = 5,
     batch_size: int = 500,
     max_pixels: int = MAX_PIXELS,
 ) -> PredictionReport:
-    """The top classes of each image file or folder's images; unreadable files become failures.
+    """Returns a PredictionReport: the top classes of each image file or folder's images, and the
+    files that could not be predicted (unreadable, too large) with the reason.
 
+    models: a Predictor, a LoadedModel, or checkpoint(s) / run folder(s) (see as_predictor).
     top: classes kept per file, most probable first (at most the number of classes).
     max_pixels: larger images are failures, refused before decoding (0: no limit but Pillow's).
     """
     if top < 1:
         raise ConfigError(f"--top {top}: expected at least 1")
+    predictor = as_predictor(models)
     files, images, failed = load_images(paths, max_pixels)
     probs = predict_batches(predictor, images, batch_size)
     values, indices = probs.topk(min(top, len(predictor.classes)), dim=1)

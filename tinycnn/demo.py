@@ -1,7 +1,8 @@
 """``tinycnn demo``: the whole job on generated data, so anyone can see tinycnn work in a minute.
 
 Layout of the output folder: ``data/tiny-imagenet-synth/`` (official layout, real JPEGs),
-``cache/`` (the prepared arrays) and ``run/`` (a trained model with its metrics and checkpoints).
+``cache/`` (the prepared arrays), ``run/`` (a trained model with its metrics and checkpoints) and
+``report/`` (the analysis report of the run: ``report/index.html``).
 Running the demo again reuses what is complete and resumes what is not.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tinycnn.analysis import build_report
 from tinycnn.config import load_config
 from tinycnn.data.cache import summarize
 from tinycnn.data.prepare import prepare
@@ -88,4 +90,15 @@ def run_demo(out: str | Path = "tinycnn-demo", *, seed: int = 0, progress: bool 
         f"val accuracy: {1 - final['val_top1_error']:.1%} top-1, "
         f"{1 - final['val_top5_error']:.1%} top-5"
     )
+    lines.append(f"report: {_report(run, out / 'cache', out / 'report')} (open it in a browser)")
     return "\n".join(lines)
+
+
+def _report(run: Path, cache: Path, out: Path) -> Path:
+    """The run's analysis report, written unless one newer than the run's best.pt is there."""
+    index = out / "index.html"
+    best = run / "checkpoints" / "best.pt"
+    if index.is_file() and index.stat().st_mtime_ns >= best.stat().st_mtime_ns:
+        return index
+    # No probability cache: the demo's data is tiny, and ~/.cache stays clean.
+    return build_report([str(run)], cache, out, prob_cache=None).index

@@ -1,0 +1,336 @@
+"""The analysis report: its numbers on tiny runs (one model, an ensemble), its files, the pieces
+(preset identification, t-SNE layout, class orderings), and the page as a real browser renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_training import SMALL
+from tinycnn.analysis import build_report
+from tinycnn.analysis.classes import best_and_worst, confusion_order, highest_loss
+from tinycnn.analysis.experiments import PRESETS, identify_preset, paper_figure
+from tinycnn.analysis.html import SECTIONS
+from tinycnn.analysis.tsne import grid_layout, penultimate_codes, sample_rows
+from tinycnn.cli import main
+from tinycnn.config import config_to_dict, load_config
+from tinycnn.data.cache import load_cache
+from tinycnn.data.prepare import prepare
+from tinycnn.data.synthetic import make_synthetic
+from tinycnn.demo import _report as demo_report
+from tinycnn.evaluation import evaluate, split_rows
+from tinycnn.inference import load_model
+from tinycnn.runtime import make_runtime
+from tinycnn.training import train
+
+FP32 = make_runtime(precision="fp32", channels_last=False, threads=1)
+SECTION_IDS = [key for key, _ in SECTIONS]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(cache, run a, run b): two 2-epoch runs of 7 generated classes with a tuning split."""
+    root = tmp_path_factory.mktemp("report")
+    data = make_synthetic(
+        root / "data", classes=7, train_per_class=14, val_per_class=6, test_count=4, seed=5
+    )
+    cache = prepare(data, root / "cache", progress=False).path
+    folders = []
+    for seed in (0, 1):
+        overrides = [*SMALL, "train.epochs=2", "data.holdout_per_class=2", f"train.seed={seed}"]
+        cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *overrides])
+        train(cfg, root / f"run{seed}", progress=False)
+        folders.append(root / f"run{seed}")
+    return cache, folders[0], folders[1]
+
+
+def _report(cache: Path, members: list[str], out: Path):
+    return build_report(
+        members, cache, out, tsne_images=30, ambiguous=6, runtime=FP32, prob_cache=None
+    )
+
+
+@pytest.fixture(scope="module")
+def single(runs, tmp_path_factory: pytest.TempPathFactory):
+    cache, a, _ = runs
+    return _report(cache, [str(a)], tmp_path_factory.mktemp("single") / "report")
+
+
+@pytest.fixture(scope="module")
+def pair(runs, tmp_path_factory: pytest.TempPathFactory):
+    cache, a, b = runs
+    return _report(cache, [str(a), f"{b}@epochs:1,2"], tmp_path_factory.mktemp("pair") / "out")
+
+
+def test_single_run_numbers(runs, single) -> None:
+    cache, run, _ = runs
+    data = json.loads((single.out / "report.json").read_text())
+    (row,) = data["experiments"]
+    (evaluation,) = evaluate([str(run)], cache, runtime=FP32)
+    assert row["val_top1_error"] == pytest.approx(evaluation.top1_error)
+    assert row["val_top5_error"] == pytest.approx(evaluation.top5_error)
+    assert row["tune_top1_error"] is not None and row["epoch"] <= row["epochs"] == 2
+    assert row["params"] == sum(
+        p.numel() for p in load_model(run / "checkpoints/best.pt").model.parameters()
+    )
+    assert row["preset"] is None and row["paper"] is None  # SMALL is no paper preset
+    assert data["ensemble"]["val_top1_error"] == pytest.approx(row["val_top1_error"])
+    assert [r["epoch"] for r in data["curves"]["run0"]] == [1, 2]
+    per_class = data["per_class"]
+    assert [r["count"] for r in per_class] == [6] * 7
+    accuracy = sum(r["top1_accuracy"] * r["count"] for r in per_class) / 42
+    assert accuracy == pytest.approx(1 - row["val_top1_error"])
+    assert len(data["best"]) == 4 and len(data["worst"]) == 3  # 7 classes split between them
+    assert np.array(data["confusion"]["matrix"]).sum() == 42
+    assert data["tsne"]["images"] == 30 and data["tsne"]["code_dims"] == 32  # fc_widths=[32]
+    assert len(data["tsne"]["points"]) == 30
+    assert data["filters"]["shape"] == [8, 3, 3, 3]
+
+
+def test_ensemble_numbers(pair) -> None:
+    data = pair.data
+    labels = [r["label"] for r in data["experiments"]]
+    assert labels == ["run0", "run1@epoch-001", "run1@epoch-002"]
+    best = min(r["val_top1_error"] for r in data["experiments"])
+    assert data["ensemble_gain"] == pytest.approx(best - data["ensemble"]["val_top1_error"])
+    assert data["ensemble"]["tune_top1_error"] is not None  # all share one tuning split
+    assert set(data["curves"]) == {"run0", "run1"}
+    assert (pair.out / data["ensemble_figure"]).is_file()
+    # Two snapshots of run1 trained once: the ensemble's time counts run1's longer one.
+    seconds = {r["label"]: r["training_seconds"] for r in data["experiments"]}
+    expected = seconds["run0"] + max(seconds["run1@epoch-001"], seconds["run1@epoch-002"])
+    assert data["ensemble"]["training_seconds"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("report", ["single", "pair"])
+def test_every_referenced_file_exists(report: str, request: pytest.FixtureRequest) -> None:
+    result = request.getfixturevalue(report)
+    page = result.index.read_text(encoding="utf-8")
+    for section in SECTION_IDS:
+        assert f'<section id="{section}">' in page
+    links = re.findall(r'(?:src|href)="([^"#][^"]*)"', page)
+    assert len(links) > 20
+    for link in links:
+        assert not re.match(r"[a-z]+:", link), f"{link}: the page must not need a network"
+        assert (result.out / link).is_file(), link
+    assert {"report.json", "index.html", "ambiguous.txt"} <= {p.name for p in result.out.iterdir()}
+
+
+def test_ambiguous_list_names_training_images(runs, single) -> None:
+    cache, run, _ = runs
+    lines = (single.out / "ambiguous.txt").read_text(encoding="utf-8").splitlines()
+    train_files = (cache / "train_files.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 6 and len(set(lines)) == 6
+    assert set(lines) <= set(train_files)
+    # Never the held-out tuning images: the model did not train on them.
+    _, tune_rows = split_rows(
+        load_cache(cache), "tune", load_model(run / "checkpoints/best.pt").config
+    )
+    assert not set(lines) & {train_files[r] for r in tune_rows}
+    losses = [item["loss"] for item in single.data["ambiguous"]["images"]]
+    assert losses == sorted(losses, reverse=True)
+    assert [i["file"] for i in single.data["ambiguous"]["images"]] == lines
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "expected"),
+    [
+        ("paper8_l2_5e-4", [], "paper8_l2_5e-4"),
+        (
+            "paper8_l2_5e-4",
+            ["train.epochs=2", "train.threads=1", "data.holdout_per_class=10"],
+            "paper8_l2_5e-4",
+        ),
+        ("paper8_l2_1e-4", ["train.seed=3"], "paper8_l2_1e-4"),
+        ("cnn5", [], "cnn5"),
+        ("paper8_l2_5e-4", ["model.dropout=0.3"], None),  # another recipe
+        ("paper8_l2_5e-4", ["optim.lr=0.01"], None),
+        ("paper8_l2_5e-4", ["model.conv_channels=[64, 64, 64, 64, 64]"], None),
+    ],
+)
+def test_paper_preset_identified(preset: str, overrides: list[str], expected: str | None) -> None:
+    config = config_to_dict(load_config(PRESETS / f"{preset}.toml", ["data.cache='x'", *overrides]))
+    assert identify_preset(config) == expected
+
+
+def test_paper_figures() -> None:
+    assert paper_figure("paper8_l2_5e-4") == {
+        "row": "8 layer CNN, dropout, lambda 5e-4",
+        "val": 58.0,
+        "test": 58.2,
+    }
+    assert paper_figure("finetune") is None and paper_figure(None) is None
+
+
+def test_penultimate_codes_are_the_classifier_input(runs) -> None:
+    cache, run, _ = runs
+    loaded = load_model(run / "checkpoints/best.pt", FP32)
+    images = torch.from_numpy(np.array(load_cache(cache).split("val").images[:5]))
+    codes = penultimate_codes(loaded, images)
+    assert codes.shape == (5, 32)
+    logits = loaded.logits(images)
+    assert torch.allclose(loaded.model.classifier(codes), logits, atol=1e-5)
+
+
+def test_sample_rows_spread_over_classes() -> None:
+    labels = np.repeat(np.arange(4), [10, 10, 10, 3])
+    rows = sample_rows(labels, 12, seed=0)
+    assert len(rows) == 12 and list(rows) == sorted(rows)
+    assert np.bincount(labels[rows]).tolist() == [3, 3, 3, 3]
+    assert len(sample_rows(labels, 99, seed=0)) == len(labels)
+
+
+def test_grid_layout_keeps_neighbours() -> None:
+    points = np.array([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.5, 0.5]])
+    layout = grid_layout(points, 2)
+    assert layout.tolist() == [0, 1, 2, 3]  # top-left, top-right, bottom-left, bottom-right
+
+
+def test_confusion_order_puts_confused_classes_together() -> None:
+    matrix = np.eye(6, dtype=np.int64) * 20
+    for a, b in ((0, 3), (1, 5), (2, 4)):
+        matrix[a, b] = matrix[b, a] = 6
+    order = confusion_order(matrix).tolist()
+    for a, b in ((0, 3), (1, 5), (2, 4)):
+        assert abs(order.index(a) - order.index(b)) == 1
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "best", "worst"),
+    [
+        (
+            [0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8, 0.6, 0.4, 0.0, 1.0, 0.05],
+            [10, 0, 6, 3, 7],
+            [9, 11, 1, 5, 4],
+        ),
+        ([0.5, 0.9, 0.1], [1, 0], [2]),
+        ([0.5, 0.5, 0.5, 0.5], [0, 1], [3, 2]),  # ties: by class index
+    ],
+)
+def test_best_and_worst(accuracies: list[float], best: list[int], worst: list[int]) -> None:
+    table = [
+        {"class": i, "top1_accuracy": a, "top5_accuracy": 1.0} for i, a in enumerate(accuracies)
+    ]
+    got_best, got_worst = best_and_worst(table)
+    assert [r["class"] for r in got_best] == best and [r["class"] for r in got_worst] == worst
+
+
+def test_highest_loss_ranks_by_label_probability() -> None:
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.01, 0.99]])
+    labels = np.array([0, 0, 1, 0])
+    assert highest_loss(probs, labels, np.arange(4), 2).tolist() == [3, 1]
+    assert highest_loss(probs, labels, np.array([0, 2]), 5).tolist() == [2, 0]
+
+
+def test_cli_report(runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache, run, _ = runs
+    out = tmp_path / "cli"
+    args = ["report", str(run), "--data", str(cache), "--out", str(out), "--no-cache"]
+    assert main([*args, "--tsne-images", "20", "--ambiguous", "3", "--precision", "fp32"]) == 0
+    assert str(out / "index.html") in capsys.readouterr().out
+    assert len((out / "ambiguous.txt").read_text().splitlines()) == 3
+    assert main([*args, "--tsne-images", "2"]) == 1
+    assert "--tsne-images 2" in capsys.readouterr().err
+
+
+# Run in the browser after the page (and every image) has loaded: what it rendered, and what
+# clicking the per-class table's headers did, written into the DOM for --dump-dom.
+BROWSER_CHECK = """
+<script>
+window.addEventListener("load", function () {
+  var out = {sections: [], images: [], sorts: {}};
+  document.querySelectorAll("section").forEach(function (s) {
+    out.sections.push([s.id, s.offsetHeight]);
+  });
+  document.querySelectorAll("img").forEach(function (i) {
+    out.images.push([i.getAttribute("src"), i.complete, i.naturalWidth, i.naturalHeight]);
+  });
+  var table = document.getElementById("per-class");
+  var column = function (c, data) {
+    return Array.from(table.tBodies[0].rows).map(function (r) {
+      return data ? r.cells[c].dataset.value : r.cells[c].textContent;
+    });
+  };
+  var header = table.querySelectorAll("th");
+  header[4].click(); out.sorts.top1_first = column(4, true);
+  header[4].click(); out.sorts.top1_second = column(4, true);
+  header[1].click(); out.sorts.names = column(1, false);
+  var pre = document.createElement("pre");
+  pre.id = "browser-check";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.fail(
+        "chromium is missing: the report's browser test needs it "
+        "(apt-get update && apt-get install -y chromium; .ci/run installs it)",
+        pytrace=False,
+    )
+
+
+def _browse(page: Path, profile: Path, *args: str) -> str:
+    """Run headless chromium on a file, offline (every host unresolvable), returning stdout."""
+    command = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=http://127.0.0.1:9",
+        "--virtual-time-budget=10000",
+        *args,
+        page.as_uri(),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_page_in_a_real_browser(pair, tmp_path_factory: pytest.TempPathFactory) -> None:
+    page = pair.index.read_text(encoding="utf-8")
+    check = pair.out / "browser-check.html"  # beside index.html, so relative links work
+    check.write_text(page.replace("</body>", BROWSER_CHECK + "</body>"), encoding="utf-8")
+    profile = tmp_path_factory.mktemp("chromium")
+    dom = _browse(check, profile, "--dump-dom")
+    found = re.search(r'<pre id="browser-check">(.*?)</pre>', dom, re.S)
+    assert found, "the check script did not run: " + dom[-500:]
+    result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert [s for s, _ in result["sections"]] == SECTION_IDS
+    assert all(height > 50 for _, height in result["sections"])
+    assert len(result["images"]) > 20
+    for src, complete, width, height in result["images"]:
+        assert complete and width > 0 and height > 0, f"{src} did not load"
+    first = [float(v) for v in result["sorts"]["top1_first"]]
+    second = [float(v) for v in result["sorts"]["top1_second"]]
+    assert first == sorted(first) and second == sorted(first, reverse=True)
+    assert result["sorts"]["names"] == sorted(result["sorts"]["names"], key=str.lower)
+    screenshot = tmp_path_factory.mktemp("artefacts") / "report.png"
+    _browse(pair.index, profile, f"--screenshot={screenshot}", "--window-size=1280,4000")
+    assert screenshot.stat().st_size > 10_000
+    print(f"report screenshot: {screenshot}")
+
+
+def test_demo_report_is_reused_until_the_run_changes(runs, tmp_path: Path) -> None:
+    cache, run, _ = runs
+    index = demo_report(run, cache, tmp_path / "report")
+    stamp = index.stat().st_mtime_ns
+    assert index == tmp_path / "report" / "index.html"
+    assert demo_report(run, cache, tmp_path / "report").stat().st_mtime_ns == stamp

@@ -1,0 +1,374 @@
+"""``tinycnn report``: the paper's figures and tables for runs and their ensemble, as one folder:
+``index.html`` (opens from disk, no server or network), the figures as PNG files beside it, every
+number in ``report.json``, and ``ambiguous.txt`` (training images to drop with
+``train --exclude``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tinycnn import __version__
+from tinycnn.analysis import classes as cls
+from tinycnn.analysis import figures, html, tsne
+from tinycnn.analysis.experiments import (
+    Member,
+    ensemble_paper_figure,
+    experiment_row,
+    member_label,
+    run_folder,
+    training_curves,
+)
+from tinycnn.atomic import write_bytes, write_text
+from tinycnn.checkpoint import load_checkpoint
+from tinycnn.data.cache import Cache, load_cache
+from tinycnn.ensemble import DEFAULT_PROB_CACHE, ProbabilityCache, average, resolve_members
+from tinycnn.errors import ConfigError
+from tinycnn.evaluation import labelled_split, split_rows
+from tinycnn.inference import LoadedModel, load_model
+from tinycnn.metrics import error_rates
+from tinycnn.runtime import Runtime, make_runtime
+
+# About 35 s of t-SNE on 2 CPU cores (scikit-learn Barnes-Hut), plus the forward pass.
+DEFAULT_TSNE_IMAGES = 2000
+DEFAULT_AMBIGUOUS = 100
+EXAMPLES_PER_CLASS = 8
+CONFUSED_PAIRS = 8
+EXAMPLES_PER_DIRECTION = 4
+
+
+@dataclass
+class Report:
+    out: Path  # the report folder
+    index: Path  # out / "index.html"
+    data: dict  # what report.json holds
+    seconds: float
+
+
+class _Writer:
+    """Writes the report's files (atomically) and thumbnails of cache images, once each."""
+
+    def __init__(self, out: Path, cache: Cache) -> None:
+        self.out = out
+        self.cache = cache
+        self.files: list[str] = []
+        self._images: dict[str, np.ndarray] = {}
+
+    def write(self, name: str, data: bytes) -> str:
+        write_bytes(self.out / name, data)
+        self.files.append(name)
+        return name
+
+    def thumbnail(self, split: str, row: int) -> str:
+        """images/SPLIT-ROW.png for a cache image (64x64, as stored), written once."""
+        name = f"images/{split}-{row}.png"
+        if name not in self.files:
+            if split not in self._images:
+                self._images[split] = self.cache.split(split).images
+            self.write(name, figures.png_of(np.asarray(self._images[split][row])))
+        return name
+
+
+def _members(specs: list[str]) -> list[Member]:
+    found = [(spec, path) for spec in specs for path in resolve_members(spec)]
+    if not found:
+        raise ConfigError("name at least one run folder or checkpoint to report on")
+    runs = [run_folder(path) for _, path in found]
+    members = []
+    for (spec, path), run in zip(found, runs, strict=True):
+        single = runs.count(run) == 1
+        payload = {k: v for k, v in load_checkpoint(path).items() if k not in ("optimizer", "rng")}
+        payload["model"] = {k: v for k, v in payload["model"].items() if k != "state"}
+        members.append(Member(spec, path, run, member_label(path, run, single), payload))
+    labels = [m.label for m in members]
+    for i, m in enumerate(members):  # same-named runs in different folders: number them
+        if labels.count(m.label) > 1:
+            m.label = f"{m.label} ({labels[: i + 1].count(m.label)})"
+    return members
+
+
+def _probabilities(
+    loaded: LoadedModel, cache: Cache, split: str, store: ProbabilityCache
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) probabilities of a model on a labelled split (cached), and the split's labels."""
+    name, rows = split_rows(cache, split, loaded.config)
+    labels = cache.split(name).labels
+    labels = np.asarray(labels if rows is None else labels[rows], np.int64)
+
+    def compute() -> np.ndarray:
+        images, _ = labelled_split(cache, split, loaded.config)
+        return loaded.probabilities(images).numpy()
+
+    precision = loaded.runtime.precision
+    probs = store.get(loaded.path, cache, split, "center", rows, precision, compute)
+    return probs, labels
+
+
+def _rates(probs: np.ndarray, labels: np.ndarray, prefix: str) -> dict:
+    rates = error_rates(torch.from_numpy(probs).clamp_min(1e-12).log(), torch.from_numpy(labels))
+    return {f"{prefix}_{k}": rates[k] for k in ("top1_error", "top5_error", "loss")}
+
+
+def _holdout(config: dict) -> tuple[int, int]:
+    data = config.get("data", {})
+    return int(data.get("holdout_per_class", 0)), int(data.get("holdout_seed", 0))
+
+
+def _score_members(members, cache, runtime, store) -> tuple[list[dict], dict, LoadedModel]:
+    """Experiment rows with each member's errors, the ensemble's probabilities, the best model.
+
+    Returns (rows, {"val": (probs, labels), "tune": (probs, labels) or None}, the member with
+    the lowest val top-1 error, which the t-SNE, filter and ambiguity sections look inside).
+    """
+    rows, val, tune, best = [], [], [], None
+    for member in members:
+        loaded = load_model(member.checkpoint, runtime)
+        loaded.check_classes(cache.classes, str(cache.path))
+        row = experiment_row(member, sum(p.numel() for p in loaded.model.parameters()))
+        probs, labels = _probabilities(loaded, cache, "val", store)
+        row.update(_rates(probs, labels, "val"))
+        val.append(probs)
+        if _holdout(loaded.config)[0]:
+            tune_probs, tune_labels = _probabilities(loaded, cache, "tune", store)
+            row.update(_rates(tune_probs, tune_labels, "tune"))
+            tune.append((tune_probs, tune_labels, _holdout(loaded.config)))
+        rows.append(row)
+        if best is None or row["val_top1_error"] < best[0]:
+            best = (row["val_top1_error"], loaded)  # the others are freed as we go
+    combined = {"val": (average(val, [1.0] * len(val)), labels), "tune": None}
+    if len(tune) == len(members) and len({t[2] for t in tune}) == 1:  # one shared tuning split
+        combined["tune"] = (average([t[0] for t in tune], [1.0] * len(tune)), tune[0][1])
+    return rows, combined, best[1]
+
+
+def _run_key(row: dict) -> str:
+    return row["run"] or row["checkpoint"]
+
+
+def _ensemble_row(rows: list[dict], combined: dict) -> dict:
+    row = {
+        "label": f"ensemble of {len(rows)}" if len(rows) > 1 else "the model alone",
+        "model": "ensemble",
+        "params": sum(r["params"] for r in rows),
+        # Snapshots of one run share its training: count each run's longest once.
+        "training_seconds": sum(
+            max(r["training_seconds"] or 0 for r in rows if _run_key(r) == run)
+            for run in {_run_key(r) for r in rows}
+        ),
+        "paper": ensemble_paper_figure(rows),
+    }
+    row.update(_rates(*combined["val"], "val"))
+    if combined["tune"] is not None:
+        row.update(_rates(*combined["tune"], "tune"))
+    return row
+
+
+def _tsne_section(first: LoadedModel, cache: Cache, count: int, seed: int, w: _Writer) -> dict:
+    start = time.perf_counter()
+    val = cache.split("val")
+    rows = tsne.sample_rows(val.labels, count, seed)
+    images = np.asarray(val.images[rows])
+    codes = tsne.penultimate_codes(first, torch.from_numpy(images)).numpy()
+    points, info = tsne.embed(codes, seed)
+    labels = val.labels[rows].astype(np.int64)
+    side = int(np.sqrt(min(len(rows), 900)))
+    layout = tsne.grid_layout(points, side)
+    cell = int(np.clip(1536 // side, 32, 64))
+    info.update(
+        model=str(first.path),
+        layer=tsne.classifier_layer(first.model)[0] + " (input)",
+        scatter=w.write("figures/tsne.png", figures.tsne_scatter(points, labels, cache.names)),
+        image_map=w.write(
+            "figures/tsne_images.png", figures.png_of(figures.image_map(images, layout, side, cell))
+        ),
+        grid=side,
+        points=[
+            [float(x), float(y), int(c), int(r)]
+            for (x, y), c, r in zip(points, labels, rows, strict=True)
+        ],
+        total_seconds=time.perf_counter() - start,
+    )
+    return info
+
+
+def _filters_section(first: LoadedModel, w: _Writer) -> dict:
+    conv = next(
+        ((name, m) for name, m in first.model.named_modules() if isinstance(m, torch.nn.Conv2d)),
+        None,
+    )
+    if conv is None:
+        return {"layer": None}
+    name, layer = conv
+    weight = layer.weight.detach().float().cpu().numpy()
+    grid = figures.filter_grid(weight)
+    return {
+        "layer": name,
+        "shape": list(weight.shape),
+        "figure": w.write("figures/filters.png", figures.png_of(grid)),
+    }
+
+
+def _class_sections(probs, labels, cache: Cache, seed: int, w: _Writer) -> dict:
+    """Per-class table, best and worst classes with examples, confused pairs, confusion image."""
+    names = cache.names
+    predicted = probs.argmax(axis=1)
+    table = cls.per_class_table(probs, labels, cache.classes, names)
+    best, worst = cls.best_and_worst(table)
+
+    def examples(row: dict) -> dict:
+        chosen = cls.class_examples(predicted, labels, row["class"], EXAMPLES_PER_CLASS, seed)
+        shown = [_example(w, "val", r, labels, predicted, names) for r in chosen]
+        return {**row, "examples": shown}
+
+    matrix = cls.confusion_matrix(predicted, labels, len(cache.classes))
+    pairs = []
+    for a, b in cls.confused_pairs(matrix, CONFUSED_PAIRS):
+        directions = []
+        for true, guess in ((a, b), (b, a)):
+            rows = cls.pair_examples(predicted, labels, true, guess, EXAMPLES_PER_DIRECTION)
+            directions.append(
+                {
+                    "true": cls.short_name(names[true]),
+                    "predicted": cls.short_name(names[guess]),
+                    "count": int(matrix[true, guess]),
+                    "examples": [_example(w, "val", r, labels, predicted, names) for r in rows],
+                }
+            )
+        pairs.append({"total": int(matrix[a, b] + matrix[b, a]), "directions": directions})
+    order = cls.confusion_order(matrix)
+    return {
+        "per_class": table,
+        "best": [examples(r) for r in best],
+        "worst": [examples(r) for r in worst],
+        "confused_pairs": pairs,
+        "confusion": {
+            "order": [cache.classes[i] for i in order],
+            "matrix": matrix.tolist(),
+            "figure": w.write(
+                "figures/confusion.png", figures.confusion_figure(matrix, order, names)
+            ),
+        },
+    }
+
+
+def _example(w: _Writer, split: str, row: int, labels, predicted, names) -> dict:
+    return {
+        "image": w.thumbnail(split, row),
+        "file": w.cache.split(split).files[row],
+        "label": cls.short_name(names[labels[row]]),
+        "predicted": cls.short_name(names[predicted[row]]),
+        "correct": bool(labels[row] == predicted[row]),
+    }
+
+
+def _ambiguous_section(first: LoadedModel, cache: Cache, count: int, store, w: _Writer) -> dict:
+    """The training images with the highest loss under the first model (its training rows)."""
+    start = time.perf_counter()
+    probs, labels = _probabilities(first, cache, "train", store)
+    held_out = split_rows(cache, "tune", first.config)[1] if _holdout(first.config)[0] else []
+    rows = np.setdiff1d(np.arange(len(labels)), held_out)
+    worst = cls.highest_loss(probs, labels, rows, count)
+    files = cache.split("train").files
+    predicted = probs.argmax(axis=1)
+    images = []
+    for row in worst:
+        item = _example(w, "train", int(row), labels, predicted, cache.names)
+        item.update(
+            loss=float(-np.log(max(probs[row, labels[row]], 1e-12))),
+            label_probability=float(probs[row, labels[row]]),
+        )
+        images.append(item)
+    text = "".join(f"{files[r]}\n" for r in worst)
+    return {
+        "model": str(first.path),
+        "scanned": len(rows),
+        "list": w.write("ambiguous.txt", text.encode("utf-8")),
+        "images": images,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _timed(timings: dict, name: str, work):
+    start = time.perf_counter()
+    result = work()
+    timings[name] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def build_report(
+    members: list[str],
+    cache_dir: str | Path,
+    out: str | Path,
+    *,
+    tsne_images: int = DEFAULT_TSNE_IMAGES,
+    ambiguous: int = DEFAULT_AMBIGUOUS,
+    seed: int = 0,
+    runtime: Runtime | None = None,
+    prob_cache: Path | None = DEFAULT_PROB_CACHE,
+) -> Report:
+    """Write the analysis report of runs (and their ensemble) on a prepared cache into ``out``.
+
+    members: run folders or checkpoints with snapshot selections, as for ``ensemble``.
+    tsne_images: val images embedded by t-SNE (spread evenly over classes); bounds its cost.
+    ambiguous: how many of the highest-loss training images to list in ambiguous.txt.
+    """
+    if tsne_images < 5:
+        raise ConfigError(f"--tsne-images {tsne_images}: t-SNE needs at least 5 images")
+    if ambiguous < 1:
+        raise ConfigError(f"--ambiguous {ambiguous}: list at least 1 image")
+    start = time.perf_counter()
+    out = Path(out)
+    cache = load_cache(cache_dir)
+    runtime = runtime or make_runtime()
+    store = ProbabilityCache(prob_cache)
+    w = _Writer(out, cache)
+    timings: dict[str, float] = {}
+    found = _timed(timings, "load", lambda: _members(members))
+    rows, combined, first = _timed(
+        timings, "predict", lambda: _score_members(found, cache, runtime, store)
+    )
+    ensemble_row = _ensemble_row(rows, combined)
+    data = {
+        "tinycnn_version": __version__,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "data": str(cache.path),
+        "classes": len(cache.classes),
+        "val_images": len(cache.split("val")),
+        "members": list(members),
+        "experiments": rows,
+        "ensemble": ensemble_row,
+        "ensemble_gain": (min(r["val_top1_error"] for r in rows) - ensemble_row["val_top1_error"]),
+        "curves": training_curves(found),
+    }
+    data["curves_figure"] = (
+        w.write("figures/curves.png", figures.curves_figure(data["curves"]))
+        if any(data["curves"].values())
+        else None
+    )
+    if len(rows) > 1:
+        data["ensemble_figure"] = w.write(
+            "figures/ensemble.png", figures.ensemble_figure(rows, ensemble_row)
+        )
+    data["tsne"] = _timed(
+        timings, "tsne", lambda: _tsne_section(first, cache, tsne_images, seed, w)
+    )
+    data["filters"] = _timed(timings, "filters", lambda: _filters_section(first, w))
+    data.update(
+        _timed(timings, "classes", lambda: _class_sections(*combined["val"], cache, seed, w))
+    )
+    data["ambiguous"] = _timed(
+        timings, "ambiguous", lambda: _ambiguous_section(first, cache, ambiguous, store, w)
+    )
+    timings["total"] = round(time.perf_counter() - start, 3)
+    data["timings"] = timings
+    write_text(out / "report.json", json.dumps(data, indent=1) + "\n")
+    index = out / "index.html"
+    write_text(index, html.page(data))
+    return Report(out, index, data, time.perf_counter() - start)

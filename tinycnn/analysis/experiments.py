@@ -119,14 +119,14 @@ def hardware(payload: dict) -> str:
     recorded = payload.get("hardware") or metrics.get("hardware")
     if recorded:
         return str(recorded)
+    # Older runs do not record the machine: say what the config and metrics do tell.
     train = payload.get("config", {}).get("train", {})
-    threads = train.get("threads") or "all"
-    parts = [f"device {train.get('device', '?')}", f"{threads} threads"]
+    parts = [f"device={train.get('device', '?')}", f"threads={train.get('threads') or 'all'}"]
     if metrics.get("precision"):
         parts.append(str(metrics["precision"]))
     if metrics.get("images_per_second"):
         parts.append(f"{metrics['images_per_second']:.0f} train img/s")
-    return ", ".join(parts)
+    return f"not recorded ({', '.join(parts)})"
 
 
 def experiment_row(member: Member, params: int) -> dict:

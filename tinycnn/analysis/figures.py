@@ -102,7 +102,7 @@ def image_map(images: np.ndarray, layout: np.ndarray, side: int, cell: int) -> n
 
 
 def filter_grid(
-    weight: np.ndarray, pixels: int = 24, gap: int = 3, columns: int = 16
+    weight: np.ndarray, pixels: int = 48, gap: int = 4, columns: int = 16
 ) -> np.ndarray:
     """(H, W, 3) uint8 grid of first-layer filters (out, 3, k, k), each enlarged to pixels^2.
 

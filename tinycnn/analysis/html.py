@@ -39,7 +39,7 @@ img.fig{max-width:100%;height:auto;background:#fff;border:1px solid #ddd}
 figure.ex{margin:0;width:100px;font-size:11.5px;text-align:center;line-height:1.25}
 figure.ex img{width:96px;height:96px;border:3px solid #aaa;display:block;margin:0 auto 2px}
 figure.ex.right img{border-color:#2a9d3a} figure.ex.wrong img{border-color:#d7263d}
-.paper{color:#6a3d9a} .ours{font-weight:600}
+.paper{color:#6a3d9a} .ours{font-weight:600} code{white-space:nowrap}
 """
 
 SCRIPT = """
@@ -88,7 +88,10 @@ def _examples(items: list[dict], caption: str = "predicted") -> str:
         kind = "right" if item["correct"] else "wrong"
         text = "✓ right" if item["correct"] else f"✗ as {escape(item['predicted'])}"
         if caption == "label":
-            text = f"label {escape(item['label'])}<br>model: {escape(item['predicted'])}"
+            text = (
+                f"<b>{escape(item['label'])}</b><br>model: {escape(item['predicted'])}<br>"
+                f"p(label) {item['label_probability']:.2f}"
+            )
         figs.append(
             f'<figure class="ex {kind}" title="{escape(item["file"])}">'
             f"{_img(item['image'], item['label'], '')}<figcaption>{text}</figcaption></figure>"
@@ -210,8 +213,9 @@ def tsne_section(data: dict) -> str:
     t = data["tsne"]
     note = (
         f'<p class="note">{t["images"]} val images (spread evenly over the classes), their '
-        f"{t['code_dims']}-d codes at the classifier's input ({escape(t['layer'])} of "
-        f"<code>{escape(t['model'])}</code>), reduced to {t['pca_dims']} dimensions by PCA, "
+        f"{t['code_dims']}-d codes (the input of layer <code>{escape(t['layer'])}</code>, the "
+        f"classifier, of <code>{escape(t['model'])}</code>), reduced to {t['pca_dims']} "
+        "dimensions by PCA, "
         f"then embedded by {escape(t['implementation'])}, perplexity {t['perplexity']:.0f}, "
         f"in {t['seconds']:.0f} s. Left: coloured by true class. Right: the images themselves, "
         f"each on the {t['grid']}x{t['grid']} grid cell nearest its embedded position (as the "
@@ -354,7 +358,9 @@ def ambiguous(data: dict) -> str:
     a = data["ambiguous"]
     note = (
         f'<p class="note">The {len(a["images"])} training images with the highest loss under '
-        f"<code>{escape(a['model'])}</code> (of the {a['scanned']} it trained on, centre crop): "
+        f"<code>{escape(a['model'])}</code> (of the {a['scanned']} it trained on, centre crop), "
+        "in bold their label, then the model's prediction and the probability it gives the "
+        "label: "
         "images whose label the model finds least believable, often ambiguous, mislabelled or "
         "showing several objects (the paper's future work: leave them out). Their file names "
         f'are in <a href="{escape(a["list"])}">{escape(a["list"])}</a>; '

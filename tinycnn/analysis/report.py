@@ -183,7 +183,7 @@ def _tsne_section(first: LoadedModel, cache: Cache, count: int, seed: int, w: _W
     cell = int(np.clip(1536 // side, 32, 64))
     info.update(
         model=str(first.path),
-        layer=tsne.classifier_layer(first.model)[0] + " (input)",
+        layer=tsne.classifier_layer(first.model)[0],
         scatter=w.write("figures/tsne.png", figures.tsne_scatter(points, labels, cache.names)),
         image_map=w.write(
             "figures/tsne_images.png", figures.png_of(figures.image_map(images, layout, side, cell))

@@ -292,7 +292,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tinycnn.demo import run_demo
 
-    print(run_demo(args.out, seed=args.seed, progress=not args.quiet))
+    run_demo(args.out, seed=args.seed, progress=not args.quiet)
     return 0
 
 

@@ -234,9 +234,12 @@ def test_cli_report(runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     cache, run, _ = runs
     out = tmp_path / "cli"
     args = ["report", str(run), "--data", str(cache), "--out", str(out), "--no-cache"]
-    assert main([*args, "--tsne-images", "20", "--ambiguous", "3", "--precision", "fp32"]) == 0
+    options = ["--tsne-images", "20", "--ambiguous", "3", "--scan-train", "14", "-q"]
+    assert main([*args, *options, "--precision", "fp32"]) == 0
     assert str(out / "index.html") in capsys.readouterr().out
     assert len((out / "ambiguous.txt").read_text().splitlines()) == 3
+    scanned = json.loads((out / "report.json").read_text())["ambiguous"]
+    assert scanned["scanned"] == 14 and scanned["training_images"] == 7 * 12  # 2 held out
     assert main([*args, "--tsne-images", "2"]) == 1
     assert "--tsne-images 2" in capsys.readouterr().err
 

@@ -279,9 +279,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
             args.out,
             tsne_images=args.tsne_images,
             ambiguous=args.ambiguous,
+            scan_train=args.scan_train,
             seed=args.seed,
             runtime=_runtime(args),
             prob_cache=None if args.no_cache else Path(args.prob_cache),
+            progress=not args.quiet,
         )
     for warning in caught:
         print(f"tinycnn: warning: {warning.message}", file=sys.stderr)
@@ -483,6 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="highest-loss training images listed in ambiguous.txt (default 100)",
     )
+    p.add_argument(
+        "--scan-train",
+        type=int,
+        default=0,
+        metavar="N",
+        help="training images scored for ambiguous.txt: 0 (default) all of them (on a CPU, "
+        "minutes: 100,000 took 7.5 min for configs/quick.toml's model on 2 cores), else a "
+        "seeded sample of N spread over the classes",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the t-SNE and example choices")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
@@ -492,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where member probabilities are cached (as for ensemble)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not cache member probabilities")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_report)
     return parser
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from tinycnn.checkpoint import load_checkpoint
 from tinycnn.config import config_to_dict, load_config
-from tinycnn.errors import TinycnnError
+from tinycnn.ensemble import resolve_members
+from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.run_folder import read_metrics
 
 # The paper's results table (PAPER.md, section 6), error in percent: preset -> (row, val, test).
@@ -181,3 +183,22 @@ def training_curves(members: list[Member]) -> dict[str, list[dict]]:
             for row in read_metrics(member.run)
         ]
     return curves
+
+
+def load_members(specs: list[str]) -> list[Member]:
+    """The checkpoints the member specs name, with labels unique within the report."""
+    found = [(spec, path) for spec in specs for path in resolve_members(spec)]
+    if not found:
+        raise ConfigError("name at least one run folder or checkpoint to report on")
+    runs = [run_folder(path) for _, path in found]
+    members = []
+    for (spec, path), run in zip(found, runs, strict=True):
+        single = runs.count(run) == 1
+        payload = {k: v for k, v in load_checkpoint(path).items() if k not in ("optimizer", "rng")}
+        payload["model"] = {k: v for k, v in payload["model"].items() if k != "state"}
+        members.append(Member(spec, path, run, member_label(path, run, single), payload))
+    labels = [m.label for m in members]
+    for i, m in enumerate(members):  # same-named runs in different folders: number them
+        if labels.count(m.label) > 1:
+            m.label = f"{m.label} ({labels[: i + 1].count(m.label)})"
+    return members

@@ -354,11 +354,17 @@ def ensemble(data: dict) -> str:
     return _section("ensemble", note + table + "<p>" + _img(data["ensemble_figure"], "gain"))
 
 
+def _scanned(a: dict) -> str:
+    if a["scanned"] == a["training_images"]:
+        return f"of the {a['scanned']} it trained on"
+    return f"of a sample of {a['scanned']} of the {a['training_images']} it trained on"
+
+
 def ambiguous(data: dict) -> str:
     a = data["ambiguous"]
     note = (
         f'<p class="note">The {len(a["images"])} training images with the highest loss under '
-        f"<code>{escape(a['model'])}</code> (of the {a['scanned']} it trained on, centre crop), "
+        f"<code>{escape(a['model'])}</code> ({_scanned(a)}, centre crop), "
         "in bold their label, then the model's prediction and the probability it gives the "
         "label: "
         "images whose label the model finds least believable, often ambiguous, mislabelled or "

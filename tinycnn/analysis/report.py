@@ -22,17 +22,15 @@ from tinycnn.analysis.experiments import (
     Member,
     ensemble_paper_figure,
     experiment_row,
-    member_label,
-    run_folder,
+    load_members,
     training_curves,
 )
 from tinycnn.atomic import write_bytes, write_text
-from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.cache import Cache, load_cache
-from tinycnn.ensemble import DEFAULT_PROB_CACHE, ProbabilityCache, average, resolve_members
+from tinycnn.ensemble import DEFAULT_PROB_CACHE, ProbabilityCache, average
 from tinycnn.errors import ConfigError
 from tinycnn.evaluation import labelled_split, split_rows
-from tinycnn.inference import LoadedModel, load_model
+from tinycnn.inference import LoadedModel, images_tensor, load_model
 from tinycnn.metrics import error_rates
 from tinycnn.runtime import Runtime, make_runtime
 
@@ -52,14 +50,24 @@ class Report:
     seconds: float
 
 
-class _Writer:
-    """Writes the report's files (atomically) and thumbnails of cache images, once each."""
+class _Job:
+    """What every section needs: the cache, the probability store, the seed, whether to show
+    progress bars; and the writer of the report's files (atomic) and image thumbnails."""
 
-    def __init__(self, out: Path, cache: Cache) -> None:
+    def __init__(
+        self, out: Path, cache: Cache, store: ProbabilityCache, seed: int, progress: bool
+    ) -> None:
         self.out = out
         self.cache = cache
+        self.store = store
+        self.seed = seed
+        self.progress = progress
         self.files: list[str] = []
         self._images: dict[str, np.ndarray] = {}
+
+    def bar(self, label: str) -> str | None:
+        """A progress bar label, or None for no bar."""
+        return label if self.progress else None
 
     def write(self, name: str, data: bytes) -> str:
         write_bytes(self.out / name, data)
@@ -76,39 +84,33 @@ class _Writer:
         return name
 
 
-def _members(specs: list[str]) -> list[Member]:
-    found = [(spec, path) for spec in specs for path in resolve_members(spec)]
-    if not found:
-        raise ConfigError("name at least one run folder or checkpoint to report on")
-    runs = [run_folder(path) for _, path in found]
-    members = []
-    for (spec, path), run in zip(found, runs, strict=True):
-        single = runs.count(run) == 1
-        payload = {k: v for k, v in load_checkpoint(path).items() if k not in ("optimizer", "rng")}
-        payload["model"] = {k: v for k, v in payload["model"].items() if k != "state"}
-        members.append(Member(spec, path, run, member_label(path, run, single), payload))
-    labels = [m.label for m in members]
-    for i, m in enumerate(members):  # same-named runs in different folders: number them
-        if labels.count(m.label) > 1:
-            m.label = f"{m.label} ({labels[: i + 1].count(m.label)})"
-    return members
-
-
 def _probabilities(
-    loaded: LoadedModel, cache: Cache, split: str, store: ProbabilityCache
+    loaded: LoadedModel, job: _Job, split: str, label: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) probabilities of a model on a labelled split (cached), and the split's labels."""
-    name, rows = split_rows(cache, split, loaded.config)
-    labels = cache.split(name).labels
+    name, rows = split_rows(job.cache, split, loaded.config)
+    labels = job.cache.split(name).labels
     labels = np.asarray(labels if rows is None else labels[rows], np.int64)
 
     def compute() -> np.ndarray:
-        images, _ = labelled_split(cache, split, loaded.config)
-        return loaded.probabilities(images).numpy()
+        images, _ = labelled_split(job.cache, split, loaded.config)
+        return loaded.logits(images, progress=job.bar(f"{split} {label}")).softmax(1).numpy()
 
     precision = loaded.runtime.precision
-    probs = store.get(loaded.path, cache, split, "center", rows, precision, compute)
+    probs = job.store.get(loaded.path, job.cache, split, "center", rows, precision, compute)
     return probs, labels
+
+
+def _train_probabilities(loaded: LoadedModel, job: _Job, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), C) probabilities of a model on some training rows (cached under them)."""
+
+    def compute() -> np.ndarray:
+        images = images_tensor(job.cache.split("train").images[rows])
+        bar = job.bar(f"train images {Path(loaded.path).name}")
+        return loaded.logits(images, progress=bar).softmax(1).numpy()
+
+    precision = loaded.runtime.precision
+    return job.store.get(loaded.path, job.cache, "train", "center", rows, precision, compute)
 
 
 def _rates(probs: np.ndarray, labels: np.ndarray, prefix: str) -> dict:
@@ -121,7 +123,7 @@ def _holdout(config: dict) -> tuple[int, int]:
     return int(data.get("holdout_per_class", 0)), int(data.get("holdout_seed", 0))
 
 
-def _score_members(members, cache, runtime, store) -> tuple[list[dict], dict, LoadedModel]:
+def _score_members(members, runtime, job: _Job) -> tuple[list[dict], dict, LoadedModel]:
     """Experiment rows with each member's errors, the ensemble's probabilities, the best model.
 
     Returns (rows, {"val": (probs, labels), "tune": (probs, labels) or None}, the member with
@@ -130,13 +132,13 @@ def _score_members(members, cache, runtime, store) -> tuple[list[dict], dict, Lo
     rows, val, tune, best = [], [], [], None
     for member in members:
         loaded = load_model(member.checkpoint, runtime)
-        loaded.check_classes(cache.classes, str(cache.path))
+        loaded.check_classes(job.cache.classes, str(job.cache.path))
         row = experiment_row(member, sum(p.numel() for p in loaded.model.parameters()))
-        probs, labels = _probabilities(loaded, cache, "val", store)
+        probs, labels = _probabilities(loaded, job, "val", member.label)
         row.update(_rates(probs, labels, "val"))
         val.append(probs)
         if _holdout(loaded.config)[0]:
-            tune_probs, tune_labels = _probabilities(loaded, cache, "tune", store)
+            tune_probs, tune_labels = _probabilities(loaded, job, "tune", member.label)
             row.update(_rates(tune_probs, tune_labels, "tune"))
             tune.append((tune_probs, tune_labels, _holdout(loaded.config)))
         rows.append(row)
@@ -170,20 +172,21 @@ def _ensemble_row(rows: list[dict], combined: dict) -> dict:
     return row
 
 
-def _tsne_section(first: LoadedModel, cache: Cache, count: int, seed: int, w: _Writer) -> dict:
+def _tsne_section(model: LoadedModel, count: int, w: _Job) -> dict:
     start = time.perf_counter()
+    cache, seed = w.cache, w.seed
     val = cache.split("val")
     rows = tsne.sample_rows(val.labels, count, seed)
     images = np.asarray(val.images[rows])
-    codes = tsne.penultimate_codes(first, torch.from_numpy(images)).numpy()
+    codes = tsne.penultimate_codes(model, torch.from_numpy(images)).numpy()
     points, info = tsne.embed(codes, seed)
     labels = val.labels[rows].astype(np.int64)
     side = int(np.sqrt(min(len(rows), 900)))
     layout = tsne.grid_layout(points, side)
     cell = int(np.clip(1536 // side, 32, 64))
     info.update(
-        model=str(first.path),
-        layer=tsne.classifier_layer(first.model)[0],
+        model=str(model.path),
+        layer=tsne.classifier_layer(model.model)[0],
         scatter=w.write("figures/tsne.png", figures.tsne_scatter(points, labels, cache.names)),
         image_map=w.write(
             "figures/tsne_images.png", figures.png_of(figures.image_map(images, layout, side, cell))
@@ -198,9 +201,9 @@ def _tsne_section(first: LoadedModel, cache: Cache, count: int, seed: int, w: _W
     return info
 
 
-def _filters_section(first: LoadedModel, w: _Writer) -> dict:
+def _filters_section(model: LoadedModel, w: _Job) -> dict:
     conv = next(
-        ((name, m) for name, m in first.model.named_modules() if isinstance(m, torch.nn.Conv2d)),
+        ((name, m) for name, m in model.model.named_modules() if isinstance(m, torch.nn.Conv2d)),
         None,
     )
     if conv is None:
@@ -215,8 +218,9 @@ def _filters_section(first: LoadedModel, w: _Writer) -> dict:
     }
 
 
-def _class_sections(probs, labels, cache: Cache, seed: int, w: _Writer) -> dict:
+def _class_sections(probs, labels, w: _Job) -> dict:
     """Per-class table, best and worst classes with examples, confused pairs, confusion image."""
+    cache, seed = w.cache, w.seed
     names = cache.names
     predicted = probs.argmax(axis=1)
     table = cls.per_class_table(probs, labels, cache.classes, names)
@@ -258,7 +262,7 @@ def _class_sections(probs, labels, cache: Cache, seed: int, w: _Writer) -> dict:
     }
 
 
-def _example(w: _Writer, split: str, row: int, labels, predicted, names) -> dict:
+def _example(w: _Job, split: str, row: int, labels, predicted, names) -> dict:
     return {
         "image": w.thumbnail(split, row),
         "file": w.cache.split(split).files[row],
@@ -268,12 +272,20 @@ def _example(w: _Writer, split: str, row: int, labels, predicted, names) -> dict
     }
 
 
-def _ambiguous_section(first: LoadedModel, cache: Cache, count: int, store, w: _Writer) -> dict:
-    """The training images with the highest loss under the first model (its training rows)."""
+def _ambiguous_section(model: LoadedModel, count: int, scan: int, w: _Job) -> dict:
+    """The training images with the highest loss under a model, among those it trained on.
+
+    scan: how many of them to score (0: all), a seeded sample spread evenly over the classes.
+    """
     start = time.perf_counter()
-    probs, labels = _probabilities(first, cache, "train", store)
-    held_out = split_rows(cache, "tune", first.config)[1] if _holdout(first.config)[0] else []
+    cache = w.cache
+    labels = np.asarray(cache.split("train").labels, np.int64)
+    held_out = split_rows(cache, "tune", model.config)[1] if _holdout(model.config)[0] else []
     rows = np.setdiff1d(np.arange(len(labels)), held_out)
+    if scan and scan < len(rows):
+        rows = rows[tsne.sample_rows(labels[rows], scan, w.seed)]
+    probs = np.zeros((len(labels), len(cache.classes)), np.float32)  # scored rows filled in
+    probs[rows] = _train_probabilities(model, w, rows)
     worst = cls.highest_loss(probs, labels, rows, count)
     files = cache.split("train").files
     predicted = probs.argmax(axis=1)
@@ -287,8 +299,9 @@ def _ambiguous_section(first: LoadedModel, cache: Cache, count: int, store, w: _
         images.append(item)
     text = "".join(f"{files[r]}\n" for r in worst)
     return {
-        "model": str(first.path),
+        "model": str(model.path),
         "scanned": len(rows),
+        "training_images": len(labels) - len(held_out),
         "list": w.write("ambiguous.txt", text.encode("utf-8")),
         "images": images,
         "seconds": time.perf_counter() - start,
@@ -302,6 +315,31 @@ def _timed(timings: dict, name: str, work):
     return result
 
 
+def _summary(members: list[str], found: list[Member], rows: list[dict], combined, w: _Job):
+    """report.json's first part: what was reported on, the experiments table, the curves."""
+    ensemble_row = _ensemble_row(rows, combined)
+    data = {
+        "tinycnn_version": __version__,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "data": str(w.cache.path),
+        "classes": len(w.cache.classes),
+        "val_images": len(w.cache.split("val")),
+        "members": list(members),
+        "experiments": rows,
+        "ensemble": ensemble_row,
+        "ensemble_gain": (min(r["val_top1_error"] for r in rows) - ensemble_row["val_top1_error"]),
+        "curves": training_curves(found),
+        "curves_figure": None,
+    }
+    if any(data["curves"].values()):
+        data["curves_figure"] = w.write("figures/curves.png", figures.curves_figure(data["curves"]))
+    if len(rows) > 1:
+        data["ensemble_figure"] = w.write(
+            "figures/ensemble.png", figures.ensemble_figure(rows, ensemble_row)
+        )
+    return data
+
+
 def build_report(
     members: list[str],
     cache_dir: str | Path,
@@ -309,62 +347,40 @@ def build_report(
     *,
     tsne_images: int = DEFAULT_TSNE_IMAGES,
     ambiguous: int = DEFAULT_AMBIGUOUS,
+    scan_train: int = 0,
     seed: int = 0,
     runtime: Runtime | None = None,
     prob_cache: Path | None = DEFAULT_PROB_CACHE,
+    progress: bool = False,
 ) -> Report:
     """Write the analysis report of runs (and their ensemble) on a prepared cache into ``out``.
 
     members: run folders or checkpoints with snapshot selections, as for ``ensemble``.
     tsne_images: val images embedded by t-SNE (spread evenly over classes); bounds its cost.
     ambiguous: how many of the highest-loss training images to list in ambiguous.txt.
+    scan_train: training images scored for the ambiguous list (0: all; fewer bounds the cost).
+    progress: progress bars for the passes over images.
     """
     if tsne_images < 5:
         raise ConfigError(f"--tsne-images {tsne_images}: t-SNE needs at least 5 images")
-    if ambiguous < 1:
-        raise ConfigError(f"--ambiguous {ambiguous}: list at least 1 image")
+    if ambiguous < 1 or scan_train < 0:
+        raise ConfigError(
+            f"--ambiguous {ambiguous} / --scan-train {scan_train}: list at least 1 image, "
+            "scan 0 (all) or more"
+        )
     start = time.perf_counter()
     out = Path(out)
-    cache = load_cache(cache_dir)
     runtime = runtime or make_runtime()
-    store = ProbabilityCache(prob_cache)
-    w = _Writer(out, cache)
+    w = _Job(out, load_cache(cache_dir), ProbabilityCache(prob_cache), seed, progress)
     timings: dict[str, float] = {}
-    found = _timed(timings, "load", lambda: _members(members))
-    rows, combined, first = _timed(
-        timings, "predict", lambda: _score_members(found, cache, runtime, store)
-    )
-    ensemble_row = _ensemble_row(rows, combined)
-    data = {
-        "tinycnn_version": __version__,
-        "created": datetime.now().isoformat(timespec="seconds"),
-        "data": str(cache.path),
-        "classes": len(cache.classes),
-        "val_images": len(cache.split("val")),
-        "members": list(members),
-        "experiments": rows,
-        "ensemble": ensemble_row,
-        "ensemble_gain": (min(r["val_top1_error"] for r in rows) - ensemble_row["val_top1_error"]),
-        "curves": training_curves(found),
-    }
-    data["curves_figure"] = (
-        w.write("figures/curves.png", figures.curves_figure(data["curves"]))
-        if any(data["curves"].values())
-        else None
-    )
-    if len(rows) > 1:
-        data["ensemble_figure"] = w.write(
-            "figures/ensemble.png", figures.ensemble_figure(rows, ensemble_row)
-        )
-    data["tsne"] = _timed(
-        timings, "tsne", lambda: _tsne_section(first, cache, tsne_images, seed, w)
-    )
-    data["filters"] = _timed(timings, "filters", lambda: _filters_section(first, w))
-    data.update(
-        _timed(timings, "classes", lambda: _class_sections(*combined["val"], cache, seed, w))
-    )
+    found = _timed(timings, "load", lambda: load_members(members))
+    rows, combined, best = _timed(timings, "predict", lambda: _score_members(found, runtime, w))
+    data = _summary(members, found, rows, combined, w)
+    data["tsne"] = _timed(timings, "tsne", lambda: _tsne_section(best, tsne_images, w))
+    data["filters"] = _timed(timings, "filters", lambda: _filters_section(best, w))
+    data.update(_timed(timings, "classes", lambda: _class_sections(*combined["val"], w)))
     data["ambiguous"] = _timed(
-        timings, "ambiguous", lambda: _ambiguous_section(first, cache, ambiguous, store, w)
+        timings, "ambiguous", lambda: _ambiguous_section(best, ambiguous, scan_train, w)
     )
     timings["total"] = round(time.perf_counter() - start, 3)
     data["timings"] = timings

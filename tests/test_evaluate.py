@@ -26,9 +26,9 @@ from tinycnn.ensemble import (
     resolve_members,
 )
 from tinycnn.errors import ConfigError
-from tinycnn.metrics import error_rates, per_class_accuracy
 from tinycnn.evaluation import evaluate
 from tinycnn.inference import load_model
+from tinycnn.metrics import error_rates, per_class_accuracy
 from tinycnn.runtime import make_runtime
 from tinycnn.training import read_metrics, train
 

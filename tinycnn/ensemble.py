@@ -30,9 +30,9 @@ from tinycnn.atomic import atomic_path, save_npy, write_into
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.errors import CacheError, ConfigError, OutputError
-from tinycnn.metrics import error_rates
 from tinycnn.evaluation import labelled_split, split_rows
 from tinycnn.inference import file_digest, load_model, model_predictor
+from tinycnn.metrics import error_rates
 from tinycnn.paths import PROB_CACHE
 from tinycnn.run_folder import read_metrics
 from tinycnn.runtime import Runtime, make_runtime

@@ -12,20 +12,8 @@ import pytest
 
 import tinycnn
 
-# Modules that still share a name with a public function (STYLE.md: "a module never shares a
-# name with a public function of the package"): once imported, tinycnn.NAME is the module.
-SHADOWED = {
-    "ensemble": "tinycnn/ensemble.py shadows tinycnn.ensemble (rename it, e.g. ensembles.py)",
-}
 
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=SHADOWED[n])) if n in SHADOWED else n
-        for n in tinycnn.__all__
-    ],
-)
+@pytest.mark.parametrize("name", tinycnn.__all__)
 def test_every_public_name_is_what_it_says_after_importing_every_module(name: str) -> None:
     # Importing a submodule binds it on the package: a module named like a public function
     # (tinycnn/train.py once) replaces the function. Import them all first, then look.

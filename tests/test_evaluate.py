@@ -17,17 +17,11 @@ from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
-from tinycnn.ensemble import (
-    ProbabilityCache,
-    average,
-    ensemble,
-    format_result,
-    greedy_select,
-    resolve_members,
-)
+from tinycnn.ensembles import ProbabilityCache, average, ensemble, format_result, greedy_select
 from tinycnn.errors import ConfigError
 from tinycnn.evaluation import evaluate
 from tinycnn.inference import load_model
+from tinycnn.members import resolve_members
 from tinycnn.metrics import error_rates, per_class_accuracy
 from tinycnn.runtime import make_runtime
 from tinycnn.training import read_metrics, train
@@ -308,7 +302,7 @@ def test_gain_is_the_best_members_error_minus_the_ensembles(
         members = [*members, np.array([[1.0, 0.0, 0.0]] * 3, np.float32)]
         weights = [1.0, 1.0, 1.0, 0.0]
     monkeypatch.setattr(
-        "tinycnn.ensemble.member_probabilities", lambda paths, *args, **kw: (members, labels)
+        "tinycnn.ensembles.member_probabilities", lambda paths, *args, **kw: (members, labels)
     )
     epochs = "1,2,3,4" if with_unused_member else "1,2,3"
     result = ensemble([f"{folder}@epochs:{epochs}"], cache, weights=weights, prob_cache=None)
@@ -324,7 +318,7 @@ def test_a_worse_ensemble_has_a_negative_gain(run, monkeypatch) -> None:
     confident_wrong = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)  # 100% error
     labels = torch.tensor([0, 0])
     monkeypatch.setattr(
-        "tinycnn.ensemble.member_probabilities",
+        "tinycnn.ensembles.member_probabilities",
         lambda paths, *args, **kw: ([perfect, confident_wrong], labels),
     )
     result = ensemble([f"{folder}@epochs:1,2"], cache, prob_cache=None)

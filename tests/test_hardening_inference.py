@@ -31,7 +31,7 @@ from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
 from tinycnn.data.synthetic import make_synthetic
-from tinycnn.ensemble import ProbabilityCache, ProbabilityCacheWarning, ensemble
+from tinycnn.ensembles import ProbabilityCache, ProbabilityCacheWarning, ensemble
 from tinycnn.errors import ConfigError, OutputError
 from tinycnn.inference import load_model
 from tinycnn.prediction import MAX_PIXELS, load_images

@@ -13,7 +13,7 @@ import torch
 
 from tinycnn.config import ScheduleConfig
 from tinycnn.data.augment import Normalization, center_crop, ten_crop
-from tinycnn.ensemble import average, greedy_select
+from tinycnn.ensembles import average, greedy_select
 from tinycnn.errors import ConfigError
 from tinycnn.metrics import error_rates, per_class_accuracy
 from tinycnn.optim import lr_at

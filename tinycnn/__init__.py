@@ -2,6 +2,22 @@
 
 The public API is listed in ``__all__``. Heavy modules (torch) are imported lazily, so that
 ``import tinycnn`` and the data tools stay fast.
+
+Layers, lowest first; a module imports only from its own layer or those below it, never from
+above, not even inside a function (tests/test_newcomer.py fails on any import cycle):
+
+1. errors, atomic, paths                 one error family; atomic writes; where caches live
+2. data/                                 files -> cache: sources, layouts, decode, prepare, cache,
+                                         splits, synthetic data, fetch; batched augmentation
+3. config, models/, runtime, compute     typed configs; the model registry; device and precision;
+                                         training FLOPs
+4. checkpoint, run_folder                self-describing checkpoints; a run folder's lock and logs
+5. inference, metrics                    a loaded model, batched logits and TTA views, Predictor;
+                                         error rates, per-class accuracy
+6. optim, session -> training            optimisers and schedules; a run's state; train()
+7. members -> evaluation -> ensembles    member specs; evaluate(); ensemble(), probability cache
+8. prediction, export, analysis/         submissions and image files; ONNX/TorchScript; the report
+9. demo, cli                             the demo; the command line, a thin layer over the above
 """
 
 from __future__ import annotations
@@ -26,7 +42,7 @@ _LAZY = {
     "list_models": "tinycnn.models",
     "load_model": "tinycnn.inference",
     "evaluate": "tinycnn.evaluation",
-    "ensemble": "tinycnn.ensemble",
+    "ensemble": "tinycnn.ensembles",
     "export_model": "tinycnn.export",
     "write_submission": "tinycnn.prediction",
     "predict_files": "tinycnn.prediction",

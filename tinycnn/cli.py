@@ -174,7 +174,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     import warnings
 
-    from tinycnn.ensemble import ProbabilityCacheWarning, ensemble, format_result, save_result
+    from tinycnn.ensembles import ProbabilityCacheWarning, ensemble, format_result, save_result
 
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     with warnings.catch_warnings(record=True) as caught:
@@ -202,7 +202,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from tinycnn.ensemble import load_predictor
+    from tinycnn.ensembles import load_predictor
     from tinycnn.prediction import (
         exit_code,
         format_report,
@@ -269,7 +269,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     import warnings
 
     from tinycnn.analysis import build_report
-    from tinycnn.ensemble import ProbabilityCacheWarning
+    from tinycnn.ensembles import ProbabilityCacheWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProbabilityCacheWarning)

@@ -148,7 +148,7 @@ def _fraction(key: str, value: float) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Read a TOML config (or the defaults), apply ``section.key=value`` overrides, validate."""
+    """Returns the RunConfig of a TOML file (or the defaults) with section.key=value overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)

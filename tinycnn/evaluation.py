@@ -16,6 +16,7 @@ from tinycnn.data.cache import Cache, load_cache
 from tinycnn.data.splits import holdout_split
 from tinycnn.errors import ConfigError
 from tinycnn.inference import LoadedModel, images_tensor, load_model
+from tinycnn.members import resolve_members
 from tinycnn.metrics import error_rates, per_class_accuracy
 from tinycnn.runtime import Runtime
 
@@ -121,8 +122,6 @@ def evaluate(
     checkpoints: one or a list of checkpoint files, run folders (their best.pt) or member specs
     (RUN@last, RUN@epochs:2,4, ...). progress: show a progress bar per checkpoint.
     """
-    from tinycnn.ensemble import resolve_members
-
     cache = load_cache(cache_dir)
     specs = [checkpoints] if isinstance(checkpoints, str | Path) else checkpoints
     paths = [p for spec in specs for p in resolve_members(str(spec))]

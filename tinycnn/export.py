@@ -121,7 +121,7 @@ def export_model(
     *,
     check_images: np.ndarray | None = None,
 ) -> ExportReport:
-    """Export a checkpoint with its preprocessing, check it against evaluation, write it atomically.
+    """Export a checkpoint with its preprocessing, checked; returns an ExportReport.
 
     Args:
         checkpoint: a tinycnn checkpoint file.

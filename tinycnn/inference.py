@@ -133,7 +133,7 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
-    """Load a checkpoint for inference on runtime's device (default: the fast path here)."""
+    """Returns a LoadedModel: a checkpoint ready for inference on runtime's device."""
     runtime = runtime or make_runtime()
     payload = load_checkpoint(path)
     model = runtime.prepare_model(model_from_checkpoint(payload, path)).eval()

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from tinycnn.atomic import write_text
 from tinycnn.data.cache import load_cache
 from tinycnn.data.tiny_imagenet import natural_key
-from tinycnn.ensemble import load_predictor
+from tinycnn.ensembles import load_predictor
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.inference import LoadedModel, Predictor, model_predictor, predict_batches
 

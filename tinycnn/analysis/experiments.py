@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.config import config_to_dict, load_config
-from tinycnn.ensemble import resolve_members
 from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.members import resolve_members
 from tinycnn.run_folder import read_metrics
 
 # The paper's results table (PAPER.md, section 6), error in percent: preset -> (row, val, test).
@@ -143,7 +143,8 @@ def experiment_row(member: Member, params: int) -> dict:
         "run": str(member.run) if member.run else None,
         "model": payload["model"]["name"],
         "params": params,
-        "epoch": payload.get("epoch"),
+        # A run stopped mid-epoch (time budget, Ctrl-C) logged its fractional epoch.
+        "epoch": (payload.get("metrics") or {}).get("epoch", payload.get("epoch")),
         "epochs": config.get("train", {}).get("epochs"),
         "iteration": payload.get("iteration"),
         "training_seconds": payload.get("elapsed_seconds"),

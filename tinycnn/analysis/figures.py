@@ -135,7 +135,7 @@ def confusion_figure(matrix: np.ndarray, order: np.ndarray, names: list[str]) ->
     shown = rates[np.ix_(order, order)].astype(float)
     np.fill_diagonal(shown, np.nan)
     n = len(order)
-    size = 7 if n > 30 else max(4.5, 0.35 * n + 2.5)
+    size = 9 if n > 40 else min(9, max(6, 0.2 * n + 2.5))
     fig = Figure(figsize=(size + 1.2, size), layout="constrained")
     ax = fig.subplots()
     top = np.nanmax(shown) if n > 1 and np.nanmax(shown) > 0 else 1

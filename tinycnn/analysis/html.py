@@ -145,7 +145,9 @@ def _epochs_cell(row: dict) -> str:
     if row.get("epoch") is None:
         return "—"
     preset = row.get("preset")
-    shown = f"{row['epoch']} of {row['epochs']}" if row.get("epochs") else str(row["epoch"])
+    epoch = row["epoch"]
+    epoch = f"{epoch:.2f}" if isinstance(epoch, float) and not epoch.is_integer() else int(epoch)
+    shown = f"{epoch} of {row['epochs']}" if row.get("epochs") else str(epoch)
     return shown + (f"<br><small>preset {escape(preset)}</small>" if preset else "")
 
 

@@ -27,7 +27,7 @@ from tinycnn.analysis.experiments import (
 )
 from tinycnn.atomic import write_bytes, write_text
 from tinycnn.data.cache import Cache, load_cache
-from tinycnn.ensemble import DEFAULT_PROB_CACHE, ProbabilityCache, average
+from tinycnn.ensembles import DEFAULT_PROB_CACHE, ProbabilityCache, average
 from tinycnn.errors import ConfigError
 from tinycnn.evaluation import labelled_split, split_rows
 from tinycnn.inference import LoadedModel, images_tensor, load_model

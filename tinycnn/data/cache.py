@@ -135,7 +135,7 @@ class Cache:
 
 
 def load_cache(path: str | Path) -> Cache:
-    """Open a prepared cache folder (memory-mapped); CacheError if it is missing or incomplete."""
+    """Returns the Cache of a prepared folder (memory-mapped); CacheError if missing or damaged."""
     return Cache(path)
 
 

@@ -61,7 +61,7 @@ def download(
     retries: int = 3,
     backoff_s: float = 0.5,
 ) -> Downloaded:
-    """Download ``url`` to ``dest``, resuming a ``dest.part`` left earlier, and verify it.
+    """Download ``url`` to ``dest`` (resuming a ``dest.part``), verify it; returns Downloaded.
 
     url: http(s):// or file:// URL. dest: final path; parent folders are created.
     sha256, md5: expected hex digests (md5 defaults to OFFICIAL_MD5 for OFFICIAL_URL).

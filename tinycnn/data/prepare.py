@@ -59,7 +59,7 @@ def prepare(
     size: int = IMAGE_SIZE,
     classes: str | Path | None = None,
 ) -> PrepareResult:
-    """Build (or confirm up to date) the cache of a dataset folder, .zip or .tar.gz.
+    """Build (or confirm up to date) the cache of a dataset; returns a PrepareResult (.path, ...).
 
     Args:
         src: a Tiny ImageNet folder (holding wnids.txt) or archive, or a class-per-folder

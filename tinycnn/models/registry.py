@@ -128,7 +128,7 @@ def _resolve_options(
 
 
 def create_model(name: str, num_classes: int = 200, **options: Any) -> nn.Module:
-    """Build the registered model ``name`` on the default device, in float32.
+    """Returns the registered model ``name``, built on the default device, in float32.
 
     Args:
         name: a name from ``list_models()``.
@@ -155,7 +155,7 @@ def _count_params(entry: _Entry) -> int:
 
 
 def list_models() -> list[ModelInfo]:
-    """Every registered model, sorted by name, with its parameter count for 200 classes."""
+    """Returns every registered model (a ModelInfo each, by name), params for 200 classes."""
     return [
         ModelInfo(name, entry.description, entry.default_input, _count_params(entry))
         for name, entry in sorted(_REGISTRY.items())

@@ -1,0 +1,119 @@
+"""Member specs: which checkpoints of a run an evaluation, ensemble or report means.
+
+    RUN_DIR              its best.pt           RUN_DIR@last / RUN_DIR@best
+    RUN_DIR@every:N      snapshots N iterations apart (iter-*.pt; the paper used 10,000)
+    RUN_DIR@top:K        the K epoch snapshots with the lowest selection error (metrics.jsonl)
+    RUN_DIR@last:K       the K most recent snapshots (iter-* and epoch-*, by iteration)
+    RUN_DIR@epochs:2,4   those epoch snapshots
+
+A checkpoint file stands for itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tinycnn.checkpoint import load_checkpoint
+from tinycnn.errors import ConfigError
+from tinycnn.run_folder import read_metrics
+
+
+def _snapshots(run: Path) -> list[Path]:
+    folder = run / "checkpoints"
+    return sorted([*folder.glob("iter-*.pt"), *folder.glob("epoch-*.pt")], key=_position)
+
+
+def _position(path: Path) -> tuple[int, int]:
+    # For listing: iter-* then epoch-*, each by number (names are zero-padded).
+    kind, number = path.stem.split("-")
+    return (0 if kind == "iter" else 1, int(number))
+
+
+def _most_recent(run: Path, snapshots: list[Path], k: int) -> list[Path]:
+    """The k snapshots saved last, oldest first, by the training iteration they hold.
+
+    iter-N is at iteration N and epoch-E at E * iters_per_epoch, so the two kinds interleave.
+    An iteration snapshot at an epoch's end holds the same weights as that epoch's snapshot:
+    only the epoch one is kept, so that k members are k different models.
+    """
+    epochs = [p for p in snapshots if p.stem.startswith("epoch-")]
+    per_epoch = _iters_per_epoch(run, epochs) if epochs else 0
+    by_iteration: dict[int, Path] = {}
+    for path in snapshots:  # iter-* first: an epoch snapshot at the same iteration replaces it
+        kind, number = path.stem.split("-")
+        by_iteration[int(number) * (per_epoch if kind == "epoch" else 1)] = path
+    return [by_iteration[i] for i in sorted(by_iteration)][-k:]
+
+
+def _iters_per_epoch(run: Path, epoch_snapshots: list[Path]) -> int:
+    """From a complete epoch's metrics line, else from an epoch snapshot's stored iteration."""
+    for row in read_metrics(run):
+        if not row.get("partial_epoch") and row["epoch"] >= 1:
+            return int(row["iteration"]) // int(row["epoch"])
+    payload = load_checkpoint(epoch_snapshots[-1])
+    return int(payload["iteration"]) // max(1, int(payload["epoch"]))
+
+
+def resolve_members(spec: str) -> list[Path]:
+    """Checkpoint files named by one member spec (see the module docstring)."""
+    target, _, selection = spec.partition("@")
+    path = Path(target)
+    if path.is_file():
+        if selection:
+            raise ConfigError(f"{spec}: a snapshot selection (@...) needs a run folder")
+        return [path]
+    if not (path / "checkpoints").is_dir():
+        raise ConfigError(
+            f"{target}: neither a checkpoint file nor a run folder (with checkpoints/)"
+        )
+    kind, _, arg = (selection or "best").partition(":")
+    if kind in ("best", "last") and not arg:
+        return [_existing(path / "checkpoints" / f"{kind}.pt")]
+    snapshots = _snapshots(path)
+    if kind == "every":
+        step = _positive_int(spec, arg)
+        chosen = [
+            p
+            for p in snapshots
+            if p.stem.startswith("iter-") and int(p.stem.split("-")[1]) % step == 0
+        ]
+    elif kind == "last":
+        chosen = _most_recent(path, snapshots, _positive_int(spec, arg))
+    elif kind == "epochs":
+        wanted = [int(v) for v in arg.split(",") if v.strip()]
+        chosen = [_existing(path / "checkpoints" / f"epoch-{e:03d}.pt") for e in wanted]
+    elif kind == "top":
+        chosen = _top_epochs(path, _positive_int(spec, arg))
+    else:
+        raise ConfigError(
+            f"{spec}: unknown selection @{kind}; use best, last, every:N, top:K, "
+            "last:K or epochs:LIST"
+        )
+    if not chosen:
+        raise ConfigError(
+            f"{spec}: selects no snapshot (the run has "
+            f"{', '.join(p.name for p in snapshots) or 'none'})"
+        )
+    return chosen
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such checkpoint")
+    return path
+
+
+def _positive_int(spec: str, text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{spec}: {text!r} is not a positive whole number")
+    return int(text)
+
+
+def _top_epochs(run: Path, k: int) -> list[Path]:
+    scored = []
+    for row in read_metrics(run):
+        key = "tune_top1_error" if "tune_top1_error" in row else "val_top1_error"
+        path = run / "checkpoints" / f"epoch-{int(row['epoch']):03d}.pt"
+        if path.is_file() and not row.get("partial_epoch"):
+            scored.append((row[key], path))
+    return [p for _, p in sorted(scored)[:k]]

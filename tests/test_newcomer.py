@@ -172,3 +172,20 @@ def test_python_m_tinycnn_help_lists_every_command() -> None:
     ).stdout
     for command in ("prepare", "info", "train", "evaluate", "ensemble", "predict", "export"):
         assert command in out
+
+
+def test_export_and_ensemble_take_run_folders_and_show_progress(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    cfg = tinycnn.load_config(None, [f"data.cache={json.dumps(str(cache))}", *QUICK])
+    run = tinycnn.train(cfg, tmp_path / "run", progress=False).run_dir
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    argv = ["ensemble", f"{run}@epochs:1,2", "--data", str(cache), "--no-cache"]
+    assert main([*argv, "--out", str(tmp_path / "ens")]) == 0
+    err = capsys.readouterr().err
+    assert "evaluate epoch-001.pt on val" in err and "evaluate epoch-002.pt on val" in err
+    assert main(["export", f"{run}@epochs:1,2", "--format", "onnx", "--out", str(out)]) == 1
+    assert "names 2 checkpoints; give one" in capsys.readouterr().err

@@ -189,6 +189,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
             select_on=args.select_on,
             runtime=_runtime(args),
             prob_cache=None if args.no_cache else Path(args.prob_cache),
+            progress=not args.json,
         )
     for warning in caught:  # one line each, as errors are, instead of Python's two
         print(f"tinycnn: warning: {warning.message}", file=sys.stderr)
@@ -240,9 +241,11 @@ def _check_images(args: argparse.Namespace):
     """Real images to check an export on: --data's val split, else the training cache's."""
     from tinycnn.checkpoint import load_checkpoint
     from tinycnn.data.cache import load_cache
+    from tinycnn.members import resolve_checkpoint
 
+    checkpoint = resolve_checkpoint(args.checkpoint)
     # A damaged checkpoint without these fields is reported by export_model, in one line.
-    config = load_checkpoint(args.checkpoint).get("config") if not args.data else {}
+    config = load_checkpoint(checkpoint).get("config") if not args.data else {}
     cache_dir = args.data or (config or {}).get("data", {}).get("cache")
     if not cache_dir or not (Path(cache_dir) / "manifest.json").is_file():
         return None, "8 random images (no cache found: pass --data CACHE to check on real ones)"
@@ -443,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="ONNX or TorchScript with the preprocessing built in")
-    p.add_argument("checkpoint", help="checkpoint file (e.g. RUN/checkpoints/best.pt)")
+    p.add_argument("checkpoint", help="checkpoint file, or a run folder (its best.pt), RUN@last")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument(

@@ -183,6 +183,7 @@ def member_probabilities(
     runtime: Runtime,
     prob_cache: ProbabilityCache,
     batch_size: int = 500,
+    progress: bool = False,
 ) -> tuple[list[np.ndarray], Tensor]:
     """Each member's (N, C) probabilities on a split (cached), and the split's labels."""
     labels = None
@@ -193,7 +194,8 @@ def member_probabilities(
 
         def compute(loaded=loaded):
             images, _ = labelled_split(cache, split, loaded.config)
-            return loaded.probabilities(images, tta, batch_size).numpy()
+            label = f"evaluate {loaded.path.name} on {split}" if progress else None
+            return loaded.probabilities(images, tta, batch_size, label).numpy()
 
         name, rows = split_rows(cache, split, loaded.config)
         precision = runtime.precision
@@ -218,6 +220,7 @@ def ensemble(
     rounds: int = 0,
     runtime: Runtime | None = None,
     prob_cache: Path | None = DEFAULT_PROB_CACHE,
+    progress: bool = False,
 ) -> EnsembleResult:
     """Average the members' probabilities on a split; returns an EnsembleResult.
 
@@ -232,10 +235,14 @@ def ensemble(
     runtime = runtime or make_runtime()
     cache = load_cache(cache_dir)
     store = ProbabilityCache(prob_cache)
-    probs, labels = member_probabilities(paths, cache, split, tta, runtime, store)
+    probs, labels = member_probabilities(
+        paths, cache, split, tta, runtime, store, progress=progress
+    )
     selection = None
     if greedy:
-        tune_probs, tune_labels = member_probabilities(paths, cache, select_on, tta, runtime, store)
+        tune_probs, tune_labels = member_probabilities(
+            paths, cache, select_on, tta, runtime, store, progress=progress
+        )
         counts = greedy_select(tune_probs, tune_labels, rounds or max(10, 2 * len(paths)))
         weights = [float(c) for c in counts]
         chosen = average(tune_probs, weights)

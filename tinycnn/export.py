@@ -45,6 +45,7 @@ from tinycnn.data.augment import Normalization
 from tinycnn.data.decode import IMAGE_SIZE
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.inference import LoadedModel, load_model
+from tinycnn.members import resolve_checkpoint
 from tinycnn.runtime import make_runtime
 
 FORMATS = ("onnx", "torchscript")
@@ -124,7 +125,7 @@ def export_model(
     """Export a checkpoint with its preprocessing, checked; returns an ExportReport.
 
     Args:
-        checkpoint: a tinycnn checkpoint file.
+        checkpoint: a tinycnn checkpoint file, or a run folder (its best.pt) or RUN@last.
         fmt: "onnx" or "torchscript".
         out: the file to write (replaced if it exists; never a folder). OutputError when it cannot
             be written (disk full, read-only folder); nothing is left behind.
@@ -139,7 +140,7 @@ def export_model(
         _require_onnx()
     # fp32 without channels_last: the reference is the plain model; keep the caller's threads.
     runtime = make_runtime("cpu", "fp32", channels_last=False, threads=torch.get_num_threads())
-    loaded = load_model(checkpoint, runtime)
+    loaded = load_model(resolve_checkpoint(checkpoint), runtime)
     # A mean image fixes the input side; the cache's 64 pixels otherwise.
     mean_image = loaded.norm.mean_image if loaded.norm is not None else None
     image_size = IMAGE_SIZE if mean_image is None else int(mean_image.shape[0])

@@ -113,10 +113,14 @@ class LoadedModel:
         )
 
     def probabilities(
-        self, images_u8: Tensor, tta: str = "center", batch_size: int = 500
+        self,
+        images_u8: Tensor,
+        tta: str = "center",
+        batch_size: int = 500,
+        progress: str | None = None,
     ) -> Tensor:
         """(N, C) float32 class probabilities on the CPU (TTA views averaged as probabilities)."""
-        return self.logits(images_u8, tta, batch_size).softmax(dim=1)
+        return self.logits(images_u8, tta, batch_size, progress).softmax(dim=1)
 
     def check_classes(self, classes: list[str], where: str) -> None:
         """A clear error when the data's class list is not the one the model was trained on."""

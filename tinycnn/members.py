@@ -117,3 +117,11 @@ def _top_epochs(run: Path, k: int) -> list[Path]:
         if path.is_file() and not row.get("partial_epoch"):
             scored.append((row[key], path))
     return [p for _, p in sorted(scored)[:k]]
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """The one checkpoint a spec names (a file, a run folder's best.pt, RUN@last, ...)."""
+    paths = resolve_members(str(spec))
+    if len(paths) != 1:
+        raise ConfigError(f"{spec}: names {len(paths)} checkpoints; give one (e.g. RUN@last)")
+    return paths[0]

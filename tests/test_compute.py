@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from tinycnn.compute import training_flops_per_image
@@ -73,4 +74,7 @@ def test_metrics_log_cumulative_training_pflop(
     assert steps == [3, 6]  # 60 images, batch 16
     for row in result.metrics:
         assert row["train_pflop"] == pytest.approx(row["iteration"] * 16 * per_image / 1e15)
+        # The machine the figures come from, with its vector unit and threads.
+        capability = torch.backends.cpu.get_cpu_capability()
+        assert f"({capability}, 1 thread), fp32" in row["hardware"] or "bf16" in row["hardware"]
     assert "GFLOP per image" in (tmp_path / "run" / "config.toml").read_text()

@@ -46,6 +46,7 @@ _LAZY = {
     "export_model": "tinycnn.export",
     "write_submission": "tinycnn.prediction",
     "predict_files": "tinycnn.prediction",
+    "build_report": "tinycnn.analysis",
 }
 
 __all__ = [

@@ -76,3 +76,27 @@ def make_runtime(
         raise ConfigError(f"train.precision = 'bf16': {dev} has no fast bf16; use auto or fp32")
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(dev))
     return Runtime(dev, torch.bfloat16 if use_bf16 else None, channels_last)
+
+
+def describe_hardware(runtime: Runtime) -> str:
+    """What a run's speed depends on, in one line: the chip, its vector unit, threads, precision."""
+    if runtime.device.type == "cuda":
+        chip = torch.cuda.get_device_name(runtime.device)
+    else:
+        chip = _cpu_model()
+        n = torch.get_num_threads()
+        chip += f" ({torch.backends.cpu.get_cpu_capability()}, {n} thread{'s' * (n > 1)})"
+    return f"{chip}, {runtime.precision}"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"

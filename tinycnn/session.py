@@ -31,7 +31,7 @@ from tinycnn.metrics import error_rates
 from tinycnn.models import create_model, init_weights, model_options
 from tinycnn.optim import build_optimizer
 from tinycnn.run_folder import METRICS, append_line, read_metrics
-from tinycnn.runtime import Runtime
+from tinycnn.runtime import Runtime, describe_hardware
 
 
 class TrainingDivergedError(TinycnnError):
@@ -182,6 +182,7 @@ class Session:
             elapsed_seconds=elapsed,
             images_per_second=self.accum.seen / epoch_seconds if epoch_seconds else None,
             precision=self.runtime.precision,
+            hardware=describe_hardware(self.runtime),
             partial_epoch=partial,
         )
         self.accum = EpochAccumulator()

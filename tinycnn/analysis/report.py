@@ -353,7 +353,7 @@ def build_report(
     prob_cache: Path | None = DEFAULT_PROB_CACHE,
     progress: bool = False,
 ) -> Report:
-    """Write the analysis report of runs (and their ensemble) on a prepared cache into ``out``.
+    """Write the analysis report of runs (and their ensemble) into ``out``; returns a Report.
 
     members: run folders or checkpoints with snapshot selections, as for ``ensemble``.
     tsne_images: val images embedded by t-SNE (spread evenly over classes); bounds its cost.

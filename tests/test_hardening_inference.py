@@ -194,7 +194,7 @@ WRITING_COMMANDS = {
     ],
     "ensemble": lambda s, out: [
         *("ensemble", s.checkpoint, "--data", s.cache, "--out", out / "ens"),
-        *("--no-cache", "--device", "cpu"),
+        *("--no-cache", "--device", "cpu", "-q"),
     ],
     "predict": lambda s, out: [
         *("predict", s.checkpoint, "--data", s.cache, "--submission", out / "sub.txt"),
@@ -345,7 +345,7 @@ def test_an_unwritable_probability_cache_is_one_warning_not_a_failure(
     out = tmp_path / "ens"
     argv = [
         *("ensemble", small.checkpoint, f"{small.run}@last", "--data", small.cache),
-        *("--device", "cpu", "--prob-cache", store, "--out", out),
+        *("--device", "cpu", "--prob-cache", store, "--out", out, "-q"),
     ]
     code, printed, err = run_cli(capsys, argv)
     assert code == 0, err

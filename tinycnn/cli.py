@@ -161,7 +161,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
         runtime=_runtime(args),
-        progress=not args.json,
+        progress=not (args.json or args.quiet),
     )
     if args.json:
         print(evaluations_json(results))
@@ -189,7 +189,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
             select_on=args.select_on,
             runtime=_runtime(args),
             prob_cache=None if args.no_cache else Path(args.prob_cache),
-            progress=not args.json,
+            progress=not (args.json or args.quiet),
         )
     for warning in caught:  # one line each, as errors are, instead of Python's two
         print(f"tinycnn: warning: {warning.message}", file=sys.stderr)
@@ -266,6 +266,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -198,7 +198,7 @@ WRITING_COMMANDS = {
     ],
     "predict": lambda s, out: [
         *("predict", s.checkpoint, "--data", s.cache, "--submission", out / "sub.txt"),
-        *("--device", "cpu"),
+        *("--device", "cpu", "-q"),
     ],
 }
 

@@ -219,7 +219,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     predictor = load_predictor(args.members, tta=args.tta, weights=weights, runtime=_runtime(args))
     if args.submission:
-        lines = write_submission(predictor, args.data, args.submission)
+        progress = not (args.json or args.quiet)
+        lines = write_submission(predictor, args.data, args.submission, progress=progress)
         print(f"wrote {args.submission}: {lines} lines (test image<TAB>wnid)", file=sys.stderr)
     if not args.images:
         return 0
@@ -444,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="ONNX or TorchScript with the preprocessing built in")

@@ -211,9 +211,17 @@ def model_predictor(loaded: LoadedModel, tta: str = "center") -> ModelPredictor:
     return ModelPredictor(loaded, tta)
 
 
-def predict_batches(predictor: Predictor, images: np.ndarray, batch_size: int = 500) -> Tensor:
-    """(N, C) probabilities of images (N, 64, 64, 3) uint8; a memory map is read per batch."""
+def predict_batches(
+    predictor: Predictor, images: np.ndarray, batch_size: int = 500, progress: str | None = None
+) -> Tensor:
+    """(N, C) probabilities of images (N, 64, 64, 3) uint8; a memory map is read per batch.
+
+    progress: a label for a progress bar over the images (None: no bar).
+    """
     outputs = []
+    bar = tqdm(
+        total=len(images), desc=progress, unit="img", disable=progress is None, leave=False
+    )
     for lo in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[lo : lo + batch_size]))  # a writable copy
         probs = predictor(batch)
@@ -224,4 +232,6 @@ def predict_batches(predictor: Predictor, images: np.ndarray, batch_size: int = 
                 f"expected ({len(batch)}, {len(predictor.classes)})"
             )
         outputs.append(probs.float().cpu())
+        bar.update(len(batch))
+    bar.close()
     return torch.cat(outputs) if outputs else torch.empty(0, len(predictor.classes))

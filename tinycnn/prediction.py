@@ -58,7 +58,11 @@ def as_predictor(models: Models, tta: str = "center") -> Predictor:
 
 
 def write_submission(
-    models: Models, cache_dir: str | Path, out_file: str | Path, batch_size: int = 500
+    models: Models,
+    cache_dir: str | Path,
+    out_file: str | Path,
+    batch_size: int = 500,
+    progress: bool = False,
 ) -> int:
     """Write ``test_K.JPEG<TAB>wnid`` for each test image of a cache; returns the line count.
 
@@ -72,7 +76,8 @@ def write_submission(
     cache = load_cache(cache_dir)
     check_classes(predictor.classes, cache.classes, f"the cache {cache.path}")
     test = cache.split("test")
-    top1 = predict_batches(predictor, test.images, batch_size).argmax(dim=1).tolist()
+    label = "predict test" if progress else None
+    top1 = predict_batches(predictor, test.images, batch_size, label).argmax(dim=1).tolist()
     lines = [
         f"{PurePosixPath(file).name}\t{predictor.classes[k]}\n"
         for file, k in zip(test.files, top1, strict=True)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from tinycnn.errors import ConfigError
-from tinycnn.inference import LoadedModel, predict_logits
+from tinycnn.inference import LoadedModel
 
 
 def classifier_layer(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -38,14 +38,7 @@ def penultimate_codes(loaded: LoadedModel, images_u8: Tensor, batch_size: int = 
 
     handle = layer.register_forward_pre_hook(record)
     try:
-        predict_logits(
-            loaded.model,
-            images_u8,
-            loaded.runtime,
-            size=loaded.input_size,
-            norm=loaded.norm,
-            batch_size=batch_size,
-        )
+        loaded.logits(images_u8, batch_size=batch_size)
     finally:
         handle.remove()
     return torch.cat(codes) if codes else torch.empty(0, layer.in_features)

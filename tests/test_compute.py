@@ -78,3 +78,41 @@ def test_metrics_log_cumulative_training_pflop(
         capability = torch.backends.cpu.get_cpu_capability()
         assert f"({capability}, 1 thread), fp32" in row["hardware"] or "bf16" in row["hardware"]
     assert "GFLOP per image" in (tmp_path / "run" / "config.toml").read_text()
+
+
+def test_max_pflop_ends_the_schedule_on_the_budget(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    import math
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    model = create_model("cnn5", num_classes=5, conv_channels=[8, 8, 8], fc_widths=[32])
+    step = 16 * training_flops_per_image(model, 56)  # one batch of 16
+    cfg = load_config(
+        None,
+        [
+            f"data.cache={json.dumps(str(cache))}",
+            "model.name=cnn5",
+            "model.conv_channels=[8, 8, 8]",
+            "model.fc_widths=[32]",
+            'data.normalization="channel"',
+            'optim.name="nesterov"',
+            "optim.lr=0.05",
+            'schedule.name="cosine"',
+            "train.batch_size=16",
+            "train.epochs=10",
+            "train.threads=1",
+            f"train.max_pflop={5.5 * step / 1e15!r}",  # room for 5 steps, not 6
+        ],
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert [row["iteration"] for row in result.metrics] == [3, 5]  # epoch 1, then the budget
+    last = result.metrics[-1]
+    assert last["epoch"] == pytest.approx(5 / 3) and not last["partial_epoch"]
+    assert last["train_pflop"] == pytest.approx(5 * step / 1e15)
+    assert last["train_pflop"] <= cfg.train.max_pflop
+    # The cosine schedule spans the 5 budgeted steps: step 4 (0-based) has lr 0.05 * (1 +
+    # cos(4/5 pi)) / 2, not the 0.05 * (1 + cos(4/30 pi)) / 2 of a 30-step schedule.
+    assert last["lr"] == pytest.approx(0.05 * (1 + math.cos(0.8 * math.pi)) / 2)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch-001.pt", "last.pt"]

@@ -412,3 +412,30 @@ def test_exclude_drops_the_listed_training_images(cache: Path, tmp_path: Path, c
     err = capsys.readouterr().err
     assert f"{listed} line 1: 'train/nope.JPEG' is not a training image" in err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_a_kill_before_a_compute_budgets_closing_evaluation_resumes_into_it(
+    cache: Path, tmp_path: Path
+) -> None:
+    from tinycnn.compute import training_flops_per_image
+    from tinycnn.models import create_model
+
+    model = create_model(
+        "cnn5", num_classes=5, conv_channels=[8, 8, 8], fc_widths=[32], dropout=0.3
+    )
+    budget = f"train.max_pflop={7.5 * 16 * training_flops_per_image(model, 56) / 1e15!r}"
+    # An iteration snapshot exactly at the budget's last step, then a kill before evaluating it.
+    settings = ["--set", budget, "--set", "train.snapshot_every=7"]
+    whole = tmp_path / "whole"
+    code, err = _finish(_tinycnn(_train_argv(cache, whole, *settings)))
+    assert code == 0, err
+    expected = _run_record(whole)
+    assert [r["iteration"] for r in expected["metrics"]] == [3, 6, 7]  # the budget ends at 7
+    out = tmp_path / "cut"
+    process = _paused(_train_argv(cache, out, *settings), "snapshot", 7, tmp_path / "flag")
+    process.kill()
+    process.communicate(timeout=60)
+    code, err = _finish(_tinycnn(["train", "--resume", str(out), "-q"]))
+    assert code == 0, err
+    _assert_same_run(_run_record(out), expected, "killed before the budget's evaluation")

@@ -80,6 +80,7 @@ class TrainConfig:
     snapshot_every: int = 0  # iterations between snapshots (the paper: 10,000); 0 = epochs only
     keep_snapshots: int = 0  # iteration snapshots to keep (oldest go first; epoch ones stay)
     max_minutes: float = 0.0  # wall-clock budget of the whole run, evaluations included; 0 = none
+    max_pflop: float = 0.0  # training compute budget (PFLOP); the LR schedule ends on it; 0 = none
     tensorboard: bool = False  # also write TensorBoard logs (needs the tensorboard package)
     init_from: str = ""  # the checkpoint whose weights the run started from ("": initialised)
 
@@ -124,6 +125,7 @@ class RunConfig:
         for name in ("threads", "snapshot_every", "keep_snapshots"):
             _at_least(f"train.{name}", getattr(self.train, name), 0)
         _at_least("train.max_minutes", self.train.max_minutes, 0)
+        _at_least("train.max_pflop", self.train.max_pflop, 0)
         return self
 
 

@@ -95,7 +95,13 @@ class Session:
 
     @property
     def total_iters(self) -> int:
-        return self.iters_per_epoch * self.cfg.train.epochs
+        """train.epochs of iterations, or fewer where train.max_pflop runs out first."""
+        total = self.iters_per_epoch * self.cfg.train.epochs
+        budget = self.cfg.train.max_pflop * PFLOP
+        if budget and self.flops_per_image:
+            step = self.flops_per_image * self.cfg.train.batch_size
+            total = min(total, max(1, int(budget // step)))
+        return total
 
     @property
     def checkpoints(self) -> Path:
@@ -146,11 +152,16 @@ class Session:
     def end_epoch(
         self, elapsed: float, epoch_seconds: float | None, progress: bool, partial: bool = False
     ) -> dict:
-        """Evaluate, log one metrics line, snapshot (epoch-NNN, last, maybe best)."""
+        """Evaluate, log one metrics line, snapshot (epoch-NNN, last, maybe best).
+
+        partial: a stop before the schedule's end (the time budget). A compute budget may end
+        the schedule itself mid-epoch: that evaluation is saved as last.pt, not partial.
+        """
+        whole_epoch = self.iteration % self.iters_per_epoch == 0
         row = {
-            "epoch": self.iteration / self.iters_per_epoch
-            if partial
-            else self.iteration // self.iters_per_epoch,
+            "epoch": self.iteration // self.iters_per_epoch
+            if whole_epoch
+            else self.iteration / self.iters_per_epoch,
             "iteration": self.iteration,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_loss": self.accum.loss_sum / max(self.accum.seen, 1),
@@ -191,7 +202,7 @@ class Session:
         is_best = row[selection_key(row)] < self.best_error
         if is_best:
             self.best_error = row[selection_key(row)]
-        name = f"epoch-{row['epoch']:03d}" if not partial else "last"
+        name = f"epoch-{row['epoch']:03d}" if whole_epoch else "last"
         pause_point("evaluated", self.iteration)
         path = self.save(name, elapsed, row)
         pause_point("saved", self.iteration)
@@ -236,9 +247,19 @@ class Session:
 
 
 def load_session(
-    cfg: RunConfig, out: Path, runtime: Runtime, *, init_from=None, resume: bool = False
+    cfg: RunConfig,
+    out: Path,
+    runtime: Runtime,
+    *,
+    init_from=None,
+    resume: bool = False,
+    flops_per_image: float = 0.0,
 ) -> Session:
-    """Load data, build model and optimiser, and restore a resume point or initial weights."""
+    """Load data, build model and optimiser, and restore a resume point or initial weights.
+
+    flops_per_image: one training step's FLOPs per image (compute.py), for train_pflop and
+    train.max_pflop.
+    """
     cache = load_cache(cfg.data.cache)
     train_rows, tune_rows = training_rows(cfg, cache)
     images, labels = _load_rows(cache, "train", train_rows)
@@ -262,6 +283,7 @@ def load_session(
         eval_sets,
         eval_size,
     )
+    session.flops_per_image = flops_per_image
     if resume:
         _restore(session, out / "checkpoints" / "last.pt")
     elif init_from is not None:
@@ -360,8 +382,10 @@ def _restore(s: Session, path: Path) -> None:
     s.best_error = payload["best_error"]
     s.metrics = _sync_metrics(s.out, payload)
     _sync_best(s, payload)
-    # An iteration snapshot at an epoch's end, saved before that epoch was evaluated.
-    s.evaluation_pending = payload["metrics"] is None and s.iteration % s.iters_per_epoch == 0
+    # An iteration snapshot at an epoch's (or the run's) end, saved before its evaluation.
+    s.evaluation_pending = payload["metrics"] is None and (
+        s.iteration % s.iters_per_epoch == 0 or s.iteration == s.total_iters
+    )
 
 
 def _sync_metrics(out: Path, payload: dict) -> list[dict]:

@@ -120,8 +120,9 @@ def train(
                 cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
             _new_run_dir(out, cfg, flops)
             pause_point("started", 0)
-        session = load_session(cfg, out, rt, init_from=init_from, resume=resume)
-        session.flops_per_image = flops
+        session = load_session(
+            cfg, out, rt, init_from=init_from, resume=resume, flops_per_image=flops
+        )
         if progress:
             print(banner(session), flush=True)
         stop = _StopRequest(stop_at_iteration)
@@ -144,11 +145,14 @@ def banner(s: Session) -> str:
     layout = ", channels_last" if rt.channels_last else ""
     where = "resuming at iteration " + f"{s.iteration:,} " if s.iteration else ""
     gflop = s.flops_per_image / 1e9
+    budget = ""
+    if s.total_iters < s.iters_per_epoch * cfg.train.epochs:
+        budget = f" (train.max_pflop = {cfg.train.max_pflop:g} ends the schedule there)"
     return (
         f"train {cfg.model.name} ({params:,} parameters, {gflop:.2f} GFLOP per training image) "
         f"on {rt.device}{threads}, {why}{layout}; "
         f"{len(s.train_labels):,} images an epoch, {s.iters_per_epoch:,} iterations x "
-        f"{cfg.train.epochs} epochs = {s.total_iters:,}; {where}run folder {s.out}"
+        f"{cfg.train.epochs} epochs = {s.total_iters:,}{budget}; {where}run folder {s.out}"
     )
 
 
@@ -216,7 +220,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
         )
         epoch_start, first = time.perf_counter(), s.iteration
         with bar:
-            while s.iteration < (epoch + 1) * ipe:
+            while s.iteration < min((epoch + 1) * ipe, total):  # a compute budget may end it
                 pos = s.iteration % ipe
                 rows = perm[pos * cfg.train.batch_size : (pos + 1) * cfg.train.batch_size]
                 loss_value, wrong = _step(s, rows)
@@ -236,7 +240,8 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                     s.save(f"iter-{s.iteration:07d}", clock.elapsed())
                     pause_point("snapshot", s.iteration)
                 reason = _stop_reason(stop, s, clock)
-                if reason and s.iteration % ipe:  # at an epoch end, stop after its evaluation
+                # At an epoch's or the schedule's end, stop after its evaluation.
+                if reason and s.iteration % ipe and s.iteration < total:
                     return _stop(s, reason, clock, stop, progress)
         clock.evaluating()
         s.end_epoch(clock.elapsed(), time.perf_counter() - epoch_start, progress)

@@ -186,14 +186,15 @@ def test_a_torn_metrics_line_is_rebuilt_on_resume(
     cache: Path, tmp_path: Path, uninterrupted: dict
 ) -> None:
     out = tmp_path / "run"
-    process = _paused(_train_argv(cache, out), "logged", 3, tmp_path / "flag")
+    # Killed while writing epoch 1's line: its checkpoints are saved, its line is half there.
+    process = _paused(_train_argv(cache, out), "best", 3, tmp_path / "flag")
     process.kill()
     process.communicate(timeout=60)
     log = out / "metrics.jsonl"
-    whole = log.read_text()
-    second = json.dumps(uninterrupted["metrics"][0])
-    log.write_text(whole + second[: len(second) // 2])  # a line cut off by the kill
-    assert len(read_metrics(out)) == 1, "the torn line is dropped on reading"
+    assert not log.exists()
+    line = json.dumps(uninterrupted["metrics"][0])
+    log.write_text(line[: len(line) // 2])  # a line cut off by the kill
+    assert read_metrics(out) == [], "the torn line is dropped on reading"
     code, err = _finish(_tinycnn(["train", "--resume", str(out), "-q"]))
     assert code == 0, err
     _assert_same_run(_run_record(out), uninterrupted, "torn metrics line")
@@ -439,3 +440,46 @@ def test_a_kill_before_a_compute_budgets_closing_evaluation_resumes_into_it(
     code, err = _finish(_tinycnn(["train", "--resume", str(out), "-q"]))
     assert code == 0, err
     _assert_same_run(_run_record(out), expected, "killed before the budget's evaluation")
+
+
+def test_a_time_budget_stop_then_resume_equals_the_uninterrupted_run(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.training
+
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN])
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    # The budget runs out once, at iteration 4 (mid-epoch 2): a partial evaluation, saved.
+    monkeypatch.setattr(
+        tinycnn.training._Budget, "exhausted", lambda self: self.session.iteration == 4
+    )
+    cut = train(cfg, tmp_path / "cut", progress=False)
+    assert cut.stopped == "time budget" and cut.metrics[-1]["partial_epoch"]
+    partial = cut.metrics[-1]
+    # Make the partial evaluation look like the best so far: it must not stay the best.
+    partial["tune_top1_error"] = -1.0
+    log = tmp_path / "cut" / "metrics.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in cut.metrics))
+    monkeypatch.undo()
+    train(None, tmp_path / "cut", resume=True, progress=False)
+    _assert_same_run(
+        _run_record(tmp_path / "cut"), _run_record(tmp_path / "whole"), "time budget, resumed"
+    )
+    assert whole.iteration == 9
+
+
+def test_init_from_in_a_config_file_is_honoured_and_resolved(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    first = tmp_path / "first"
+    assert main(_train_argv(cache, first, "--set", "train.epochs=1")) == 0
+    monkeypatch.chdir(tmp_path)  # a relative path, as a user types it
+    relative = "first/checkpoints/last.pt"
+    second = tmp_path / "second"
+    settings = ["--set", f'train.init_from="{relative}"', "--set", "optim.lr=1e-12"]
+    assert main(_train_argv(cache, second, "--set", "train.epochs=1", *settings)) == 0
+    assert f'init_from = "{tmp_path / relative}"' in (second / "config.toml").read_text()
+    start = load_checkpoint(first / "checkpoints" / "last.pt")["model"]["state"]
+    after = load_checkpoint(second / "checkpoints" / "last.pt")["model"]["state"]
+    for name, tensor in start.items():  # lr 1e-12: one epoch moves nothing measurable
+        assert torch.allclose(after[name], tensor, atol=1e-6), name

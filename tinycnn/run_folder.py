@@ -50,9 +50,17 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                     f"{run_dir}: in use by another tinycnn process ({holder}); wait for it to "
                     "end or stop it, then use --resume, or choose another --out"
                 ) from None
+            except OSError as exc:  # e.g. ENOLCK: a network file system without locks
+                raise RunFolderError(
+                    f"{run_dir / LOCK}: cannot lock the run folder ({exc.strerror}); use a "
+                    "local folder"
+                ) from None
         started = datetime.now().isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, started {started}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}, started {started}\n".encode(), 0)
+        except OSError as exc:
+            raise output_error(run_dir / LOCK, exc) from None
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -63,7 +71,9 @@ def append_line(path: Path, text: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, (text + "\n").encode("utf-8"))
+            data = memoryview((text + "\n").encode("utf-8"))
+            while data:  # a short write (a disk filling up) must not leave half a line unsaid
+                data = data[os.write(fd, data) :]
             os.fsync(fd)
         finally:
             os.close(fd)

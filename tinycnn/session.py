@@ -196,7 +196,8 @@ class Session:
             hardware=describe_hardware(self.runtime),
             partial_epoch=partial,
         )
-        self.accum = EpochAccumulator()
+        if not partial:  # a time-budget stop's sums stay: a resume continues the epoch
+            self.accum = EpochAccumulator()
         # The checkpoint carries the best error including its own evaluation: a resume from it
         # must not forget that this epoch was the best so far.
         is_best = row[selection_key(row)] < self.best_error
@@ -379,7 +380,6 @@ def _restore(s: Session, path: Path) -> None:
     s.iteration = payload["iteration"]
     s.elapsed_before = payload["elapsed_seconds"]
     s.accum = EpochAccumulator(**payload["accumulator"])
-    s.best_error = payload["best_error"]
     s.metrics = _sync_metrics(s.out, payload)
     _sync_best(s, payload)
     # An iteration snapshot at an epoch's (or the run's) end, saved before its evaluation.
@@ -408,13 +408,28 @@ def _sync_metrics(out: Path, payload: dict) -> list[dict]:
 
 
 def _sync_best(s: Session, payload: dict) -> None:
-    """Make best.pt the resume point if that was the best evaluation and the copy was cut off."""
-    own = payload["metrics"]
-    if not own or own.get("partial_epoch") or own[selection_key(own)] != s.best_error:
-        return
+    """Rebuild the best from the logged whole evaluations, as the uninterrupted run had it.
+
+    The first of equal errors wins (a strict <, as in end_epoch). A time-budget stop's partial
+    evaluation is no longer part of the run once it goes on, so it cannot stay the best; and a
+    kill between a checkpoint and its copy to best.pt leaves the copy to make here.
+    """
+    best_row = None
+    for row in s.metrics:  # partial rows were dropped by _sync_metrics
+        if best_row is None or row[selection_key(row)] < best_row[selection_key(best_row)]:
+            best_row = row
+    s.best_error = math.inf if best_row is None else best_row[selection_key(best_row)]
     best = s.checkpoints / "best.pt"
-    if not best.exists() or load_checkpoint(best)["iteration"] != payload["iteration"]:
-        copy_file(s.checkpoints / "last.pt", best)
+    if best_row is None:
+        best.unlink(missing_ok=True)
+        return
+    if best.exists() and load_checkpoint(best)["iteration"] == best_row["iteration"]:
+        return
+    if best_row["iteration"] == payload["iteration"]:
+        source = s.checkpoints / "last.pt"
+    else:
+        source = s.checkpoints / f"epoch-{int(best_row['epoch']):03d}.pt"
+    copy_file(source, best)
 
 
 def selection_key(row: dict) -> str:

@@ -106,18 +106,21 @@ def train(
     if resume:
         _read_resolved_config(out)  # a clear error before the lock makes a folder
     else:
+        # The weights a run starts from are part of its config (absolute: --resume from anywhere).
+        init_from = init_from or cfg.train.init_from or None
+        if init_from is not None:
+            init_from = Path(init_from).expanduser().resolve()
+            cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
         # Every check before the run folder is made: a failed start leaves nothing behind.
         rt, flops = _preflight(cfg, init_from)
     with run_lock(out):
         if resume:
             cfg = config_from_dict(_read_resolved_config(out)).validate()
-            rt, flops = _preflight(cfg, cfg.train.init_from or None)
-            has_checkpoint = (out / "checkpoints" / "last.pt").is_file()
-            init_from = None if has_checkpoint else cfg.train.init_from or None
-            resume = has_checkpoint
+            # A run with no checkpoint yet starts afresh: from its init checkpoint, if any.
+            resume = (out / "checkpoints" / "last.pt").is_file()
+            init_from = None if resume else cfg.train.init_from or None
+            rt, flops = _preflight(cfg, init_from)
         else:
-            if init_from is not None:
-                cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
             _new_run_dir(out, cfg, flops)
             pause_point("started", 0)
         session = load_session(
@@ -166,8 +169,9 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, f
     cache = load_cache(cfg.data.cache)
     verify_cache(cache, splits=("train", "val"))  # never train on damaged data (~1 s per GB)
     training_rows(cfg, cache)  # the held-out split and data.exclude are possible
+    size = cfg.augment.crop or cache.manifest.get("image_size", 64)  # as load_session has it
     with torch.device("meta"):  # checks the model options without allocating anything
-        model = build_model(cfg, cache.num_classes, cfg.augment.crop or 64, initialise=False)
+        model = build_model(cfg, cache.num_classes, size, initialise=False)
     if init_from is not None:
         payload = load_checkpoint(init_from)
         check_classes(payload, cache, Path(init_from))
@@ -176,7 +180,7 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, f
         tensorboard_writer_class()
     t = cfg.train
     runtime = make_runtime(t.device, t.precision, t.channels_last, t.threads, t.deterministic)
-    return runtime, training_flops_per_image(model, cfg.augment.crop or 64)
+    return runtime, training_flops_per_image(model, size)
 
 
 def _new_run_dir(out: Path, cfg: RunConfig, flops_per_image: float) -> None:
@@ -184,7 +188,7 @@ def _new_run_dir(out: Path, cfg: RunConfig, flops_per_image: float) -> None:
         raise ConfigError(
             f"{out}: already holds a run; continue it with --resume {out}, or choose a new --out"
         )
-    size = cfg.augment.crop or 64
+    size = cfg.augment.crop or load_cache(cfg.data.cache).manifest.get("image_size", 64)
     compute = (
         f"\n# Training compute: {flops_per_image / 1e9:.3f} GFLOP per image (forward + backward "
         f"at {size}x{size}, torch's FlopCounterMode); metrics.jsonl has train_pflop.\n"

@@ -483,3 +483,14 @@ def test_init_from_in_a_config_file_is_honoured_and_resolved(
     after = load_checkpoint(second / "checkpoints" / "last.pt")["model"]["state"]
     for name, tensor in start.items():  # lr 1e-12: one epoch moves nothing measurable
         assert torch.allclose(after[name], tensor, atol=1e-6), name
+
+
+def test_resuming_a_run_that_used_its_time_budget_says_how_to_go_on(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    assert main(_train_argv(cache, out, "--set", "train.max_minutes=0.0001")) == 0
+    assert "time budget" in capsys.readouterr().out
+    assert main(["train", "--resume", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "used its whole train.max_minutes" in err and str(out / "config.toml") in err

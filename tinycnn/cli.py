@@ -93,10 +93,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tinycnn.training import checkpoint_config, train
 
     if args.resume:
-        if args.config or args.set or args.init_from or args.exclude:
+        if args.config or args.set or args.init_from or args.exclude or args.data or args.out:
             raise ConfigError(
                 "--resume continues a run with its own config.toml; it takes no "
-                "--config, --set, --init-from or --exclude"
+                "--config, --set, --init-from, --exclude, --data or --out"
             )
         result = train(None, args.resume, resume=True, progress=not args.quiet)
     else:

@@ -126,6 +126,12 @@ def train(
         session = load_session(
             cfg, out, rt, init_from=init_from, resume=resume, flops_per_image=flops
         )
+        budget = cfg.train.max_minutes * 60
+        if resume and budget and session.elapsed_before >= budget:
+            raise ConfigError(
+                f"{out}: the run has used its whole train.max_minutes = {cfg.train.max_minutes:g} "
+                f"budget; to train on, raise max_minutes in {out / 'config.toml'} and --resume"
+            )
         if progress:
             print(banner(session), flush=True)
         stop = _StopRequest(stop_at_iteration)
@@ -209,7 +215,9 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
     model = s.model
     model.train()
     if s.evaluation_pending:  # killed between an epoch-end snapshot and its evaluation
+        clock.evaluating()
         s.end_epoch(clock.elapsed(), None, progress)
+        clock.evaluated()
     while s.iteration < total:
         epoch = s.iteration // ipe
         perm = _epoch_order(cfg.train.seed, epoch, len(s.train_labels))
@@ -283,14 +291,16 @@ class _Budget:
         self.eval_seconds = time.perf_counter() - self._eval_started
         self._step_origin = (time.perf_counter(), self.session.iteration)
 
+    def _step_seconds(self) -> float:
+        """Seconds per training step since the last evaluation (0 before the first step)."""
+        since, iteration = self._step_origin
+        steps = self.session.iteration - iteration
+        return (time.perf_counter() - since) / steps if steps else 0.0
+
     def _eval_estimate(self) -> float:
         if self.eval_seconds is not None:
             return self.eval_seconds
-        since, iteration = self._step_origin
-        steps = self.session.iteration - iteration
-        if steps == 0:
-            return 0.0
-        per_image = (time.perf_counter() - since) / (steps * self.session.cfg.train.batch_size)
+        per_image = self._step_seconds() / self.session.cfg.train.batch_size
         images = sum(len(labels) for _, labels in self.session.eval_sets.values())
         return images * per_image / 2.5  # a margin over the third
 
@@ -309,7 +319,8 @@ class _Budget:
     def exhausted(self) -> bool:
         if not self.seconds:
             return False
-        return self.elapsed() + self._eval_estimate() > self.seconds
+        # Room for the next step and the closing evaluation, or stop now.
+        return self.elapsed() + self._step_seconds() + self._eval_estimate() > self.seconds
 
 
 def _stop_reason(stop: _StopRequest, s: Session, clock: _Budget) -> str | None:

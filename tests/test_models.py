@@ -405,3 +405,30 @@ def test_kaiming_init_uses_fan_out_for_convs_and_fan_in_for_fcs(cnn5_bn: nn.Modu
 def test_unknown_init_scheme_is_an_error(cnn5_bn: nn.Module) -> None:
     with pytest.raises(ConfigError, match=r"init scheme 'he' is not one of gaussian, xavier"):
         init_weights(cnn5_bn, "he")
+
+
+# --- the ResNets -------------------------------------------------------------------------------
+
+
+def test_resnet18_matches_the_cifar_resnet18_counts() -> None:
+    # The well-known CIFAR-style ResNet-18 (3x3 stem, no max-pool) has 11,173,962 parameters
+    # with 10 classes; its 512 -> C classifier then adds 513 per extra class.
+    from tinycnn.compute import training_flops_per_image
+
+    model = create_model("resnet18")
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962 + 513 * 190
+    # ../shared/MEASUREMENTS.md: 3.33 GFLOP per training image at 32x32 (forward 1.11).
+    assert training_flops_per_image(model, 32) == pytest.approx(3.33e9, rel=2e-3)
+
+
+def test_resnet_blocks_start_as_the_identity_and_preact_normalises_first() -> None:
+    from tinycnn.models.resnet import BasicBlock, PreActBlock
+
+    plain = create_model("resnet18")
+    blocks = [m for m in plain.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8 and all((b.bn2.weight == 0).all() for b in blocks)
+    preact = create_model("preact_resnet18")
+    first = next(m for m in preact.modules() if isinstance(m, PreActBlock))
+    assert isinstance(first.bn1, nn.BatchNorm2d) and not isinstance(preact.stem[-1], nn.ReLU)
+    with pytest.raises(ConfigError, match="activation 'gelu'"):
+        create_model("resnet18", activation="gelu")

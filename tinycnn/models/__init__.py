@@ -6,6 +6,7 @@ Importing this package registers every family (one module each).
 from __future__ import annotations
 
 from tinycnn.models import paper as _paper  # noqa: F401  (registers the paper's models)
+from tinycnn.models import resnet as _resnet  # noqa: F401  (registers the ResNets)
 from tinycnn.models.init import init_weights
 from tinycnn.models.paper import PaperCNN
 from tinycnn.models.registry import (

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from tinycnn.checkpoint import load_checkpoint
 from tinycnn.compute import training_flops_per_image
 from tinycnn.config import load_config
 from tinycnn.data.prepare import prepare
@@ -116,3 +117,84 @@ def test_max_pflop_ends_the_schedule_on_the_budget(
     assert last["lr"] == pytest.approx(0.05 * (1 + math.cos(0.8 * math.pi)) / 2)
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["best.pt", "epoch-001.pt", "last.pt"]
+
+
+def _small_cfg(cache: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            f"data.cache={json.dumps(str(cache))}",
+            "model.name=cnn5",
+            "model.conv_channels=[8, 8, 8]",
+            "model.fc_widths=[32]",
+            'data.normalization="channel"',
+            'optim.name="nesterov"',
+            "optim.lr=0.05",
+            "train.batch_size=16",
+            "train.threads=1",
+            "train.deterministic=true",
+            *extra,
+        ],
+    )
+
+
+def test_the_weight_ema_is_the_hand_computed_average_and_what_is_evaluated(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
+
+    import tinycnn
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    seen: list[dict[int, torch.Tensor]] = []
+
+    def snapshot(optimizer, _args, _kwargs) -> None:
+        seen.append(
+            {id(p): p.detach().clone() for g in optimizer.param_groups for p in g["params"]}
+        )
+
+    handles = [
+        register_optimizer_step_pre_hook(snapshot),
+        register_optimizer_step_post_hook(snapshot),
+    ]
+    try:
+        result = train(
+            _small_cfg(cache, "train.epochs=1", "train.ema_decay=0.5"),
+            tmp_path / "run",
+            progress=False,
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    # seen: before step 1, after step 1, before step 2, after step 2, ...
+    ema = dict(seen[0])
+    for t, after in enumerate(seen[1::2], start=1):
+        d = min(0.5, (1 + t) / (10 + t))
+        ema = {k: d * ema[k] + (1 - d) * after[k] for k in ema}
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-001.pt")["model"]["state"]
+    for name, param in result.model.named_parameters():
+        torch.testing.assert_close(state[name], ema[id(param)], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(state[name], param.detach()), "the EMA is not the raw weights"
+    [evaluation] = tinycnn.evaluate(tmp_path / "run" / "checkpoints" / "epoch-001.pt", cache)
+    assert evaluation.top1_error == result.metrics[-1]["val_top1_error"]
+    assert evaluation.loss == pytest.approx(result.metrics[-1]["val_loss"], rel=1e-5)
+
+
+def test_a_resumed_run_continues_the_same_ema(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    cfg = _small_cfg(cache, "train.epochs=2", "train.ema_decay=0.9")
+    train(cfg, tmp_path / "whole", progress=False)
+    train(cfg, tmp_path / "cut", progress=False, stop_at_iteration=4)
+    train(None, tmp_path / "cut", resume=True, progress=False)
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    cut = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    for key in ("state",):
+        for name, tensor in whole["model"][key].items():
+            assert torch.equal(cut["model"][key][name], tensor), name
+    for name, tensor in whole["train_state"].items():
+        assert torch.equal(cut["train_state"][name], tensor), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -82,6 +83,7 @@ class Session:
     best_error: float = math.inf
     evaluation_pending: bool = False  # resumed at an epoch end whose evaluation was not saved
     flops_per_image: float = 0.0  # one training step, forward + backward (compute.py)
+    ema: nn.Module | None = None  # the weights' moving average (train.ema_decay), or None
     writer: object | None = None
 
     def __post_init__(self) -> None:
@@ -110,11 +112,15 @@ class Session:
     def payload(self, elapsed: float, metrics: dict | None = None) -> dict:
         """Everything a checkpoint holds (see checkpoint.py)."""
         model = self.model
+        # model.state holds the weights to use (the EMA's, when on); train_state the raw ones.
+        used = self.ema if self.ema is not None else model
+        extra = {"train_state": _cpu_state(model)} if self.ema is not None else {}
         return {
+            **extra,
             "model": {
                 "name": model.tinycnn_name,
                 "options": model.tinycnn_options,
-                "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "state": _cpu_state(used),
             },
             "classes": self.cache.classes,
             "names": self.cache.names,
@@ -172,7 +178,7 @@ class Session:
         }
         for name, (images, labels) in self.eval_sets.items():
             logits = predict_logits(
-                self.model,
+                self.ema if self.ema is not None else self.model,
                 images,
                 self.runtime,
                 size=self.eval_size,
@@ -285,10 +291,14 @@ def load_session(
         eval_size,
     )
     session.flops_per_image = flops_per_image
+    if cfg.train.ema_decay:
+        session.ema = copy.deepcopy(model).eval().requires_grad_(False)
     if resume:
         _restore(session, out / "checkpoints" / "last.pt")
     elif init_from is not None:
         _load_weights(session, Path(init_from))
+        if session.ema is not None:
+            session.ema.load_state_dict(session.model.state_dict())
     if cfg.train.tensorboard:
         session.writer = _tensorboard(out)
     return session
@@ -373,8 +383,11 @@ def check_classes(payload: dict, cache: Cache, path: Path) -> None:
 def _restore(s: Session, path: Path) -> None:
     payload = load_checkpoint(path)
     check_classes(payload, s.cache, path)
-    check_state(s.model, payload["model"]["state"], str(path))
-    s.model.load_state_dict(payload["model"]["state"])
+    raw = payload.get("train_state", payload["model"]["state"])
+    check_state(s.model, raw, str(path))
+    s.model.load_state_dict(raw)
+    if s.ema is not None:
+        s.ema.load_state_dict(payload["model"]["state"])
     s.optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng"]["torch"])
     s.iteration = payload["iteration"]
@@ -471,3 +484,22 @@ def chance_advice(loss: float, num_classes: int) -> str:
         "Try batch norm (--set model.batch_norm=true), kaiming init, a higher optim.lr with "
         "warm-up (schedule.warmup_epochs)"
     )
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model after optimisation step ``step`` (1-based).
+
+    d = min(decay, (1 + step) / (10 + step)): early on the average follows the weights closely
+    (timm's warm-up), so a short run's EMA is not stuck near the initialisation. Buffers (batch
+    norm statistics) are copied, not averaged.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, list(model.parameters()), 1 - d)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)

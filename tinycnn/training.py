@@ -39,6 +39,7 @@ from tinycnn.session import (
     pause_point,
     tensorboard_writer_class,
     training_rows,
+    update_ema,
 )
 
 __all__ = ["RunResult", "TrainingDivergedError", "read_metrics", "train"]
@@ -371,6 +372,8 @@ def _step(s: Session, rows: torch.Tensor) -> tuple[float, int]:
     if not math.isfinite(value):
         s.diverged(value)
     s.optimizer.step()
+    if s.ema is not None:
+        update_ema(s.ema, s.model, cfg.train.ema_decay, s.iteration + 1)
     wrong = int((logits.argmax(dim=1) != labels).sum())
     return value, wrong
 

@@ -26,6 +26,7 @@ from tinycnn.compute import training_flops_per_image
 from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.data.augment import augment_batch
 from tinycnn.data.cache import load_cache, verify_cache
+from tinycnn.data.mixing import mix_batch
 from tinycnn.errors import ConfigError, Interrupted
 from tinycnn.optim import lr_at, set_lr
 from tinycnn.run_folder import read_metrics, read_resolved_config, run_lock
@@ -363,9 +364,14 @@ def _step(s: Session, rows: torch.Tensor) -> tuple[float, int]:
     images = s.train_images[rows].to(rt.device, non_blocking=True)
     labels = s.train_labels[rows].to(rt.device, non_blocking=True)
     x = augment_batch(images, cfg.augment, generator, s.norm)
+    targets = labels
+    if cfg.augment.mixup or cfg.augment.cutmix:
+        x, targets, _ = mix_batch(
+            x, labels, s.cache.num_classes, cfg.augment.mixup, cfg.augment.cutmix, step_seed
+        )
     with rt.autocast():
         logits = s.model(x)
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
+    loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.optim.label_smoothing)
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     value = float(loss.detach())  # a sync per step: negligible on CPU, and it guards every update

@@ -53,6 +53,8 @@ class AugmentConfig:
     contrast: float = 0.0  # per-image multiplier ~ U[1 - contrast, 1 + contrast]
     noise_std: float = 0.0  # Gaussian pixel noise std, 0-255 scale (the paper used 1)
     pad: int = 0  # reflect padding in pixels before cropping (CIFAR-style translations)
+    mixup: float = 0.0  # Mixup's Beta(alpha, alpha); 0 = off (data/mixing.py)
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0 = off; both on: one per batch
 
     def validate(self, image_size: tuple[int, int] | None = None) -> None:
         """Raise ConfigError for impossible values; also check against ``image_size`` (H, W)."""
@@ -62,7 +64,7 @@ class AugmentConfig:
                 raise ConfigError(f"AugmentConfig.{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.flip, bool):
             raise ConfigError(f"AugmentConfig.flip must be true or false, got {self.flip!r}")
-        for name in ("tint", "contrast", "noise_std"):
+        for name in ("tint", "contrast", "noise_std", "mixup", "cutmix"):
             value = getattr(self, name)
             real = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not real or not math.isfinite(value) or value < 0:

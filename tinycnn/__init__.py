@@ -16,7 +16,8 @@ above, not even inside a function (tests/test_newcomer.py fails on any import cy
                                          error rates, per-class accuracy
 6. optim, session -> training            optimisers and schedules; a run's state; train()
 7. members -> evaluation -> ensembles    member specs; evaluate(); ensemble(), probability cache
-8. prediction, export, analysis/         submissions and image files; ONNX/TorchScript; the report
+8. prediction, export, analysis/         submissions and image files; ONNX/TorchScript; the report;
+   studies                               tinycnn experiment: presets trained and tabulated
 9. demo, cli                             the demo; the command line, a thin layer over the above
 """
 
@@ -47,6 +48,7 @@ _LAZY = {
     "write_submission": "tinycnn.prediction",
     "predict_files": "tinycnn.prediction",
     "build_report": "tinycnn.analysis",
+    "run_experiments": "tinycnn.studies",
 }
 
 __all__ = [

@@ -296,6 +296,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from tinycnn.studies import format_table, run_experiments
+
+    rows = run_experiments(
+        args.configs,
+        args.data,
+        args.out,
+        epochs_scale=args.epochs_scale,
+        report=not args.no_report,
+        progress=not args.quiet,
+    )
+    print(format_table(rows), end="")
+    print(f"wrote {Path(args.out) / 'table.md'} and table.json")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tinycnn.demo import run_demo
 
@@ -458,6 +474,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--check-count", type=int, default=100, help="images to check (default 100)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("experiment", help="train several presets (resumable), tabulate them")
+    p.add_argument(
+        "configs", nargs="+", metavar="CONFIG", help="TOML presets, e.g. configs/paper/*.toml"
+    )
+    p.add_argument("--data", required=True, help="prepared cache folder")
+    p.add_argument("--out", required=True, help="study folder: one run folder per config")
+    p.add_argument(
+        "--epochs-scale",
+        type=float,
+        default=1.0,
+        help="multiply every preset's epochs (quick studies)",
+    )
+    p.add_argument("--no-report", action="store_true", help="skip the analysis report")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_cmd_models)

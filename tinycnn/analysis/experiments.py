@@ -41,6 +41,7 @@ _EXECUTION_KEYS = {
         "snapshot_every",
         "keep_snapshots",
         "max_minutes",
+        "max_pflop",
         "tensorboard",
         "init_from",
     },

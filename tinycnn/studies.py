@@ -1,0 +1,139 @@
+"""``tinycnn experiment``: train several presets as ordinary run folders, then tabulate them.
+
+Each CONFIG becomes DIR/NAME (NAME: the file's stem). Running the same command again skips
+finished runs and resumes interrupted ones, so a study survives being stopped at any point.
+The table puts our tuning and val errors, training compute and time beside the paper's figures
+for configs/paper presets, as DIR/table.md and DIR/table.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from tinycnn.analysis import build_report
+from tinycnn.analysis.experiments import identify_preset, paper_figure
+from tinycnn.atomic import write_text
+from tinycnn.config import load_config
+from tinycnn.errors import ConfigError
+from tinycnn.run_folder import read_metrics, read_resolved_config
+from tinycnn.training import train
+
+COLUMNS = (
+    "name",
+    "model",
+    "config",
+    "epochs",
+    "train_pflop",
+    "train_minutes",
+    "hardware",
+    "tuning_top1_error",
+    "val_top1_error",
+    "val_top5_error",
+    "paper_val_error",
+    "paper_test_error",
+)
+
+
+def run_experiments(
+    configs: list[str | Path],
+    cache: str | Path,
+    out: str | Path,
+    *,
+    epochs_scale: float = 1.0,
+    report: bool = True,
+    progress: bool = True,
+) -> list[dict]:
+    """Train (or resume, or skip) each config into out/NAME; returns the table's rows.
+
+    epochs_scale: multiplies every config's train.epochs (at least 1), for quick studies.
+    report: also write the analysis report of all the runs (and their ensemble) in out/report.
+    """
+    out = Path(out)
+    names = [Path(c).stem for c in configs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two configs share a name ({', '.join(names)}); rename one")
+    if epochs_scale <= 0:
+        raise ConfigError(f"--epochs-scale {epochs_scale}: must be a positive number")
+    rows = []
+    for config, name in zip(configs, names, strict=True):
+        run = out / name
+        if not _finished(run):
+            if (run / "config.toml").is_file():
+                if progress:
+                    print(f"{name}: resuming {run}", flush=True)
+                train(None, run, resume=True, progress=progress)
+            else:
+                cfg = load_config(config, [f"data.cache={json.dumps(str(cache))}"])
+                epochs = max(1, round(cfg.train.epochs * epochs_scale))
+                cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
+                train(cfg, run, progress=progress)
+        elif progress:
+            print(f"{name}: finished earlier, {run}", flush=True)
+        rows.append(table_row(name, Path(config), run))
+    write_text(out / "table.json", json.dumps(rows, indent=1) + "\n")
+    write_text(out / "table.md", format_table(rows))
+    if report:
+        runs = [str(out / name) for name in names]
+        build_report(runs, cache, out / "report", scan_train=2000, progress=progress)
+    return rows
+
+
+def _finished(run: Path) -> bool:
+    """True when the run's last evaluation is its schedule's end (not a stop on the way)."""
+    rows = read_metrics(run)
+    if not rows or rows[-1].get("partial_epoch") or not (run / "config.toml").is_file():
+        return False
+    epochs = read_resolved_config(run)["train"]["epochs"]
+    epoch = rows[-1]["epoch"]
+    return epoch == epochs or not float(epoch).is_integer()  # a compute budget ends mid-epoch
+
+
+def table_row(name: str, config: Path, run: Path) -> dict:
+    """One row of the study's table, from the run folder's resolved config and metrics."""
+    resolved = read_resolved_config(run)
+    last = read_metrics(run)[-1]
+    preset = identify_preset(resolved)
+    paper = paper_figure(preset) or {}
+    return {
+        "name": name,
+        "model": resolved["model"]["name"],
+        "config": str(config),
+        "epochs": last["epoch"],
+        "train_pflop": last.get("train_pflop"),
+        "train_minutes": last["elapsed_seconds"] / 60,
+        "hardware": last.get("hardware", "not recorded"),
+        "tuning_top1_error": last.get("tune_top1_error"),
+        "val_top1_error": last["val_top1_error"],
+        "val_top5_error": last["val_top5_error"],
+        "paper_val_error": paper.get("val", 0) / 100 if paper else None,
+        "paper_test_error": paper.get("test", 0) / 100 if paper else None,
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table; error rates in percent, PFLOP and minutes as numbers.
+
+    The paper's val error corresponds to our tuning split, its test error to our val split.
+    """
+
+    def cell(row: dict, key: str) -> str:
+        value = row.get(key)
+        if value is None:
+            return "-"
+        if key.endswith("_error"):
+            return f"{value:.2%}"
+        if isinstance(value, float):
+            return f"{value:.3g}"
+        return str(value)
+
+    lines = [
+        "Error rates in percent. The paper's val error stands beside our tuning split, its test",
+        "error beside our val split (the official val split, never used for tuning).",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + " --- |" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(cell(row, key) for key in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

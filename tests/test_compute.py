@@ -51,11 +51,8 @@ def test_training_flops_per_image_match_a_hand_count(model, size: int, expected:
     assert training_flops_per_image(model(), size) == expected
 
 
-def test_metrics_log_cumulative_training_pflop(
-    synth_sources: dict[str, Path], tmp_path: Path
-) -> None:
-    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
-    cfg = load_config(
+def _small_cfg(cache: Path, *extra: str):
+    return load_config(
         None,
         [
             f"data.cache={json.dumps(str(cache))}",
@@ -63,11 +60,21 @@ def test_metrics_log_cumulative_training_pflop(
             "model.conv_channels=[8, 8, 8]",
             "model.fc_widths=[32]",
             'data.normalization="channel"',
+            'optim.name="nesterov"',
+            "optim.lr=0.05",
             "train.batch_size=16",
-            "train.epochs=2",
             "train.threads=1",
+            "train.deterministic=true",
+            *extra,
         ],
     )
+
+
+def test_metrics_log_cumulative_training_pflop(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    cfg = _small_cfg(cache, "train.epochs=2")
     result = train(cfg, tmp_path / "run", progress=False)
     model = create_model("cnn5", num_classes=5, conv_channels=[8, 8, 8], fc_widths=[32])
     per_image = training_flops_per_image(model, 56)
@@ -89,22 +96,11 @@ def test_max_pflop_ends_the_schedule_on_the_budget(
     cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
     model = create_model("cnn5", num_classes=5, conv_channels=[8, 8, 8], fc_widths=[32])
     step = 16 * training_flops_per_image(model, 56)  # one batch of 16
-    cfg = load_config(
-        None,
-        [
-            f"data.cache={json.dumps(str(cache))}",
-            "model.name=cnn5",
-            "model.conv_channels=[8, 8, 8]",
-            "model.fc_widths=[32]",
-            'data.normalization="channel"',
-            'optim.name="nesterov"',
-            "optim.lr=0.05",
-            'schedule.name="cosine"',
-            "train.batch_size=16",
-            "train.epochs=10",
-            "train.threads=1",
-            f"train.max_pflop={5.5 * step / 1e15!r}",  # room for 5 steps, not 6
-        ],
+    cfg = _small_cfg(
+        cache,
+        'schedule.name="cosine"',
+        "train.epochs=10",
+        f"train.max_pflop={5.5 * step / 1e15!r}",  # room for 5 steps, not 6
     )
     result = train(cfg, tmp_path / "run", progress=False)
     assert [row["iteration"] for row in result.metrics] == [3, 5]  # epoch 1, then the budget
@@ -117,25 +113,6 @@ def test_max_pflop_ends_the_schedule_on_the_budget(
     assert last["lr"] == pytest.approx(0.05 * (1 + math.cos(0.8 * math.pi)) / 2)
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["best.pt", "epoch-001.pt", "last.pt"]
-
-
-def _small_cfg(cache: Path, *extra: str):
-    return load_config(
-        None,
-        [
-            f"data.cache={json.dumps(str(cache))}",
-            "model.name=cnn5",
-            "model.conv_channels=[8, 8, 8]",
-            "model.fc_widths=[32]",
-            'data.normalization="channel"',
-            'optim.name="nesterov"',
-            "optim.lr=0.05",
-            "train.batch_size=16",
-            "train.threads=1",
-            "train.deterministic=true",
-            *extra,
-        ],
-    )
 
 
 def test_the_weight_ema_is_the_hand_computed_average_and_what_is_evaluated(

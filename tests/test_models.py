@@ -63,7 +63,9 @@ def test_registry_lists_the_paper_family() -> None:
     assert sorted(MODEL_NAMES) == MODEL_NAMES
     for info in list_models():
         assert isinstance(info, ModelInfo)
-        assert info.description and info.default_input == 56 and info.params > 0
+        # fastnet is built for whole 64x64 images; the others for the paper's 56x56 crops.
+        expected = 64 if info.name == "fastnet" else 56
+        assert info.description and info.default_input == expected and info.params > 0
 
 
 @pytest.mark.parametrize("num_classes", [200, 10])
@@ -432,3 +434,59 @@ def test_resnet_blocks_start_as_the_identity_and_preact_normalises_first() -> No
     assert isinstance(first.bn1, nn.BatchNorm2d) and not isinstance(preact.stem[-1], nn.ReLU)
     with pytest.raises(ConfigError, match="activation 'gelu'"):
         create_model("resnet18", activation="gelu")
+
+
+# --- fastnet -----------------------------------------------------------------------------------
+
+
+def _fastnet_macs(side: int, classes: int = 200) -> tuple[int, int]:
+    """(forward multiply-adds, of which the stem's) of fastnet at its defaults, by hand."""
+    s = side // 2  # the stride-2 stem
+    stem = 3 * 9 * 64 * s * s
+    convs = 64 * 9 * 128 * s * s  # stage 1 at s, then pooled
+    convs += 2 * 128 * 9 * 128 * (s // 2) ** 2  # its residual block
+    convs += 128 * 9 * 256 * (s // 2) ** 2  # stage 2
+    convs += 256 * 9 * 512 * (s // 4) ** 2  # stage 3
+    convs += 2 * 512 * 9 * 512 * (s // 8) ** 2  # its residual block
+    return stem + convs + 1024 * classes, stem
+
+
+@pytest.mark.parametrize("side", [64, 32])
+def test_fastnet_counts_by_hand(side: int) -> None:
+    from tinycnn.compute import training_flops_per_image
+
+    model = create_model("fastnet")
+    # Weights (3x3 convs without bias) + batch norms (2 per channel) + fc with bias.
+    convs = 3 * 64 + 64 * 128 + 2 * 128 * 128 + 128 * 256 + 256 * 512 + 2 * 512 * 512
+    norms = 2 * (64 + 128 + 2 * 128 + 256 + 512 + 2 * 512)
+    assert sum(p.numel() for p in model.parameters()) == 9 * convs + norms + 1024 * 200 + 200
+    macs, stem = _fastnet_macs(side)
+    # Training: forward, then input and weight gradients (twice the forward), less the stem's
+    # input gradient: the image needs none. A multiply-add is 2 FLOPs.
+    assert training_flops_per_image(model, side) == 2 * (3 * macs - stem)
+    assert training_flops_per_image(model, 64) == pytest.approx(2.27e9, rel=2e-3)
+
+
+def test_fastnet_layout() -> None:
+    from tinycnn.models.fast import Residual
+
+    model = create_model("fastnet", width=16, residual=[2])
+    blocks = [m for m in model.modules() if isinstance(m, Residual)]
+    assert len(blocks) == 1 and blocks[0].body[0][0].in_channels == 64  # after stage 2: 4 x 16
+    assert (blocks[0].body[1][1].weight == 0).all()  # the block starts as the identity
+    x = _images(40)
+    with torch.no_grad():
+        assert blocks[0](torch.ones(1, 64, 5, 5)).eq(1).all()
+        out = model.eval()(x)
+    assert out.shape == (BATCH, 200)
+    # Max- and average-pooled features side by side, then the scaled classifier.
+    assert model.classifier.in_features == 2 * 128
+    with pytest.raises(ConfigError, match="too small for fastnet"):
+        model(_images(12))
+    for options, message in [
+        ({"width": 0}, "width 0"),
+        ({"residual": [4]}, "residual \\[4\\]"),
+        ({"head_scale": 0.0}, "head_scale 0.0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            create_model("fastnet", **options)

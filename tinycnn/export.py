@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from tinycnn import __version__
 from tinycnn.atomic import atomic_path, write_into
-from tinycnn.data.augment import Normalization
+from tinycnn.data.augment import Normalization, resize_matrix
 from tinycnn.data.decode import IMAGE_SIZE
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.inference import LoadedModel, load_model
@@ -75,7 +75,12 @@ class Preprocessed(nn.Module):
     """uint8 (N, H, W, 3) images -> centre crop, normalise, NCHW -> the model's fp32 logits."""
 
     def __init__(
-        self, model: nn.Module, norm: Normalization | None, size: int, image_size: int = IMAGE_SIZE
+        self,
+        model: nn.Module,
+        norm: Normalization | None,
+        size: int,
+        image_size: int = IMAGE_SIZE,
+        resize: int | None = None,
     ) -> None:
         """Wrap an eval-mode CPU fp32 model.
 
@@ -84,6 +89,8 @@ class Preprocessed(nn.Module):
             norm: the checkpoint's normalisation; a mean image must be (image_size, image_size, 3).
             size: the crop side the model was trained on.
             image_size: side of the square uint8 input images.
+            resize: the side the crop is resized to for the model (progressive resizing), or
+                None; done as two matrix products, the numbers of ``resize_views``.
         """
         super().__init__()
         if not 0 < size <= image_size:
@@ -103,6 +110,10 @@ class Preprocessed(nn.Module):
             crop = slice(self.top, self.top + size)
             # Caffe subtracts the full mean image before cropping: the crop of the mean is the same.
             self.register_buffer("shift", norm.mean_image[crop, crop, :].clone())  # (size, size, 3)
+        self.resize = resize is not None and resize != size
+        if self.resize:
+            self.register_buffer("rows", resize_matrix(size, resize).T.contiguous())  # (r, size)
+            self.register_buffer("cols", resize_matrix(size, resize))  # (size, r)
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, C) float32 logits of uint8 images (N, H, W, 3)."""
@@ -112,7 +123,10 @@ class Preprocessed(nn.Module):
             x = x - self.shift
         if self.divide:
             x = x / self.scale
-        return self.model(x.permute(0, 3, 1, 2))
+        x = x.permute(0, 3, 1, 2)
+        if self.resize:
+            x = self.rows @ (x @ self.cols)
+        return self.model(x)
 
 
 def export_model(
@@ -145,7 +159,9 @@ def export_model(
     mean_image = loaded.norm.mean_image if loaded.norm is not None else None
     image_size = IMAGE_SIZE if mean_image is None else int(mean_image.shape[0])
     images = _check_array(check_images, image_size)
-    wrapper = Preprocessed(loaded.model, loaded.norm, loaded.input_size, image_size).eval()
+    wrapper = Preprocessed(
+        loaded.model, loaded.norm, loaded.input_size, image_size, loaded.resize
+    ).eval()
     spec = _input_spec(image_size, len(loaded.classes))
     write, run = (
         (_write_onnx, _run_onnx) if fmt == "onnx" else (_write_torchscript, _run_torchscript)
@@ -216,7 +232,8 @@ def _metadata(loaded: LoadedModel, spec: str) -> dict[str, str]:
         "input_spec": spec,
         "preprocessing": (
             f"centre crop {loaded.input_size}x{loaded.input_size}, normalisation {norm}, "
-            "inside the graph"
+            + (f"resized to {loaded.resize}x{loaded.resize}, " if loaded.resize else "")
+            + "inside the graph"
         ),
         "tinycnn_version": __version__,
     }

@@ -16,7 +16,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normalization_from_payload
-from tinycnn.data.augment import Normalization, center_crop, flip_views, ten_crop
+from tinycnn.data.augment import (
+    Normalization,
+    center_crop,
+    flip_views,
+    resize_views,
+    ten_crop,
+)
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.runtime import Runtime, make_runtime
 
@@ -34,10 +40,12 @@ def predict_logits(
     batch_size: int = 500,
     tta: str = "center",
     progress: str | None = None,
+    resize: int | None = None,
 ) -> Tensor:
     """Class logits (N, C) float32 on the CPU; with TTA, the mean of the views' softmax as logits.
 
     images_u8: (N, 64, 64, 3) uint8 (CPU or device); size: the crop the model was trained on.
+    resize: the side each view is resized to for the model (progressive resizing), or None.
     progress: a label for a progress bar over the images (None: no bar).
     """
     was_training = model.training
@@ -55,6 +63,8 @@ def predict_logits(
     for lo in range(0, len(images_u8), batch_size):
         batch = images_u8[lo : lo + batch_size].to(runtime.device, non_blocking=True)
         views = _views(batch, size, norm, tta)  # (B * V, 3, size, size)
+        if resize is not None:
+            views = resize_views(views, resize)
         with runtime.autocast():
             logits = model(views).float()
         if tta != "center":
@@ -87,6 +97,7 @@ class LoadedModel:
     epoch: int
     iteration: int
     runtime: Runtime
+    resize: int | None = None  # the side views are resized to for the model (None: the crop's)
 
     def logits(
         self,
@@ -110,6 +121,7 @@ class LoadedModel:
             batch_size=batch_size,
             tta=tta,
             progress=progress,
+            resize=self.resize,
         )
 
     def probabilities(
@@ -152,6 +164,7 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
         epoch=payload["epoch"],
         iteration=payload["iteration"],
         runtime=runtime,
+        resize=payload.get("resize"),
     )
 
 
@@ -219,9 +232,7 @@ def predict_batches(
     progress: a label for a progress bar over the images (None: no bar).
     """
     outputs = []
-    bar = tqdm(
-        total=len(images), desc=progress, unit="img", disable=progress is None, leave=False
-    )
+    bar = tqdm(total=len(images), desc=progress, unit="img", disable=progress is None, leave=False)
     for lo in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[lo : lo + batch_size]))  # a writable copy
         probs = predictor(batch)

@@ -82,7 +82,9 @@ class Session:
     metrics: list[dict] = field(default_factory=list)
     best_error: float = math.inf
     evaluation_pending: bool = False  # resumed at an epoch end whose evaluation was not saved
-    flops_per_image: float = 0.0  # one training step, forward + backward (compute.py)
+    # FLOPs of one training step (forward + backward) per image, by model input side: the crop's
+    # side, or each size of progressive resizing (compute.py).
+    flops_by_size: dict[int, float] = field(default_factory=dict)
     ema: nn.Module | None = None  # the weights' moving average (train.ema_decay), or None
     writer: object | None = None
 
@@ -96,14 +98,45 @@ class Session:
         return max(1, len(self.train_labels) // self.cfg.train.batch_size)
 
     @property
+    def flops_per_image(self) -> float:
+        """One training step's FLOPs per image at the final input size (0 if not counted)."""
+        return self.flops_by_size.get(self.input_size_at(self.total_iters - 1), 0.0)
+
+    @property
     def total_iters(self) -> int:
         """train.epochs of iterations, or fewer where train.max_pflop runs out first."""
+        if "_total_iters" not in self.__dict__:
+            self._total_iters = self._fit_total()
+        return self._total_iters
+
+    def _fit_total(self) -> int:
         total = self.iters_per_epoch * self.cfg.train.epochs
         budget = self.cfg.train.max_pflop * PFLOP
-        if budget and self.flops_per_image:
-            step = self.flops_per_image * self.cfg.train.batch_size
-            total = min(total, max(1, int(budget // step)))
-        return total
+        if not budget or not self.flops_by_size or self.flops_until(total, total) <= budget:
+            return total
+        # The most iterations whose schedule (sizes included) fits the budget: the cost
+        # rises with the total, so bisect.
+        low, high = 1, total  # cost(low) <= budget is assumed: at least one step runs
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self.flops_until(mid, mid) <= budget else (low, mid - 1)
+        return low
+
+    def input_size_at(self, iteration: int) -> int:
+        """The model's input side at this iteration (progressive resizing), else the crop's."""
+        size = self.cfg.augment.input_size_at(iteration, self.total_iters)
+        return self.eval_size if size is None else size
+
+    def flops_until(self, iteration: int, total: int | None = None) -> float:
+        """Training FLOPs of the first ``iteration`` steps of a run of ``total`` (default: this
+        run's) iterations: each step's batch at the input side of its resizing phase."""
+        total = self.total_iters if total is None else total
+        flops, done = 0.0, 0
+        for steps, size in self.cfg.augment.phases(total):
+            used = min(steps, max(iteration - done, 0))
+            flops += used * self.cfg.train.batch_size * self.flops_by_size[size or self.eval_size]
+            done += steps
+        return flops
 
     @property
     def checkpoints(self) -> Path:
@@ -126,11 +159,13 @@ class Session:
             "names": self.cache.names,
             "normalization": normalization_payload(self.norm),
             "input_size": self.eval_size,
+            "resize": self._resize(),
             "config": config_to_dict(self.cfg),
             "epoch": self.iteration // self.iters_per_epoch,
             "iteration": self.iteration,
             "elapsed_seconds": elapsed,
             "flops_per_image": self.flops_per_image,
+            "flops_by_size": {str(k): v for k, v in sorted(self.flops_by_size.items())},
             "optimizer": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
             "accumulator": vars(self.accum).copy(),
@@ -173,8 +208,8 @@ class Session:
             "train_loss": self.accum.loss_sum / max(self.accum.seen, 1),
             "train_top1_error": self.accum.wrong / max(self.accum.seen, 1),
             # Cumulative training compute (PFLOP = 1e15): every step sees batch_size images.
-            "train_pflop": self.iteration * self.cfg.train.batch_size * self.flops_per_image
-            / PFLOP,
+            "train_pflop": self.flops_until(self.iteration) / PFLOP if self.flops_by_size else 0.0,
+            "input_size": self.input_size_at(max(self.iteration - 1, 0)),
         }
         for name, (images, labels) in self.eval_sets.items():
             logits = predict_logits(
@@ -182,6 +217,7 @@ class Session:
                 images,
                 self.runtime,
                 size=self.eval_size,
+                resize=self._resize(),
                 norm=self.norm,
                 batch_size=self.cfg.train.eval_batch_size,
                 progress=f"evaluate {name}" if progress else None,
@@ -219,6 +255,11 @@ class Session:
         self._log(row, progress)
         pause_point("logged", self.iteration)
         return row
+
+    def _resize(self) -> int | None:
+        """The side the crop is resized to for the model now: that of the last step, if any."""
+        size = self.input_size_at(max(self.iteration - 1, 0))
+        return None if size == self.eval_size else size
 
     def _log(self, row: dict, progress: bool) -> None:
         append_line(self.out / "metrics.jsonl", json.dumps(row))
@@ -260,12 +301,12 @@ def load_session(
     *,
     init_from=None,
     resume: bool = False,
-    flops_per_image: float = 0.0,
+    flops_by_size: dict[int, float] | None = None,
 ) -> Session:
     """Load data, build model and optimiser, and restore a resume point or initial weights.
 
-    flops_per_image: one training step's FLOPs per image (compute.py), for train_pflop and
-    train.max_pflop.
+    flops_by_size: one training step's FLOPs per image (compute.py) at each model input side
+    the run uses, for train_pflop and train.max_pflop.
     """
     cache = load_cache(cfg.data.cache)
     train_rows, tune_rows = training_rows(cfg, cache)
@@ -290,7 +331,7 @@ def load_session(
         eval_sets,
         eval_size,
     )
-    session.flops_per_image = flops_per_image
+    session.flops_by_size = dict(flops_by_size or {})
     if cfg.train.ema_decay:
         session.ema = copy.deepcopy(model).eval().requires_grad_(False)
     if resume:

@@ -24,10 +24,11 @@ from tinycnn.atomic import write_text
 from tinycnn.checkpoint import check_state, load_checkpoint
 from tinycnn.compute import training_flops_per_image
 from tinycnn.config import RunConfig, config_from_dict, to_toml
-from tinycnn.data.augment import augment_batch
+from tinycnn.data.augment import augment_batch, resize_views
 from tinycnn.data.cache import load_cache, verify_cache
 from tinycnn.data.mixing import mix_batch
 from tinycnn.errors import ConfigError, Interrupted
+from tinycnn.models import model_options
 from tinycnn.optim import lr_at, set_lr
 from tinycnn.run_folder import read_metrics, read_resolved_config, run_lock
 from tinycnn.runtime import Runtime, make_runtime
@@ -126,7 +127,7 @@ def train(
             _new_run_dir(out, cfg, flops)
             pause_point("started", 0)
         session = load_session(
-            cfg, out, rt, init_from=init_from, resume=resume, flops_per_image=flops
+            cfg, out, rt, init_from=init_from, resume=resume, flops_by_size=flops
         )
         budget = cfg.train.max_minutes * 60
         if resume and budget and session.elapsed_before >= budget:
@@ -155,22 +156,26 @@ def banner(s: Session) -> str:
     threads = f", {n} thread{'s' * (n > 1)}" if rt.device.type == "cpu" else ""
     layout = ", channels_last" if rt.channels_last else ""
     where = "resuming at iteration " + f"{s.iteration:,} " if s.iteration else ""
-    gflop = s.flops_per_image / 1e9
+    gflop = f"{s.flops_per_image / 1e9:.2f} GFLOP per training image"
+    if cfg.augment.sizes:  # progressive resizing: each phase's cost
+        costs = (f"{s.flops_by_size[side] / 1e9:.2f} at {side}" for side in cfg.augment.sizes)
+        sides = ", ".join(costs)
+        gflop = f"GFLOP per training image {sides}"
     budget = ""
     if s.total_iters < s.iters_per_epoch * cfg.train.epochs:
         budget = f" (train.max_pflop = {cfg.train.max_pflop:g} ends the schedule there)"
     return (
-        f"train {cfg.model.name} ({params:,} parameters, {gflop:.2f} GFLOP per training image) "
+        f"train {cfg.model.name} ({params:,} parameters, {gflop}) "
         f"on {rt.device}{threads}, {why}{layout}; "
         f"{len(s.train_labels):,} images an epoch, {s.iters_per_epoch:,} iterations x "
         f"{cfg.train.epochs} epochs = {s.total_iters:,}{budget}; {where}run folder {s.out}"
     )
 
 
-def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, float]:
+def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, dict[int, float]]:
     """Check the data, model, device, held-out split and init checkpoint.
 
-    Returns the runtime and the FLOPs of one training step per image.
+    Returns the runtime and the FLOPs of one training step per image at each input side.
     """
     if not cfg.data.cache:
         raise ConfigError("data.cache is not set: pass --data CACHE (a tinycnn prepare folder)")
@@ -180,6 +185,12 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, f
     size = cfg.augment.crop or cache.manifest.get("image_size", 64)  # as load_session has it
     with torch.device("meta"):  # checks the model options without allocating anything
         model = build_model(cfg, cache.num_classes, size, initialise=False)
+    if cfg.augment.sizes and "input_size" in model_options(cfg.model.name):
+        raise ConfigError(
+            f"augment.sizes = {cfg.augment.sizes}: model {cfg.model.name!r} takes one fixed "
+            "input size (its fc layer is sized for it); progressive resizing needs a model that "
+            "pools globally (fastnet, resnet18, preact_resnet18)"
+        )
     if init_from is not None:
         payload = load_checkpoint(init_from)
         check_classes(payload, cache, Path(init_from))
@@ -188,18 +199,20 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, f
         tensorboard_writer_class()
     t = cfg.train
     runtime = make_runtime(t.device, t.precision, t.channels_last, t.threads, t.deterministic)
-    return runtime, training_flops_per_image(model, size)
+    sides = sorted({size, *cfg.augment.sizes})
+    return runtime, {side: training_flops_per_image(model, side) for side in sides}
 
 
-def _new_run_dir(out: Path, cfg: RunConfig, flops_per_image: float) -> None:
+def _new_run_dir(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:
     if (out / "checkpoints" / "last.pt").exists() or (out / "metrics.jsonl").exists():
         raise ConfigError(
             f"{out}: already holds a run; continue it with --resume {out}, or choose a new --out"
         )
-    size = cfg.augment.crop or load_cache(cfg.data.cache).manifest.get("image_size", 64)
+    sizes = cfg.augment.sizes or [cfg.augment.crop or max(flops)]
+    per_size = ", ".join(f"{flops[side] / 1e9:.3f} at {side}x{side}" for side in sizes)
     compute = (
-        f"\n# Training compute: {flops_per_image / 1e9:.3f} GFLOP per image (forward + backward "
-        f"at {size}x{size}, torch's FlopCounterMode); metrics.jsonl has train_pflop.\n"
+        f"\n# Training compute: GFLOP per image (forward + backward, torch's FlopCounterMode): "
+        f"{per_size}; metrics.jsonl has train_pflop.\n"
     )
     write_text(out / "config.toml", to_toml(cfg) + compute)
 
@@ -333,9 +346,7 @@ def _stop_reason(stop: _StopRequest, s: Session, clock: _Budget) -> str | None:
     return stop.reason
 
 
-def _stop(
-    s: Session, reason: str, clock: _Budget, stop: _StopRequest, progress: bool
-) -> RunResult:
+def _stop(s: Session, reason: str, clock: _Budget, stop: _StopRequest, progress: bool) -> RunResult:
     """Save the resume point mid-epoch; at a time budget also evaluate: that is the result."""
     if reason == "time budget":
         s.end_epoch(clock.elapsed(), None, progress, partial=True)
@@ -364,6 +375,7 @@ def _step(s: Session, rows: torch.Tensor) -> tuple[float, int]:
     images = s.train_images[rows].to(rt.device, non_blocking=True)
     labels = s.train_labels[rows].to(rt.device, non_blocking=True)
     x = augment_batch(images, cfg.augment, generator, s.norm)
+    x = resize_views(x, s.input_size_at(s.iteration))  # progressive resizing (or a no-op)
     targets = labels
     if cfg.augment.mixup or cfg.augment.cutmix:
         x, targets, _ = mix_batch(

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tinycnn.errors import ConfigError
@@ -55,6 +56,11 @@ class AugmentConfig:
     pad: int = 0  # reflect padding in pixels before cropping (CIFAR-style translations)
     mixup: float = 0.0  # Mixup's Beta(alpha, alpha); 0 = off (data/mixing.py)
     cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0 = off; both on: one per batch
+    # Progressive resizing: the crop is resized to these model input sides, smallest first; the
+    # last is also the evaluation size. size_until: the fraction of the run's iterations at which
+    # each size but the last ends. Empty: the model sees the crop as it is.
+    sizes: list[int] = field(default_factory=list)
+    size_until: list[float] = field(default_factory=list)
 
     def validate(self, image_size: tuple[int, int] | None = None) -> None:
         """Raise ConfigError for impossible values; also check against ``image_size`` (H, W)."""
@@ -72,8 +78,43 @@ class AugmentConfig:
         if self.contrast >= 1:
             # A factor of 0 or less would blank or invert the image.
             raise ConfigError(f"AugmentConfig.contrast must be < 1, got {self.contrast!r}")
+        self._validate_sizes()
         if image_size is not None:
             self._validate_size(*image_size)
+
+    def _validate_sizes(self) -> None:
+        sizes, until = list(self.sizes), list(self.size_until)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+            raise ConfigError(f"AugmentConfig.sizes must be whole numbers > 0, got {sizes!r}")
+        if len(until) != max(len(sizes) - 1, 0):
+            raise ConfigError(
+                f"AugmentConfig.size_until = {until!r}: give one fraction for each size but the "
+                f"last ({max(len(sizes) - 1, 0)} for sizes = {sizes!r})"
+            )
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in until)
+        if not numbers or not all(a < b for a, b in zip([0, *until], [*until, 1], strict=True)):
+            raise ConfigError(
+                f"AugmentConfig.size_until = {until!r}: fractions must rise strictly within (0, 1)"
+            )
+
+    def input_size_at(self, iteration: int, total: int) -> int | None:
+        """The model input side for this iteration (0-based) of ``total``; None: the crop's own.
+
+        Size k is used from iteration round(size_until[k-1] * total) on.
+        """
+        if not self.sizes:
+            return None
+        phase = sum(iteration >= round(u * total) for u in self.size_until)
+        return self.sizes[phase]
+
+    def phases(self, total: int) -> list[tuple[int, int]]:
+        """(iterations, input side) of each progressive-resizing phase of a ``total``-iteration
+        run, in order (one phase of the crop's side, 0 here, when sizes is empty)."""
+        if not self.sizes:
+            return [(total, 0)]
+        bounds = [0, *(round(u * total) for u in self.size_until), total]
+        ends = zip(bounds[:-1], bounds[1:], self.sizes, strict=True)
+        return [(end - start, size) for start, end, size in ends]
 
     def _validate_size(self, height: int, width: int) -> None:
         side = min(height, width)
@@ -386,6 +427,35 @@ def _fixed_views(
 def _centre(height: int, width: int, size: int) -> tuple[int, int]:
     # Floor division, as Caffe's test-phase crop: (64 - 56) // 2 = 4 pixels from the top left.
     return (height - size) // 2, (width - size) // 2
+
+
+def resize_matrix(n_in: int, n_out: int, device: torch.device | str = "cpu") -> Tensor:
+    """(n_in, n_out) float32 weights of antialiased bilinear resampling along one axis.
+
+    Column k holds the weights of output pixel k: exactly what ``F.interpolate(mode="bilinear",
+    antialias=True)`` computes, written as a matrix so that resizing is two matrix products:
+    the same numbers in training, evaluation and an exported graph (any runtime has MatMul).
+    """
+    eye = torch.eye(n_in, dtype=OUTPUT_DTYPE, device=device)[None, None]
+    weights = F.interpolate(
+        eye, size=(n_in, n_out), mode="bilinear", antialias=True, align_corners=False
+    )
+    return weights[0, 0]
+
+
+def resize_views(x: Tensor, size: int) -> Tensor:
+    """(B, 3, h, w) float images -> (B, 3, size, size), antialiased bilinear, channels_last.
+
+    Progressive resizing's training views and the matching evaluation views (see
+    ``AugmentConfig.sizes``); a no-op when the images already have that size.
+    """
+    height, width = x.shape[-2:]
+    if (height, width) == (size, size):
+        return x
+    rows = resize_matrix(height, size, x.device)  # (h, size)
+    cols = resize_matrix(width, size, x.device)  # (w, size)
+    out = rows.T @ (x.float() @ cols)  # (B, 3, size, size)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 def center_crop(images_u8: Tensor, size: int, norm: Normalization | None = None) -> Tensor:

@@ -5,6 +5,7 @@ Importing this package registers every family (one module each).
 
 from __future__ import annotations
 
+from tinycnn.models import fast as _fast  # noqa: F401  (registers fastnet)
 from tinycnn.models import paper as _paper  # noqa: F401  (registers the paper's models)
 from tinycnn.models import resnet as _resnet  # noqa: F401  (registers the ResNets)
 from tinycnn.models.init import init_weights

@@ -16,7 +16,7 @@ from tinycnn.models.registry import register_model
 STAGES = (2, 2, 2, 2)  # blocks per stage: ResNet-18
 
 
-def _activation(kind: str, channels: int) -> nn.Module:
+def make_activation(kind: str, channels: int) -> nn.Module:
     if kind == "relu":
         return nn.ReLU(inplace=True)
     if kind == "prelu":
@@ -41,10 +41,10 @@ class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, activation: str) -> None:
         super().__init__()
         self.conv1, self.bn1 = _conv3x3(c_in, c_out, stride), nn.BatchNorm2d(c_out)
-        self.act1 = _activation(activation, c_out)
+        self.act1 = make_activation(activation, c_out)
         self.conv2, self.bn2 = _conv3x3(c_out, c_out), nn.BatchNorm2d(c_out)
         self.shortcut = _shortcut(c_in, c_out, stride)
-        self.act2 = _activation(activation, c_out)
+        self.act2 = make_activation(activation, c_out)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.act1(self.bn1(self.conv1(x)))
@@ -56,9 +56,9 @@ class PreActBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int, activation: str) -> None:
         super().__init__()
-        self.bn1, self.act1 = nn.BatchNorm2d(c_in), _activation(activation, c_in)
+        self.bn1, self.act1 = nn.BatchNorm2d(c_in), make_activation(activation, c_in)
         self.conv1 = _conv3x3(c_in, c_out, stride)
-        self.bn2, self.act2 = nn.BatchNorm2d(c_out), _activation(activation, c_out)
+        self.bn2, self.act2 = nn.BatchNorm2d(c_out), make_activation(activation, c_out)
         self.conv2 = _conv3x3(c_out, c_out)
         self.projects = stride != 1 or c_in != c_out
         self.shortcut = (
@@ -83,7 +83,7 @@ class ResNet(nn.Module):
         self.preact = block is PreActBlock
         stem = [_conv3x3(3, width)]
         if not self.preact:  # a pre-activation net normalises at the start of each block
-            stem += [nn.BatchNorm2d(width), _activation(activation, width)]
+            stem += [nn.BatchNorm2d(width), make_activation(activation, width)]
         self.stem = nn.Sequential(*stem)
         layers, c_in = [], width
         for index, blocks in enumerate(STAGES):
@@ -94,7 +94,7 @@ class ResNet(nn.Module):
                 c_in = c_out
         self.stages = nn.Sequential(*layers)
         # A pre-activation net ends its last block without bn-act: add them before pooling.
-        head = [nn.BatchNorm2d(c_in), _activation(activation, c_in)] if self.preact else []
+        head = [nn.BatchNorm2d(c_in), make_activation(activation, c_in)] if self.preact else []
         self.head = nn.Sequential(*head, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(c_in, num_classes)
         self._zero_init_last_bn()

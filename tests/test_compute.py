@@ -175,3 +175,57 @@ def test_a_resumed_run_continues_the_same_ema(
             assert torch.equal(cut["model"][key][name], tensor), name
     for name, tensor in whole["train_state"].items():
         assert torch.equal(cut["train_state"][name], tensor), name
+
+
+def test_a_schedule_fitted_to_the_time_left_by_hand(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    from tinycnn.runtime import make_runtime
+    from tinycnn.session import load_session
+    from tinycnn.training import fit_total_to_time
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    cfg = _small_cfg(cache, "train.epochs=10", "train.max_minutes=1", "train.fit_to_time=true")
+    step, image = 16 * 1e9, 1e9  # FLOPs of a training step (16 images) and of one image
+    runtime = make_runtime("cpu", "fp32")
+    session = load_session(cfg, tmp_path / "run", runtime, flops_by_size={56: image})
+    session.iteration = 4  # 3 iterations an epoch (60 images, batch 16): epoch 2 is under way
+    evaluation = 20 * image / 3  # the 20 val images' forward passes, a third of a step each
+    # At 1e9 FLOP/s, a total of T costs (T - 4) steps plus an evaluation at each epoch end
+    # after iteration 4 and one at T if T is mid-epoch: T = 9 -> 5 steps, evaluations at 6, 9.
+    rate = 1e9
+
+    def by_hand(total: int) -> float:
+        ends = len([e for e in range(5, total + 1) if e % 3 == 0]) + (total % 3 != 0)
+        return ((total - 4) * step + ends * evaluation) / rate
+
+    assert by_hand(9) == pytest.approx(5 * 16 + 2 * 20 / 3)
+    for total in range(5, 30):  # exactly the time of T steps and evaluations fits T, not T + 1
+        assert fit_total_to_time(session, rate, by_hand(total) * (1 + 1e-9)) == total
+        if total > 5:
+            assert fit_total_to_time(session, rate, by_hand(total) * (1 - 1e-9)) == total - 1
+    assert fit_total_to_time(session, rate, 1e9) == 30  # train.epochs is the ceiling
+    assert fit_total_to_time(session, rate, 0.0) == 5  # at least one more step
+
+
+def test_a_time_fitted_run_ends_its_schedule_on_the_budget_and_resumes_on_it(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    from tinycnn.optim import lr_at
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    fitted = ("train.epochs=10000", "train.max_minutes=0.4", "train.fit_to_time=true")
+    cfg = _small_cfg(cache, 'schedule.name="onecycle"', *fitted)
+    cut = train(cfg, tmp_path / "run", progress=False, stop_at_iteration=30)
+    total = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["fitted_total"]
+    assert cut.iteration == 30 and 30 < total < 30_000
+    result = train(None, tmp_path / "run", resume=True, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["fitted_total"] == total
+    # The learning rate followed a schedule of the fitted length, from the fit on.
+    for row in result.metrics[-3:]:
+        i = row["iteration"] - 1
+        assert row["lr"] == pytest.approx(lr_at(i, 3, total, 0.05, cfg.schedule))
+    if result.stopped == "finished":  # else the safety stop of a very noisy machine
+        assert result.iteration == total
+        assert result.metrics[-1]["lr"] == pytest.approx(0.05 / total)
+    assert result.stopped in ("finished", "time budget")

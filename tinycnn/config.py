@@ -81,6 +81,7 @@ class TrainConfig:
     keep_snapshots: int = 0  # iteration snapshots to keep (oldest go first; epoch ones stay)
     max_minutes: float = 0.0  # wall-clock budget of the whole run, evaluations included; 0 = none
     max_pflop: float = 0.0  # training compute budget (PFLOP); the LR schedule ends on it; 0 = none
+    fit_to_time: bool = False  # fit the schedule's length to max_minutes (measured at the start)
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999), evaluated and saved; 0 = off
     tensorboard: bool = False  # also write TensorBoard logs (needs the tensorboard package)
     init_from: str = ""  # the checkpoint whose weights the run started from ("": initialised)
@@ -127,6 +128,8 @@ class RunConfig:
             _at_least(f"train.{name}", getattr(self.train, name), 0)
         _at_least("train.max_minutes", self.train.max_minutes, 0)
         _at_least("train.max_pflop", self.train.max_pflop, 0)
+        if self.train.fit_to_time and not self.train.max_minutes:
+            raise ConfigError("train.fit_to_time = true needs a time budget: set train.max_minutes")
         if not 0 <= self.train.ema_decay < 1:
             raise ConfigError(f"train.ema_decay = {self.train.ema_decay!r}: expected 0 <= d < 1")
         return self

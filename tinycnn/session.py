@@ -85,6 +85,8 @@ class Session:
     # FLOPs of one training step (forward + backward) per image, by model input side: the crop's
     # side, or each size of progressive resizing (compute.py).
     flops_by_size: dict[int, float] = field(default_factory=dict)
+    flops_done: float = 0.0  # training FLOPs of the steps taken so far (train_pflop)
+    fitted_total: int | None = None  # the schedule's length once fitted to train.max_minutes
     ema: nn.Module | None = None  # the weights' moving average (train.ema_decay), or None
     writer: object | None = None
 
@@ -104,7 +106,10 @@ class Session:
 
     @property
     def total_iters(self) -> int:
-        """train.epochs of iterations, or fewer where train.max_pflop runs out first."""
+        """train.epochs of iterations, or fewer where train.max_pflop runs out first, or the
+        length fitted to the time budget (train.fit_to_time)."""
+        if self.fitted_total is not None:
+            return self.fitted_total
         if "_total_iters" not in self.__dict__:
             self._total_iters = self._fit_total()
         return self._total_iters
@@ -166,6 +171,8 @@ class Session:
             "elapsed_seconds": elapsed,
             "flops_per_image": self.flops_per_image,
             "flops_by_size": {str(k): v for k, v in sorted(self.flops_by_size.items())},
+            "flops_done": self.flops_done,
+            "fitted_total": self.fitted_total,
             "optimizer": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
             "accumulator": vars(self.accum).copy(),
@@ -208,7 +215,7 @@ class Session:
             "train_loss": self.accum.loss_sum / max(self.accum.seen, 1),
             "train_top1_error": self.accum.wrong / max(self.accum.seen, 1),
             # Cumulative training compute (PFLOP = 1e15): every step sees batch_size images.
-            "train_pflop": self.flops_until(self.iteration) / PFLOP if self.flops_by_size else 0.0,
+            "train_pflop": self.flops_done / PFLOP,
             "input_size": self.input_size_at(max(self.iteration - 1, 0)),
         }
         for name, (images, labels) in self.eval_sets.items():
@@ -432,6 +439,8 @@ def _restore(s: Session, path: Path) -> None:
     s.optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng"]["torch"])
     s.iteration = payload["iteration"]
+    s.fitted_total = payload.get("fitted_total")
+    s.flops_done = payload.get("flops_done", s.flops_until(s.iteration) if s.flops_by_size else 0)
     s.elapsed_before = payload["elapsed_seconds"]
     s.accum = EpochAccumulator(**payload["accumulator"])
     s.metrics = _sync_metrics(s.out, payload)

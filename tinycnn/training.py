@@ -164,6 +164,10 @@ def banner(s: Session) -> str:
     budget = ""
     if s.total_iters < s.iters_per_epoch * cfg.train.epochs:
         budget = f" (train.max_pflop = {cfg.train.max_pflop:g} ends the schedule there)"
+    if cfg.train.fit_to_time and s.fitted_total is None:
+        budget += (
+            f" at most; the length is fitted to train.max_minutes after {_TimeFit.TIMED} steps"
+        )
     return (
         f"train {cfg.model.name} ({params:,} parameters, {gflop}) "
         f"on {rt.device}{threads}, {why}{layout}; "
@@ -225,15 +229,16 @@ def _read_resolved_config(out: Path) -> dict:
 
 def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> RunResult:
     cfg = s.cfg
-    ipe, total = s.iters_per_epoch, s.total_iters
+    ipe = s.iters_per_epoch
     clock = _Budget(cfg.train.max_minutes, started - s.elapsed_before, s)
+    fit = _TimeFit(s, clock, progress) if cfg.train.fit_to_time and s.fitted_total is None else None
     model = s.model
     model.train()
     if s.evaluation_pending:  # killed between an epoch-end snapshot and its evaluation
         clock.evaluating()
         s.end_epoch(clock.elapsed(), None, progress)
         clock.evaluated()
-    while s.iteration < total:
+    while s.iteration < s.total_iters:
         epoch = s.iteration // ipe
         perm = _epoch_order(cfg.train.seed, epoch, len(s.train_labels))
         bar = tqdm(
@@ -247,7 +252,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
         )
         epoch_start, first = time.perf_counter(), s.iteration
         with bar:
-            while s.iteration < min((epoch + 1) * ipe, total):  # a compute budget may end it
+            while s.iteration < min((epoch + 1) * ipe, s.total_iters):  # a budget may end it
                 pos = s.iteration % ipe
                 rows = perm[pos * cfg.train.batch_size : (pos + 1) * cfg.train.batch_size]
                 loss_value, wrong = _step(s, rows)
@@ -262,19 +267,21 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                     refresh=False,
                 )
                 bar.update()
+                if fit is not None and fit.measure():
+                    fit = None
                 pause_point("step", s.iteration)
                 if cfg.train.snapshot_every and s.iteration % cfg.train.snapshot_every == 0:
                     s.save(f"iter-{s.iteration:07d}", clock.elapsed())
                     pause_point("snapshot", s.iteration)
                 reason = _stop_reason(stop, s, clock)
                 # At an epoch's or the schedule's end, stop after its evaluation.
-                if reason and s.iteration % ipe and s.iteration < total:
+                if reason and s.iteration % ipe and s.iteration < s.total_iters:
                     return _stop(s, reason, clock, stop, progress)
         clock.evaluating()
         s.end_epoch(clock.elapsed(), time.perf_counter() - epoch_start, progress)
         clock.evaluated()
         reason = _stop_reason(stop, s, clock)
-        if reason and s.iteration < total:
+        if reason and s.iteration < s.total_iters:
             s.close()  # end_epoch has just saved the resume point
             return RunResult(s.out, model, s.metrics, reason, s.iteration, stop.signal)
     s.close()
@@ -320,9 +327,17 @@ class _Budget:
         return images * per_image / 2.5  # a margin over the third
 
     def remaining(self, seconds_per_iteration: float) -> str:
-        """The whole run's time to go (steps and evaluations), as H:MM:SS."""
+        """The whole run's time to go (steps and evaluations), as H:MM:SS.
+
+        Steps to come are timed by their FLOPs at the current rate: with progressive resizing
+        a later step at a larger size takes longer than one now.
+        """
         s = self.session
         steps = (s.total_iters - s.iteration) * seconds_per_iteration
+        step_flops = s.flops_by_size.get(s.input_size_at(max(s.iteration - 1, 0)), 0.0)
+        if step_flops:
+            flops_left = s.flops_until(s.total_iters) - s.flops_until(s.iteration)
+            steps = flops_left / (step_flops * s.cfg.train.batch_size) * seconds_per_iteration
         evaluations = -(-(s.total_iters - s.iteration) // s.iters_per_epoch)
         left = steps + evaluations * (self.eval_seconds or 0.0)
         if self.seconds:
@@ -336,6 +351,69 @@ class _Budget:
             return False
         # Room for the next step and the closing evaluation, or stop now.
         return self.elapsed() + self._step_seconds() + self._eval_estimate() > self.seconds
+
+
+class _TimeFit:
+    """train.fit_to_time: once the first steps are timed, fix the schedule's length so that the
+    steps (each at its size's FLOPs) and the evaluations end inside train.max_minutes.
+
+    The fitted length is saved with every checkpoint: a resumed run keeps the same schedule.
+    """
+
+    WARM_UP = 2  # steps not timed (allocation, first-call kernel selection)
+    TIMED = 20  # steps timed to measure the training FLOP rate
+    MARGIN = 0.95  # of the time left: room for noise and the checkpoints
+
+    def __init__(self, session: Session, clock: _Budget, progress: bool) -> None:
+        self.s, self.clock, self.progress = session, clock, progress
+        self.first = session.iteration
+        self.start: tuple[float, float] | None = None  # (time, flops_done) after warm-up
+
+    def measure(self) -> bool:
+        """Call after each step; True once the schedule is fitted."""
+        s, done = self.s, self.s.iteration - self.first
+        if done == self.WARM_UP:
+            self.start = (time.perf_counter(), s.flops_done)
+        if done < self.WARM_UP + self.TIMED or self.start is None:
+            return False
+        seconds = time.perf_counter() - self.start[0]
+        rate = (s.flops_done - self.start[1]) / max(seconds, 1e-9)  # training FLOP/s
+        left = (self.clock.seconds - self.clock.elapsed()) * self.MARGIN
+        s.fitted_total = fit_total_to_time(s, rate, left)
+        if self.progress:
+            print(
+                f"\nschedule fitted to train.max_minutes = {s.cfg.train.max_minutes:g}: "
+                f"{s.fitted_total:,} iterations ({s.fitted_total / s.iters_per_epoch:.2f} epochs) "
+                f"at the measured {rate / 1e9:.0f} GFLOP/s",
+                flush=True,
+            )
+        return True
+
+
+def fit_total_to_time(s: Session, flop_rate: float, seconds_left: float) -> int:
+    """The most iterations (at least the ones done, at most train.epochs' or the compute
+    budget's) whose remaining steps and evaluations take seconds_left at flop_rate.
+
+    An evaluation's forward pass is counted as a third of a training step per image.
+    """
+    done, ceiling = s.iteration, s.total_iters
+    images = sum(len(labels) for _, labels in s.eval_sets.values())
+
+    def seconds(total: int) -> float:
+        steps = s.flops_until(total, total) - s.flops_until(done, total)
+        size = s.cfg.augment.input_size_at(total - 1, total) or s.eval_size
+        evaluations = total // s.iters_per_epoch - done // s.iters_per_epoch
+        evaluations += bool(total % s.iters_per_epoch)  # the closing one
+        eval_flops = evaluations * images * s.flops_by_size[size] / 3
+        return (steps + eval_flops) / flop_rate
+
+    low, high = done + 1, ceiling
+    if seconds(low) > seconds_left:
+        return low
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if seconds(mid) <= seconds_left else (low, mid - 1)
+    return low
 
 
 def _stop_reason(stop: _StopRequest, s: Session, clock: _Budget) -> str | None:
@@ -375,7 +453,9 @@ def _step(s: Session, rows: torch.Tensor) -> tuple[float, int]:
     images = s.train_images[rows].to(rt.device, non_blocking=True)
     labels = s.train_labels[rows].to(rt.device, non_blocking=True)
     x = augment_batch(images, cfg.augment, generator, s.norm)
-    x = resize_views(x, s.input_size_at(s.iteration))  # progressive resizing (or a no-op)
+    size = s.input_size_at(s.iteration)
+    x = resize_views(x, size)  # progressive resizing (or a no-op)
+    s.flops_done += len(rows) * s.flops_by_size.get(size, 0.0)
     targets = labels
     if cfg.augment.mixup or cfg.augment.cutmix:
         x, targets, _ = mix_batch(

@@ -1,6 +1,7 @@
 """Training throughput of paper8: tinycnn's fast path against a naive PyTorch baseline, one run.
 
 Usage: python bench/train_throughput.py [--cache DIR] [--archive TAR_GZ] [--iters N]
+       [--fast-sizes 32 48 64]
 
 - naive: the usual tutorial pipeline. JPEG files on disk, a Dataset that opens each image with
   PIL and applies per-image transforms (random 56 crop, flip, to tensor, mean/std), a DataLoader
@@ -13,7 +14,8 @@ images/s of whole training steps (data + forward + backward + update), batch 128
 The machine's convolution-kernel rate (a bare 3x3 convolution, 128 -> 128 channels at 56x56,
 batch 64, forward, on the fastest path this machine has) is measured in the same rounds; each
 path's rate in GFLOP/s (images/s x training FLOPs per image, compute.py) is printed as a
-fraction of it.
+fraction of it. The fastnet recipe (configs/fast/fastnet-0.5pflop.toml) is timed at each of its
+progressive-resizing sizes on the fast path, in the same rounds.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared/data/tiny-imagenet-200.tar.gz"
 BATCH = 128
+PAPER8 = ROOT / "configs/paper/paper8_l2_5e-4.toml"
+FAST = ROOT / "configs/fast/fastnet-0.5pflop.toml"
 
 
 class JpegDataset(torch.utils.data.Dataset):
@@ -102,19 +106,33 @@ def naive_steps(files, labels, iters: int):
         yield iters * BATCH / (time.perf_counter() - start)
 
 
-def tinycnn_steps(cache: Path, fast: bool, iters: int, run_dir: Path):
+def tinycnn_steps(
+    cache: Path, fast: bool, iters: int, run_dir: Path, config: Path = PAPER8, size: int = 0
+):
+    """Generator: each next() runs `iters` of tinycnn's training steps and yields images/s.
+
+    config: the preset; size: with a progressive-resizing preset, the one input side to time.
+    The first next() yields the FLOPs of one training step per image instead.
+    """
+    from tinycnn.compute import training_flops_per_image
     from tinycnn.config import load_config
+    from tinycnn.data.cache import load_cache
     from tinycnn.runtime import make_runtime
-    from tinycnn.session import load_session
+    from tinycnn.session import build_model, load_session
     from tinycnn.training import _step
 
-    cfg = load_config(
-        ROOT / "configs/paper/paper8_l2_5e-4.toml",
-        [f"data.cache={json.dumps(str(cache))}", 'data.normalization="channel"'],
-    )
+    overrides = [f"data.cache={json.dumps(str(cache))}", 'data.normalization="channel"']
+    if size:
+        overrides += [f"augment.sizes=[{size}]", "augment.size_until=[]"]
+    cfg = load_config(config, [*overrides, "data.holdout_per_class=0", "train.max_pflop=0"])
     runtime = make_runtime(precision="auto" if fast else "fp32", channels_last=fast)
-    session = load_session(cfg, run_dir, runtime)
+    side = size or cfg.augment.crop or 64
+    classes = load_cache(cache).num_classes
+    with torch.device("meta"):
+        flops = training_flops_per_image(build_model(cfg, classes, side, initialise=False), side)
+    session = load_session(cfg, run_dir, runtime, flops_by_size={side: flops})
     order = torch.randperm(len(session.train_labels))
+    yield flops
     while True:
         start = time.perf_counter()
         for _ in range(iters):
@@ -149,6 +167,13 @@ def main() -> None:
     parser.add_argument("--archive", default=str(ARCHIVE))
     parser.add_argument("--iters", type=int, default=6, help="steps per variant per round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--fast-sizes",
+        type=int,
+        nargs="*",
+        default=[32, 48, 64],
+        help="input sides at which to time the fastnet recipe (configs/fast); none: skip it",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,29 +191,35 @@ def main() -> None:
             "tinycnn, fp32 NCHW": tinycnn_steps(cache, False, args.iters, tmp / "r1"),
             "tinycnn, fast path": tinycnn_steps(cache, True, args.iters, tmp / "r2"),
         }
+        gflop = {name: 0.0 for name in variants}
+        for name in ("tinycnn, fp32 NCHW", "tinycnn, fast path"):
+            gflop[name] = next(variants[name]) / 1e9
+        gflop["naive (PIL DataLoader, fp32 NCHW)"] = gflop["tinycnn, fast path"]  # paper8 too
+        for size in args.fast_sizes:
+            name = f"fastnet recipe at {size}x{size}, fast path"
+            variants[name] = tinycnn_steps(cache, True, args.iters, tmp / f"f{size}", FAST, size)
+            gflop[name] = next(variants[name]) / 1e9
         for steps in variants.values():
             next(steps)  # warm-up round: worker start, kernel selection, first allocations
         rates: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.rounds):
             for name, steps in variants.items():
                 rates[name].append(next(steps))
-    from tinycnn.compute import training_flops_per_image
-    from tinycnn.models import create_model
-
     kernel = float(np.median(rates.pop("conv kernel")))
-    gflop = training_flops_per_image(create_model("paper8"), 56) / 1e9
     base = float(np.median(rates["naive (PIL DataLoader, fp32 NCHW)"]))
     print(
-        f"paper8 training, batch {BATCH}, {torch.get_num_threads()} threads, "
+        f"paper8 (and fastnet) training, batch {BATCH}, {torch.get_num_threads()} threads, "
         f"{args.rounds} rounds x {args.iters} steps (median); CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}"
     )
     print(f"conv kernel (3x3, 128 ch, 56x56, fast path): {kernel:.0f} GFLOP/s")
     for name, values in rates.items():
         rate = float(np.median(values))
+        g = gflop[name]
         print(
-            f"{name:<36} {rate:7.1f} images/s   {rate / base:5.2f}x naive   "
-            f"{rate * gflop:6.1f} GFLOP/s = {rate * gflop / kernel:4.0%} of the conv kernel"
+            f"{name:<40} {rate:7.1f} images/s   {rate / base:5.2f}x naive   "
+            f"{g:.2f} GFLOP/image  {rate * g:6.1f} GFLOP/s = {rate * g / kernel:4.0%} of the "
+            "conv kernel"
         )
 
 

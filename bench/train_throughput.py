@@ -106,13 +106,26 @@ def naive_steps(files, labels, iters: int):
         yield iters * BATCH / (time.perf_counter() - start)
 
 
+def _wait() -> None:
+    """On a GPU, the queued work must end before the clock is read."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def tinycnn_steps(
-    cache: Path, fast: bool, iters: int, run_dir: Path, config: Path = PAPER8, size: int = 0
+    cache: Path,
+    fast: bool,
+    iters: int,
+    run_dir: Path,
+    config: Path = PAPER8,
+    size: int = 0,
+    extra: tuple[str, ...] = (),
 ):
     """Generator: each next() runs `iters` of tinycnn's training steps and yields images/s.
 
-    config: the preset; size: with a progressive-resizing preset, the one input side to time.
-    The first next() yields the FLOPs of one training step per image instead.
+    config: the preset; size: with a progressive-resizing preset, the one input side to time;
+    extra: more config overrides (train.compile=true). The device is the default one (a GPU if
+    there is one). The first next() yields the FLOPs of one training step per image instead.
     """
     from tinycnn.compute import training_flops_per_image
     from tinycnn.config import load_config
@@ -124,7 +137,8 @@ def tinycnn_steps(
     overrides = [f"data.cache={json.dumps(str(cache))}", 'data.normalization="channel"']
     if size:
         overrides += [f"augment.sizes=[{size}]", "augment.size_until=[]"]
-    cfg = load_config(config, [*overrides, "data.holdout_per_class=0", "train.max_pflop=0"])
+    fixed = ["data.holdout_per_class=0", "train.max_pflop=0", *extra]
+    cfg = load_config(config, [*overrides, *fixed])
     runtime = make_runtime(precision="auto" if fast else "fp32", channels_last=fast)
     side = size or cfg.augment.crop or 64
     classes = load_cache(cache).num_classes
@@ -134,11 +148,13 @@ def tinycnn_steps(
     order = torch.randperm(len(session.train_labels))
     yield flops
     while True:
+        _wait()
         start = time.perf_counter()
         for _ in range(iters):
             lo = (session.iteration * BATCH) % (len(order) - BATCH)
             _step(session, order[lo : lo + BATCH])
             session.iteration += 1
+        _wait()
         yield iters * BATCH / (time.perf_counter() - start)
 
 
@@ -147,16 +163,19 @@ def conv_kernel_rates(iters: int):
     from tinycnn.runtime import make_runtime
 
     runtime = make_runtime(channels_last=True, threads=torch.get_num_threads())
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
-    x = torch.randn(64, 128, 56, 56).to(memory_format=torch.channels_last)
+    conv = runtime.prepare_model(torch.nn.Conv2d(128, 128, 3, padding=1, bias=False))
+    x = torch.randn(64, 128, 56, 56, device=runtime.device)
+    x = x.to(memory_format=torch.channels_last)
     flops = 2 * 128 * 9 * 128 * 56 * 56 * 64
     while True:
         # Grad mode is thread state: enter and leave it within each round, never across a yield.
         with torch.no_grad(), runtime.autocast():
             conv(x)
+            _wait()
             start = time.perf_counter()
             for _ in range(iters):
                 conv(x)
+            _wait()
             rate = iters * flops / (time.perf_counter() - start) / 1e9
         yield rate
 
@@ -174,6 +193,8 @@ def main() -> None:
         default=[32, 48, 64],
         help="input sides at which to time the fastnet recipe (configs/fast); none: skip it",
     )
+    parser.add_argument("--skip-naive", action="store_true", help="leave out the PIL baseline")
+    parser.add_argument("--compile", action="store_true", help="also time train.compile = true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,21 +205,33 @@ def main() -> None:
 
             cache = prepare(args.archive, tmp / "cache", progress=False).path
         (tmp / "jpeg").mkdir()
-        files, labels = _extract(Path(args.archive), tmp / "jpeg", 4 * BATCH * args.iters)
+        files, labels = [], []
+        if not args.skip_naive:
+            files, labels = _extract(Path(args.archive), tmp / "jpeg", 4 * BATCH * args.iters)
+        naive = "naive (PIL DataLoader, fp32 NCHW)"
         variants = {
             "conv kernel": conv_kernel_rates(args.iters),
-            "naive (PIL DataLoader, fp32 NCHW)": naive_steps(files, labels, args.iters),
+            naive: naive_steps(files, labels, args.iters),
             "tinycnn, fp32 NCHW": tinycnn_steps(cache, False, args.iters, tmp / "r1"),
             "tinycnn, fast path": tinycnn_steps(cache, True, args.iters, tmp / "r2"),
         }
+        if args.skip_naive:
+            del variants[naive]
         gflop = {name: 0.0 for name in variants}
         for name in ("tinycnn, fp32 NCHW", "tinycnn, fast path"):
             gflop[name] = next(variants[name]) / 1e9
-        gflop["naive (PIL DataLoader, fp32 NCHW)"] = gflop["tinycnn, fast path"]  # paper8 too
+        gflop[naive] = gflop["tinycnn, fast path"]  # paper8 too
         for size in args.fast_sizes:
             name = f"fastnet recipe at {size}x{size}, fast path"
             variants[name] = tinycnn_steps(cache, True, args.iters, tmp / f"f{size}", FAST, size)
             gflop[name] = next(variants[name]) / 1e9
+        if args.compile:
+            for label, config, size in (("paper8", PAPER8, 0), ("fastnet at 64", FAST, 64)):
+                name = f"{label}, fast path, torch.compile"
+                variants[name] = tinycnn_steps(
+                    cache, True, args.iters, tmp / f"c{size}", config, size, ("train.compile=true",)
+                )
+                gflop[name] = next(variants[name]) / 1e9
         for steps in variants.values():
             next(steps)  # warm-up round: worker start, kernel selection, first allocations
         rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -206,18 +239,23 @@ def main() -> None:
             for name, steps in variants.items():
                 rates[name].append(next(steps))
     kernel = float(np.median(rates.pop("conv kernel")))
-    base = float(np.median(rates["naive (PIL DataLoader, fp32 NCHW)"]))
+    base = float(np.median(rates.get(naive, rates["tinycnn, fp32 NCHW"])))
+    where = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     print(
         f"paper8 (and fastnet) training, batch {BATCH}, {torch.get_num_threads()} threads, "
-        f"{args.rounds} rounds x {args.iters} steps (median); CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}"
+        f"{args.rounds} rounds x {args.iters} steps (median); {where}; speed-ups are over "
+        + ("the naive pipeline" if naive in rates else "tinycnn fp32 NCHW")
     )
     print(f"conv kernel (3x3, 128 ch, 56x56, fast path): {kernel:.0f} GFLOP/s")
     for name, values in rates.items():
         rate = float(np.median(values))
         g = gflop[name]
         print(
-            f"{name:<40} {rate:7.1f} images/s   {rate / base:5.2f}x naive   "
+            f"{name:<40} {rate:7.1f} images/s   {rate / base:5.2f}x base    "
             f"{g:.2f} GFLOP/image  {rate * g:6.1f} GFLOP/s = {rate * g / kernel:4.0%} of the "
             "conv kernel"
         )

@@ -2,6 +2,7 @@
 # Ablation of the fastnet recipe on the tuning split (data.holdout_per_class = 50), each run on
 # the same small compute budget: what each technique buys per PFLOP.
 #   bash results/ablation.sh CACHE OUT [PFLOP] [THREADS]
+#   VARIANTS="recipe paper8-bn" bash results/ablation.sh ...   # some of them
 # Each run is an ordinary run folder OUT/NAME (re-running resumes or skips it); the table is
 # printed at the end from their metrics.jsonl.
 set -euo pipefail -f  # -f: no globbing of the [] in the overrides
@@ -14,7 +15,7 @@ declare -A variants=(
   [no-label-smoothing]="--set optim.label_smoothing=0.0"
   [paper8-bn]="--set model.name=paper8 --set model.batch_norm=true --set model.dropout=0.0 --set augment.crop=56 --set augment.pad=0 --set augment.sizes=[] --set augment.size_until=[] --set optim.lr=0.05"
 )
-for name in recipe no-progressive no-label-smoothing paper8-bn; do
+for name in ${VARIANTS:-recipe no-progressive no-label-smoothing paper8-bn}; do
   run=$out/$name
   if [[ -f $run/checkpoints/last.pt ]]; then
     tinycnn train --resume "$run"  # finishes an interrupted run; a finished one returns at once

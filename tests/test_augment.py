@@ -400,6 +400,7 @@ def test_output_dtype_layout_device_shape(device: str, run: Callable, shape: tup
     assert float(out.min()) >= 0 and float(out.max()) <= 255
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_geometry_and_rejects_a_cpu_generator() -> None:
     cfg = AugmentConfig(crop=56, flip=True, pad=4)

@@ -9,7 +9,8 @@ above, not even inside a function (tests/test_newcomer.py fails on any import cy
 1. errors, atomic, paths                 one error family; atomic writes; where caches live
 2. data/                                 files -> cache: sources, layouts, decode, prepare, cache,
                                          splits, synthetic data, fetch; batched augmentation
-3. config, models/, runtime, compute     typed configs; the model registry; device and precision;
+3. config, models/, distributed,         typed configs; the model registry; torchrun's process
+   runtime, compute                      group, shares and gathers; device and precision;
                                          training FLOPs
 4. checkpoint, run_folder                self-describing checkpoints; a run folder's lock and logs
 5. inference, metrics                    a loaded model, batched logits and TTA views, Predictor;

@@ -8,9 +8,13 @@ half-written output).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tinycnn import __version__
@@ -89,6 +93,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from tinycnn import distributed
     from tinycnn.config import load_config
     from tinycnn.training import checkpoint_config, train
 
@@ -114,13 +119,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg = load_config(None, _as_overrides(base) + overrides)
         result = train(cfg, args.out, init_from=args.init_from, progress=not args.quiet)
     last = result.metrics[-1] if result.metrics else None
-    if last:
+    if last and distributed.current().main:  # under torchrun: one summary, rank 0's
         print(
             f"{result.stopped}: {result.run_dir} after {result.iteration} iterations; val "
             f"top-1 error {last['val_top1_error']:.2%}, top-5 {last['val_top5_error']:.2%}"
         )
     if result.stopped == "interrupted":
-        print(f"resume with: tinycnn train --resume {result.run_dir}", file=sys.stderr)
+        if distributed.current().main:
+            print(f"resume with: tinycnn train --resume {result.run_dir}", file=sys.stderr)
         return 128 + (result.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     return 0
 
@@ -145,9 +151,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _runtime(args: argparse.Namespace):
+    """The device and precision of args; under torchrun, the process group joined too."""
+    from tinycnn import distributed
     from tinycnn.runtime import make_runtime
 
-    return make_runtime(args.device, args.precision)
+    runtime = make_runtime(args.device, args.precision)
+    distributed.init(runtime.device)
+    return runtime
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -550,13 +560,41 @@ def _raise_interrupt(signum: int, _frame) -> None:
     raise Interrupted(signum)
 
 
+# Commands whose model passes torchrun shards over the ranks (predict_logits gathers the logits).
+SHARDED = ("evaluate", "ensemble", "predict", "report")
+
+
+@contextlib.contextmanager
+def _as_rank(args: argparse.Namespace) -> Iterator[None]:
+    """Under torchrun, a sharded command's ranks other than 0 compute their shares and write
+    nothing the user sees: their output files go to a temporary folder, their stdout nowhere.
+    Every rank computes every member afresh (no probability cache): a cache hit on one rank
+    and not another would leave the others waiting in a gather."""
+    rank = os.environ.get("RANK", "0")
+    if args.command not in SHARDED or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        yield
+        return
+    if "no_cache" in vars(args):
+        args.no_cache = True
+    if rank == "0":
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix=f"tinycnn-rank{rank}-") as scratch:
+        for name in ("out", "submission"):
+            if getattr(args, name, None):
+                setattr(args, name, str(Path(scratch) / Path(getattr(args, name)).name))
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tinycnn`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so cleanup code (temporary folders, checkpoints) runs.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return args.func(args)
+        with _as_rank(args):
+            return args.func(args)
     except TinycnnError as exc:
         print(f"tinycnn: error: {exc}", file=sys.stderr)
         return 1

@@ -82,6 +82,8 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget of the whole run, evaluations included; 0 = none
     max_pflop: float = 0.0  # training compute budget (PFLOP); the LR schedule ends on it; 0 = none
     fit_to_time: bool = False  # fit the schedule's length to max_minutes (measured at the start)
+    sync_batch_norm: bool = False  # under torchrun: batch norm over the global batch, not a share
+    compile: bool = False  # torch.compile the training step's model (measure it: bench/)
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999), evaluated and saved; 0 = off
     tensorboard: bool = False  # also write TensorBoard logs (needs the tensorboard package)
     init_from: str = ""  # the checkpoint whose weights the run started from ("": initialised)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from tinycnn import distributed
 from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normalization_from_payload
 from tinycnn.data.augment import (
     Normalization,
@@ -51,12 +52,15 @@ def predict_logits(
     was_training = model.training
     model.eval()
     norm = norm.to(runtime.device) if norm is not None else None
+    # Under torchrun each process takes a contiguous share; the logits are gathered in order.
+    d, count = distributed.current(), len(images_u8)
+    images_u8 = images_u8[distributed.share(count, d)]
     outputs = []
     bar = tqdm(
         total=len(images_u8),
         desc=progress,
         unit="img",
-        disable=progress is None,
+        disable=progress is None or not d.main,
         leave=False,
         dynamic_ncols=True,
     )
@@ -71,11 +75,20 @@ def predict_logits(
             # Average probabilities over views (Caffe's oversampling), returned as log-probs.
             probs = logits.softmax(dim=1).view(len(batch), TTA_VIEWS[tta], -1).mean(dim=1)
             logits = probs.clamp_min(1e-12).log()
-        outputs.append(logits.cpu())
+        outputs.append(logits)
         bar.update(len(batch))
     bar.close()
     model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty(0)
+    if d.active:
+        local = torch.cat(outputs) if outputs else torch.empty(0, _classes(model))
+        return distributed.gather_rows(local.to(runtime.device), count, d).cpu()
+    return torch.cat(outputs).cpu() if outputs else torch.empty(0)
+
+
+def _classes(model: nn.Module) -> int:
+    """The number of logits of a model that received no images here (a rank with no share)."""
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    return classifier.out_features
 
 
 def _views(batch: Tensor, size: int, norm: Normalization | None, tta: str) -> Tensor:

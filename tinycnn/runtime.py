@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tinycnn import distributed
 from tinycnn.errors import ConfigError
 
 
@@ -65,8 +66,11 @@ def make_runtime(
     deterministic: bool = False,
 ) -> Runtime:
     """Resolve the settings against this machine and apply the process-wide ones."""
-    dev = resolve_device(device)
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    # Under torchrun: a plain "cuda" is this process's own GPU, and the cores are shared
+    # between the processes on this machine.
+    dev = distributed.local_device(resolve_device(device))
+    per_process = max(1, (os.cpu_count() or 1) // distributed.from_env().local_world)
+    torch.set_num_threads(threads or per_process)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

@@ -26,6 +26,7 @@ from tinycnn.config import RunConfig, config_to_dict
 from tinycnn.data.augment import Normalization
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.data.splits import holdout_split
+from tinycnn.distributed import Dist, sync_batch_norm
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.inference import predict_logits
 from tinycnn.metrics import error_rates
@@ -43,12 +44,18 @@ def pause_point(phase: str, iteration: int) -> None:
     """Fault injection for the kill tests: wait here to be killed when asked to.
 
     With TINYCNN_PAUSE_AT="PHASE@ITERATION", the process writes its pid to TINYCNN_PAUSE_FILE at
-    that point and sleeps, so a test can kill -9 it at an exact phase of the run.
+    that point and sleeps, so a test can kill -9 it at an exact phase of the run. Under torchrun
+    only the rank in TINYCNN_PAUSE_RANK (default 0) pauses.
     """
+    rank = os.environ.get("RANK", "0")
+    if rank != os.environ.get("TINYCNN_PAUSE_RANK", "0"):
+        return
     if os.environ.get("TINYCNN_PAUSE_AT") == f"{phase}@{iteration}":
         Path(os.environ["TINYCNN_PAUSE_FILE"]).write_text(str(os.getpid()), encoding="utf-8")
-        while True:
-            time.sleep(60)
+        # TINYCNN_PAUSE_SECONDS: go on after that long (a signal sent meanwhile is handled).
+        deadline = time.monotonic() + float(os.environ.get("TINYCNN_PAUSE_SECONDS", "inf"))
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
 
 
 @dataclass
@@ -87,6 +94,9 @@ class Session:
     flops_by_size: dict[int, float] = field(default_factory=dict)
     flops_done: float = 0.0  # training FLOPs of the steps taken so far (train_pflop)
     fitted_total: int | None = None  # the schedule's length once fitted to train.max_minutes
+    dist: Dist = field(default_factory=Dist)  # this process in a torchrun job (rank 0 of 1)
+    ddp: nn.Module | None = None  # the model wrapped in DDP for training steps, under torchrun
+    step_model: nn.Module | None = None  # what a training step calls: the model, DDP, compiled
     ema: nn.Module | None = None  # the weights' moving average (train.ema_decay), or None
     writer: object | None = None
 
@@ -181,8 +191,11 @@ class Session:
         }
 
     def save(self, name: str, elapsed: float, metrics: dict | None = None) -> Path:
-        """Write checkpoints/NAME.pt and make it the resume point (last.pt)."""
-        path = save_checkpoint(self.checkpoints / f"{name}.pt", self.payload(elapsed, metrics))
+        """Write checkpoints/NAME.pt and make it the resume point (last.pt); rank 0 only."""
+        path = self.checkpoints / f"{name}.pt"
+        if not self.dist.main:  # every rank holds the same state: one writes it
+            return path
+        save_checkpoint(path, self.payload(elapsed, metrics))
         if name != "last":
             copy_file(path, self.checkpoints / "last.pt")
             self._apply_retention()
@@ -256,7 +269,7 @@ class Session:
         pause_point("evaluated", self.iteration)
         path = self.save(name, elapsed, row)
         pause_point("saved", self.iteration)
-        if is_best:
+        if is_best and self.dist.main:
             copy_file(path, self.checkpoints / "best.pt")
         pause_point("best", self.iteration)
         self._log(row, progress)
@@ -269,7 +282,8 @@ class Session:
         return None if size == self.eval_size else size
 
     def _log(self, row: dict, progress: bool) -> None:
-        append_line(self.out / "metrics.jsonl", json.dumps(row))
+        if self.dist.main:
+            append_line(self.out / "metrics.jsonl", json.dumps(row))
         self.metrics.append(row)
         if self.writer is not None:
             for key, value in row.items():
@@ -309,20 +323,28 @@ def load_session(
     init_from=None,
     resume: bool = False,
     flops_by_size: dict[int, float] | None = None,
+    dist: Dist | None = None,
 ) -> Session:
     """Load data, build model and optimiser, and restore a resume point or initial weights.
 
     flops_by_size: one training step's FLOPs per image (compute.py) at each model input side
     the run uses, for train_pflop and train.max_pflop.
+    dist: this process in a torchrun job (distributed.init): the model is wrapped in DDP, and
+    only rank 0 writes to the run folder.
     """
+    dist = dist or Dist()
     cache = load_cache(cfg.data.cache)
     train_rows, tune_rows = training_rows(cfg, cache)
     images, labels = _load_rows(cache, "train", train_rows)
+    if runtime.device.type == "cuda":  # the uint8 split lives on the GPU: no copy per batch
+        images, labels = images.to(runtime.device), labels.to(runtime.device)
     eval_sets = {"val": _load_rows(cache, "val", None)}
     if len(tune_rows):
         eval_sets["tune"] = _load_rows(cache, "train", tune_rows)
     eval_size = cfg.augment.crop or cache.manifest.get("image_size", 64)
     model = build_model(cfg, cache.num_classes, eval_size)
+    if cfg.train.sync_batch_norm and dist.active:  # before the optimiser: new parameters
+        model = sync_batch_norm(model, runtime.device)
     model = runtime.prepare_model(model)
     optimizer = build_optimizer(model, cfg.optim)
     session = Session(
@@ -339,6 +361,7 @@ def load_session(
         eval_size,
     )
     session.flops_by_size = dict(flops_by_size or {})
+    session.dist = dist
     if cfg.train.ema_decay:
         session.ema = copy.deepcopy(model).eval().requires_grad_(False)
     if resume:
@@ -347,8 +370,16 @@ def load_session(
         _load_weights(session, Path(init_from))
         if session.ema is not None:
             session.ema.load_state_dict(session.model.state_dict())
-    if cfg.train.tensorboard:
+    if cfg.train.tensorboard and dist.main:
         session.writer = _tensorboard(out)
+    if dist.active:  # after the weights are in place; DDP starts from rank 0's anyway
+        from torch.nn.parallel import DistributedDataParallel
+
+        cuda = runtime.device.type == "cuda"
+        session.ddp = DistributedDataParallel(model, device_ids=[runtime.device] if cuda else None)
+    session.step_model = session.ddp or model
+    if cfg.train.compile:  # compiled once per input size; evaluation runs the model as it is
+        session.step_model = torch.compile(session.step_model)
     return session
 
 
@@ -443,7 +474,7 @@ def _restore(s: Session, path: Path) -> None:
     s.flops_done = payload.get("flops_done", s.flops_until(s.iteration) if s.flops_by_size else 0)
     s.elapsed_before = payload["elapsed_seconds"]
     s.accum = EpochAccumulator(**payload["accumulator"])
-    s.metrics = _sync_metrics(s.out, payload)
+    s.metrics = _sync_metrics(s.out, payload, write=s.dist.main)
     _sync_best(s, payload)
     # An iteration snapshot at an epoch's (or the run's) end, saved before its evaluation.
     s.evaluation_pending = payload["metrics"] is None and (
@@ -451,7 +482,7 @@ def _restore(s: Session, path: Path) -> None:
     )
 
 
-def _sync_metrics(out: Path, payload: dict) -> list[dict]:
+def _sync_metrics(out: Path, payload: dict, write: bool = True) -> list[dict]:
     """Metrics lines up to the resume point; the checkpoint's own line if the log missed it.
 
     Lines of a time-budget stop's partial evaluation are dropped: the resumed run goes on from
@@ -466,7 +497,8 @@ def _sync_metrics(out: Path, payload: dict) -> list[dict]:
     logged = {r["iteration"] for r in rows}
     if own and not own.get("partial_epoch") and own["iteration"] not in logged:
         rows.append(own)
-    write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+    if write:
+        write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
@@ -483,6 +515,8 @@ def _sync_best(s: Session, payload: dict) -> None:
             best_row = row
     s.best_error = math.inf if best_row is None else best_row[selection_key(best_row)]
     best = s.checkpoints / "best.pt"
+    if not s.dist.main:  # the numbers above are every rank's; the files are rank 0's
+        return
     if best_row is None:
         best.unlink(missing_ok=True)
         return

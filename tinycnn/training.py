@@ -8,6 +8,7 @@ what the uninterrupted one would have done.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from tinycnn import distributed
 from tinycnn.atomic import write_text
 from tinycnn.checkpoint import check_state, load_checkpoint
 from tinycnn.compute import training_flops_per_image
@@ -116,18 +118,23 @@ def train(
             cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
         # Every check before the run folder is made: a failed start leaves nothing behind.
         rt, flops = _preflight(cfg, init_from)
-    with run_lock(out):
+    # Under torchrun, rank 0 holds the run folder's lock and writes it; the others read.
+    main = distributed.from_env().main
+    with run_lock(out) if main else contextlib.nullcontext():
         if resume:
             cfg = config_from_dict(_read_resolved_config(out)).validate()
             # A run with no checkpoint yet starts afresh: from its init checkpoint, if any.
             resume = (out / "checkpoints" / "last.pt").is_file()
             init_from = None if resume else cfg.train.init_from or None
             rt, flops = _preflight(cfg, init_from)
-        else:
+        elif main:
             _new_run_dir(out, cfg, flops)
             pause_point("started", 0)
+        d = distributed.init(rt.device)
+        distributed.barrier()  # the run folder is ready before any rank reads it
+        progress = progress and d.main
         session = load_session(
-            cfg, out, rt, init_from=init_from, resume=resume, flops_by_size=flops
+            cfg, out, rt, init_from=init_from, resume=resume, flops_by_size=flops, dist=d
         )
         budget = cfg.train.max_minutes * 60
         if resume and budget and session.elapsed_before >= budget:
@@ -185,6 +192,7 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, d
         raise ConfigError("data.cache is not set: pass --data CACHE (a tinycnn prepare folder)")
     cache = load_cache(cfg.data.cache)
     verify_cache(cache, splits=("train", "val"))  # never train on damaged data (~1 s per GB)
+    distributed.check_batch(cfg.train.batch_size, distributed.from_env())
     training_rows(cfg, cache)  # the held-out split and data.exclude are possible
     size = cfg.augment.crop or cache.manifest.get("image_size", 64)  # as load_session has it
     with torch.device("meta"):  # checks the model options without allocating anything
@@ -234,13 +242,15 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
     fit = _TimeFit(s, clock, progress) if cfg.train.fit_to_time and s.fitted_total is None else None
     model = s.model
     model.train()
+    sync = _Sync(s, stop, clock)
     if s.evaluation_pending:  # killed between an epoch-end snapshot and its evaluation
         clock.evaluating()
         s.end_epoch(clock.elapsed(), None, progress)
         clock.evaluated()
     while s.iteration < s.total_iters:
         epoch = s.iteration // ipe
-        perm = _epoch_order(cfg.train.seed, epoch, len(s.train_labels))
+        # On the split's device: a batch's rows are a slice there, no copy per step.
+        perm = _epoch_order(cfg.train.seed, epoch, len(s.train_labels)).to(s.train_images.device)
         bar = tqdm(
             total=ipe,
             initial=s.iteration % ipe,
@@ -255,13 +265,15 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
             while s.iteration < min((epoch + 1) * ipe, s.total_iters):  # a budget may end it
                 pos = s.iteration % ipe
                 rows = perm[pos * cfg.train.batch_size : (pos + 1) * cfg.train.batch_size]
-                loss_value, wrong = _step(s, rows)
-                s.accum.add(loss_value * len(rows), wrong, len(rows))
+                sync.add(_step(s, rows), len(rows))
                 s.iteration += 1
+                snapshot = cfg.train.snapshot_every and s.iteration % cfg.train.snapshot_every == 0
+                # The numbers reach the host (and the ranks agree on a stop) every few steps.
+                reason = sync.flush() if snapshot or sync.due() else None
                 seconds = max(time.perf_counter() - epoch_start, 1e-9)
                 rate = s.accum.seen / seconds
                 bar.set_postfix(
-                    loss=f"{loss_value:.3f}",
+                    loss=f"{sync.last_loss:.3f}",
                     img_s=f"{rate:.0f}",
                     run_eta=clock.remaining(seconds / (s.iteration - first)),
                     refresh=False,
@@ -270,17 +282,16 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                 if fit is not None and fit.measure():
                     fit = None
                 pause_point("step", s.iteration)
-                if cfg.train.snapshot_every and s.iteration % cfg.train.snapshot_every == 0:
+                if snapshot:
                     s.save(f"iter-{s.iteration:07d}", clock.elapsed())
                     pause_point("snapshot", s.iteration)
-                reason = _stop_reason(stop, s, clock)
                 # At an epoch's or the schedule's end, stop after its evaluation.
                 if reason and s.iteration % ipe and s.iteration < s.total_iters:
                     return _stop(s, reason, clock, stop, progress)
         clock.evaluating()
         s.end_epoch(clock.elapsed(), time.perf_counter() - epoch_start, progress)
         clock.evaluated()
-        reason = _stop_reason(stop, s, clock)
+        reason = sync.flush()  # nothing pending: only the agreement on a stop
         if reason and s.iteration < s.total_iters:
             s.close()  # end_epoch has just saved the resume point
             return RunResult(s.out, model, s.metrics, reason, s.iteration, stop.signal)
@@ -372,6 +383,8 @@ class _TimeFit:
     def measure(self) -> bool:
         """Call after each step; True once the schedule is fitted."""
         s, done = self.s, self.s.iteration - self.first
+        if done in (self.WARM_UP, self.WARM_UP + self.TIMED) and s.runtime.device.type == "cuda":
+            torch.cuda.synchronize(s.runtime.device)  # twice a run: time the work, not queueing
         if done == self.WARM_UP:
             self.start = (time.perf_counter(), s.flops_done)
         if done < self.WARM_UP + self.TIMED or self.start is None:
@@ -379,7 +392,8 @@ class _TimeFit:
         seconds = time.perf_counter() - self.start[0]
         rate = (s.flops_done - self.start[1]) / max(seconds, 1e-9)  # training FLOP/s
         left = (self.clock.seconds - self.clock.elapsed()) * self.MARGIN
-        s.fitted_total = fit_total_to_time(s, rate, left)
+        # Every rank takes rank 0's length: one schedule for the whole job.
+        s.fitted_total = distributed.broadcast_int(fit_total_to_time(s, rate, left))
         if self.progress:
             print(
                 f"\nschedule fitted to train.max_minutes = {s.cfg.train.max_minutes:g}: "
@@ -416,12 +430,53 @@ def fit_total_to_time(s: Session, flop_rate: float, seconds_left: float) -> int:
     return low
 
 
-def _stop_reason(stop: _StopRequest, s: Session, clock: _Budget) -> str | None:
-    if stop.at_iteration is not None and s.iteration >= stop.at_iteration:
-        stop.reason = "interrupted"
-    if stop.reason is None and clock.exhausted():
-        return "time budget"
-    return stop.reason
+class _Sync:
+    """Brings the steps' loss and error counts to the host, summed over ranks, every few steps.
+
+    The same reduction carries each rank's stop requests (a signal, the time budget), so all
+    ranks stop at the same iteration. On a CPU this is every step (it costs nothing there); on a
+    GPU every SYNC_EVERY_CUDA steps, so that the inner loop never waits for the device: a loss
+    that is no longer finite is caught at the next sync, before any checkpoint.
+    """
+
+    SYNC_EVERY_CUDA = 25
+
+    def __init__(self, s: Session, stop: _StopRequest, clock: _Budget) -> None:
+        self.s, self.stop, self.clock = s, stop, clock
+        self.every = self.SYNC_EVERY_CUDA if s.runtime.device.type == "cuda" else 1
+        self.pending: list[torch.Tensor] = []
+        self.images = 0
+        self.last_loss = math.nan
+
+    def add(self, stats: torch.Tensor, images: int) -> None:
+        """stats: this rank's (loss sum, wrong count) of a step, on the device."""
+        self.pending.append(stats)
+        self.images += images
+
+    def due(self) -> bool:
+        s = self.s
+        end = s.iteration % s.iters_per_epoch == 0 or s.iteration >= s.total_iters
+        return end or s.iteration % self.every == 0
+
+    def flush(self) -> str | None:
+        """Add the pending steps to the epoch's sums; the stop all ranks agree on, if any."""
+        s, stop = self.s, self.stop
+        if stop.at_iteration is not None and s.iteration >= stop.at_iteration:
+            stop.reason = "interrupted"
+        flags = [float(stop.reason == "interrupted"), float(self.clock.exhausted())]
+        device = s.runtime.device
+        local = torch.stack(self.pending).sum(0) if self.pending else torch.zeros(2, device=device)
+        numbers = torch.cat([local.double(), torch.tensor(flags, device=device).double()])
+        loss_sum, wrong, interrupted, out_of_time = distributed.all_sum(numbers).tolist()
+        if self.images:
+            s.accum.add(loss_sum, round(wrong), self.images)
+            self.last_loss = loss_sum / self.images
+            if not math.isfinite(loss_sum):
+                s.diverged(self.last_loss)
+        self.pending, self.images = [], 0
+        if interrupted:
+            return "interrupted"
+        return "time budget" if out_of_time else None
 
 
 def _stop(s: Session, reason: str, clock: _Budget, stop: _StopRequest, progress: bool) -> RunResult:
@@ -439,8 +494,13 @@ def _epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     return torch.randperm(count, generator=generator)
 
 
-def _step(s: Session, rows: torch.Tensor) -> tuple[float, int]:
-    """One optimisation step on the given training rows; returns (loss, wrong top-1 count)."""
+def _step(s: Session, rows: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on the given global batch of training rows.
+
+    Returns this rank's (loss sum, wrong top-1 count) as a float64 tensor on the device: no
+    host sync here. Under torchrun every rank augments the whole global batch (the same random
+    views as one process would make) and trains on its own share of it.
+    """
     cfg, rt = s.cfg, s.runtime
     set_lr(
         s.optimizer,
@@ -461,19 +521,19 @@ def _step(s: Session, rows: torch.Tensor) -> tuple[float, int]:
         x, targets, _ = mix_batch(
             x, labels, s.cache.num_classes, cfg.augment.mixup, cfg.augment.cutmix, step_seed
         )
+    if s.dist.active:
+        mine = distributed.share(len(rows), s.dist)
+        x, targets, labels = x[mine], targets[mine], labels[mine]
     with rt.autocast():
-        logits = s.model(x)
+        logits = (s.model if s.step_model is None else s.step_model)(x)
     loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.optim.label_smoothing)
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    value = float(loss.detach())  # a sync per step: negligible on CPU, and it guards every update
-    if not math.isfinite(value):
-        s.diverged(value)
     s.optimizer.step()
     if s.ema is not None:
         update_ema(s.ema, s.model, cfg.train.ema_decay, s.iteration + 1)
-    wrong = int((logits.argmax(dim=1) != labels).sum())
-    return value, wrong
+    wrong = (logits.argmax(dim=1) != labels).sum()
+    return torch.stack([loss.detach().double() * len(labels), wrong.double()])
 
 
 def checkpoint_config(path: str | Path) -> RunConfig:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tinycnn import distributed
 from tinycnn.errors import ConfigError
 from tinycnn.inference import LoadedModel
 
@@ -41,7 +42,10 @@ def penultimate_codes(loaded: LoadedModel, images_u8: Tensor, batch_size: int = 
         loaded.logits(images_u8, batch_size=batch_size)
     finally:
         handle.remove()
-    return torch.cat(codes) if codes else torch.empty(0, layer.in_features)
+    local = torch.cat(codes) if codes else torch.empty(0, layer.in_features)
+    # Under torchrun the hook saw this rank's share only: gather the codes as the logits are.
+    d = distributed.current()
+    return distributed.gather_rows(local.to(loaded.runtime.device), len(images_u8), d).cpu()
 
 
 def sample_rows(labels: np.ndarray, count: int, seed: int) -> np.ndarray:

@@ -124,8 +124,6 @@ def resnet18(num_classes: int = 200, *, width: int = 64, activation: str = "relu
     default_input=56,
     description="pre-activation ResNet-18 for 64x64 images (bn-relu-conv blocks)",
 )
-def preact_resnet18(
-    num_classes: int = 200, *, width: int = 64, activation: str = "relu"
-) -> ResNet:
+def preact_resnet18(num_classes: int = 200, *, width: int = 64, activation: str = "relu") -> ResNet:
     """Pre-activation ResNet-18 adapted to Tiny ImageNet, as resnet18 otherwise."""
     return ResNet(num_classes, PreActBlock, width, activation)

@@ -1,0 +1,43 @@
+"""train.compile: torch.compile'd training steps train the weights of eager ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tinycnn.config import load_config
+from tinycnn.data.prepare import prepare
+from tinycnn.training import train
+
+
+def test_a_compiled_run_trains_the_weights_of_an_eager_one(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    overrides = [
+        f"data.cache={json.dumps(str(cache))}",
+        "model.name=cnn5",
+        "model.conv_channels=[8, 8, 8]",
+        "model.fc_widths=[16]",
+        "model.batch_norm=true",
+        "model.dropout=0.0",
+        'data.normalization="channel"',
+        'optim.name="nesterov"',
+        "optim.lr=0.02",
+        "train.batch_size=20",
+        "train.epochs=1",
+        "train.threads=1",
+    ]
+    eager = train(load_config(None, overrides), tmp_path / "eager", progress=False)
+    compiled = train(
+        load_config(None, [*overrides, "train.compile=true"]), tmp_path / "compiled", progress=False
+    )
+    assert compiled.iteration == eager.iteration == 3
+    for (name, a), b in zip(
+        eager.model.state_dict().items(), compiled.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    # The checkpoint holds the model itself, not the compiled wrapper.
+    assert not any("_orig_mod" in k for k in compiled.model.state_dict())

@@ -1,0 +1,273 @@
+"""torchrun on CPUs (gloo, loopback): N processes train what one process trains; faults resume.
+
+Each test launches real torchrun jobs (``python -m torch.distributed.run``) in subprocesses on a
+small generated dataset, and compares their checkpoints with a one-process run of the same
+config, global batch and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinycnn.checkpoint import load_checkpoint
+from tinycnn.data.prepare import prepare
+
+# 5 classes x 16 images = 80 training images, batch 16: 5 iterations an epoch.
+SMALL = [
+    "--set", "model.name=cnn5",
+    "--set", "model.conv_channels=[8,8,8]",
+    "--set", "model.fc_widths=[32]",
+    "--set", "model.dropout=0.0",
+    "--set", 'data.normalization="channel"',
+    "--set", 'optim.name="nesterov"',
+    "--set", "optim.lr=0.02",
+    "--set", "train.batch_size=16",
+    "--set", "train.threads=1",
+    "--set", "train.deterministic=true",
+]  # fmt: skip
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tinycnn.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("ddp")
+    source = make_synthetic(
+        root / "synth", classes=5, train_per_class=16, val_per_class=4, test_count=4, seed=3
+    )
+    return prepare(source, root / "cache", progress=False).path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYCNN_PAUSE")}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _torchrun(*args: str, nproc: int = 2) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={nproc}", "-m", "tinycnn", *args,
+    ]  # fmt: skip
+
+
+def _train_args(cache: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(cache), *SMALL, *extra, "--out", str(out), "-q"]
+
+
+def _run(cmd: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env or _env())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def _one(cache: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "tinycnn", *_train_args(cache, out, *extra)])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]["state"]
+
+
+def _max_difference(a: Path, b: Path) -> float:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_train_the_weights_of_one(cache: Path, tmp_path: Path) -> None:
+    _one(cache, tmp_path / "one", "--set", "train.epochs=2")
+    two = _run(_torchrun(*_train_args(cache, tmp_path / "two", "--set", "train.epochs=2")))
+    # Float sums in another order (the gradient all-reduce), nothing else: observed ~5e-6.
+    assert _max_difference(tmp_path / "one", tmp_path / "two") < 1e-4
+    one_rows, two_rows = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["iteration"] for r in two_rows] == [5, 10]
+    for a, b in zip(one_rows, two_rows, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["train_top1_error"] == a["train_top1_error"]  # counted over the global batch
+        assert b["train_pflop"] == pytest.approx(a["train_pflop"])  # summed over the ranks
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)  # sharded, gathered
+    # Rank 0 alone wrote the run folder and the summary line.
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == [
+        "best.pt", "epoch-001.pt", "epoch-002.pt", "last.pt"
+    ]  # fmt: skip
+    assert two.stdout.count("finished:") == 1
+
+
+def test_sync_batch_norm_trains_the_weights_of_one_process(cache: Path, tmp_path: Path) -> None:
+    bn = ("--set", "model.batch_norm=true", "--set", "train.epochs=1")
+    _one(cache, tmp_path / "one", *bn)
+    _run(
+        _torchrun(
+            *_train_args(cache, tmp_path / "sync", *bn, "--set", "train.sync_batch_norm=true")
+        )
+    )
+    _run(_torchrun(*_train_args(cache, tmp_path / "local", *bn)))
+    synced = _max_difference(tmp_path / "one", tmp_path / "sync")
+    local = _max_difference(tmp_path / "one", tmp_path / "local")
+    # Per-share statistics make another run; global ones the same run, up to float noise.
+    assert synced < 1e-3 and local > 30 * synced, (synced, local)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback(cache: Path, tmp_path: Path) -> None:
+    _one(cache, tmp_path / "one", "--set", "train.epochs=1")
+    port = _free_port()
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={rank}",
+                "--nproc-per-node=1",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                "-m",
+                "tinycnn",
+                *_train_args(cache, tmp_path / "nodes", "--set", "train.epochs=1"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=TIMEOUT) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert _max_difference(tmp_path / "one", tmp_path / "nodes") < 1e-4
+
+
+def _wait_for(path: Path, what: str) -> str:
+    for _ in range(TIMEOUT * 10):
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.1)
+    raise AssertionError(f"{what} never came")
+
+
+def test_a_killed_rank_stops_the_job_and_resume_completes_it(cache: Path, tmp_path: Path) -> None:
+    epochs = ("--set", "train.epochs=3")
+    _run(_torchrun(*_train_args(cache, tmp_path / "whole", *epochs)))
+    pause = tmp_path / "pid"
+    env = _env(TINYCNN_PAUSE_AT="step@7", TINYCNN_PAUSE_RANK="1", TINYCNN_PAUSE_FILE=str(pause))
+    job = subprocess.Popen(
+        _torchrun(*_train_args(cache, tmp_path / "cut", *epochs)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    os.kill(int(_wait_for(pause, "rank 1's pause")), signal.SIGKILL)
+    job.communicate(timeout=TIMEOUT)
+    assert job.returncode != 0  # torchrun reports the lost worker and ends the job
+    for checkpoint in (tmp_path / "cut" / "checkpoints").iterdir():
+        assert load_checkpoint(checkpoint)["iteration"] in (5,), checkpoint  # whole, readable
+    assert not [p for p in (tmp_path / "cut").rglob("*") if "tmp" in p.name]
+    _run(_torchrun("train", "--resume", str(tmp_path / "cut"), "-q"))
+    assert _max_difference(tmp_path / "whole", tmp_path / "cut") == 0.0
+    assert _untimed(_metrics(tmp_path / "cut")) == _untimed(_metrics(tmp_path / "whole"))
+
+
+def _untimed(rows: list[dict]) -> list[dict]:
+    timed = ("seconds", "elapsed_seconds", "images_per_second")
+    return [{k: v for k, v in r.items() if k not in timed} for r in rows]
+
+
+def test_sigterm_to_one_rank_stops_every_rank_with_a_checkpoint(
+    cache: Path, tmp_path: Path
+) -> None:
+    epochs = ("--set", "train.epochs=3")
+    _run(_torchrun(*_train_args(cache, tmp_path / "whole", *epochs)))
+    pause = tmp_path / "pid"
+    env = _env(
+        TINYCNN_PAUSE_AT="step@7",
+        TINYCNN_PAUSE_RANK="1",
+        TINYCNN_PAUSE_FILE=str(pause),
+        TINYCNN_PAUSE_SECONDS="3",
+    )
+    job = subprocess.Popen(
+        _torchrun(*_train_args(cache, tmp_path / "cut", *epochs)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    os.kill(int(_wait_for(pause, "rank 1's pause")), signal.SIGTERM)
+    _, err = job.communicate(timeout=TIMEOUT)
+    # Both ranks stopped at the next step; rank 0 saved the resume point there.
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["iteration"] == 8, err
+    assert "resume with: tinycnn train --resume" in err
+    _run(_torchrun("train", "--resume", str(tmp_path / "cut"), "-q"))
+    assert _max_difference(tmp_path / "whole", tmp_path / "cut") == 0.0
+
+
+def _without_timing(value):
+    if isinstance(value, dict):
+        return {
+            k: _without_timing(v)
+            for k, v in value.items()
+            if k not in ("seconds", "images_per_second", "path", "out")
+        }
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
+
+
+def test_evaluate_ensemble_and_report_shard_the_images_and_agree_with_one_process(
+    cache: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    _one(cache, run, "--set", "train.epochs=2")
+    members = [f"{run}@epochs:1,2"]
+    for command in (
+        ["evaluate", str(run), "--data", str(cache), "--tta", "flip", "--json"],
+        ["ensemble", *members, "--data", str(cache), "--json", "--no-cache"],
+    ):
+        one = _run(
+            [sys.executable, "-m", "tinycnn", *command, "--out", str(tmp_path / "o1")]
+            if command[0] == "ensemble"
+            else [sys.executable, "-m", "tinycnn", *command]
+        )
+        args = [*command, "--out", str(tmp_path / "o2")] if command[0] == "ensemble" else command
+        two = _run(_torchrun(*args))
+        assert two.stdout.count("\n") == one.stdout.count("\n")  # rank 0's output only
+        expected = _without_timing(json.loads(one.stdout))
+        assert _without_timing(json.loads(two.stdout)) == expected, command[0]
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == [
+        "ensemble.json",
+        "probabilities.npy",
+    ]
+    report = _run(
+        _torchrun(
+            "report",
+            str(run),
+            "--data",
+            str(cache),
+            "--out",
+            str(tmp_path / "report"),
+            "--tsne-images",
+            "20",
+            "--scan-train",
+            "40",
+            "-q",
+        )
+    )
+    assert report.stdout.count("report written") == 1
+    assert (tmp_path / "report" / "index.html").is_file()

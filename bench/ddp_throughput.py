@@ -3,10 +3,10 @@
 Usage: python bench/ddp_throughput.py --cache DIR [--nproc 2] [--epochs 3] [--config TOML]
 
 Both runs train the same config (default: the fastnet recipe at 32x32, batch 128, deterministic
-kernels, batch norm over the global batch) from the same seed: one process with every core, then
-``torchrun --nproc-per-node N``
-with the cores shared out. Printed: each run's training images/s (the mean of its epochs, from
-metrics.jsonl) and the largest difference between their final weights.
+kernels, batch norm over the global batch) from the same seed: one process with every core,
+then ``torchrun --nproc-per-node N`` with the cores shared out. Printed: each run's training
+images/s (the mean of its epochs, from metrics.jsonl) and the largest difference between their
+final weights.
 """
 
 from __future__ import annotations

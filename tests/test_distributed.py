@@ -23,11 +23,13 @@ from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.prepare import prepare
 
 # 5 classes x 16 images = 80 training images, batch 16: 5 iterations an epoch.
-SMALL = [
+CNN5 = [
     "--set", "model.name=cnn5",
     "--set", "model.conv_channels=[8,8,8]",
     "--set", "model.fc_widths=[32]",
     "--set", "model.dropout=0.0",
+]  # fmt: skip
+BASE = [
     "--set", 'data.normalization="channel"',
     "--set", 'optim.name="nesterov"',
     "--set", "optim.lr=0.02",
@@ -62,8 +64,8 @@ def _torchrun(*args: str, nproc: int = 2) -> list[str]:
     ]  # fmt: skip
 
 
-def _train_args(cache: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(cache), *SMALL, *extra, "--out", str(out), "-q"]
+def _train_args(cache: Path, out: Path, *extra: str, model: list[str] = CNN5) -> list[str]:
+    return ["train", "--data", str(cache), *model, *BASE, *extra, "--out", str(out), "-q"]
 
 
 def _run(cmd: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
@@ -72,8 +74,8 @@ def _run(cmd: list[str], env: dict | None = None) -> subprocess.CompletedProcess
     return done
 
 
-def _one(cache: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return _run([sys.executable, "-m", "tinycnn", *_train_args(cache, out, *extra)])
+def _one(cache: Path, out: Path, *extra: str, model: list[str] = CNN5):
+    return _run([sys.executable, "-m", "tinycnn", *_train_args(cache, out, *extra, model=model)])
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -107,6 +109,28 @@ def test_two_processes_train_the_weights_of_one(cache: Path, tmp_path: Path) -> 
         "best.pt", "epoch-001.pt", "epoch-002.pt", "last.pt"
     ]  # fmt: skip
     assert two.stdout.count("finished:") == 1
+
+
+def test_the_recipe_s_techniques_run_alike_in_two_processes(cache: Path, tmp_path: Path) -> None:
+    # fastnet with progressive resizing, mixup, cutmix, label smoothing and an EMA of the
+    # weights, batch norm over the global batch: the same run as in one process.
+    fastnet = ["--set", "model.name=fastnet", "--set", "model.width=8"]
+    recipe = [
+        "--set", 'model.init="kaiming"', "--set", "augment.crop=64", "--set", "augment.pad=4",
+        "--set", "augment.sizes=[32, 48]",
+        "--set", "augment.size_until=[0.5]", "--set", "augment.mixup=0.2",
+        "--set", "augment.cutmix=0.5", "--set", "optim.label_smoothing=0.1",
+        "--set", "train.ema_decay=0.9", "--set", "train.epochs=2",
+    ]  # fmt: skip
+    _one(cache, tmp_path / "one", *recipe, model=fastnet)
+    sync = ("--set", "train.sync_batch_norm=true")
+    _run(_torchrun(*_train_args(cache, tmp_path / "two", *recipe, *sync, model=fastnet)))
+    assert _max_difference(tmp_path / "one", tmp_path / "two") < 1e-3
+    one_rows, two_rows = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["input_size"] for r in two_rows] == [32, 48]
+    for a, b in zip(one_rows, two_rows, strict=True):
+        assert b["train_pflop"] == pytest.approx(a["train_pflop"])
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
 
 
 def test_sync_batch_norm_trains_the_weights_of_one_process(cache: Path, tmp_path: Path) -> None:

@@ -77,6 +77,8 @@ def init(device: torch.device) -> Dist:
     env = from_env()
     if env.active and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(device)  # object collectives (broadcast_int) use it
         dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
     return current()
 

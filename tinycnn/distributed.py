@@ -125,11 +125,8 @@ def gather_rows(local: Tensor, count: int, d: Dist) -> Tensor:
     padded[: len(local)] = local
     gathered = [torch.empty_like(padded) for _ in range(d.world)]
     dist.all_gather(gathered, padded.contiguous())
-    sizes = [
-        share(count, Dist(r, d.world)).stop - share(count, Dist(r, d.world)).start
-        for r in range(d.world)
-    ]
-    return torch.cat([g[:n] for g, n in zip(gathered, sizes, strict=True)])
+    shares = [share(count, Dist(r, d.world)) for r in range(d.world)]
+    return torch.cat([g[: s.stop - s.start] for g, s in zip(gathered, shares, strict=True)])
 
 
 def all_sum(values: Tensor) -> Tensor:

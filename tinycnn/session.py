@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -118,24 +119,16 @@ class Session:
     def total_iters(self) -> int:
         """train.epochs of iterations, or fewer where train.max_pflop runs out first, or the
         length fitted to the time budget (train.fit_to_time)."""
-        if self.fitted_total is not None:
-            return self.fitted_total
-        if "_total_iters" not in self.__dict__:
-            self._total_iters = self._fit_total()
-        return self._total_iters
+        return self.fitted_total if self.fitted_total is not None else self._budget_total
 
-    def _fit_total(self) -> int:
+    @functools.cached_property
+    def _budget_total(self) -> int:
         total = self.iters_per_epoch * self.cfg.train.epochs
         budget = self.cfg.train.max_pflop * PFLOP
-        if not budget or not self.flops_by_size or self.flops_until(total, total) <= budget:
+        if not budget or not self.flops_by_size:
             return total
-        # The most iterations whose schedule (sizes included) fits the budget: the cost
-        # rises with the total, so bisect.
-        low, high = 1, total  # cost(low) <= budget is assumed: at least one step runs
-        while low < high:
-            mid = (low + high + 1) // 2
-            low, high = (mid, high) if self.flops_until(mid, mid) <= budget else (low, mid - 1)
-        return low
+        # The most iterations whose schedule (sizes included) fits the budget (at least one).
+        return largest_fitting(1, total, lambda n: self.flops_until(n, n) <= budget)
 
     def input_size_at(self, iteration: int) -> int:
         """The model's input side at this iteration (progressive resizing), else the crop's."""
@@ -313,6 +306,15 @@ class Session:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def largest_fitting(low: int, high: int, fits) -> int:
+    """The largest n in [low, high] with fits(n), for a fits that holds up to some n and not
+    after (a cost that rises with n, under a budget); low when none fits."""
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
 
 
 def load_session(

@@ -39,6 +39,7 @@ from tinycnn.session import (
     TrainingDivergedError,
     build_model,
     check_classes,
+    largest_fitting,
     load_session,
     pause_point,
     tensorboard_writer_class,
@@ -421,13 +422,7 @@ def fit_total_to_time(s: Session, flop_rate: float, seconds_left: float) -> int:
         eval_flops = evaluations * images * s.flops_by_size[size] / 3
         return (steps + eval_flops) / flop_rate
 
-    low, high = done + 1, ceiling
-    if seconds(low) > seconds_left:
-        return low
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if seconds(mid) <= seconds_left else (low, mid - 1)
-    return low
+    return largest_fitting(done + 1, ceiling, lambda total: seconds(total) <= seconds_left)
 
 
 class _Sync:

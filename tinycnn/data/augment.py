@@ -24,6 +24,7 @@ flip" exactly, at the cost of one small gather instead of a full-size subtractio
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -435,7 +436,13 @@ def resize_matrix(n_in: int, n_out: int, device: torch.device | str = "cpu") -> 
     Column k holds the weights of output pixel k: exactly what ``F.interpolate(mode="bilinear",
     antialias=True)`` computes, written as a matrix so that resizing is two matrix products:
     the same numbers in training, evaluation and an exported graph (any runtime has MatMul).
+    A fresh tensor each call; ``resize_views`` reuses its own (one per size, per device).
     """
+    return _resize_matrix(n_in, n_out, str(device)).clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrix(n_in: int, n_out: int, device: str) -> Tensor:
     eye = torch.eye(n_in, dtype=OUTPUT_DTYPE, device=device)[None, None]
     weights = F.interpolate(
         eye, size=(n_in, n_out), mode="bilinear", antialias=True, align_corners=False
@@ -452,8 +459,8 @@ def resize_views(x: Tensor, size: int) -> Tensor:
     height, width = x.shape[-2:]
     if (height, width) == (size, size):
         return x
-    rows = resize_matrix(height, size, x.device)  # (h, size)
-    cols = resize_matrix(width, size, x.device)  # (w, size)
+    rows = _resize_matrix(height, size, str(x.device))  # (h, size), made once per size
+    cols = _resize_matrix(width, size, str(x.device))  # (w, size)
     out = rows.T @ (x.float() @ cols)  # (B, 3, size, size)
     return out.contiguous(memory_format=torch.channels_last)
 

@@ -609,3 +609,5 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if "tinycnn.distributed" in sys.modules:  # under torchrun: leave the group cleanly
+            sys.modules["tinycnn.distributed"].shutdown()

@@ -21,6 +21,7 @@ How the work is split, so that one process and N give the same run:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -145,6 +146,15 @@ def broadcast_int(value: int) -> int:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return int(box[0])
+
+
+def shutdown() -> None:
+    """Leave the process group together (a barrier, then destroy): a rank that exits with the
+    group still up can abort in gloo's threads at interpreter exit."""
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(RuntimeError):  # fails at once where a peer is gone
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -58,8 +58,9 @@ def test_every_public_function_is_callable_after_the_others_ran(
     images = sorted((synth_sources["folder"] / "test" / "images").iterdir())[:2]
     report = tinycnn.predict_files(loaded, images)
     assert len(report.rows) == 2
-    exported = tinycnn.export_model(result.run_dir / "checkpoints" / "best.pt", "onnx",
-                                    tmp_path / "a.onnx", check_images=None)
+    exported = tinycnn.export_model(
+        result.run_dir / "checkpoints" / "best.pt", "onnx", tmp_path / "a.onnx", check_images=None
+    )
     assert Path(exported.path).is_file()
     assert [m.name for m in tinycnn.list_models()][:1] and tinycnn.create_model("cnn5")
     for name in ("train", "evaluate", "ensemble", "prepare", "predict_files", "export_model"):

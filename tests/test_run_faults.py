@@ -305,9 +305,7 @@ def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
     assert not [p for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
 
 
-def test_the_time_budget_includes_the_evaluations(
-    cache: Path, tmp_path: Path, monkeypatch
-) -> None:
+def test_the_time_budget_includes_the_evaluations(cache: Path, tmp_path: Path, monkeypatch) -> None:
     import tinycnn.session
     import tinycnn.training
 
@@ -494,3 +492,29 @@ def test_resuming_a_run_that_used_its_time_budget_says_how_to_go_on(
     assert main(["train", "--resume", str(out), "-q"]) == 1
     err = capsys.readouterr().err
     assert "used its whole train.max_minutes" in err and str(out / "config.toml") in err
+
+
+def test_a_resumed_epochs_speed_counts_its_time_before_the_stop(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.training
+
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN])
+    real_pause = tinycnn.training.pause_point
+
+    def slow_step_4(phase: str, iteration: int) -> None:  # epoch 2's first part takes >= 0.5 s
+        if (phase, iteration) == ("step", 4):
+            time.sleep(0.5)
+        real_pause(phase, iteration)
+
+    monkeypatch.setattr(tinycnn.training, "pause_point", slow_step_4)
+    monkeypatch.setattr(
+        tinycnn.training._Budget, "exhausted", lambda self: self.session.iteration == 4
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    rows = train(None, tmp_path / "run", resume=True, progress=False).metrics
+    epoch_2 = next(r for r in rows if r["epoch"] == 2)
+    # 3 steps of 16 images; the first step (with its 0.5 s) ran before the stop.
+    assert epoch_2["seconds"] >= 0.5
+    assert epoch_2["images_per_second"] == pytest.approx(48 / epoch_2["seconds"])

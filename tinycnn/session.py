@@ -64,6 +64,10 @@ class EpochAccumulator:
     loss_sum: float = 0.0  # summed over images
     wrong: int = 0
     seen: int = 0
+    # The epoch's training time so far (steps, not evaluations), kept across a stop and resume:
+    # its images per second are seen / seconds, not the images of the whole epoch over the time
+    # since the resume.
+    seconds: float = 0.0
 
     def add(self, loss_sum: float, wrong: int, seen: int) -> None:
         self.loss_sum += loss_sum

@@ -261,7 +261,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
             leave=False,
             dynamic_ncols=True,
         )
-        epoch_start, first = time.perf_counter(), s.iteration
+        epoch_start, first, before = time.perf_counter(), s.iteration, s.accum.seconds
         with bar:
             while s.iteration < min((epoch + 1) * ipe, s.total_iters):  # a budget may end it
                 pos = s.iteration % ipe
@@ -272,7 +272,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                 # The numbers reach the host (and the ranks agree on a stop) every few steps.
                 reason = sync.flush() if snapshot or sync.due() else None
                 seconds = max(time.perf_counter() - epoch_start, 1e-9)
-                rate = s.accum.seen / seconds
+                rate = (s.iteration - first) * cfg.train.batch_size / seconds  # since this start
                 bar.set_postfix(
                     loss=f"{sync.last_loss:.3f}",
                     img_s=f"{rate:.0f}",
@@ -284,13 +284,16 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                     fit = None
                 pause_point("step", s.iteration)
                 if snapshot:
+                    _clock_epoch(s, before, epoch_start)
                     s.save(f"iter-{s.iteration:07d}", clock.elapsed())
                     pause_point("snapshot", s.iteration)
                 # At an epoch's or the schedule's end, stop after its evaluation.
                 if reason and s.iteration % ipe and s.iteration < s.total_iters:
+                    _clock_epoch(s, before, epoch_start)
                     return _stop(s, reason, clock, stop, progress)
+        seconds = _clock_epoch(s, before, epoch_start)
         clock.evaluating()
-        s.end_epoch(clock.elapsed(), time.perf_counter() - epoch_start, progress)
+        s.end_epoch(clock.elapsed(), seconds, progress)
         clock.evaluated()
         reason = sync.flush()  # nothing pending: only the agreement on a stop
         if reason and s.iteration < s.total_iters:
@@ -482,6 +485,12 @@ def _stop(s: Session, reason: str, clock: _Budget, stop: _StopRequest, progress:
         s.save("last", clock.elapsed())
     s.close()
     return RunResult(s.out, s.model, s.metrics, reason, s.iteration, stop.signal)
+
+
+def _clock_epoch(s: Session, before: float, start: float) -> float:
+    """The epoch's step time so far, the part before a resume included; kept in its sums."""
+    s.accum.seconds = before + time.perf_counter() - start
+    return s.accum.seconds
 
 
 def _epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:

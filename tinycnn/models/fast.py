@@ -14,8 +14,11 @@ moved to Tiny ImageNet's 64x64 images:
 Why this shape suits the CPUs tinycnn runs on: almost all FLOPs are 3x3 convolutions with 128 to
 512 channels at 32x32 or below (at a 64 input), where oneDNN's kernels run at their best rate;
 there are few batch-norm/ReLU passes per FLOP (those are memory-bound and not counted as FLOPs),
-and the channel counts are multiples of 16 for the AVX2/AVX-512/AMX blocking. The measured share
-of the machine's conv-kernel rate is printed by bench/train_throughput.py --model fastnet.
+and the channel counts are multiples of 16 for the AVX2/AVX-512/AMX blocking. The last stage's
+maps are small (2x2 to 4x4), where oneDNN's fp32 weight gradient is slow: its 3x3 convs are
+``Conv3x3`` (models/conv.py), whose weight gradient there is nine matmuls. The measured share of
+the machine's conv-kernel rate is printed by bench/train_throughput.py (--fast-sizes), and per
+layer and kernel by bench/conv_layers.py.
 At 64x64 one training step costs ~2.3 GFLOP per image, about half of paper8's 4.4 at 56x56; at
 32x32, a quarter of that, which is what progressive resizing (augment.sizes) spends early on.
 """
@@ -26,13 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from tinycnn.errors import ConfigError
+from tinycnn.models.conv import Conv3x3
 from tinycnn.models.registry import register_model
 from tinycnn.models.resnet import make_activation
 
 
 def _conv_bn(c_in: int, c_out: int, activation: str, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        Conv3x3(c_in, c_out, stride),  # nn.Conv2d with a faster weight gradient on small maps
         nn.BatchNorm2d(c_out),
         make_activation(activation, c_out),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from tinycnn.errors import ConfigError
+from tinycnn.models.conv import Conv3x3
 from tinycnn.models.registry import register_model
 
 STAGES = (2, 2, 2, 2)  # blocks per stage: ResNet-18
@@ -25,7 +26,7 @@ def make_activation(kind: str, channels: int) -> nn.Module:
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+    return Conv3x3(c_in, c_out, stride)
 
 
 def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:

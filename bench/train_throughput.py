@@ -1,7 +1,7 @@
 """Training throughput of paper8: tinycnn's fast path against a naive PyTorch baseline, one run.
 
 Usage: python bench/train_throughput.py [--cache DIR] [--archive TAR_GZ] [--iters N]
-       [--fast-sizes 32 48 64]
+       [--fast-sizes 32 48 64] [--skip-naive] [--compile] [--onednn-wgrad] [--rounds N]
 
 - naive: the usual tutorial pipeline. JPEG files on disk, a Dataset that opens each image with
   PIL and applies per-image transforms (random 56 crop, flip, to tensor, mean/std), a DataLoader
@@ -16,6 +16,8 @@ batch 64, forward, on the fastest path this machine has) is measured in the same
 path's rate in GFLOP/s (images/s x training FLOPs per image, compute.py) is printed as a
 fraction of it. The fastnet recipe (configs/fast/fastnet-0.5pflop.toml) is timed at each of its
 progressive-resizing sizes on the fast path, in the same rounds.
+With --onednn-wgrad, also with oneDNN's weight gradients in place of Conv3x3's nine matmuls on
+small maps (tinycnn/models/conv.py): the gain of that kernel choice, in the same rounds.
 """
 
 from __future__ import annotations
@@ -159,6 +161,20 @@ def tinycnn_steps(
         yield iters * BATCH / (time.perf_counter() - start)
 
 
+def _onednn_weight_gradients(steps):
+    """The same steps with every Conv3x3 on oneDNN's weight gradient (models/conv.py)."""
+    import tinycnn.models.conv as conv
+
+    taps = conv.uses_tap_gradient
+    while True:
+        conv.uses_tap_gradient = lambda *shape: False
+        try:
+            rate = next(steps)
+        finally:
+            conv.uses_tap_gradient = taps
+        yield rate
+
+
 def conv_kernel_rates(iters: int):
     """GFLOP/s of a bare 3x3 conv forward on the fast path (bf16 + channels_last where fast)."""
     from tinycnn.runtime import make_runtime
@@ -200,6 +216,11 @@ def main() -> None:
     )
     parser.add_argument("--skip-naive", action="store_true", help="leave out the PIL baseline")
     parser.add_argument("--compile", action="store_true", help="also time train.compile = true")
+    parser.add_argument(
+        "--onednn-wgrad",
+        action="store_true",
+        help="also time the fastnet sizes with oneDNN's weight gradients instead of Conv3x3's",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,6 +251,12 @@ def main() -> None:
             name = f"fastnet recipe at {size}x{size}, fast path"
             variants[name] = tinycnn_steps(cache, True, args.iters, tmp / f"f{size}", FAST, size)
             gflop[name] = next(variants[name]) / 1e9
+            if args.onednn_wgrad:
+                plain = f"fastnet recipe at {size}x{size}, oneDNN wgrad"
+                steps = tinycnn_steps(cache, True, args.iters, tmp / f"o{size}", FAST, size)
+                variants[plain] = _onednn_weight_gradients(steps)
+                gflop[plain] = gflop[name]
+                next(variants[plain])
         if args.compile:
             for label, config, size in (("paper8", PAPER8, 0), ("fastnet at 64", FAST, 64)):
                 name = f"{label}, fast path, torch.compile"

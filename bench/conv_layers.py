@@ -5,11 +5,12 @@ Usage: python bench/conv_layers.py [--model fastnet] [--size 64] [--batch 128] [
 For every Conv2d of the model at the given input side, times on this machine's fast path
 (bf16 where the CPU has fast bf16, else fp32; channels_last) the forward convolution, the
 gradient with respect to its input (skipped for the first layer, whose input needs none) and the
-gradient with respect to its weights, each alone, and prints GFLOP/s per kernel. The last lines
-add the layers up: the rate of the convolutions of one whole training step, and what fraction of
-the bare forward kernel rate (bench/train_throughput.py's "conv kernel": 3x3, 128 channels,
-56x56, batch 64) that is. A training step also has batch norm, activations, pooling, the data
-pipeline and the optimiser, so this fraction bounds what a whole step can reach.
+gradient with respect to its weights (Conv3x3's nine matmuls where training takes them, marked),
+each alone, and prints GFLOP/s per kernel. The last lines add the layers up: the rate of the
+convolutions of one whole training step, and what fraction of the bare forward kernel rate
+(bench/train_throughput.py's "conv kernel": 3x3, 128 channels, 56x56, batch 64) that is. A
+training step also has batch norm, activations, pooling, the data pipeline and the optimiser,
+so this fraction bounds what a whole step can reach.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 import torch
 
 from tinycnn.models import create_model
+from tinycnn.models.conv import Conv3x3, tap_weight_gradient, uses_tap_gradient
 from tinycnn.runtime import make_runtime
 
 
@@ -48,8 +50,21 @@ def conv_inputs(
     return found
 
 
+def takes_taps(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype) -> bool:
+    """Whether training computes this layer's weight gradient as Conv3x3's nine matmuls."""
+    return (
+        isinstance(conv, Conv3x3)
+        and conv.stride == (1, 1)
+        and dtype == torch.float32
+        and uses_tap_gradient(conv.in_channels, conv.out_channels, *shape[-2:])
+    )
+
+
 def layer_rates(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype, iters: int, first: bool):
-    """(forward, input-gradient, weight-gradient) seconds and the FLOPs of one such kernel."""
+    """(forward, input-gradient, weight-gradient) seconds and the FLOPs of one such kernel.
+
+    The weight gradient is the kernel training uses: Conv3x3's matmuls where it takes them.
+    """
     cl = torch.channels_last
     x = torch.randn(shape, dtype=dtype).contiguous(memory_format=cl)
     w = conv.weight.detach().to(dtype).contiguous(memory_format=cl)
@@ -65,7 +80,10 @@ def layer_rates(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype, iters: 
 
     forward = _seconds(lambda: torch.nn.functional.conv2d(x, w, None, *args, conv.groups), iters)
     data = 0.0 if first else _seconds(backward([True, False, False]), iters)
-    weight = _seconds(backward([False, True, False]), iters)
+    if takes_taps(conv, shape, dtype):
+        weight = _seconds(lambda: tap_weight_gradient(x, grad), iters)
+    else:
+        weight = _seconds(backward([False, True, False]), iters)
     return forward, data, weight, flops
 
 
@@ -96,6 +114,7 @@ def main() -> None:
         rates = [flops / s / 1e9 if s else float("nan") for s in (forward, data, weight)]
         label = f"{conv.in_channels:>4} -> {conv.out_channels:<4} at {shape[-1]:>2}x{shape[-1]:<2}"
         label += " stride 2" if conv.stride[0] == 2 else ""
+        label += " (matmul wgrad)" if takes_taps(conv, shape, dtype) else ""
         print(f"{label:<40} {rates[0]:8.1f} {rates[1]:8.1f} {rates[2]:9.1f}")
         total_seconds += forward + data + weight
         total_flops += flops * (2 if first else 3)
@@ -112,9 +131,16 @@ def main() -> None:
 
 def _kernel_rate(dtype: torch.dtype, iters: int) -> float:
     """bench/train_throughput.py's reference kernel: 3x3, 128 -> 128 channels, 56x56, batch 64."""
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False)
-    forward, _, _, flops = layer_rates(conv, (64, 128, 56, 56), dtype, iters, first=True)
-    return flops / forward / 1e9
+    cl = torch.channels_last
+    x = torch.randn(64, 128, 56, 56, dtype=dtype).contiguous(memory_format=cl)
+    w = torch.randn(128, 128, 3, 3, dtype=dtype).contiguous(memory_format=cl)
+    flops = 2 * 64 * 128 * 56 * 56 * 128 * 9
+    torch.nn.functional.conv2d(x, w, None, 1, 1)  # warm-up
+    start, done = time.perf_counter(), 0
+    while done < iters or time.perf_counter() - start < 2.0:  # as train_throughput.py: >= 2 s
+        torch.nn.functional.conv2d(x, w, None, 1, 1)
+        done += 1
+    return done * flops / (time.perf_counter() - start) / 1e9
 
 
 if __name__ == "__main__":

@@ -109,7 +109,31 @@ def test_torch_compile_traces_the_matmul_gradient() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(Conv3x3(128, 128), torch.nn.ReLU(), Conv3x3(128, 128))
     x = torch.randn(4, 128, 2, 2)
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
     want = torch.autograd.grad(model(x).square().sum(), list(model.parameters()))
     got = torch.autograd.grad(torch.compile(model)(x).square().sum(), list(model.parameters()))
     for have, expected in zip(got, want, strict=True):
         torch.testing.assert_close(have, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_training_layout_channels_last_fp32_and_an_input_without_gradient() -> None:
+    torch.manual_seed(0)
+    conv = Conv3x3(128, 256).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 128, 4, 4).contiguous(memory_format=torch.channels_last)
+    out = conv(x)  # x needs no gradient: only the weight's is computed
+    assert type(out.grad_fn).__name__ == "_TapConvBackward"
+    grad_out = torch.randn_like(out)
+    (got,) = torch.autograd.grad(out, [conv.weight], grad_out)
+    (want,) = torch.autograd.grad(F.conv2d(x.double(), conv.weight.double(), None, 1, 1),
+                                  [conv.weight], grad_out.double())  # fmt: skip
+    assert got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_double_backward_is_refused_clearly() -> None:
+    conv = Conv3x3(128, 128)
+    out = conv(torch.randn(2, 128, 2, 2, requires_grad=True))
+    (grad_w,) = torch.autograd.grad(out.square().sum(), [conv.weight], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_w.sum().backward()

@@ -518,3 +518,56 @@ def test_a_resumed_epochs_speed_counts_its_time_before_the_stop(
     # 3 steps of 16 images; the first step (with its 0.5 s) ran before the stop.
     assert epoch_2["seconds"] >= 0.5
     assert epoch_2["images_per_second"] == pytest.approx(48 / epoch_2["seconds"])
+
+
+def test_an_iteration_snapshot_keeps_its_epochs_step_time(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.training
+
+    cfg = load_config(
+        None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.snapshot_every=2"]
+    )
+    real_pause = tinycnn.training.pause_point
+
+    def slow_step_1(phase: str, iteration: int) -> None:
+        if (phase, iteration) == ("step", 1):
+            time.sleep(0.5)
+        real_pause(phase, iteration)
+
+    monkeypatch.setattr(tinycnn.training, "pause_point", slow_step_1)
+    train(cfg, tmp_path / "run", progress=False)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "iter-0000002.pt")
+    assert saved["accumulator"]["seen"] == 32
+    assert saved["accumulator"]["seconds"] >= 0.5  # mid-epoch 1: its two steps, the slow one
+
+
+def test_an_epoch_evaluated_after_a_kill_reports_its_step_time(cache: Path, tmp_path: Path) -> None:
+    # Killed after epoch 1's closing snapshot, before its evaluation: the resume evaluates it.
+    out = tmp_path / "run"
+    _kill_and_resume(cache, out, "snapshot", 3)
+    first = read_metrics(out)[0]
+    assert first["epoch"] == 1 and first["seconds"] > 0
+    assert first["images_per_second"] == pytest.approx(48 / first["seconds"])
+
+
+def test_an_older_checkpoint_without_step_time_resumes_with_the_speed_unknown(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.training
+    from tinycnn.checkpoint import save_checkpoint
+
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN])
+    monkeypatch.setattr(
+        tinycnn.training._Budget, "exhausted", lambda self: self.session.iteration == 4
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    payload = load_checkpoint(last)
+    del payload["accumulator"]["seconds"]  # as written before the field existed
+    save_checkpoint(last, payload)
+    rows = train(None, tmp_path / "run", resume=True, progress=False).metrics
+    epoch_2 = next(r for r in rows if r["epoch"] == 2)
+    assert epoch_2["images_per_second"] is None and epoch_2["seconds"] is None
+    assert next(r for r in rows if r["epoch"] == 3)["images_per_second"] > 0

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +66,13 @@ class EpochAccumulator:
     seen: int = 0
     # The epoch's training time so far (steps, not evaluations), kept across a stop and resume:
     # its images per second are seen / seconds, not the images of the whole epoch over the time
-    # since the resume.
-    seconds: float = 0.0
+    # since the resume. None: not known (resumed from a checkpoint older than this field).
+    seconds: float | None = 0.0
+
+    @classmethod
+    def from_payload(cls, saved: dict) -> EpochAccumulator:
+        known = {k: v for k, v in saved.items() if k in {f.name for f in fields(cls)}}
+        return cls(**{"seconds": None, **known})
 
     def add(self, loss_sum: float, wrong: int, seen: int) -> None:
         self.loss_sum += loss_sum
@@ -479,7 +484,7 @@ def _restore(s: Session, path: Path) -> None:
     s.fitted_total = payload.get("fitted_total")
     s.flops_done = payload.get("flops_done", s.flops_until(s.iteration) if s.flops_by_size else 0)
     s.elapsed_before = payload["elapsed_seconds"]
-    s.accum = EpochAccumulator(**payload["accumulator"])
+    s.accum = EpochAccumulator.from_payload(payload["accumulator"])
     s.metrics = _sync_metrics(s.out, payload, write=s.dist.main)
     _sync_best(s, payload)
     # An iteration snapshot at an epoch's (or the run's) end, saved before its evaluation.

@@ -246,7 +246,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
     sync = _Sync(s, stop, clock)
     if s.evaluation_pending:  # killed between an epoch-end snapshot and its evaluation
         clock.evaluating()
-        s.end_epoch(clock.elapsed(), None, progress)
+        s.end_epoch(clock.elapsed(), s.accum.seconds, progress)  # its steps' time: saved
         clock.evaluated()
     while s.iteration < s.total_iters:
         epoch = s.iteration // ipe
@@ -480,16 +480,19 @@ class _Sync:
 def _stop(s: Session, reason: str, clock: _Budget, stop: _StopRequest, progress: bool) -> RunResult:
     """Save the resume point mid-epoch; at a time budget also evaluate: that is the result."""
     if reason == "time budget":
-        s.end_epoch(clock.elapsed(), None, progress, partial=True)
+        s.end_epoch(clock.elapsed(), s.accum.seconds, progress, partial=True)
     else:
         s.save("last", clock.elapsed())
     s.close()
     return RunResult(s.out, s.model, s.metrics, reason, s.iteration, stop.signal)
 
 
-def _clock_epoch(s: Session, before: float, start: float) -> float:
-    """The epoch's step time so far, the part before a resume included; kept in its sums."""
-    s.accum.seconds = before + time.perf_counter() - start
+def _clock_epoch(s: Session, before: float | None, start: float) -> float | None:
+    """The epoch's step time so far, the part before a resume included; kept in its sums.
+
+    None when the part before the resume was not recorded (an older checkpoint).
+    """
+    s.accum.seconds = None if before is None else before + time.perf_counter() - start
     return s.accum.seconds
 
 

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Where the nine matmuls are the faster weight gradient (measured above): positions per map up
-# to SMALL_MAP with both channel counts at least 128, or up to MEDIUM_MAP with both >= 256.
+# Where the nine matmuls are the faster weight gradient: positions per map up to SMALL_MAP with
+# both channel counts at least 128, or up to MEDIUM_MAP with both >= 256. Measured on the 2-core
+# AVX2 machine above (batch 128); with many cores the matmuls' rows (batch x positions) may be too
+# few to keep them busy: check there with bench/conv_layers.py.
 SMALL_MAP, MEDIUM_MAP = 16, 64
 
 
@@ -37,20 +39,21 @@ def tap_weight_gradient(x: Tensor, grad_out: Tensor) -> Tensor:
     """grad_w (cout, cin, 3, 3) of a 3x3 stride-1 padding-1 conv, as nine matmuls.
 
     x: (B, cin, H, W) input; grad_out: (B, cout, H, W). The result is channels_last (the
-    layout the model's weights have on the fast path) and in x's dtype.
+    layout the model's weights have on the fast path) and in x's dtype. One sum per tap, so
+    not differentiable again (no double backward through Conv3x3's training path).
     """
     c_in, height, width = x.shape[1:]
     c_out = grad_out.shape[1]
     x_hwc, g_hwc = x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)  # views if channels_last
-    grad = torch.empty(c_out, 3, 3, c_in, dtype=x.dtype, device=x.device)
+    taps = []
     for dy in (-1, 0, 1):
         out_rows, in_rows = _overlap(dy, height)
         for dx in (-1, 0, 1):
             out_cols, in_cols = _overlap(dx, width)
             g = g_hwc[:, out_rows, out_cols, :].reshape(-1, c_out)
             inputs = x_hwc[:, in_rows, in_cols, :].reshape(-1, c_in)
-            torch.mm(g.t(), inputs, out=grad[:, dy + 1, dx + 1, :])
-    return grad.permute(0, 3, 1, 2)
+            taps.append(g.t() @ inputs)  # (c_out, c_in); no out= view: torch.compile traces it
+    return torch.stack(taps, 1).view(c_out, 3, 3, c_in).permute(0, 3, 1, 2)
 
 
 def _overlap(offset: int, side: int) -> tuple[slice, slice]:
@@ -67,6 +70,7 @@ class _TapConv(torch.autograd.Function):
         return F.conv2d(x, weight, bias, 1, 1)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward: a clear error if asked
     def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)

@@ -337,3 +337,23 @@ def test_demo_report_is_reused_until_the_run_changes(runs, tmp_path: Path) -> No
     stamp = index.stat().st_mtime_ns
     assert index == tmp_path / "report" / "index.html"
     assert demo_report(run, cache, tmp_path / "report").stat().st_mtime_ns == stamp
+
+
+def test_under_torchrun_only_rank_0_embeds_and_writes(runs, tmp_path: Path, monkeypatch) -> None:
+    import tinycnn.analysis.report as report
+    from tinycnn.distributed import Dist
+    from tinycnn.ensembles import ProbabilityCache
+
+    cache, a, _ = runs
+    model = load_model(a / "checkpoints" / "best.pt", FP32)
+    job = report._Job(tmp_path, load_cache(cache), ProbabilityCache(None), 0, False)
+    monkeypatch.setattr(report.distributed, "current", lambda: Dist(rank=1, world=2))
+    # The sharded pass is torchrun's (tests/test_distributed.py); here, rank 1's own share.
+    monkeypatch.setattr(report.tsne, "penultimate_codes", lambda m, images: torch.zeros(30, 8))
+
+    def embed(codes, seed):
+        raise AssertionError("rank 1 ran the t-SNE embedding")
+
+    monkeypatch.setattr(report.tsne, "embed", embed)
+    assert report._tsne_section(model, 30, job) == {}
+    assert job.files == [] and not any(tmp_path.iterdir())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinycnn import __version__
+from tinycnn import __version__, distributed
 from tinycnn.analysis import classes as cls
 from tinycnn.analysis import figures, html, tsne
 from tinycnn.analysis.experiments import (
@@ -179,6 +179,10 @@ def _tsne_section(model: LoadedModel, count: int, w: _Job) -> dict:
     rows = tsne.sample_rows(val.labels, count, seed)
     images = np.asarray(val.images[rows])
     codes = tsne.penultimate_codes(model, torch.from_numpy(images)).numpy()
+    if not distributed.current().main:
+        # Under torchrun every rank took its share of the pass above; the embedding (~20 s of a
+        # core for 2,000 codes) and the figures are rank 0's alone: the others write no page.
+        return {}
     points, info = tsne.embed(codes, seed)
     labels = val.labels[rows].astype(np.int64)
     side = int(np.sqrt(min(len(rows), 900)))
@@ -384,6 +388,8 @@ def build_report(
     )
     timings["total"] = round(time.perf_counter() - start, 3)
     data["timings"] = timings
+    if not distributed.current().main:  # its passes shared, nothing to write (see _tsne_section)
+        return Report(out, out / "index.html", data, time.perf_counter() - start)
     write_text(out / "report.json", json.dumps(data, indent=1) + "\n")
     index = out / "index.html"
     write_text(index, html.page(data))

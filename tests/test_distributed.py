@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.test_studies import SMALL as SMALL_PRESET
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.prepare import prepare
 
@@ -295,3 +296,24 @@ def test_evaluate_ensemble_and_report_shard_the_images_and_agree_with_one_proces
     )
     assert report.stdout.count("report written") == 1
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+# One epoch of the studies test's small preset.
+TINY_PRESET = SMALL_PRESET.replace("epochs = 4", "epochs = 1\ndeterministic = true")
+
+
+def test_experiment_under_torchrun_trains_tabulates_and_reports_once(
+    cache: Path, tmp_path: Path
+) -> None:
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(TINY_PRESET)
+    args = ["experiment", str(preset), "--data", str(cache), "--out", str(tmp_path / "study"), "-q"]
+    first = _run(_torchrun(*args))
+    assert first.stdout.count("wrote ") == 1  # rank 0's table only
+    rows = json.loads((tmp_path / "study" / "table.json").read_text())
+    assert [r["name"] for r in rows] == ["tiny"] and rows[0]["val_top1_error"] is not None
+    assert (tmp_path / "study" / "report" / "index.html").is_file()
+    # Again: the run is finished, so nothing trains; the report's passes still share the images.
+    again = _run(_torchrun(*args))
+    assert again.stdout.count("wrote ") == 1
+    assert json.loads((tmp_path / "study" / "table.json").read_text()) == rows

@@ -307,6 +307,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    from tinycnn import distributed
     from tinycnn.studies import format_table, run_experiments
 
     rows = run_experiments(
@@ -317,8 +318,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         report=not args.no_report,
         progress=not args.quiet,
     )
-    print(format_table(rows), end="")
-    print(f"wrote {Path(args.out) / 'table.md'} and table.json")
+    if distributed.current().main:  # under torchrun, rank 0 speaks for the job
+        print(format_table(rows), end="")
+        print(f"wrote {Path(args.out) / 'table.md'} and table.json")
     return 0
 
 

@@ -9,13 +9,18 @@ for configs/paper presets, as DIR/table.md and DIR/table.json.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from tinycnn import distributed
 from tinycnn.analysis import build_report
 from tinycnn.analysis.experiments import identify_preset, paper_figure
 from tinycnn.atomic import write_text
 from tinycnn.config import load_config
+from tinycnn.ensembles import DEFAULT_PROB_CACHE
 from tinycnn.errors import ConfigError
 from tinycnn.run_folder import read_metrics, read_resolved_config
 from tinycnn.training import train
@@ -56,12 +61,16 @@ def run_experiments(
         raise ConfigError(f"two configs share a name ({', '.join(names)}); rename one")
     if epochs_scale <= 0:
         raise ConfigError(f"--epochs-scale {epochs_scale}: must be a positive number")
+    # Under torchrun every rank trains each run (rank 0 writes it); rank 0 alone tabulates,
+    # prints and writes the report, whose passes the ranks share.
+    main = _join_torchrun().main
+    say = progress and main
     rows = []
     for config, name in zip(configs, names, strict=True):
         run = out / name
         if not _finished(run):
             if (run / "config.toml").is_file():
-                if progress:
+                if say:
                     print(f"{name}: resuming {run}", flush=True)
                 train(None, run, resume=True, progress=progress)
             else:
@@ -69,15 +78,34 @@ def run_experiments(
                 epochs = max(1, round(cfg.train.epochs * epochs_scale))
                 cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
                 train(cfg, run, progress=progress)
-        elif progress:
+        elif say:
             print(f"{name}: finished earlier, {run}", flush=True)
+        distributed.barrier()  # rank 0 has written the run's last metrics line
         rows.append(table_row(name, Path(config), run))
-    write_text(out / "table.json", json.dumps(rows, indent=1) + "\n")
-    write_text(out / "table.md", format_table(rows))
+    if main:
+        write_text(out / "table.json", json.dumps(rows, indent=1) + "\n")
+        write_text(out / "table.md", format_table(rows))
     if report:
         runs = [str(out / name) for name in names]
-        build_report(runs, cache, out / "report", scan_train=2000, progress=progress)
+        with tempfile.TemporaryDirectory(prefix="tinycnn-report-") as scratch:
+            build_report(
+                runs,
+                cache,
+                out / "report" if main else Path(scratch),  # the other ranks' figures: scratch
+                scan_train=2000,
+                # No probability cache under torchrun: a hit on one rank only would leave the
+                # others waiting in a gather (as in the CLI's sharded commands).
+                prob_cache=None if distributed.current().active else DEFAULT_PROB_CACHE,
+                progress=say,
+            )
     return rows
+
+
+def _join_torchrun() -> distributed.Dist:
+    """Under torchrun, join the process group before any run (all may be finished already,
+    and the report's passes gather over it); on the device train.device = "auto" picks."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return distributed.init(distributed.local_device(device))
 
 
 def _finished(run: Path) -> bool:

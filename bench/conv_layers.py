@@ -21,7 +21,7 @@ import time
 import torch
 
 from tinycnn.models import create_model
-from tinycnn.models.conv import Conv3x3, tap_weight_gradient, uses_tap_gradient
+from tinycnn.models.conv import Conv3x3, tap_weight_gradient
 from tinycnn.runtime import make_runtime
 
 
@@ -52,12 +52,8 @@ def conv_inputs(
 
 def takes_taps(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype) -> bool:
     """Whether training computes this layer's weight gradient as Conv3x3's nine matmuls."""
-    return (
-        isinstance(conv, Conv3x3)
-        and conv.stride == (1, 1)
-        and dtype == torch.float32
-        and uses_tap_gradient(conv.in_channels, conv.out_channels, *shape[-2:])
-    )
+    probe = torch.empty(shape, dtype=dtype)
+    return isinstance(conv, Conv3x3) and conv.train().takes_tap_path(probe)
 
 
 def layer_rates(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype, iters: int, first: bool):

@@ -94,11 +94,12 @@ class Conv3x3(nn.Conv2d):
         super().__init__(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._tap_path(x):
+        if self.takes_tap_path(x):
             return _TapConv.apply(x, self.weight, self.bias)
         return super().forward(x)
 
-    def _tap_path(self, x: Tensor) -> bool:
+    def takes_tap_path(self, x: Tensor) -> bool:
+        """Whether this call on x computes its weight gradient as the nine matmuls."""
         return (
             self.training
             and self.stride == (1, 1)

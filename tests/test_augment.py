@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from collections.abc import Callable
 
@@ -291,6 +292,35 @@ def test_normalization_spellings_agree() -> None:
         warnings.simplefilter("error")
         from_array = Normalization.from_mean_image(read_only).to("cpu")
     assert torch.equal(center_crop(images, 6, from_array), center_crop(images, 6) - 100)
+
+
+def test_scale_multiplies_after_the_centring() -> None:
+    """Caffe's transform_param: (pixel - mean) * scale, the mean taken on the 0-255 scale."""
+    images = _images(3, 8, 8)
+    rng = np.random.default_rng(0)
+    mean_image = rng.uniform(0, 255, size=(8, 8, 3)).astype(np.float32)
+    pixels = images.numpy().astype(np.float64)
+    # Hand computation in float64: centre 6x6 crop (offset 1) of image - mean, then / 255.
+    expected = (pixels - mean_image)[:, 1:7, 1:7, :].transpose(0, 3, 1, 2) / 255
+    scaled = center_crop(images, 6, Normalization.from_mean_image(mean_image, scale=1 / 255))
+    np.testing.assert_allclose(scaled.numpy(), expected, rtol=1e-6, atol=1e-6)
+    mean, std = [100.0, 110.0, 120.0], [50.0, 60.0, 70.0]
+    channel = center_crop(images, 6, Normalization.channel(mean, std, scale=2.0))
+    centred = (pixels[:, 1:7, 1:7, :] - mean) / std * 2
+    np.testing.assert_allclose(channel.numpy(), centred.transpose(0, 3, 1, 2), rtol=1e-6)
+    only = center_crop(images, 6, Normalization(scale=0.5))
+    np.testing.assert_allclose(only.numpy(), pixels[:, 1:7, 1:7, :].transpose(0, 3, 1, 2) / 2)
+    # Training views take the same path: the same crop with and without a scale differ by it.
+    cfg = AugmentConfig(crop=6, flip=True, noise_std=1.0)
+    plain = augment_batch(images, cfg, _gen(), Normalization.from_mean_image(mean_image))
+    halved = augment_batch(images, cfg, _gen(), Normalization.from_mean_image(mean_image, 0.5))
+    torch.testing.assert_close(halved, plain * 0.5)
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf"), True, "0.5"])
+def test_scale_must_be_a_positive_number(scale) -> None:
+    with pytest.raises(ConfigError, match=f"scale.*{re.escape(repr(scale))}"):
+        Normalization(scale=scale)
 
 
 @pytest.mark.parametrize(

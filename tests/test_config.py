@@ -71,6 +71,8 @@ def test_paper_presets_cover_the_results_table() -> None:
         ("[augment]\nflip = 1\n", [], "augment.flip = 1: expected bool"),
         ("", ["optim.lr=-1"], "optim.lr = -1.0: must be a positive number"),
         ("", ["optim.momentum=1.5"], "optim.momentum = 1.5: must be in [0, 1)"),
+        ("", ["data.scale=0"], "data.scale = 0.0: must be a positive number"),
+        ("", ["data.scale=-0.5"], "data.scale = -0.5: must be a positive number"),
         ("", ["optim.name=rmsprop"], "optim.name = 'rmsprop': expected one of"),
         ("", ["train.epochs=0"], "train.epochs = 0: must be a number >= 1"),
         ("", ["schedule.name=exp"], "schedule.name = 'exp'"),
@@ -99,6 +101,7 @@ def test_resolved_toml_writes_every_key() -> None:
     text = to_toml(RunConfig())
     for key in (
         "normalization",
+        "scale",
         "holdout_per_class",
         "init",
         "weight_decay",

@@ -13,7 +13,7 @@ import onnxruntime
 import pytest
 import torch
 
-from tinycnn import export
+from tinycnn import checkpoint, export
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
@@ -23,7 +23,14 @@ from tinycnn.inference import load_model
 from tinycnn.runtime import make_runtime
 from tinycnn.training import train
 
-KINDS = ("mean_image", "channel", "none")
+# Normalisations, each with its config overrides; "mean_image/255" is Caffe's transform_param scale.
+NORMS = {
+    "mean_image": ['data.normalization="mean_image"'],
+    "channel": ['data.normalization="channel"'],
+    "none": ['data.normalization="none"'],
+    "mean_image/255": ['data.normalization="mean_image"', "data.scale=0.00390625"],
+}
+KINDS = tuple(NORMS)
 FORMATS = ("onnx", "torchscript")
 # A tiny cnn5 for the real 10-class subset; a low lr: mean-image inputs are on the 0-255 scale.
 TINY = [
@@ -60,9 +67,10 @@ def checkpoints(mini_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     paths = {}
     for kind in KINDS:
         cache = f"data.cache={json.dumps(str(mini_cache))}"
-        cfg = load_config(None, [cache, *TINY, f'data.normalization="{kind}"'])
-        train(cfg, root / kind, progress=False, stop_at_iteration=5)
-        paths[kind] = root / kind / "checkpoints" / "last.pt"
+        cfg = load_config(None, [cache, *TINY, *NORMS[kind]])
+        folder = root / kind.replace("/", "_")
+        train(cfg, folder, progress=False, stop_at_iteration=5)
+        paths[kind] = folder / "checkpoints" / "last.pt"
     return paths
 
 
@@ -74,7 +82,10 @@ def exported(
     root = tmp_path_factory.mktemp("exported")
     return {
         (kind, fmt): export_model(
-            checkpoints[kind], fmt, root / f"{kind}.{fmt}", check_images=val_images
+            checkpoints[kind],
+            fmt,
+            root / f"{kind.replace('/', '_')}.{fmt}",
+            check_images=val_images,
         )
         for kind in KINDS
         for fmt in FORMATS
@@ -222,3 +233,16 @@ def test_a_wrong_preprocessing_fails_and_writes_nothing(
         export_model(checkpoints["mean_image"], fmt, out, check_images=val_images)
     assert out.read_bytes() == b"the previous export"  # kept, not half-replaced
     assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
+def test_scale_travels_in_the_checkpoint(checkpoints) -> None:
+    """data.scale reaches the checkpoint; a checkpoint from before the option reads as 1."""
+    runtime = make_runtime("cpu", "fp32", channels_last=False, threads=1)
+    assert load_model(checkpoints["mean_image/255"], runtime).norm.scale == 1 / 256
+    payload = torch.load(checkpoints["mean_image"], map_location="cpu", weights_only=False)
+    payload["normalization"].pop("scale")
+    norm = checkpoint.normalization_from_payload(payload["normalization"])
+    assert norm.kind == "mean_image" and norm.scale == 1.0
+    none = {"kind": "none", "scale": 0.5}
+    assert checkpoint.normalization_from_payload(none).scale == 0.5
+    assert checkpoint.normalization_from_payload({"kind": "none"}) is None

@@ -145,15 +145,17 @@ def normalization_payload(norm: Normalization | None) -> dict[str, Any]:
         "mean_image": norm.mean_image,
         "channel_mean": norm.channel_mean,
         "channel_std": norm.channel_std,
+        "scale": norm.scale,
     }
 
 
 def normalization_from_payload(payload: dict[str, Any]) -> Normalization | None:
+    scale = payload.get("scale", 1.0)  # checkpoints from before data.scale: 1
     if payload["kind"] == "none":
-        return None
+        return None if scale == 1.0 else Normalization("none", scale=scale)
     if payload["kind"] == "channel":
-        return Normalization.channel(payload["channel_mean"], payload["channel_std"])
-    return Normalization.from_mean_image(payload["mean_image"])
+        return Normalization.channel(payload["channel_mean"], payload["channel_std"], scale)
+    return Normalization.from_mean_image(payload["mean_image"], scale)
 
 
 def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:

@@ -33,6 +33,7 @@ INITS = ("xavier", "caffe_xavier", "gaussian", "kaiming", "default")
 class DataConfig:
     cache: str = ""  # prepared cache folder (tinycnn prepare); --data sets it
     normalization: str = "mean_image"  # the paper's mean-image subtraction, or per-channel
+    scale: float = 1.0  # factor after centring (Caffe's transform_param scale; 1/255: 0-1 scale)
     holdout_per_class: int = 0  # train images per class held out as the tuning split
     holdout_seed: int = 0  # which ones: fixed apart from train.seed, so runs share one split
     exclude: str = ""  # file of training images to leave out, a name a line (ambiguous.txt)
@@ -107,6 +108,7 @@ class RunConfig:
                 "prepare a cache that holds only the classes you want"
             )
         _choice("data.normalization", self.data.normalization, NORMALIZATIONS)
+        _positive("data.scale", self.data.scale)
         _at_least("data.holdout_per_class", self.data.holdout_per_class, 0)
         _choice("model.init", self.model.init, INITS)
         _choice("optim.name", self.optim.name, OPTIMIZERS)

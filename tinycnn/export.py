@@ -102,6 +102,7 @@ class Preprocessed(nn.Module):
         # Static flags, not tensors of ones and zeros: the exported graph has only the ops needed.
         self.subtract = kind != "none"
         self.divide = kind == "channel"
+        self.multiply = norm.scale if norm is not None and norm.scale != 1.0 else None
         if kind == "channel":
             self.register_buffer("shift", norm.channel_mean.clone())  # (3,), 0-255 scale
             self.register_buffer("scale", norm.channel_std.clone())  # (3,)
@@ -123,6 +124,8 @@ class Preprocessed(nn.Module):
             x = x - self.shift
         if self.divide:
             x = x / self.scale
+        if self.multiply is not None:
+            x = x * self.multiply
         x = x.permute(0, 3, 1, 2)
         if self.resize:
             x = self.rows @ (x @ self.cols)
@@ -226,6 +229,8 @@ def _input_spec(image_size: int, num_classes: int) -> str:
 def _metadata(loaded: LoadedModel, spec: str) -> dict[str, str]:
     """What travels with the exported file, as strings (ONNX metadata_props / extra files)."""
     norm = loaded.norm.kind if loaded.norm is not None else "none"
+    if loaded.norm is not None and loaded.norm.scale != 1.0:
+        norm += f", then x {loaded.norm.scale:g}"
     return {
         "classes": json.dumps(loaded.classes),
         "names": json.dumps(loaded.names),

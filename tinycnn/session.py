@@ -455,11 +455,12 @@ def _load_rows(cache: Cache, split: str, rows: np.ndarray | None):
 
 
 def _normalization(cfg: RunConfig, cache: Cache) -> Normalization | None:
+    scale = cfg.data.scale
     if cfg.data.normalization == "mean_image":
-        return Normalization.from_mean_image(cache.mean_image)
+        return Normalization.from_mean_image(cache.mean_image, scale)
     if cfg.data.normalization == "channel":
-        return Normalization.channel(cache.channel_mean, cache.channel_std)
-    return None
+        return Normalization.channel(cache.channel_mean, cache.channel_std, scale)
+    return None if scale == 1.0 else Normalization("none", scale=scale)
 
 
 def check_classes(payload: dict, cache: Cache, path: Path) -> None:

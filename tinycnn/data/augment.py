@@ -157,30 +157,41 @@ class Normalization:
     kind: "none"; "channel" with channel_mean, channel_std (3 values each, 0-255 scale); or
     "mean_image" with mean_image (H, W, 3), 0-255 scale (the cache's mean_image.npy). Values are
     stored as float32 tensors; ``channel`` and ``from_mean_image`` are the short spellings.
+    scale: a factor applied after the centring, as Caffe's ``transform_param { scale }``
+    (1/255 puts 0-255 pixels on a 0-1 scale); 1 leaves the values as they are.
     """
 
     kind: str = "none"
     mean_image: Tensor | np.ndarray | None = None
     channel_mean: Tensor | Sequence[float] | None = None
     channel_std: Tensor | Sequence[float] | None = None
+    scale: float = 1.0
 
     @classmethod
     def channel(
-        cls, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor
+        cls, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, scale: float = 1.0
     ) -> Normalization:
         """(x - mean) / std per RGB channel; mean, std: 3 values on the 0-255 scale."""
-        return cls("channel", channel_mean=mean, channel_std=std)
+        return cls("channel", channel_mean=mean, channel_std=std, scale=scale)
 
     @classmethod
-    def from_mean_image(cls, mean_image: np.ndarray | Tensor) -> Normalization:
+    def from_mean_image(cls, mean_image: np.ndarray | Tensor, scale: float = 1.0) -> Normalization:
         """x - mean_image at each pixel's source position (Caffe); mean_image: (H, W, 3) 0-255."""
-        return cls("mean_image", mean_image=mean_image)
+        return cls("mean_image", mean_image=mean_image, scale=scale)
 
     def __post_init__(self) -> None:
         if self.kind not in NORMALIZATION_KINDS:
             raise ConfigError(
                 f"Normalization.kind must be one of {NORMALIZATION_KINDS}, got {self.kind!r}"
             )
+        scale = self.scale
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not 0 < scale < math.inf
+        ):
+            raise ConfigError(f"Normalization.scale must be a finite number > 0, got {scale!r}")
+        object.__setattr__(self, "scale", float(scale))
         needed = {"channel": ("channel_mean", "channel_std"), "mean_image": ("mean_image",)}
         for name in needed.get(self.kind, ()):
             value = getattr(self, name)
@@ -243,6 +254,8 @@ class Normalization:
             rows.sub_(mean).div_(std)
         elif self.kind == "mean_image":
             rows.sub_(select(self.mean_image.to(rows.device)))
+        if self.scale != 1.0:
+            rows.mul_(self.scale)
 
 
 def _check_images(images_u8: Tensor) -> tuple[int, int, int]:

@@ -27,7 +27,7 @@ from tinycnn.checkpoint import load_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.data.prepare import prepare
-from tinycnn.run_folder import read_metrics
+from tinycnn.run_folder import read_metrics, read_steps
 from tinycnn.training import train
 
 # 50 training images after the hold-out (2 per class): batch 16 -> 3 iterations an epoch, 9 in
@@ -48,6 +48,7 @@ RUN = [
     "train.threads=1",
     "train.epochs=3",
     "train.snapshot_every=3",
+    "train.log_every=2",  # steps.jsonl lines at 2, 4, 6, 8: windows across epochs and snapshots
 ]
 TIMING = ("seconds", "elapsed_seconds", "images_per_second")
 
@@ -120,6 +121,9 @@ def _kill_and_resume(cache: Path, out: Path, phase: str, iteration: int) -> str:
 def _run_record(run: Path) -> dict:
     """What a run leaves that must not depend on interruptions (timings left out)."""
     metrics = [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(run)]
+    # Every line as written, not read_steps' one per iteration: a resume leaves no repeats.
+    lines = (run / "steps.jsonl").read_text().splitlines()
+    steps = [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
     checkpoints = {}
     for path in sorted((run / "checkpoints").glob("*.pt")):
         payload = load_checkpoint(path)
@@ -130,11 +134,12 @@ def _run_record(run: Path) -> dict:
             and {k: v for k, v in payload["metrics"].items() if k not in TIMING},
             "state": payload["model"]["state"],
         }
-    return {"metrics": metrics, "checkpoints": checkpoints}
+    return {"metrics": metrics, "steps": steps, "checkpoints": checkpoints}
 
 
 def _assert_same_run(got: dict, expected: dict, where: str) -> None:
     assert got["metrics"] == expected["metrics"], f"{where}: metrics differ"
+    assert got["steps"] == expected["steps"], f"{where}: steps.jsonl differs"
     assert sorted(got["checkpoints"]) == sorted(expected["checkpoints"]), where
     for name, want in expected["checkpoints"].items():
         have = got["checkpoints"][name]
@@ -571,3 +576,50 @@ def test_an_older_checkpoint_without_step_time_resumes_with_the_speed_unknown(
     epoch_2 = next(r for r in rows if r["epoch"] == 2)
     assert epoch_2["images_per_second"] is None and epoch_2["seconds"] is None
     assert next(r for r in rows if r["epoch"] == 3)["images_per_second"] > 0
+
+
+def test_stop_at_pauses_where_asked_and_resume_equals_the_uninterrupted_run(
+    cache: Path, tmp_path: Path, uninterrupted: dict, capsys
+) -> None:
+    out = tmp_path / "run"
+    assert main([*_train_argv(cache, out), "--stop-at", "4"]) == 0  # mid epoch 2 (3 an epoch)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 4
+    assert f"resume with: tinycnn train --resume {out}" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "-q", "--stop-at", "7"]) == 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 7
+    assert main(["train", "--resume", str(out), "-q"]) == 0
+    _assert_same_run(_run_record(out), uninterrupted, "--stop-at 4, then 7")
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_stop_at_needs_a_positive_iteration_count(cache: Path, tmp_path: Path, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*_train_argv(cache, tmp_path / "run"), "--stop-at", value])
+    assert exit_info.value.code == 2
+    assert f"{value!r} is not a number of iterations >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_step_log_adds_up_to_the_epochs_training_loss(cache: Path, tmp_path: Path) -> None:
+    """steps.jsonl every iteration, weighted by images, gives each epoch's train_loss/error."""
+    settings = [f"data.cache={json.dumps(str(cache))}", *RUN, "train.log_every=1"]
+    train(load_config(None, settings), tmp_path / "run", progress=False)
+    steps, epochs = read_steps(tmp_path / "run"), read_metrics(tmp_path / "run")
+    assert [r["iteration"] for r in steps] == list(range(1, 10))
+    assert [r["images"] for r in steps] == [16] * 9  # 50 images, batch 16: 3 whole batches
+    assert [r["epoch"] for r in steps] == [round(i / 3, 4) for i in range(1, 10)]
+    for epoch in epochs:
+        rows = [r for r in steps if epoch["iteration"] - 3 < r["iteration"] <= epoch["iteration"]]
+        for key in ("train_loss", "train_top1_error"):
+            mean = sum(r[key] * r["images"] for r in rows) / sum(r["images"] for r in rows)
+            assert mean == pytest.approx(epoch[key], rel=1e-12), key
+    assert all(r["lr"] > 0 and r["train_pflop"] > 0 for r in steps)
+    pflop = [r["train_pflop"] for r in steps]
+    assert pflop == sorted(pflop) and pflop[-1] == pytest.approx(epochs[-1]["train_pflop"])
+
+
+def test_the_step_log_windows_span_epochs(uninterrupted: dict) -> None:
+    """log_every=2 on 3 iterations an epoch: lines at 2, 4, 6, 8, each of 2 batches."""
+    steps = uninterrupted["steps"]
+    assert [r["iteration"] for r in steps] == [2, 4, 6, 8]
+    assert [r["images"] for r in steps] == [32] * 4

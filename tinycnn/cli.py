@@ -103,7 +103,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "--resume continues a run with its own config.toml; it takes no "
                 "--config, --set, --init-from, --exclude, --data or --out"
             )
-        result = train(None, args.resume, resume=True, progress=not args.quiet)
+        result = train(
+            None, args.resume, resume=True, progress=not args.quiet, stop_at_iteration=args.stop_at
+        )
     else:
         if not args.out:
             raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
@@ -117,7 +119,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         else:  # --init-from without --config: the checkpoint's settings, with --set changes
             base = checkpoint_config(args.init_from)
             cfg = load_config(None, _as_overrides(base) + overrides)
-        result = train(cfg, args.out, init_from=args.init_from, progress=not args.quiet)
+        result = train(
+            cfg,
+            args.out,
+            init_from=args.init_from,
+            progress=not args.quiet,
+            stop_at_iteration=args.stop_at,
+        )
     last = result.metrics[-1] if result.metrics else None
     if last and distributed.current().main:  # under torchrun: one summary, rank 0's
         print(
@@ -127,8 +135,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.stopped == "interrupted":
         if distributed.current().main:
             print(f"resume with: tinycnn train --resume {result.run_dir}", file=sys.stderr)
+        if result.signal is None and args.stop_at is not None:  # the pause asked for
+            return 0
         return 128 + (result.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     return 0
+
+
+def _iteration_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of iterations >= 1")
+    return value
 
 
 def _as_overrides(cfg) -> list[str]:
@@ -409,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out the training images listed in FILE (e.g. a report's ambiguous.txt)",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument(
+        "--stop-at",
+        type=_iteration_count,
+        metavar="ITERATIONS",
+        help="pause once the run has done this many iterations in all (at the next progress "
+        "update): a checkpoint as after Ctrl-C, exit status 0; --resume continues it",
+    )
     p.add_argument(
         "--init-from",
         metavar="CHECKPOINT",

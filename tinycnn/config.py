@@ -79,6 +79,7 @@ class TrainConfig:
     threads: int = 0  # intra-op threads; 0 = every core
     eval_batch_size: int = 500
     snapshot_every: int = 0  # iterations between snapshots (the paper: 10,000); 0 = epochs only
+    log_every: int = 0  # iterations per steps.jsonl line (training loss, error, lr); 0 = none
     keep_snapshots: int = 0  # iteration snapshots to keep (oldest go first; epoch ones stay)
     max_minutes: float = 0.0  # wall-clock budget of the whole run, evaluations included; 0 = none
     max_pflop: float = 0.0  # training compute budget (PFLOP); the LR schedule ends on it; 0 = none
@@ -128,7 +129,7 @@ class RunConfig:
         _at_least("train.batch_size", self.train.batch_size, 1)
         _at_least("train.eval_batch_size", self.train.eval_batch_size, 1)
         _choice("train.precision", self.train.precision, PRECISIONS)
-        for name in ("threads", "snapshot_every", "keep_snapshots"):
+        for name in ("threads", "snapshot_every", "keep_snapshots", "log_every"):
             _at_least(f"train.{name}", getattr(self.train, name), 0)
         _at_least("train.max_minutes", self.train.max_minutes, 0)
         _at_least("train.max_pflop", self.train.max_pflop, 0)

@@ -26,6 +26,7 @@ except ImportError:  # Windows: no advisory locks; runs are not protected agains
 
 LOCK = ".lock"
 METRICS = "metrics.jsonl"
+STEPS = "steps.jsonl"  # train.log_every: the training loss every N iterations
 
 
 class RunFolderError(TinycnnError):
@@ -86,7 +87,15 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
     A torn last line is dropped; a damaged line elsewhere is a RunFolderError naming it.
     """
-    path = Path(run_dir) / METRICS
+    return _read_rows(Path(run_dir) / METRICS, "metrics")
+
+
+def read_steps(run_dir: str | Path) -> list[dict]:
+    """The training-loss log (``train.log_every``) of a run folder, by iteration, as metrics."""
+    return _read_rows(Path(run_dir) / STEPS, "steps")
+
+
+def _read_rows(path: Path, what: str) -> list[dict]:
     if not path.is_file():
         return []
     text = path.read_text(encoding="utf-8", errors="replace")
@@ -102,7 +111,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             if lineno == len(lines):  # no newline after it: a write that was cut off
                 continue
             raise RunFolderError(
-                f"{path} line {lineno}: not a metrics record ({line[:60]!r}); "
+                f"{path} line {lineno}: not a {what} record ({line[:60]!r}); "
                 "delete the line to go on"
             ) from None
     return [rows[k] for k in sorted(rows)]

@@ -33,7 +33,7 @@ from tinycnn.inference import predict_logits
 from tinycnn.metrics import error_rates
 from tinycnn.models import create_model, init_weights, model_options
 from tinycnn.optim import build_optimizer
-from tinycnn.run_folder import METRICS, append_line, read_metrics
+from tinycnn.run_folder import METRICS, STEPS, append_line, read_metrics, read_steps
 from tinycnn.runtime import Runtime, describe_hardware
 
 
@@ -96,6 +96,7 @@ class Session:
     iteration: int = 0
     elapsed_before: float = 0.0  # training seconds before a resume
     accum: EpochAccumulator = field(default_factory=EpochAccumulator)
+    window: EpochAccumulator = field(default_factory=EpochAccumulator)  # since the last step line
     metrics: list[dict] = field(default_factory=list)
     best_error: float = math.inf
     evaluation_pending: bool = False  # resumed at an epoch end whose evaluation was not saved
@@ -188,6 +189,7 @@ class Session:
             "optimizer": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
             "accumulator": vars(self.accum).copy(),
+            "step_window": vars(self.window).copy(),
             "best_error": self.best_error,
             "metrics": metrics,
         }
@@ -282,6 +284,30 @@ class Session:
         """The side the crop is resized to for the model now: that of the last step, if any."""
         size = self.input_size_at(max(self.iteration - 1, 0))
         return None if size == self.eval_size else size
+
+    def log_step(self, elapsed: float) -> None:
+        """One steps.jsonl line: the training loss and error since the last one (train.log_every).
+
+        Dropout and augmentation are on, as in the epoch's train_loss; the window's sums are kept
+        in checkpoints, so a resumed run writes the lines of an uninterrupted one.
+        """
+        window, self.window = self.window, EpochAccumulator()
+        if not self.dist.main or not window.seen:
+            return
+        row = {
+            "iteration": self.iteration,
+            "epoch": round(self.iteration / self.iters_per_epoch, 4),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": window.loss_sum / window.seen,
+            "train_top1_error": window.wrong / window.seen,
+            "images": window.seen,
+            "train_pflop": self.flops_done / 1e15,
+            "elapsed_seconds": elapsed,
+        }
+        append_line(self.out / STEPS, json.dumps(row))
+        if self.writer is not None:
+            for key in ("train_loss", "train_top1_error", "lr"):
+                self.writer.add_scalar(f"steps/{key}", row[key], self.iteration)
 
     def _log(self, row: dict, progress: bool) -> None:
         if self.dist.main:
@@ -486,7 +512,11 @@ def _restore(s: Session, path: Path) -> None:
     s.flops_done = payload.get("flops_done", s.flops_until(s.iteration) if s.flops_by_size else 0)
     s.elapsed_before = payload["elapsed_seconds"]
     s.accum = EpochAccumulator.from_payload(payload["accumulator"])
+    s.window = EpochAccumulator.from_payload(payload.get("step_window", {}))
     s.metrics = _sync_metrics(s.out, payload, write=s.dist.main)
+    if s.dist.main and (s.out / STEPS).exists():  # lines past the resume point come again
+        rows = [r for r in read_steps(s.out) if r["iteration"] <= payload["iteration"]]
+        write_text(s.out / STEPS, "".join(json.dumps(r) + "\n" for r in rows))
     _sync_best(s, payload)
     # An iteration snapshot at an epoch's (or the run's) end, saved before its evaluation.
     s.evaluation_pending = payload["metrics"] is None and (

@@ -32,7 +32,7 @@ from tinycnn.data.mixing import mix_batch
 from tinycnn.errors import ConfigError, Interrupted
 from tinycnn.models import model_options
 from tinycnn.optim import lr_at, set_lr
-from tinycnn.run_folder import read_metrics, read_resolved_config, run_lock
+from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
 from tinycnn.runtime import Runtime, make_runtime
 from tinycnn.session import (
     Session,
@@ -47,7 +47,7 @@ from tinycnn.session import (
     update_ema,
 )
 
-__all__ = ["RunResult", "TrainingDivergedError", "read_metrics", "train"]
+__all__ = ["RunResult", "TrainingDivergedError", "read_metrics", "read_steps", "train"]
 
 
 @dataclass
@@ -104,7 +104,8 @@ def train(
     resume: continue the run in ``out`` from its last checkpoint (cfg is then read from there);
       a run folder with no checkpoint yet starts afresh from its config.toml.
     init_from: start from a checkpoint's weights with this config's (new) hyperparameters.
-    stop_at_iteration: behave as if interrupted once this many iterations are done (tests).
+    stop_at_iteration: behave as if interrupted once this many iterations are done in all
+      (`tinycnn train --stop-at`): a checkpoint to resume from, RunResult.signal None.
     One process at a time may use a run folder: a second gets a RunFolderError.
     """
     started = time.perf_counter()  # train.max_minutes counts from here
@@ -468,9 +469,13 @@ class _Sync:
         loss_sum, wrong, interrupted, out_of_time = distributed.all_sum(numbers).tolist()
         if self.images:
             s.accum.add(loss_sum, round(wrong), self.images)
+            s.window.add(loss_sum, round(wrong), self.images)
             self.last_loss = loss_sum / self.images
             if not math.isfinite(loss_sum):
                 s.diverged(self.last_loss)
+        every, steps = s.cfg.train.log_every, len(self.pending)
+        if every and s.iteration // every > (s.iteration - steps) // every:
+            s.log_step(self.clock.elapsed())  # a multiple of log_every was passed
         self.pending, self.images = [], 0
         if interrupted:
             return "interrupted"

@@ -22,6 +22,7 @@ import torch
 from tests.test_studies import SMALL as SMALL_PRESET
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.prepare import prepare
+from tinycnn.run_folder import METRICS, STEPS
 
 # 5 classes x 16 images = 80 training images, batch 16: 5 iterations an epoch.
 CNN5 = [
@@ -89,13 +90,18 @@ def _max_difference(a: Path, b: Path) -> float:
     return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
 
 
+def _lines(run: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (run / name).read_text().splitlines()]
+
+
 def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return _lines(run, METRICS)
 
 
 def test_two_processes_train_the_weights_of_one(cache: Path, tmp_path: Path) -> None:
-    _one(cache, tmp_path / "one", "--set", "train.epochs=2")
-    two = _run(_torchrun(*_train_args(cache, tmp_path / "two", "--set", "train.epochs=2")))
+    settings = ("--set", "train.epochs=2", "--set", "train.log_every=2")
+    _one(cache, tmp_path / "one", *settings)
+    two = _run(_torchrun(*_train_args(cache, tmp_path / "two", *settings)))
     # Float sums in another order (the gradient all-reduce), nothing else: observed ~5e-6.
     assert _max_difference(tmp_path / "one", tmp_path / "two") < 1e-4
     one_rows, two_rows = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
@@ -105,6 +111,12 @@ def test_two_processes_train_the_weights_of_one(cache: Path, tmp_path: Path) -> 
         assert b["train_top1_error"] == a["train_top1_error"]  # counted over the global batch
         assert b["train_pflop"] == pytest.approx(a["train_pflop"])  # summed over the ranks
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)  # sharded, gathered
+    one_steps, two_steps = _lines(tmp_path / "one", STEPS), _lines(tmp_path / "two", STEPS)
+    assert [r["iteration"] for r in two_steps] == [2, 4, 6, 8, 10]  # one line each, rank 0's
+    for a, b in zip(one_steps, two_steps, strict=True):
+        assert b["images"] == a["images"] == 32  # the global batch's images, not a rank's
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["train_top1_error"] == a["train_top1_error"]
     # Rank 0 alone wrote the run folder and the summary line.
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == [
         "best.pt", "epoch-001.pt", "epoch-002.pt", "last.pt"

@@ -403,7 +403,9 @@ def load_session(
         session.ema = copy.deepcopy(model).eval().requires_grad_(False)
     if resume:
         _restore(session, out / "checkpoints" / "last.pt")
-    elif init_from is not None:
+    if dist.main:  # step lines past the resume point (0 on a fresh start) are written again
+        _sync_steps(out, session.iteration)
+    if not resume and init_from is not None:
         _load_weights(session, Path(init_from))
         if session.ema is not None:
             session.ema.load_state_dict(session.model.state_dict())
@@ -514,9 +516,6 @@ def _restore(s: Session, path: Path) -> None:
     s.accum = EpochAccumulator.from_payload(payload["accumulator"])
     s.window = EpochAccumulator.from_payload(payload.get("step_window", {}))
     s.metrics = _sync_metrics(s.out, payload, write=s.dist.main)
-    if s.dist.main and (s.out / STEPS).exists():  # lines past the resume point come again
-        rows = [r for r in read_steps(s.out) if r["iteration"] <= payload["iteration"]]
-        write_text(s.out / STEPS, "".join(json.dumps(r) + "\n" for r in rows))
     _sync_best(s, payload)
     # An iteration snapshot at an epoch's (or the run's) end, saved before its evaluation.
     s.evaluation_pending = payload["metrics"] is None and (
@@ -540,8 +539,18 @@ def _sync_metrics(out: Path, payload: dict, write: bool = True) -> list[dict]:
     if own and not own.get("partial_epoch") and own["iteration"] not in logged:
         rows.append(own)
     if write:
-        write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+        _write_rows(out / METRICS, rows)
     return rows
+
+
+def _sync_steps(out: Path, iteration: int) -> None:
+    """steps.jsonl up to ``iteration``: a resumed run writes the later lines again."""
+    if (out / STEPS).exists():
+        _write_rows(out / STEPS, [r for r in read_steps(out) if r["iteration"] <= iteration])
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _sync_best(s: Session, payload: dict) -> None:

@@ -32,7 +32,7 @@ from tinycnn.data.mixing import mix_batch
 from tinycnn.errors import ConfigError, Interrupted
 from tinycnn.models import model_options
 from tinycnn.optim import lr_at, set_lr
-from tinycnn.run_folder import STEPS, read_metrics, read_resolved_config, read_steps, run_lock
+from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
 from tinycnn.runtime import Runtime, make_runtime
 from tinycnn.session import (
     Session,
@@ -128,8 +128,6 @@ def train(
             # A run with no checkpoint yet starts afresh: from its init checkpoint, if any.
             resume = (out / "checkpoints" / "last.pt").is_file()
             init_from = None if resume else cfg.train.init_from or None
-            if not resume and main:  # step lines of a start killed before its first checkpoint
-                (out / STEPS).unlink(missing_ok=True)
             rt, flops = _preflight(cfg, init_from)
         elif main:
             _new_run_dir(out, cfg, flops)

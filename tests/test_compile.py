@@ -29,6 +29,8 @@ def test_a_compiled_run_trains_the_weights_of_an_eager_one(
         "train.batch_size=20",
         "train.epochs=1",
         "train.threads=1",
+        # fp32 on every machine: under bf16 autocast, inductor's fused kernels round differently.
+        'train.precision="fp32"',
     ]
     eager = train(load_config(None, overrides), tmp_path / "eager", progress=False)
     compiled = train(
@@ -38,6 +40,9 @@ def test_a_compiled_run_trains_the_weights_of_an_eager_one(
     for (name, a), b in zip(
         eager.model.state_dict().items(), compiled.model.state_dict().values(), strict=True
     ):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+        # Within 1e-4 of each tensor's own scale: a compiled step may run another kernel for a
+        # gradient (the first conv's weight gradient differs by ~5e-5 of its scale on some CPUs).
+        scale = a.abs().max().item() if a.is_floating_point() else 0
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * scale, msg=name)
     # The checkpoint holds the model itself, not the compiled wrapper.
     assert not any("_orig_mod" in k for k in compiled.model.state_dict())

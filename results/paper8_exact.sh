@@ -4,10 +4,11 @@
 # filler (uniform +-sqrt(3 / fan_in); init = "caffe_xavier"). Does either leave chance?
 #   bash results/paper8_exact.sh CACHE OUT [THREADS]
 #   INITS="caffe_xavier" bash results/paper8_exact.sh ...   # one of them
+#   EXTRA="--set train.precision='fp32'" bash results/paper8_exact.sh ...   # more overrides
 # Each run is an ordinary run folder OUT/INIT with a snapshot every 100 iterations; re-running
 # resumes an interrupted one and returns at once for a finished one (~3.5 hours each on 2 AVX2
 # cores in fp32, ~17 minutes on 2 AMX cores). The table at the end: the epochs' losses and errors.
-set -euo pipefail
+set -euo pipefail -f  # -f: no globbing of EXTRA
 cache=$1 out=$2 threads=${3:-0}
 preset=configs/paper/paper8_l2_5e-4.toml
 for init in ${INITS:-xavier caffe_xavier}; do
@@ -16,9 +17,10 @@ for init in ${INITS:-xavier caffe_xavier}; do
     tinycnn train --resume "$run"
   else
     # The paper trained on all 100,000 training images: no tuning split taken out of them.
+    # shellcheck disable=SC2086
     tinycnn train --data "$cache" --config "$preset" --set model.init="\"$init\"" \
       --set train.epochs=2 --set data.holdout_per_class=0 --set train.snapshot_every=100 \
-      --set train.threads="$threads" --out "$run"
+      --set train.threads="$threads" ${EXTRA:-} --out "$run"
   fi
 done
 python - "$out" <<'PY'

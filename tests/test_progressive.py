@@ -20,6 +20,7 @@ from tinycnn.evaluation import evaluate
 from tinycnn.export import export_model
 from tinycnn.inference import load_model
 from tinycnn.models import create_model
+from tinycnn.runtime import make_runtime
 from tinycnn.training import train
 
 FAST = {"width": 8}  # a small fastnet: the schedule is what is tested, not the net
@@ -179,10 +180,13 @@ def test_evaluation_prediction_and_export_see_the_models_last_size(
     synth_cache: Path, tmp_path: Path
 ) -> None:
     # A run stopped at 48 (the last size) with 56-pixel crops: every view is resized to 48.
-    cfg = _cfg(synth_cache, "augment.sizes=[32, 48]", "augment.size_until=[0.5]", "train.epochs=2")
+    # fp32 throughout, on every machine: the by-hand logits below are fp32.
+    fp32 = make_runtime(precision="fp32", threads=1)
+    extra = ("augment.sizes=[32, 48]", "augment.size_until=[0.5]", "train.epochs=2")
+    cfg = _cfg(synth_cache, *extra, 'train.precision="fp32"')
     result = train(cfg, tmp_path / "run", progress=False)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
-    loaded = load_model(last)
+    loaded = load_model(last, fp32)
     assert (loaded.input_size, loaded.resize) == (56, 48)
     cache = load_cache(synth_cache)
     images = torch.from_numpy(np.asarray(cache.split("val").images))
@@ -194,7 +198,7 @@ def test_evaluation_prediction_and_export_see_the_models_last_size(
         expected = loaded.model(by_hand).float()
     torch.testing.assert_close(loaded.logits(images), expected, atol=1e-4, rtol=1e-4)
     # The same number as the run logged at its end.
-    (evaluation,) = evaluate(last, synth_cache)
+    (evaluation,) = evaluate(last, synth_cache, runtime=fp32)
     assert evaluation.top1_error == pytest.approx(result.metrics[-1]["val_top1_error"])
     report = export_model(last, "torchscript", tmp_path / "model.pt")
     assert "resized to 48x48" in json.dumps(report.input_spec) or report.max_abs_logit_diff < 1e-3

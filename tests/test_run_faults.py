@@ -359,14 +359,17 @@ def test_init_from_weights_that_do_not_fit_is_one_line_before_any_work(
 
 
 def test_train_starts_with_one_banner_line(cache: Path, tmp_path: Path, capsys) -> None:
-    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1"])
+    cfg = load_config(
+        None,
+        [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1", 'train.precision="fp32"'],
+    )
     result = train(cfg, tmp_path / "run", progress=True)
     first = capsys.readouterr().out.splitlines()[0]
     params = sum(p.numel() for p in result.model.parameters())
     for part in (
         f"train cnn5 ({params:,} parameters, ",
         "GFLOP per training image) on cpu, 1 thread,",
-        "fp32",
+        "fp32: as configured",
         "50 images an epoch, 3 iterations x 1 epochs = 3",
         f"run folder {tmp_path / 'run'}",
     ):

@@ -15,13 +15,18 @@ declare -A variants=(
   [no-label-smoothing]="--set optim.label_smoothing=0.0"
   [paper8-bn]="--set model.name=paper8 --set model.batch_norm=true --set model.dropout=0.0 --set augment.crop=56 --set augment.pad=0 --set augment.sizes=[] --set augment.size_until=[] --set optim.lr=0.05"
 )
+# paper8 takes none of fastnet's model options (width): its variant reads the recipe without them.
+mkdir -p "$out"
+grep -v '^width *=' "$recipe" > "$out/recipe-without-width.toml"
 for name in ${VARIANTS:-recipe no-progressive no-label-smoothing paper8-bn}; do
   run=$out/$name
   if [[ -f $run/checkpoints/last.pt ]]; then
     tinycnn train --resume "$run"  # finishes an interrupted run; a finished one returns at once
   else
+    config=()
+    [[ $name == paper8-bn ]] && config=(--config "$out/recipe-without-width.toml")
     # shellcheck disable=SC2086
-    tinycnn train "${common[@]}" ${variants[$name]} --out "$run"
+    tinycnn train "${common[@]}" "${config[@]}" ${variants[$name]} --out "$run"
   fi
 done
 python - "$out" <<'PY'
@@ -29,7 +34,7 @@ import json, sys
 from pathlib import Path
 print("| variant | PFLOP | tuning top-1 error | val top-1 error | minutes |")
 print("| --- | --- | --- | --- | --- |")
-for run in sorted(Path(sys.argv[1]).iterdir()):
+for run in sorted(p for p in Path(sys.argv[1]).iterdir() if (p / "metrics.jsonl").exists()):
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     r = rows[-1]
     print(f"| {run.name} | {r['train_pflop']:.3f} | {r['tune_top1_error']:.2%} | "

@@ -13,6 +13,7 @@ from tinycnn.checkpoint import load_checkpoint
 from tinycnn.compute import training_flops_per_image
 from tinycnn.config import load_config
 from tinycnn.data.prepare import prepare
+from tinycnn.members import resolve_members
 from tinycnn.models import create_model
 from tinycnn.training import train
 
@@ -113,6 +114,13 @@ def test_max_pflop_ends_the_schedule_on_the_budget(
     assert last["lr"] == pytest.approx(0.05 * (1 + math.cos(0.8 * math.pi)) / 2)
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["best.pt", "epoch-001.pt", "last.pt"]
+    # The final weights (iteration 5) are only in last.pt: the most recent snapshot for @last:K.
+    checkpoints = tmp_path / "run" / "checkpoints"
+    chosen = resolve_members(f"{tmp_path / 'run'}@last:2")
+    assert chosen == [checkpoints / "epoch-001.pt", checkpoints / "last.pt"]
+    assert resolve_members(f"{tmp_path / 'run'}@last:1") == [checkpoints / "last.pt"]
+    (tmp_path / "run" / "metrics.jsonl").unlink()  # then the checkpoint says where it is
+    assert resolve_members(f"{tmp_path / 'run'}@last:1") == [checkpoints / "last.pt"]
 
 
 def test_the_weight_ema_is_the_hand_computed_average_and_what_is_evaluated(

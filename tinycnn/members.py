@@ -35,6 +35,8 @@ def _most_recent(run: Path, snapshots: list[Path], k: int) -> list[Path]:
     iter-N is at iteration N and epoch-E at E * iters_per_epoch, so the two kinds interleave.
     An iteration snapshot at an epoch's end holds the same weights as that epoch's snapshot:
     only the epoch one is kept, so that k members are k different models.
+    A run that a compute or time budget ended inside an epoch keeps its final weights only in
+    last.pt: they are the most recent snapshot, so last.pt counts when it is past every other.
     """
     epochs = [p for p in snapshots if p.stem.startswith("epoch-")]
     per_epoch = _iters_per_epoch(run, epochs) if epochs else 0
@@ -42,7 +44,20 @@ def _most_recent(run: Path, snapshots: list[Path], k: int) -> list[Path]:
     for path in snapshots:  # iter-* first: an epoch snapshot at the same iteration replaces it
         kind, number = path.stem.split("-")
         by_iteration[int(number) * (per_epoch if kind == "epoch" else 1)] = path
+    last = run / "checkpoints" / "last.pt"
+    if last.is_file():
+        final = _final_iteration(run, last)
+        if final > max(by_iteration, default=-1):
+            by_iteration[final] = last
     return [by_iteration[i] for i in sorted(by_iteration)][-k:]
+
+
+def _final_iteration(run: Path, last: Path) -> int:
+    """The iteration last.pt holds: that of the run's last evaluation, else the checkpoint's."""
+    rows = read_metrics(run)
+    if rows:
+        return int(rows[-1]["iteration"])
+    return int(load_checkpoint(last)["iteration"])
 
 
 def _iters_per_epoch(run: Path, epoch_snapshots: list[Path]) -> int:

@@ -3,6 +3,8 @@
 # the same small compute budget: what each technique buys per PFLOP.
 #   bash results/ablation.sh CACHE OUT [PFLOP] [THREADS]
 #   VARIANTS="recipe paper8-bn" bash results/ablation.sh ...   # some of them
+# The default list is the removals and the model; with-* variants add a technique the recipe
+# leaves out at this budget, cosine swaps the one-cycle schedule for warm-up + cosine.
 # Each run is an ordinary run folder OUT/NAME (re-running resumes or skips it); the table is
 # printed at the end from their metrics.jsonl.
 set -euo pipefail -f  # -f: no globbing of the [] in the overrides
@@ -13,6 +15,10 @@ declare -A variants=(
   [recipe]=""
   [no-progressive]="--set augment.sizes=[] --set augment.size_until=[]"
   [no-label-smoothing]="--set optim.label_smoothing=0.0"
+  [with-ema]="--set train.ema_decay=0.99"  # ~100 steps averaged: a sixth of a 0.1 PFLOP run
+  [with-mixup]="--set augment.mixup=0.2"
+  [with-cutmix]="--set augment.cutmix=1.0"
+  [cosine]="--set schedule.name=cosine"
   [paper8-bn]="--set model.name=paper8 --set model.batch_norm=true --set model.dropout=0.0 --set augment.crop=56 --set augment.pad=0 --set augment.sizes=[] --set augment.size_until=[] --set optim.lr=0.05"
 )
 # paper8 takes none of fastnet's model options (width): its variant reads the recipe without them.

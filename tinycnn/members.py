@@ -3,7 +3,8 @@
     RUN_DIR              its best.pt           RUN_DIR@last / RUN_DIR@best
     RUN_DIR@every:N      snapshots N iterations apart (iter-*.pt; the paper used 10,000)
     RUN_DIR@top:K        the K epoch snapshots with the lowest selection error (metrics.jsonl)
-    RUN_DIR@last:K       the K most recent snapshots (iter-* and epoch-*, by iteration)
+    RUN_DIR@last:K       the K most recent snapshots (iter-*, epoch-* and a budget-ended
+                         run's final last.pt, by iteration)
     RUN_DIR@epochs:2,4   those epoch snapshots
 
 A checkpoint file stands for itself.

@@ -395,6 +395,27 @@ def test_top_k_picks_the_k_lowest_selection_errors(tmp_path: Path) -> None:
     assert resolve_members(f"{run}@top:2") == [ckpt / "epoch-001.pt", ckpt / "epoch-003.pt"]
 
 
+def test_top_k_scores_a_budget_ended_runs_final_weights_as_last_pt(tmp_path: Path) -> None:
+    # A compute budget ended the run at epoch 3.4: that evaluation is in last.pt only, not in
+    # epoch-003.pt (which holds epoch 3's weights and its own, worse, error).
+    rows = [
+        {"epoch": 1, "iteration": 10, "tune_top1_error": 0.5},
+        {"epoch": 2, "iteration": 20, "tune_top1_error": 0.3},
+        {"epoch": 3, "iteration": 30, "tune_top1_error": 0.4},
+        {"epoch": 3.4, "iteration": 34, "tune_top1_error": 0.2, "partial_epoch": False},
+    ]
+    run = _fake_run(tmp_path / "budget", rows, epochs=[1, 2, 3])
+    ckpt = run / "checkpoints"
+    (ckpt / "last.pt").write_bytes(b"")
+    assert resolve_members(f"{run}@top:2") == [ckpt / "last.pt", ckpt / "epoch-002.pt"]
+    assert resolve_members(f"{run}@top:9") == [
+        ckpt / "last.pt",
+        ckpt / "epoch-002.pt",
+        ckpt / "epoch-003.pt",
+        ckpt / "epoch-001.pt",
+    ]
+
+
 def _stored_iteration(path: Path) -> int:
     return load_checkpoint(path)["iteration"]
 

@@ -2,7 +2,8 @@
 
     RUN_DIR              its best.pt           RUN_DIR@last / RUN_DIR@best
     RUN_DIR@every:N      snapshots N iterations apart (iter-*.pt; the paper used 10,000)
-    RUN_DIR@top:K        the K epoch snapshots with the lowest selection error (metrics.jsonl)
+    RUN_DIR@top:K        the K epoch snapshots (and a budget-ended run's last.pt) with the
+                         lowest selection error (metrics.jsonl)
     RUN_DIR@last:K       the K most recent snapshots (iter-*, epoch-* and a budget-ended
                          run's final last.pt, by iteration)
     RUN_DIR@epochs:2,4   those epoch snapshots
@@ -126,11 +127,25 @@ def _positive_int(spec: str, text: str) -> int:
 
 
 def _top_epochs(run: Path, k: int) -> list[Path]:
+    """The k snapshots with the lowest selection error, best first.
+
+    Whole epochs are epoch-E.pt. A run that its compute budget ended inside an epoch (epoch
+    10.32, say) saved that last evaluation only as last.pt: it competes as last.pt. A time-budget
+    partial row is not a snapshot (a resume goes on from it).
+    """
+    rows = read_metrics(run)
     scored = []
-    for row in read_metrics(run):
+    for i, row in enumerate(rows):
         key = "tune_top1_error" if "tune_top1_error" in row else "val_top1_error"
-        path = run / "checkpoints" / f"epoch-{int(row['epoch']):03d}.pt"
-        if path.is_file() and not row.get("partial_epoch"):
+        if row.get("partial_epoch"):
+            continue
+        if float(row["epoch"]).is_integer():
+            path = run / "checkpoints" / f"epoch-{int(row['epoch']):03d}.pt"
+        elif i == len(rows) - 1:
+            path = run / "checkpoints" / "last.pt"
+        else:
+            continue
+        if path.is_file():
             scored.append((row[key], path))
     return [p for _, p in sorted(scored)[:k]]
 

@@ -208,12 +208,78 @@ def test_a_schedule_fitted_to_the_time_left_by_hand(
         return ((total - 4) * step + ends * evaluation) / rate
 
     assert by_hand(9) == pytest.approx(5 * 16 + 2 * 20 / 3)
+    seconds = {56: step / rate}  # a step's seconds at the one input side
     for total in range(5, 30):  # exactly the time of T steps and evaluations fits T, not T + 1
-        assert fit_total_to_time(session, rate, by_hand(total) * (1 + 1e-9)) == total
+        assert fit_total_to_time(session, seconds, by_hand(total) * (1 + 1e-9)) == total
         if total > 5:
-            assert fit_total_to_time(session, rate, by_hand(total) * (1 - 1e-9)) == total - 1
-    assert fit_total_to_time(session, rate, 1e9) == 30  # train.epochs is the ceiling
-    assert fit_total_to_time(session, rate, 0.0) == 5  # at least one more step
+            assert fit_total_to_time(session, seconds, by_hand(total) * (1 - 1e-9)) == total - 1
+    assert fit_total_to_time(session, seconds, 1e9) == 30  # train.epochs is the ceiling
+    assert fit_total_to_time(session, seconds, 0.0) == 5  # at least one more step
+
+
+def test_a_schedule_fitted_to_the_time_left_with_progressive_resizing_by_hand(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each resizing phase's steps at their own side's step time; the evaluations at the last."""
+    from tinycnn.runtime import make_runtime
+    from tinycnn.session import load_session
+    from tinycnn.training import fit_total_to_time
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    sizes = ("augment.sizes=[32, 48]", "augment.size_until=[0.5]", "train.epochs=20")
+    cfg = _small_cfg(cache, *sizes, "train.max_minutes=1", "train.fit_to_time=true")
+    runtime = make_runtime("cpu", "fp32")
+    session = load_session(cfg, tmp_path / "run", runtime, flops_by_size={32: 1.0, 48: 2.0})
+    session.iteration = 4  # 3 iterations an epoch (60 images, batch 16)
+    seconds = {32: 1.0, 48: 3.0}  # not in the FLOPs' ratio: the time is what counts
+
+    def by_hand(total: int) -> float:
+        small = round(0.5 * total)  # the first half of the steps at 32, the rest at 48
+        steps = max(small - 4, 0) * 1.0 + (total - max(small, 4)) * 3.0
+        ends = len([e for e in range(5, total + 1) if e % 3 == 0]) + (total % 3 != 0)
+        return steps + ends * 20 * 3.0 / 16 / 3  # 20 val images, a third of a step's at 48
+
+    assert by_hand(12) == pytest.approx(2 * 1.0 + 6 * 3.0 + 3 * 20 / 16)
+    for total in range(5, 60):
+        assert fit_total_to_time(session, seconds, by_hand(total) * (1 + 1e-9)) == total
+        if total > 5:
+            assert fit_total_to_time(session, seconds, by_hand(total) * (1 - 1e-9)) == total - 1
+
+
+def test_step_times_of_other_sides_add_the_probes_difference() -> None:
+    from tinycnn.training import step_seconds_by_size
+
+    probe = {32: 0.5, 48: 1.25, 64: 2.0}  # forward + backward alone
+    # The measured step at 32 took 0.8 s: 0.3 s of side-independent work beside the probe's.
+    assert step_seconds_by_size({32: 0.8}, probe) == pytest.approx({32: 0.8, 48: 1.55, 64: 2.3})
+    assert step_seconds_by_size({64: 2.0}, {32: 1.5, 64: 1.0})[32] > 0  # never zero or less
+
+
+def test_the_time_probe_leaves_the_runs_model_untouched(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    from tinycnn.runtime import make_runtime
+    from tinycnn.session import load_session
+    from tinycnn.training import probe_step_seconds
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    sizes = ("augment.sizes=[32, 64]", "augment.size_until=[0.5]")
+    cfg = load_config(  # a model with batch norm, whose statistics a forward pass moves
+        None,
+        [f"data.cache={json.dumps(str(cache))}", "model.name=fastnet", "model.width=4", *sizes],
+    )
+    runtime = make_runtime("cpu", "fp32")
+    session = load_session(cfg, tmp_path / "run", runtime, flops_by_size={32: 1.0, 64: 4.0})
+    model = session.model.train()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seconds = probe_step_seconds(session, {32, 64}, repeats=1)
+    assert sorted(seconds) == [32, 64] and all(t > 0 for t in seconds.values())
+    after = model.state_dict()
+    for name, tensor in before.items():  # batch-norm statistics and the batch count included
+        assert torch.equal(after[name], tensor), name
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
 
 
 def test_a_time_fitted_run_ends_its_schedule_on_the_budget_and_resumes_on_it(

@@ -9,6 +9,7 @@ what the uninterrupted one would have done.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import time
@@ -371,7 +372,11 @@ class _Budget:
 
 class _TimeFit:
     """train.fit_to_time: once the first steps are timed, fix the schedule's length so that the
-    steps (each at its size's FLOPs) and the evaluations end inside train.max_minutes.
+    steps and the evaluations end inside train.max_minutes.
+
+    With progressive resizing the sides to come run at other FLOP rates than the first (small
+    maps use the cores less well): a short probe on a copy of the model times each side
+    (probe_step_seconds), so that the fit neither overruns nor leaves the budget part unused.
 
     The fitted length is saved with every checkpoint: a resumed run keeps the same schedule.
     """
@@ -396,35 +401,92 @@ class _TimeFit:
             return False
         seconds = time.perf_counter() - self.start[0]
         rate = (s.flops_done - self.start[1]) / max(seconds, 1e-9)  # training FLOP/s
+        measured = s.input_size_at(s.iteration - 1)
+        step_seconds = {measured: s.cfg.train.batch_size * s.flops_by_size[measured] / rate}
+        # The sizes still to come (progressive resizing) run at other rates: a probe times them.
+        others = {size or s.eval_size for _, size in s.cfg.augment.phases(s.total_iters)}
+        if others - {measured}:
+            step_seconds = step_seconds_by_size(step_seconds, probe_step_seconds(s, others))
         left = (self.clock.seconds - self.clock.elapsed()) * self.MARGIN
         # Every rank takes rank 0's length: one schedule for the whole job.
-        s.fitted_total = distributed.broadcast_int(fit_total_to_time(s, rate, left))
+        s.fitted_total = distributed.broadcast_int(fit_total_to_time(s, step_seconds, left))
         if self.progress:
+            rates = ", ".join(
+                f"{s.cfg.train.batch_size * s.flops_by_size[size] / sec / 1e9:.0f} at {size}"
+                for size, sec in sorted(step_seconds.items())
+            )
             print(
                 f"\nschedule fitted to train.max_minutes = {s.cfg.train.max_minutes:g}: "
                 f"{s.fitted_total:,} iterations ({s.fitted_total / s.iters_per_epoch:.2f} epochs) "
-                f"at the measured {rate / 1e9:.0f} GFLOP/s",
+                f"at the measured training GFLOP/s {rates}",
                 flush=True,
             )
         return True
 
 
-def fit_total_to_time(s: Session, flop_rate: float, seconds_left: float) -> int:
-    """The most iterations (at least the ones done, at most train.epochs' or the compute
-    budget's) whose remaining steps and evaluations take seconds_left at flop_rate.
+def probe_step_seconds(s: Session, sizes: set[int], repeats: int = 2) -> dict[int, float]:
+    """Seconds of one forward and backward pass of this rank's batch at each input side (the
+    resize to it included), the fastest of ``repeats`` after a warm-up pass.
 
-    An evaluation's forward pass is counted as a third of a training step per image.
+    The passes run on a copy of the model, on zero images: the run's weights, batch-norm
+    statistics and gradients are untouched (and each training step re-seeds the random streams),
+    so a fitted run trains exactly as it would have without the probe.
+    """
+    rt, device = s.runtime, s.runtime.device
+    model = copy.deepcopy(s.model).train()
+    rows = s.cfg.train.batch_size // s.dist.world
+    views = torch.zeros(rows, 3, s.eval_size, s.eval_size, device=device)
+    views = views.contiguous(memory_format=torch.channels_last)  # as augment_batch makes them
+    seconds = {}
+    for size in sorted(sizes):
+        times = []
+        for _ in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with rt.autocast():
+                logits = model(resize_views(views, size))
+            logits.float().sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        seconds[size] = min(times[1:])
+    return seconds
+
+
+def step_seconds_by_size(measured: dict[int, float], probe: dict[int, float]) -> dict[int, float]:
+    """A training step's seconds at each probed side, from the one measured side's real steps.
+
+    A step is its forward and backward pass plus work whose cost hardly depends on the side
+    (augmenting the full-size batch, the optimiser, the bookkeeping), so the probe's difference
+    between two sides is added to the measured step's time (a ratio would scale that fixed part
+    too, and overstate the larger sides' time).
+    """
+    (size, step), floor = next(iter(measured.items())), 1e-3
+    return {other: max(step + probe[other] - probe[size], floor * step) for other in probe}
+
+
+def fit_total_to_time(s: Session, step_seconds: dict[int, float], seconds_left: float) -> int:
+    """The most iterations (at least the ones done, at most train.epochs' or the compute
+    budget's) whose remaining steps and evaluations take seconds_left, a step at side ``n``
+    taking ``step_seconds[n]``.
+
+    An evaluation's forward pass is counted as a third of a training step per image, at the
+    run's final side.
     """
     done, ceiling = s.iteration, s.total_iters
+    batch = s.cfg.train.batch_size
     images = sum(len(labels) for _, labels in s.eval_sets.values())
 
     def seconds(total: int) -> float:
-        steps = s.flops_until(total, total) - s.flops_until(done, total)
+        steps, start = 0.0, 0
+        for count, size in s.cfg.augment.phases(total):
+            steps += max(0, start + count - max(start, done)) * step_seconds[size or s.eval_size]
+            start += count
         size = s.cfg.augment.input_size_at(total - 1, total) or s.eval_size
         evaluations = total // s.iters_per_epoch - done // s.iters_per_epoch
         evaluations += bool(total % s.iters_per_epoch)  # the closing one
-        eval_flops = evaluations * images * s.flops_by_size[size] / 3
-        return (steps + eval_flops) / flop_rate
+        return steps + evaluations * images * step_seconds[size] / batch / 3
 
     return largest_fitting(done + 1, ceiling, lambda total: seconds(total) <= seconds_left)
 

@@ -246,6 +246,28 @@ def test_a_schedule_fitted_to_the_time_left_with_progressive_resizing_by_hand(
             assert fit_total_to_time(session, seconds, by_hand(total) * (1 - 1e-9)) == total - 1
 
 
+def test_the_time_to_go_counts_each_sides_step_time_once_fitted(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    import time
+
+    from tinycnn.runtime import make_runtime
+    from tinycnn.session import load_session
+    from tinycnn.training import _Budget
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    sizes = ("augment.sizes=[32, 48]", "augment.size_until=[0.5]", "train.epochs=20")
+    cfg = _small_cfg(cache, *sizes)
+    runtime = make_runtime("cpu", "fp32")
+    session = load_session(cfg, tmp_path / "run", runtime, flops_by_size={32: 1.0, 48: 2.0})
+    session.iteration = 4  # of 60: 30 at 32, then 30 at 48
+    clock = _Budget(0, time.perf_counter(), session)
+    # By FLOPs at 2 s a step now: 26 steps of 1 FLOP-unit and 30 of 2, 2 s per unit: 172 s.
+    assert clock.remaining(2.0) == "00:02:52"
+    clock.step_seconds = {32: 1.0, 48: 3.0}  # the fit timed each side: steps now run 2x slower
+    assert clock.remaining(2.0) == time.strftime("%H:%M:%S", time.gmtime((26 + 30 * 3) * 2))
+
+
 def test_step_times_of_other_sides_add_the_probes_difference() -> None:
     from tinycnn.training import step_seconds_by_size
 

@@ -317,6 +317,7 @@ class _Budget:
         self.origin = origin  # perf_counter() at which the run's elapsed time was 0
         self.session = session
         self.eval_seconds: float | None = None
+        self.step_seconds: dict[int, float] | None = None  # a step's seconds by side (the fit)
         self._eval_started = 0.0
         self._step_origin = (time.perf_counter(), session.iteration)
 
@@ -346,13 +347,18 @@ class _Budget:
     def remaining(self, seconds_per_iteration: float) -> str:
         """The whole run's time to go (steps and evaluations), as H:MM:SS.
 
-        Steps to come are timed by their FLOPs at the current rate: with progressive resizing
-        a later step at a larger size takes longer than one now.
+        Steps to come are timed by their FLOPs at the current rate (with progressive resizing
+        a later step at a larger size takes longer than one now), or where the time fit has
+        timed each side (step_seconds), by those times scaled to the current rate.
         """
         s = self.session
         steps = (s.total_iters - s.iteration) * seconds_per_iteration
-        step_flops = s.flops_by_size.get(s.input_size_at(max(s.iteration - 1, 0)), 0.0)
-        if step_flops:
+        size = s.input_size_at(max(s.iteration - 1, 0))
+        step_flops = s.flops_by_size.get(size, 0.0)
+        if self.step_seconds and size in self.step_seconds:  # each side's time, from the fit
+            to_come = steps_seconds(s, s.iteration, s.total_iters, self.step_seconds)
+            steps = to_come * seconds_per_iteration / self.step_seconds[size]
+        elif step_flops:
             flops_left = s.flops_until(s.total_iters) - s.flops_until(s.iteration)
             steps = flops_left / (step_flops * s.cfg.train.batch_size) * seconds_per_iteration
         evaluations = -(-(s.total_iters - s.iteration) // s.iters_per_epoch)
@@ -410,6 +416,7 @@ class _TimeFit:
         left = (self.clock.seconds - self.clock.elapsed()) * self.MARGIN
         # Every rank takes rank 0's length: one schedule for the whole job.
         s.fitted_total = distributed.broadcast_int(fit_total_to_time(s, step_seconds, left))
+        self.clock.step_seconds = step_seconds
         if self.progress:
             rates = ", ".join(
                 f"{s.cfg.train.batch_size * s.flops_by_size[size] / sec / 1e9:.0f} at {size}"
@@ -479,16 +486,23 @@ def fit_total_to_time(s: Session, step_seconds: dict[int, float], seconds_left: 
     images = sum(len(labels) for _, labels in s.eval_sets.values())
 
     def seconds(total: int) -> float:
-        steps, start = 0.0, 0
-        for count, size in s.cfg.augment.phases(total):
-            steps += max(0, start + count - max(start, done)) * step_seconds[size or s.eval_size]
-            start += count
+        steps = steps_seconds(s, done, total, step_seconds)
         size = s.cfg.augment.input_size_at(total - 1, total) or s.eval_size
         evaluations = total // s.iters_per_epoch - done // s.iters_per_epoch
         evaluations += bool(total % s.iters_per_epoch)  # the closing one
         return steps + evaluations * images * step_seconds[size] / batch / 3
 
     return largest_fitting(done + 1, ceiling, lambda total: seconds(total) <= seconds_left)
+
+
+def steps_seconds(s: Session, done: int, total: int, step_seconds: dict[int, float]) -> float:
+    """Seconds of the steps after the first ``done`` of a ``total``-iteration schedule, each at
+    its resizing phase's side."""
+    seconds, start = 0.0, 0
+    for count, size in s.cfg.augment.phases(total):
+        seconds += max(0, start + count - max(start, done)) * step_seconds[size or s.eval_size]
+        start += count
+    return seconds
 
 
 class _Sync:

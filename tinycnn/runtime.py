@@ -102,7 +102,7 @@ def reuse_freed_memory(on: bool = True) -> bool:
     touch, and gives them back on free: a training step at batch 128 and 64x64 has several such
     tensors (128 channels at 32x32 is 32 MiB in bf16, 64 MiB in fp32), so every step paid for
     those faults again. With this, large blocks come from the heap and stay there, as with
-    jemalloc or tcmalloc (bench/cpu_memory.py measures the gain). The process keeps its peak
+    jemalloc or tcmalloc (bench/cpu_malloc.py measures the gain). The process keeps its peak
     memory until it exits.
 
     Returns whether the setting was made: not where the user has set glibc's malloc variables

@@ -149,12 +149,19 @@ class Session:
         """Training FLOPs of the first ``iteration`` steps of a run of ``total`` (default: this
         run's) iterations: each step's batch at the input side of its resizing phase."""
         total = self.total_iters if total is None else total
-        flops, done = 0.0, 0
+        batch = self.cfg.train.batch_size
+        return self.phase_sum(
+            iteration, total, {k: batch * v for k, v in self.flops_by_size.items()}
+        )
+
+    def phase_sum(self, iteration: int, total: int, per_step: dict[int, float]) -> float:
+        """The sum of ``per_step[side]`` (a step's FLOPs, seconds...) over the first
+        ``iteration`` steps of a ``total``-iteration run, each at its resizing phase's side."""
+        result, done = 0.0, 0
         for steps, size in self.cfg.augment.phases(total):
-            used = min(steps, max(iteration - done, 0))
-            flops += used * self.cfg.train.batch_size * self.flops_by_size[size or self.eval_size]
+            result += min(steps, max(iteration - done, 0)) * per_step[size or self.eval_size]
             done += steps
-        return flops
+        return result
 
     @property
     def checkpoints(self) -> Path:

@@ -498,11 +498,7 @@ def fit_total_to_time(s: Session, step_seconds: dict[int, float], seconds_left: 
 def steps_seconds(s: Session, done: int, total: int, step_seconds: dict[int, float]) -> float:
     """Seconds of the steps after the first ``done`` of a ``total``-iteration schedule, each at
     its resizing phase's side."""
-    seconds, start = 0.0, 0
-    for count, size in s.cfg.augment.phases(total):
-        seconds += max(0, start + count - max(start, done)) * step_seconds[size or s.eval_size]
-        start += count
-    return seconds
+    return s.phase_sum(total, total, step_seconds) - s.phase_sum(done, total, step_seconds)
 
 
 class _Sync:

@@ -376,6 +376,22 @@ def test_train_starts_with_one_banner_line(cache: Path, tmp_path: Path, capsys) 
         assert part in first, (part, first)
 
 
+def test_the_banner_says_when_bf16_was_measured_no_faster(
+    cache: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import tinycnn.runtime
+    import tinycnn.training
+
+    for module in (tinycnn.runtime, tinycnn.training):
+        monkeypatch.setattr(module, "bf16_supported", lambda device: True)
+        monkeypatch.setattr(module, "bf16_speedup", lambda threads: 1.04)
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1"])
+    result = train(cfg, tmp_path / "run", progress=True)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "fp32: bf16 convolutions measured no faster on this CPU (1.04x)" in first, first
+    assert result.metrics[-1]["precision"] == "fp32"
+
+
 @pytest.mark.parametrize(
     ("loss", "classes", "expected"),
     [(5.30, 200, True), (5.25, 200, True), (5.20, 200, False), (1.60, 5, True), (1.5, 5, False)],

@@ -1,4 +1,5 @@
-"""The CPU runtime's process settings: freed tensor memory stays in the process (glibc)."""
+"""The CPU runtime's process settings: freed tensor memory stays in the process (glibc); bf16
+only where it is measured faster."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from tinycnn import runtime as rt
 
 # Run in a fresh interpreter: the malloc settings are process-wide. glibc's mallinfo2 reports
 # the bytes in mmap'd blocks (hblkhd): a 64 MiB tensor there is a block of fresh kernel pages.
@@ -61,3 +65,40 @@ def test_a_cpu_runtime_serves_large_tensors_from_the_heap() -> None:
 def test_the_users_own_glibc_malloc_settings_win() -> None:
     assert _probe(MALLOC_MMAP_MAX_="65536")["runtime"] >= 64 << 20
     assert _probe(GLIBC_TUNABLES="glibc.malloc.mmap_max=65536")["runtime"] >= 64 << 20
+
+
+@pytest.mark.parametrize(
+    ("speedup", "expected"),
+    [(0.11, "fp32"), (1.0, "fp32"), (1.2, "fp32"), (1.3, "bf16"), (2.5, "bf16")],
+)
+def test_auto_takes_bf16_only_where_its_convolutions_are_measured_faster(
+    monkeypatch, speedup: float, expected: str
+) -> None:
+    monkeypatch.setattr(rt, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(rt, "bf16_speedup", lambda threads: speedup)
+    assert rt.make_runtime("cpu", "auto", threads=1).precision == expected
+    assert rt.make_runtime("cpu", "bf16", threads=1).precision == "bf16"  # the user's word
+
+
+def test_bf16_is_not_timed_where_it_is_not_supported_or_not_asked_for(monkeypatch) -> None:
+    def timed(threads: int) -> float:
+        raise AssertionError("bf16 timed")
+
+    monkeypatch.setattr(rt, "bf16_speedup", timed)
+    monkeypatch.setattr(rt, "bf16_supported", lambda device: False)
+    assert rt.make_runtime("cpu", "auto", threads=1).precision == "fp32"  # emulated bf16: slow
+    monkeypatch.setattr(rt, "bf16_supported", lambda device: True)
+    assert rt.make_runtime("cpu", "fp32", threads=1).precision == "fp32"
+
+
+def test_the_bf16_speedup_is_fp32_time_over_bf16_time(monkeypatch) -> None:
+    # A clock that advances 5 s across an fp32 convolution and 2 s across a bf16 one (the
+    # conv runs between two readings): the speed-up is 5 / 2, whatever the machine.
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0 if torch.is_autocast_enabled("cpu") else 2.5
+        return now[0]
+
+    monkeypatch.setattr(rt.time, "perf_counter", clock)
+    assert rt.bf16_speedup.__wrapped__(1) == pytest.approx(2.5)

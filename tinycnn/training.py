@@ -34,7 +34,7 @@ from tinycnn.errors import ConfigError, Interrupted
 from tinycnn.models import model_options
 from tinycnn.optim import lr_at, set_lr
 from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
-from tinycnn.runtime import Runtime, make_runtime
+from tinycnn.runtime import Runtime, bf16_speedup, bf16_supported, make_runtime
 from tinycnn.session import (
     Session,
     TrainingDivergedError,
@@ -160,6 +160,9 @@ def banner(s: Session) -> str:
         why = "bf16 autocast: this machine has fast bf16"
     elif cfg.train.precision == "fp32":
         why = "fp32: as configured"
+    elif rt.device.type == "cpu" and bf16_supported(rt.device):
+        speedup = bf16_speedup(torch.get_num_threads())
+        why = f"fp32: bf16 convolutions measured no faster on this CPU ({speedup:.2f}x)"
     else:
         why = f"fp32: this {rt.device.type.upper()} has no fast bf16"
     n = torch.get_num_threads()

@@ -8,7 +8,8 @@ Usage: python bench/train_throughput.py [--cache DIR] [--archive TAR_GZ] [--iter
   with 2 worker processes, the model in fp32 NCHW, torch.optim.SGD.
 - tinycnn fp32: tinycnn's own training step (in-memory uint8 batch, batched augmentation, the
   paper's augmentation and optimiser) with bf16 and channels_last switched off.
-- tinycnn: the same step on the default fast path (bf16 autocast + channels_last where supported).
+- tinycnn: the same step on the default fast path (bf16 autocast where measured faster;
+  channels_last).
 The variants run in alternating rounds so that machine noise hits them alike; the figures are
 images/s of whole training steps (data + forward + backward + update), batch 128.
 The machine's convolution-kernel rate (a bare 3x3 convolution, 128 -> 128 channels at 56x56,

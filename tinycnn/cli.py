@@ -173,11 +173,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _runtime(args: argparse.Namespace):
     """The device and precision of args; under torchrun, the process group joined too."""
     from tinycnn import distributed
-    from tinycnn.runtime import make_runtime
+    from tinycnn.runtime import agree_precision, make_runtime
 
     runtime = make_runtime(args.device, args.precision)
     distributed.init(runtime.device)
-    return runtime
+    return agree_precision(runtime)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ class Runtime:
     device: torch.device
     autocast_dtype: torch.dtype | None  # None: plain fp32
     channels_last: bool
+    why: str = ""  # why this precision, for the training banner
 
     def autocast(self):
         """Context for a forward pass: bf16 autocast on the fast path, nothing otherwise."""
@@ -40,7 +41,10 @@ class Runtime:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """True where bf16 convolutions are fast: CUDA with bf16, or a CPU with AMX/AVX512-BF16."""
+    """Whether bf16 convolutions run natively here: CUDA with bf16, or a CPU that oneDNN runs bf16
+    on (AVX-512 or newer). Not whether they are fast: oneDNN also takes AVX-512 CPUs without bf16
+    instructions (Skylake, Cascade Lake), and some VMs hide the AMX units that make bf16 fast;
+    bf16_speedup measures that."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -49,43 +53,67 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
-# bf16 is chosen on its own (precision = "auto") only where its convolutions are at least this
-# much faster than fp32's. Measured, the margins are wide: ~2.4-2.6x on the AVX512-BF16 EPYCs,
-# more with AMX, and ~1.0x on a Xeon whose AMX the VM hides (its bf16 runs, no faster).
+# precision = "auto" takes bf16 on a CPU only where its convolutions are at least this much
+# faster than fp32's. Measured, the margins are wide: ~2.4-2.6x on the AVX512-BF16 EPYCs, more
+# with AMX, ~1.0x on a Xeon whose AMX the VM hides (its bf16 runs, no faster).
 BF16_MIN_SPEEDUP = 1.25
+_TIMING_ROUNDS, _TIMING_SECONDS = 5, 0.05  # at least: rounds of one call each, seconds in all
+
+
+def bf16_speedup() -> float:
+    """How many times as fast a bf16 3x3 convolution runs as an fp32 one on this CPU.
+
+    A 128 -> 128 channel convolution, batch 32 at 16x16, channels_last, forward (bf16 by
+    autocast, as in training): one warm-up call each (kernel creation), then alternating calls,
+    at least 5 rounds and 50 ms, the fastest call of each. Timed once per process and thread
+    count (~0.1 s where bf16 is fast; ~1 s where it is emulated), without touching the random
+    numbers a run draws. Only asked where bf16_supported says the CPU runs bf16 at all.
+    """
+    return _bf16_speedup(torch.get_num_threads())
 
 
 @functools.cache
-def bf16_speedup(threads: int) -> float:
-    """How many times faster a bf16 3x3 convolution runs than an fp32 one on this CPU.
+def _bf16_speedup(threads: int) -> float:
+    with torch.random.fork_rng(devices=[]):
+        conv = nn.Conv2d(128, 128, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+        x = torch.randn(32, 128, 16, 16).to(memory_format=torch.channels_last)
 
-    Timed once per process and thread count (~0.1-0.3 s): a 128 -> 128 channel convolution,
-    batch 32 at 16x16, channels_last, forward, as training runs it (bf16 by autocast); the best
-    of three calls each after a warm-up call. Only asked where bf16_supported says the CPU can
-    run bf16 convolutions at all: elsewhere they are emulated, slowly.
-    """
-    conv = nn.Conv2d(128, 128, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
-    x = torch.randn(32, 128, 16, 16).to(memory_format=torch.channels_last)
-
-    def best(bf16: bool) -> float:
-        times = []
+    def seconds(bf16: bool) -> float:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for _ in range(4):  # the first call creates the kernel
-                start = time.perf_counter()
-                conv(x)
-                times.append(time.perf_counter() - start)
-        return min(times[1:])
+            start = time.perf_counter()
+            conv(x)
+            return time.perf_counter() - start
 
-    return best(bf16=False) / best(bf16=True)
+    seconds(False), seconds(True)  # warm-up: each precision's kernel is created on first use
+    fp32, bf16 = [], []
+    while len(fp32) < _TIMING_ROUNDS or sum(fp32) + sum(bf16) < _TIMING_SECONDS:
+        fp32.append(seconds(False))
+        bf16.append(seconds(True))
+    return min(fp32) / min(bf16)
 
 
-def bf16_pays(device: torch.device) -> bool:
-    """Whether precision = "auto" takes bf16 here: bf16 is supported and, on a CPU, measured
-    clearly faster (bf16_speedup). A bf16 that is no faster buys nothing, and fp32 training
-    has faster weight gradients on small maps (Conv3x3, models/conv.py)."""
-    if not bf16_supported(device):
-        return False
-    return device.type != "cpu" or bf16_speedup(torch.get_num_threads()) >= BF16_MIN_SPEEDUP
+def with_precision(runtime: Runtime, precision: str, why: str) -> Runtime:
+    """The runtime with another precision (bf16 or fp32) and the reason for it."""
+    return replace(runtime, autocast_dtype=torch.bfloat16 if precision == "bf16" else None, why=why)
+
+
+def agree_precision(runtime: Runtime) -> Runtime:
+    """Under torchrun, rank 0's precision on every rank: each process timed bf16 on its own."""
+    bf16 = bool(distributed.broadcast_int(int(runtime.precision == "bf16")))
+    if bf16 == (runtime.precision == "bf16"):
+        return runtime
+    return with_precision(runtime, "bf16" if bf16 else "fp32", "as rank 0 measured")
+
+
+def keep_precision(runtime: Runtime, trained: str | None, configured: str) -> Runtime:
+    """A resumed run's runtime: with precision = "auto", the precision the run trained in so far
+    (bf16 is timed anew in each process, and the rest of the run must be what an uninterrupted
+    one would have done), where this machine runs it; a set precision stays as set."""
+    if configured != "auto" or trained not in ("bf16", "fp32") or trained == runtime.precision:
+        return runtime
+    if trained == "bf16" and not bf16_supported(runtime.device):
+        return runtime
+    return with_precision(runtime, trained, "as the run trained so far")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,9 +152,18 @@ def make_runtime(
         reuse_freed_memory()
     if precision == "bf16" and not bf16_supported(dev):
         raise ConfigError(f"train.precision = 'bf16': {dev} has no fast bf16; use auto or fp32")
-    # Threads are set above: the bf16 measurement runs with the threads the run will have.
-    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_pays(dev))
-    return Runtime(dev, torch.bfloat16 if use_bf16 else None, channels_last)
+    runtime = Runtime(dev, None, channels_last)
+    if precision != "auto":
+        return with_precision(runtime, precision, "as configured")
+    if not bf16_supported(dev):
+        return replace(runtime, why=f"this {dev.type.upper()} has no fast bf16")
+    if dev.type != "cpu":
+        return with_precision(runtime, "bf16", "this machine has fast bf16")
+    speedup = bf16_speedup()  # with the threads set above: those the run will have
+    measured = f"bf16 convolutions measured {speedup:.2f}x as fast as fp32's"
+    if speedup >= BF16_MIN_SPEEDUP:
+        return with_precision(runtime, "bf16", f"this machine has fast bf16 ({measured})")
+    return replace(runtime, why=f"{measured}; auto takes bf16 from {BF16_MIN_SPEEDUP}x")
 
 
 # glibc's mallopt parameters (malloc.h) and their defaults; the variables by which a user sets them.

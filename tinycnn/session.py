@@ -34,7 +34,7 @@ from tinycnn.metrics import error_rates
 from tinycnn.models import create_model, init_weights, model_options
 from tinycnn.optim import build_optimizer
 from tinycnn.run_folder import METRICS, STEPS, append_line, read_metrics, read_steps
-from tinycnn.runtime import Runtime, describe_hardware
+from tinycnn.runtime import Runtime, describe_hardware, keep_precision
 
 
 class TrainingDivergedError(TinycnnError):
@@ -193,6 +193,7 @@ class Session:
             "flops_by_size": {str(k): v for k, v in sorted(self.flops_by_size.items())},
             "flops_done": self.flops_done,
             "fitted_total": self.fitted_total,
+            "precision": self.runtime.precision,  # a resume goes on in it (keep_precision)
             "optimizer": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
             "accumulator": vars(self.accum).copy(),
@@ -518,6 +519,7 @@ def _restore(s: Session, path: Path) -> None:
     torch.set_rng_state(payload["rng"]["torch"])
     s.iteration = payload["iteration"]
     s.fitted_total = payload.get("fitted_total")
+    s.runtime = keep_precision(s.runtime, payload.get("precision"), s.cfg.train.precision)
     s.flops_done = payload.get("flops_done", s.flops_until(s.iteration) if s.flops_by_size else 0)
     s.elapsed_before = payload["elapsed_seconds"]
     s.accum = EpochAccumulator.from_payload(payload["accumulator"])

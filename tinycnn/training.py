@@ -34,7 +34,7 @@ from tinycnn.errors import ConfigError, Interrupted
 from tinycnn.models import model_options
 from tinycnn.optim import lr_at, set_lr
 from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
-from tinycnn.runtime import Runtime, bf16_speedup, bf16_supported, make_runtime
+from tinycnn.runtime import Runtime, agree_precision, make_runtime
 from tinycnn.session import (
     Session,
     TrainingDivergedError,
@@ -134,6 +134,7 @@ def train(
             _new_run_dir(out, cfg, flops)
             pause_point("started", 0)
         d = distributed.init(rt.device)
+        rt = agree_precision(rt)
         distributed.barrier()  # the run folder is ready before any rank reads it
         progress = progress and d.main
         session = load_session(
@@ -156,15 +157,7 @@ def banner(s: Session) -> str:
     """One line that says what is about to run, where, how fast a path, and for how long."""
     cfg, rt = s.cfg, s.runtime
     params = sum(p.numel() for p in s.model.parameters())
-    if rt.precision == "bf16":
-        why = "bf16 autocast: this machine has fast bf16"
-    elif cfg.train.precision == "fp32":
-        why = "fp32: as configured"
-    elif rt.device.type == "cpu" and bf16_supported(rt.device):
-        speedup = bf16_speedup(torch.get_num_threads())
-        why = f"fp32: bf16 convolutions measured no faster on this CPU ({speedup:.2f}x)"
-    else:
-        why = f"fp32: this {rt.device.type.upper()} has no fast bf16"
+    why = f"{'bf16 autocast' if rt.precision == 'bf16' else 'fp32'}: {rt.why}"
     n = torch.get_num_threads()
     threads = f", {n} thread{'s' * (n > 1)}" if rt.device.type == "cpu" else ""
     layout = ", channels_last" if rt.channels_last else ""

@@ -30,6 +30,7 @@ from tinycnn.config import load_config
 
 TAP_MATMULS = "matmul (Conv3x3 weight gradients, fc)"
 OVERHEAD = "framework (autograd nodes, optimiser and Python ranges)"
+OTHER = "other operators"
 # Operators by their aten names (exact); torch's own events (autograd nodes, the optimiser's
 # and Python functions' ranges: names without "aten::") are framework overhead, except the
 # backward of Conv3x3's weight-gradient path.
@@ -66,7 +67,7 @@ def kind_of(event: str) -> str:
     for kind, ops in (CONVOLUTION | REST).items():
         if op in ops or (op.startswith("_foreach_") and kind.startswith("element-wise")):
             return kind
-    return "other operators"
+    return OTHER
 
 
 def main() -> None:
@@ -98,8 +99,9 @@ def main() -> None:
             other: collections.Counter[str] = collections.Counter()
             for event in prof.key_averages():
                 ms = event.self_cpu_time_total / args.iters / 1e3
-                seconds[kind_of(event.key)] += ms
-                if kind_of(event.key) == "other operators":
+                kind = kind_of(event.key)
+                seconds[kind] += ms
+                if kind == OTHER:
                     other[event.key] += ms
             step = sum(seconds.values())
             conv = sum(seconds[kind] for kind in CONVOLUTION)
@@ -111,9 +113,7 @@ def main() -> None:
                 print(f"  {kind:<60} {ms:8.1f} ms {ms / step:6.1%}")
             print(f"  {'convolutions together':<60} {conv:8.1f} ms {conv / step:6.1%}")
             print(f"  {'the rest':<60} {step - conv:8.1f} ms {(step - conv) / step:6.1%}")
-            print(
-                "  other operators: " + ", ".join(f"{k} {v:.1f}" for k, v in other.most_common(5))
-            )
+            print(f"  {OTHER}: " + ", ".join(f"{k} {v:.1f}" for k, v in other.most_common(5)))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,22 @@
 """Where a model's training step spends its convolution time: each conv layer's three kernels.
 
-Usage: python bench/conv_layers.py [--model fastnet] [--size 64] [--batch 128] [--iters 3]
+Usage: python bench/conv_layers.py [--model fastnet] [--width W] [--size 64] [--batch 128]
+       [--iters 3] [--compare-taps]
 
 For every Conv2d of the model at the given input side, times on this machine's fast path
 (bf16 where the CPU has fast bf16, else fp32; channels_last) the forward convolution, the
 gradient with respect to its input (skipped for the first layer, whose input needs none) and the
-gradient with respect to its weights (Conv3x3's nine matmuls where training takes them, marked),
-each alone, and prints GFLOP/s per kernel. The last lines add the layers up: the rate of the
-convolutions of one whole training step, and what fraction of the bare forward kernel rate
-(bench/train_throughput.py's "conv kernel": 3x3, 128 channels, 56x56, batch 64) that is. A
-training step also has batch norm, activations, pooling, the data pipeline and the optimiser,
-so this fraction bounds what a whole step can reach.
+gradient with respect to its weights, each alone, with the kernels training takes: Conv3x3's
+nine matmuls where its rules select them (tinycnn/models/conv.py; marked), oneDNN's otherwise.
+Prints GFLOP/s per kernel ("matmuls": all three kernels). The last lines add the layers up: the
+rate of the convolutions of one whole training step, and what fraction of the bare forward kernel
+rate (bench/train_throughput.py's "conv kernel": 3x3, 128 channels, 56x56, batch 64) that is. A
+training step also has batch norm, activations, pooling, the data pipeline and the optimiser, so
+this fraction bounds what a whole step can reach.
+
+With --compare-taps, each stride-1 3x3 layer's kernels are timed both ways, oneDNN's and the
+matmuls, whatever the rules say: the measurement the rules come from, to re-check them on
+another machine.
 """
 
 from __future__ import annotations
@@ -21,7 +27,12 @@ import time
 import torch
 
 from tinycnn.models import create_model
-from tinycnn.models.conv import Conv3x3, tap_weight_gradient
+from tinycnn.models.conv import (
+    Conv3x3,
+    tap_convolution,
+    tap_input_gradient,
+    tap_weight_gradient,
+)
 from tinycnn.runtime import make_runtime
 
 
@@ -50,17 +61,21 @@ def conv_inputs(
     return found
 
 
-def takes_taps(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype) -> bool:
-    """Whether training computes this layer's weight gradient as Conv3x3's nine matmuls."""
+def tap_paths(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype) -> tuple[bool, bool]:
+    """Whether training computes this layer's (forward and input gradient, weight gradient) as
+    Conv3x3's nine matmuls."""
+    if not isinstance(conv, Conv3x3):
+        return False, False
     probe = torch.empty(shape, dtype=dtype)
-    return isinstance(conv, Conv3x3) and conv.train().takes_tap_path(probe)
+    conv = conv.to(dtype).train()
+    return conv.tap_paths(probe)
 
 
-def layer_rates(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype, iters: int, first: bool):
-    """(forward, input-gradient, weight-gradient) seconds and the FLOPs of one such kernel.
-
-    The weight gradient is the kernel training uses: Conv3x3's matmuls where it takes them.
-    """
+def kernel_seconds(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype, iters: int,
+                   first: bool) -> tuple[dict, int]:  # fmt: skip
+    """Seconds of each kernel, {(kind, "onednn" | "taps"): s} for kind in forward, data,
+    weight (taps only where the layer can take them; no data gradient for the first layer),
+    and the FLOPs of one forward."""
     cl = torch.channels_last
     x = torch.randn(shape, dtype=dtype).contiguous(memory_format=cl)
     w = conv.weight.detach().to(dtype).contiguous(memory_format=cl)
@@ -74,30 +89,40 @@ def layer_rates(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype, iters: 
             grad, x, w, None, *args, False, [0, 0], conv.groups, mask
         )
 
-    forward = _seconds(lambda: torch.nn.functional.conv2d(x, w, None, *args, conv.groups), iters)
-    data = 0.0 if first else _seconds(backward([True, False, False]), iters)
-    if takes_taps(conv, shape, dtype):
-        weight = _seconds(lambda: tap_weight_gradient(x, grad), iters)
-    else:
-        weight = _seconds(backward([False, True, False]), iters)
-    return forward, data, weight, flops
+    kernels = {
+        ("forward", "onednn"): lambda: torch.nn.functional.conv2d(x, w, None, *args, conv.groups),
+        ("data", "onednn"): backward([True, False, False]),
+        ("weight", "onednn"): backward([False, True, False]),
+    }
+    if isinstance(conv, Conv3x3) and conv.stride == (1, 1):
+        kernels[("forward", "taps")] = lambda: tap_convolution(x, w)
+        kernels[("data", "taps")] = lambda: tap_input_gradient(grad, w)
+        kernels[("weight", "taps")] = lambda: tap_weight_gradient(x, grad)
+    return {
+        key: _seconds(fn, iters) for key, fn in kernels.items() if not first or key[0] != "data"
+    }, flops
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fastnet")
+    parser.add_argument("--width", type=int, default=None, help="the model's width, if it has one")
     parser.add_argument("--size", type=int, default=64, help="input side (fastnet: 32, 48, 64)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--compare-taps", action="store_true", help="time both kernels each")
     args = parser.parse_args()
     runtime = make_runtime(device="cpu", channels_last=True)
     dtype = torch.bfloat16 if runtime.precision == "bf16" else torch.float32
-    model = create_model(args.model, num_classes=200)
+    options = {} if args.width is None else {"width": args.width}
+    model = create_model(args.model, num_classes=200, **options)
     layers = conv_inputs(model, args.size, args.batch)
     print(
-        f"{args.model} at {args.size}x{args.size}, batch {args.batch}, {dtype}, channels_last, "
+        f"{args.model}{'' if args.width is None else f' width {args.width}'} at "
+        f"{args.size}x{args.size}, batch {args.batch}, {dtype}, channels_last, "
         f"{torch.get_num_threads()} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}; GFLOP/s per kernel"
+        + ("; oneDNN / matmuls" if args.compare_taps else "")
     )
     print(
         f"{'layer (in -> out channels at input side)':<40} "
@@ -106,15 +131,29 @@ def main() -> None:
     total_seconds = total_flops = forward_seconds = forward_flops = 0.0
     for index, (conv, shape) in enumerate(layers):
         first = index == 0
-        forward, data, weight, flops = layer_rates(conv, shape, dtype, args.iters, first)
-        rates = [flops / s / 1e9 if s else float("nan") for s in (forward, data, weight)]
+        seconds, flops = kernel_seconds(conv, shape, dtype, args.iters, first)
+        taps_conv, taps_grad = tap_paths(conv, shape, dtype)
+        taken = {
+            kind: seconds.get((kind, "taps" if taps else "onednn"), 0.0)
+            for kind, taps in (("forward", taps_conv), ("data", taps_conv), ("weight", taps_grad))
+        }
         label = f"{conv.in_channels:>4} -> {conv.out_channels:<4} at {shape[-1]:>2}x{shape[-1]:<2}"
         label += " stride 2" if conv.stride[0] == 2 else ""
-        label += " (matmul wgrad)" if takes_taps(conv, shape, dtype) else ""
-        print(f"{label:<40} {rates[0]:8.1f} {rates[1]:8.1f} {rates[2]:9.1f}")
-        total_seconds += forward + data + weight
+        label += {(True, True): " (matmuls)", (True, False): " (matmul conv)"}.get(
+            (taps_conv, taps_grad), " (matmul wgrad)" if taps_grad else ""
+        )
+        if args.compare_taps:
+            cells = [
+                f"{_rate(flops, seconds.get((kind, 'onednn'))):>6}/"
+                f"{_rate(flops, seconds.get((kind, 'taps'))):<6}"
+                for kind in ("forward", "data", "weight")
+            ]
+            print(f"{label:<40} " + " ".join(cells))
+        else:
+            print(f"{label:<40} " + " ".join(f"{_rate(flops, s):>8}" for s in taken.values()))
+        total_seconds += sum(taken.values())
         total_flops += flops * (2 if first else 3)
-        forward_seconds += forward
+        forward_seconds += taken["forward"]
         forward_flops += flops
     kernel = _kernel_rate(dtype, args.iters)
     step = total_flops / total_seconds / 1e9
@@ -123,6 +162,10 @@ def main() -> None:
         f"all convolutions of a training step: {step:.1f} GFLOP/s = {step / kernel:.0%} of the "
         f"forward conv kernel ({kernel:.1f} GFLOP/s, measured in this run)"
     )
+
+
+def _rate(flops: int, seconds: float | None) -> str:
+    return "-" if not seconds else f"{flops / seconds / 1e9:.1f}"
 
 
 def _kernel_rate(dtype: torch.dtype, iters: int) -> float:

@@ -1,7 +1,8 @@
 """Training throughput of paper8: tinycnn's fast path against a naive PyTorch baseline, one run.
 
 Usage: python bench/train_throughput.py [--cache DIR] [--archive TAR_GZ] [--iters N]
-       [--fast-sizes 32 48 64] [--skip-naive] [--compile] [--onednn-wgrad] [--rounds N]
+       [--fast-sizes 32 48 64] [--fast-config TOML] [--skip-naive] [--compile] [--onednn-only]
+       [--rounds N]
 
 - naive: the usual tutorial pipeline. JPEG files on disk, a Dataset that opens each image with
   PIL and applies per-image transforms (random 56 crop, flip, to tensor, mean/std), a DataLoader
@@ -15,10 +16,11 @@ images/s of whole training steps (data + forward + backward + update), batch 128
 The machine's convolution-kernel rate (a bare 3x3 convolution, 128 -> 128 channels at 56x56,
 batch 64, forward, on the fastest path this machine has) is measured in the same rounds; each
 path's rate in GFLOP/s (images/s x training FLOPs per image, compute.py) is printed as a
-fraction of it. The fastnet recipe (configs/fast/fastnet-0.5pflop.toml) is timed at each of its
-progressive-resizing sizes on the fast path, in the same rounds.
-With --onednn-wgrad, also with oneDNN's weight gradients in place of Conv3x3's nine matmuls on
-small maps (tinycnn/models/conv.py): the gain of that kernel choice, in the same rounds.
+fraction of it. The fastnet recipe (configs/fast/fastnet-0.5pflop.toml, or --fast-config) is timed
+at each of its progressive-resizing sizes on the fast path, in the same rounds.
+With --onednn-only, also with oneDNN's kernels in place of Conv3x3's nine matmuls on small maps
+(forward, input and weight gradients; tinycnn/models/conv.py): the gain of that kernel choice,
+in the same rounds.
 """
 
 from __future__ import annotations
@@ -162,17 +164,17 @@ def tinycnn_steps(
         yield iters * BATCH / (time.perf_counter() - start)
 
 
-def _onednn_weight_gradients(steps):
-    """The same steps with every Conv3x3 on oneDNN's weight gradient (models/conv.py)."""
+def _onednn_only(steps):
+    """The same steps with every Conv3x3 on oneDNN's kernels (models/conv.py)."""
     import tinycnn.models.conv as conv
 
-    taps = conv.uses_tap_gradient
+    rules = conv.uses_tap_conv, conv.uses_tap_gradient
     while True:
-        conv.uses_tap_gradient = lambda *shape: False
+        conv.uses_tap_conv = conv.uses_tap_gradient = lambda *shape: False
         try:
             rate = next(steps)
         finally:
-            conv.uses_tap_gradient = taps
+            conv.uses_tap_conv, conv.uses_tap_gradient = rules
         yield rate
 
 
@@ -215,12 +217,13 @@ def main() -> None:
         default=[32, 48, 64],
         help="input sides at which to time the fastnet recipe (configs/fast); none: skip it",
     )
+    parser.add_argument("--fast-config", default=str(FAST), help="the fastnet preset to time")
     parser.add_argument("--skip-naive", action="store_true", help="leave out the PIL baseline")
     parser.add_argument("--compile", action="store_true", help="also time train.compile = true")
     parser.add_argument(
-        "--onednn-wgrad",
+        "--onednn-only",
         action="store_true",
-        help="also time the fastnet sizes with oneDNN's weight gradients instead of Conv3x3's",
+        help="also time the fastnet sizes with oneDNN's kernels instead of Conv3x3's matmuls",
     )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -248,14 +251,17 @@ def main() -> None:
         for name in ("tinycnn, fp32 NCHW", "tinycnn, fast path"):
             gflop[name] = next(variants[name]) / 1e9
         gflop[naive] = gflop["tinycnn, fast path"]  # paper8 too
+        fast_config = Path(args.fast_config)
         for size in args.fast_sizes:
             name = f"fastnet recipe at {size}x{size}, fast path"
-            variants[name] = tinycnn_steps(cache, True, args.iters, tmp / f"f{size}", FAST, size)
+            variants[name] = tinycnn_steps(
+                cache, True, args.iters, tmp / f"f{size}", fast_config, size
+            )
             gflop[name] = next(variants[name]) / 1e9
-            if args.onednn_wgrad:
-                plain = f"fastnet recipe at {size}x{size}, oneDNN wgrad"
-                steps = tinycnn_steps(cache, True, args.iters, tmp / f"o{size}", FAST, size)
-                variants[plain] = _onednn_weight_gradients(steps)
+            if args.onednn_only:
+                plain = f"fastnet recipe at {size}x{size}, oneDNN only"
+                steps = tinycnn_steps(cache, True, args.iters, tmp / f"o{size}", fast_config, size)
+                variants[plain] = _onednn_only(steps)
                 gflop[plain] = gflop[name]
                 next(variants[plain])
         if args.compile:

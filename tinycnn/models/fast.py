@@ -15,8 +15,9 @@ Why this shape suits the CPUs tinycnn runs on: almost all FLOPs are 3x3 convolut
 512 channels at 32x32 or below (at a 64 input), where oneDNN's kernels run at their best rate;
 there are few batch-norm/ReLU passes per FLOP (those are memory-bound and not counted as FLOPs),
 and the channel counts are multiples of 16 for the AVX2/AVX-512/AMX blocking. The last stage's
-maps are small (2x2 to 4x4), where oneDNN's fp32 weight gradient is slow: its 3x3 convs are
-``Conv3x3`` (models/conv.py), whose weight gradient there is nine matmuls. The measured share of
+maps are small (2x2 to 4x4), where oneDNN's kernels are slow (its weight gradient most, in fp32
+and bf16): its 3x3 convs are ``Conv3x3`` (models/conv.py), which computes them there as nine
+matmuls each. The measured share of
 the machine's conv-kernel rate is printed by bench/train_throughput.py (--fast-sizes), and per
 layer and kernel by bench/conv_layers.py.
 At 64x64 one training step costs ~2.3 GFLOP per image, about half of paper8's 4.4 at 56x56; at

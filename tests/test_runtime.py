@@ -102,13 +102,21 @@ def test_the_bf16_speedup_is_the_fastest_fp32_call_over_the_fastest_bf16_one(mon
     now, reads = [0.0], [0]
 
     def clock() -> float:
+        assert torch.get_num_threads() == 1  # the call runs on the thread whose time is read
         reads[0] += 1
         if reads[0] % 2 == 0:  # a call's end
             now[0] += durations[torch.is_autocast_enabled("cpu")].pop(0)
         return now[0]
 
-    monkeypatch.setattr(rt.time, "perf_counter", clock)
-    assert rt._bf16_speedup.__wrapped__(1) == pytest.approx(2.5)
+    monkeypatch.setattr(rt.time, "thread_time", clock)  # CPU time: wall-clock reads the load
+    monkeypatch.setattr(rt.time, "perf_counter", lambda: pytest.fail("wall-clock read"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert rt._bf16_speedup.__wrapped__() == pytest.approx(2.5)
+        assert torch.get_num_threads() == 2  # the caller's threads back
+    finally:
+        torch.set_num_threads(before)
     assert durations == {False: [], True: []}  # warm-up and five rounds: more than 0.05 s
 
 
@@ -116,7 +124,7 @@ def test_timing_bf16_leaves_the_runs_random_numbers_alone() -> None:
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    rt._bf16_speedup.__wrapped__(1)
+    rt._bf16_speedup.__wrapped__()
     assert torch.equal(torch.rand(3), expected)
 
 

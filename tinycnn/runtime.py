@@ -65,30 +65,40 @@ def bf16_speedup() -> float:
 
     A 128 -> 128 channel convolution, batch 32 at 16x16, channels_last, forward (bf16 by
     autocast, as in training): one warm-up call each (kernel creation), then alternating calls,
-    at least 5 rounds and 50 ms, the fastest call of each. Timed once per process and thread
-    count (~0.1 s where bf16 is fast; ~1 s where it is emulated), without touching the random
-    numbers a run draws. Only asked where bf16_supported says the CPU runs bf16 at all.
+    at least 5 rounds and 50 ms, the fastest call of each. Each call runs on one thread and is
+    timed in that thread's CPU time, not wall-clock: on a machine busy with other work (a
+    training run beside an evaluation), a multi-threaded call's wall time is mostly the
+    scheduler's (seen on a 2-core Zen 4 with a run beside it: 2-thread wall-clock readings of
+    0.80-0.89x in 7 of 14 processes, 2.08-2.37x in six), which made the precision, and so
+    the results, of `auto` depend on the load. Timed once per process (~0.3 s where bf16 is
+    fast; ~2 s where it is emulated), without touching the random numbers a run draws. Only
+    asked where bf16_supported says the CPU runs bf16 at all.
     """
-    return _bf16_speedup(torch.get_num_threads())
+    return _bf16_speedup()
 
 
 @functools.cache
-def _bf16_speedup(threads: int) -> float:
+def _bf16_speedup() -> float:
     with torch.random.fork_rng(devices=[]):
         conv = nn.Conv2d(128, 128, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
         x = torch.randn(32, 128, 16, 16).to(memory_format=torch.channels_last)
 
     def seconds(bf16: bool) -> float:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            start = time.perf_counter()
+            start = time.thread_time()
             conv(x)
-            return time.perf_counter() - start
+            return time.thread_time() - start
 
-    seconds(False), seconds(True)  # warm-up: each precision's kernel is created on first use
-    fp32, bf16 = [], []
-    while len(fp32) < _TIMING_ROUNDS or sum(fp32) + sum(bf16) < _TIMING_SECONDS:
-        fp32.append(seconds(False))
-        bf16.append(seconds(True))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the call runs on this thread, whose CPU time is timed
+    try:
+        seconds(False), seconds(True)  # warm-up: each precision's kernel is made on first use
+        fp32, bf16 = [], []
+        while len(fp32) < _TIMING_ROUNDS or sum(fp32) + sum(bf16) < _TIMING_SECONDS:
+            fp32.append(seconds(False))
+            bf16.append(seconds(True))
+    finally:
+        torch.set_num_threads(threads)
     return min(fp32) / min(bf16)
 
 

@@ -204,16 +204,26 @@ def _counting(apply, calls: list):
     return counted
 
 
-def test_torch_compile_traces_the_matmuls() -> None:
+@pytest.mark.parametrize("bf16", [False, True])
+def test_torch_compile_traces_the_matmuls(bf16: bool) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(Conv3x3(512, 512), torch.nn.ReLU(), Conv3x3(512, 512))
     x = torch.randn(4, 512, 2, 2, requires_grad=True)
-    assert torch._dynamo.explain(model)(x).graph_break_count == 0
     params = [x, *model.parameters()]
-    want = torch.autograd.grad(model(x).square().sum(), params)
-    got = torch.autograd.grad(torch.compile(model)(x).square().sum(), params)
+
+    def grads(step) -> tuple:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            assert model[0].tap_paths(x) == (True, True)
+            out = step(x)
+        return torch.autograd.grad(out.float().square().sum(), params)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    want, got = grads(model), grads(torch.compile(model))
+    tolerance = 2e-2 if bf16 else 1e-4  # compiled bf16 steps may round elsewhere
     for have, expected in zip(got, want, strict=True):
-        torch.testing.assert_close(have, expected, rtol=1e-4, atol=1e-4)
+        assert have.dtype == torch.float32
+        torch.testing.assert_close(have, expected, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize(("c_in", "c_out", "side"), [(128, 256, 4), (512, 1024, 2)])

@@ -35,6 +35,14 @@ from tinycnn.models.conv import (
 )
 from tinycnn.runtime import make_runtime
 
+# The label's mark by (matmul forward and input gradient, matmul weight gradient).
+MARKS = {
+    (True, True): " (matmuls)",
+    (True, False): " (matmul conv)",
+    (False, True): " (matmul wgrad)",
+    (False, False): "",
+}
+
 
 def _seconds(fn, iters: int) -> float:
     fn()  # warm-up: kernel selection, allocations
@@ -62,13 +70,12 @@ def conv_inputs(
 
 
 def tap_paths(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype) -> tuple[bool, bool]:
-    """Whether training computes this layer's (forward and input gradient, weight gradient) as
-    Conv3x3's nine matmuls."""
+    """Whether training (bf16 by autocast where dtype is bf16) computes this layer's (forward and
+    input gradient, weight gradient) as Conv3x3's nine matmuls."""
     if not isinstance(conv, Conv3x3):
         return False, False
-    probe = torch.empty(shape, dtype=dtype)
-    conv = conv.to(dtype).train()
-    return conv.tap_paths(probe)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        return conv.train().tap_paths(torch.empty(shape))
 
 
 def kernel_seconds(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype, iters: int,
@@ -139,9 +146,7 @@ def main() -> None:
         }
         label = f"{conv.in_channels:>4} -> {conv.out_channels:<4} at {shape[-1]:>2}x{shape[-1]:<2}"
         label += " stride 2" if conv.stride[0] == 2 else ""
-        label += {(True, True): " (matmuls)", (True, False): " (matmul conv)"}.get(
-            (taps_conv, taps_grad), " (matmul wgrad)" if taps_grad else ""
-        )
+        label += MARKS[taps_conv, taps_grad]
         if args.compare_taps:
             cells = [
                 f"{_rate(flops, seconds.get((kind, 'onednn'))):>6}/"

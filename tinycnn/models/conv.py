@@ -152,14 +152,14 @@ class _TapConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            taps = ctx.taps_conv
-            grad_x = (
-                tap_input_gradient(grad_out, weight) if taps else _onednn(grad_out, x, weight, 0)
-            )
-        if ctx.needs_input_grad[1]:
-            taps = ctx.taps_grad
-            grad_w = tap_weight_gradient(x, grad_out) if taps else _onednn(grad_out, x, weight, 1)
+        if ctx.needs_input_grad[0] and ctx.taps_conv:
+            grad_x = tap_input_gradient(grad_out, weight)
+        elif ctx.needs_input_grad[0]:
+            grad_x = _onednn(grad_out, x, weight, 0)
+        if ctx.needs_input_grad[1] and ctx.taps_grad:
+            grad_w = tap_weight_gradient(x, grad_out)
+        elif ctx.needs_input_grad[1]:
+            grad_w = _onednn(grad_out, x, weight, 1)
         grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None, None
 

@@ -20,6 +20,7 @@ from tinycnn.models import (
     list_models,
     register_model,
     registry,
+    scale_classifier,
 )
 
 MODEL_NAMES = [info.name for info in list_models()]
@@ -490,3 +491,59 @@ def test_fastnet_layout() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             create_model("fastnet", **options)
+
+
+def _paper8_built(scale: float) -> nn.Module:
+    from tinycnn.config import load_config
+    from tinycnn.session import build_model
+
+    cfg = load_config(None, [f"model.classifier_init_scale={scale}", "train.seed=3"])
+    return build_model(cfg, num_classes=200, input_size=56)
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.0])
+def test_classifier_init_scale_shrinks_the_output_layer_alone(scale: float) -> None:
+    plain, scaled = _paper8_built(1.0), _paper8_built(scale)
+    plain_state, scaled_state = plain.state_dict(), scaled.state_dict()
+    for name, value in plain_state.items():
+        if name.startswith("classifier."):
+            continue
+        assert torch.equal(scaled_state[name], value), name  # the same draw, untouched
+    weight = scaled.classifier.weight
+    assert torch.allclose(weight, scale * plain.classifier.weight, rtol=0, atol=1e-12)
+    # Glorot's bound for 400 -> 200, times the scale
+    assert weight.abs().max().item() <= scale * math.sqrt(6 / (400 + 200)) + 1e-12
+    assert not scaled.classifier.bias.any()
+    if scale:
+        assert weight.abs().max().item() > 0.9 * scale * math.sqrt(6 / 600)
+
+
+def test_a_zero_output_layer_starts_at_ln_c_and_the_layers_below_learn_from_step_two() -> None:
+    # Chain rule: d loss / d hidden = W_out^T (softmax - onehot) = 0 while W_out = 0, so only the
+    # output layer gets a gradient at first; once it has moved, the layers below get theirs.
+    model = _paper8_built(0.0).eval()  # no dropout: the same network both times
+    images, labels = _images(), torch.arange(BATCH) % 200
+    loss = F.cross_entropy(model(images), labels)
+    assert loss.item() == pytest.approx(math.log(200), rel=1e-6)
+    loss.backward()
+    hidden = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
+    assert all(not p.grad.any() for p in hidden)
+    assert model.classifier.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    model.zero_grad()
+    F.cross_entropy(model(images), labels).backward()
+    assert all(p.grad.abs().sum() > 0 for p in hidden if p.ndim > 1)
+
+
+def test_scale_classifier_finds_the_last_linear_layer_without_a_classifier_name() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    first = model[0].weight.detach().clone()
+    last = model[2].weight.detach().clone()
+    assert scale_classifier(model, 0.5) is model
+    assert torch.equal(model[0].weight, first)
+    assert torch.allclose(model[2].weight, 0.5 * last)
+    assert not model[2].bias.any()
+    with pytest.raises(ConfigError, match="no Linear output layer"):
+        scale_classifier(nn.Sequential(nn.Conv2d(3, 3, 1)), 0.5)

@@ -27,6 +27,14 @@ SCHEDULES = [
     ({"name": "step", "step_epochs": 1, "gamma": 0.5}, 10, 10, 100, 0.5),
     ({"name": "step", "step_epochs": 1, "gamma": 0.5}, 35, 10, 100, 0.125),
     ({"name": "step", "step_epochs": 0.05, "gamma": 0.5}, 2, 10, 100, 0.25),  # < 1 it.: every it.
+    # The step schedule behind a warm-up (the paper's shape, made to start): 5 warm-up
+    # iterations of 10 an epoch climb (i + 1) / 5; the steps still fall at whole step_epochs.
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 0, 10, 100, 0.2),
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 3, 10, 100, 0.8),
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 4, 10, 100, 1.0),
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 19, 10, 100, 1.0),
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 20, 10, 100, 0.1),
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 45, 10, 100, 0.01),
     ({"name": "cosine", "final_lr_fraction": 0.1}, 0, 10, 100, 1.0),
     ({"name": "cosine", "final_lr_fraction": 0.1}, 50, 10, 100, 0.1 + 0.9 * 0.5),
     ({"name": "cosine", "final_lr_fraction": 0.1}, 25, 10, 100, 0.1 + 0.9 * (1 + 2**-0.5) / 2),

@@ -182,21 +182,25 @@ def _reference_step(name: str, state: dict, w, g, lr: float, decay: float, o) ->
 
 
 @pytest.mark.parametrize(
-    ("name", "decay_all"),
+    ("name", "decay_all", "bias_lr"),
     [
-        ("sgd", True),
-        ("sgd", False),
-        ("nesterov", True),
-        ("adagrad", True),
-        ("adamw", True),
-        ("adamw", False),
+        ("sgd", True, 1.0),
+        ("sgd", False, 1.0),
+        ("sgd", True, 2.0),  # Caffe's lr_mult 2 on biases
+        ("sgd", False, 2.0),
+        ("nesterov", True, 1.0),
+        ("adagrad", True, 1.0),
+        ("adagrad", True, 0.5),
+        ("adamw", True, 1.0),
+        ("adamw", False, 1.0),
     ],
 )
 def test_the_optimiser_follows_the_rule_its_name_stands_for(
-    cache: Path, tmp_path: Path, name: str, decay_all: bool
+    cache: Path, tmp_path: Path, name: str, decay_all: bool, bias_lr: float
 ) -> None:
     # Values unlike the defaults, so that each must reach the optimiser; the learning rate halves
-    # every iteration, which tells the paper's momentum from torch.optim.SGD's.
+    # every iteration, which tells the paper's momentum from torch.optim.SGD's. Biases (the 1-d
+    # parameters of this model, which has no batch norm) learn at bias_lr times the rate.
     lr, decay = 0.05, 0.02
     options = {"momentum": 0.8, "betas": [0.8, 0.95], "eps": 1e-3}
     cfg = _cfg(
@@ -207,6 +211,7 @@ def test_the_optimiser_follows_the_rule_its_name_stands_for(
         f"optim.lr={lr}",
         f"optim.weight_decay={decay}",
         f"optim.decay_bias_and_norm={str(decay_all).lower()}",
+        f"optim.bias_lr_multiplier={bias_lr}",
         f"optim.momentum={options['momentum']}",
         f"optim.betas={options['betas']}",
         f"optim.eps={options['eps']}",
@@ -222,13 +227,38 @@ def test_the_optimiser_follows_the_rule_its_name_stands_for(
     states: dict[int, dict] = {}
     for i, step in enumerate(watch.steps):
         step_lr = lr * 0.5**i
-        assert step["lr"] == pytest.approx([step_lr] * len(step["lr"]))
+        assert step["lr"][0] == pytest.approx(step_lr)  # the weights' group: the logged lr
         for p, w, g, after in zip(step["params"], step["w"], step["g"], step["after"], strict=True):
             p_decay = decay if decay_all or p.ndim > 1 else 0.0  # biases are 1-d
+            p_lr = step_lr * (bias_lr if p.ndim == 1 else 1.0)
             expected = _reference_step(
-                name, states.setdefault(id(p), {}), w, g, step_lr, p_decay, options
+                name, states.setdefault(id(p), {}), w, g, p_lr, p_decay, options
             )
             assert torch.allclose(after, expected, rtol=1e-5, atol=1e-7), (name, i, p.shape)
+
+
+def test_clip_grad_norm_rescales_the_whole_gradient_to_its_bound(
+    cache: Path, tmp_path: Path
+) -> None:
+    # The first step's gradient (same weights, same batch in both runs) reaches the optimiser
+    # as g * bound / |g| when |g| exceeds the bound, and unchanged when it does not.
+    def first_gradient(clip: float, name: str) -> list[torch.Tensor]:
+        cfg = _cfg(
+            cache, "train.epochs=1", 'train.precision="fp32"', f"optim.clip_grad_norm={clip}"
+        )
+        with StepWatch() as watch:
+            train(cfg, tmp_path / name, progress=False)
+        return watch.steps[0]["g"]
+
+    plain = first_gradient(0.0, "plain")
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in plain])).item()
+    bound = norm / 4
+    clipped = first_gradient(bound, "clipped")
+    for g, c in zip(plain, clipped, strict=True):
+        assert torch.allclose(c, g * bound / norm, rtol=1e-4, atol=1e-9)
+    loose = first_gradient(norm * 2, "loose")
+    for g, c in zip(plain, loose, strict=True):
+        assert torch.equal(c, g)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,8 @@ class ModelConfig:
     name: str = "paper8"
     init: str = "xavier"  # the paper's normalised initialisation; "default" keeps PyTorch's
     options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
+    # Output layer's initial weights times this after init (0 = zeros): the initial logits' scale.
+    classifier_init_scale: float = 1.0
 
 
 @dataclass
@@ -53,6 +55,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4  # L2 lambda (coupled, as in the paper); decoupled for adamw
     decay_bias_and_norm: bool = True  # the paper decays every weight; False spares bias/BN
+    bias_lr_multiplier: float = 1.0  # biases learn at lr times this (Caffe's lr_mult: 2 is usual)
+    clip_grad_norm: float = 0.0  # rescale the gradient to at most this global L2 norm; 0 = off
     label_smoothing: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
     eps: float = 1e-8  # adamw / adagrad
@@ -112,10 +116,13 @@ class RunConfig:
         _positive("data.scale", self.data.scale)
         _at_least("data.holdout_per_class", self.data.holdout_per_class, 0)
         _choice("model.init", self.model.init, INITS)
+        _at_least("model.classifier_init_scale", self.model.classifier_init_scale, 0)
         _choice("optim.name", self.optim.name, OPTIMIZERS)
         _positive("optim.lr", self.optim.lr)
         _fraction("optim.momentum", self.optim.momentum)
         _at_least("optim.weight_decay", self.optim.weight_decay, 0)
+        _positive("optim.bias_lr_multiplier", self.optim.bias_lr_multiplier)
+        _at_least("optim.clip_grad_norm", self.optim.clip_grad_norm, 0)
         _fraction("optim.label_smoothing", self.optim.label_smoothing)
         if len(self.optim.betas) != 2 or not all(0 <= b < 1 for b in self.optim.betas):
             raise ConfigError(f"optim.betas = {self.optim.betas}: expected two numbers in [0, 1)")
@@ -199,8 +206,8 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
         values = dict(raw.get(name, {}))
         if not isinstance(values, dict):
             raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
-        if name == "model":  # every key that is not name/init is a model option
-            known = {"name", "init", "options"}
+        if name == "model":  # every key that is not a ModelConfig field is a model option
+            known = {field.name for field in dataclasses.fields(ModelConfig)}
             options = {
                 **values.pop("options", {}),
                 **{k: values.pop(k) for k in list(values) if k not in known},

@@ -47,13 +47,31 @@ class ClassicalMomentumSGD(torch.optim.Optimizer):
 
 
 def _param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    if cfg.decay_bias_and_norm:
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)  # biases, BN and PReLU are 1-d
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Parameter groups by (decayed?, learning-rate multiplier); empty groups left out.
+
+    A group's ``lr_scale`` multiplies the schedule's learning rate (set_lr): biases get
+    cfg.bias_lr_multiplier, as Caffe's ``lr_mult: 2`` on a bias blob. Biases are the parameters
+    named ``*.bias`` (batch norm's shift included); weight decay spares every 1-d parameter
+    (biases, BN, PReLU) when cfg.decay_bias_and_norm is false.
+    """
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decayed = cfg.decay_bias_and_norm or p.ndim > 1
+        is_bias = name == "bias" or name.endswith(".bias")
+        lr_scale = cfg.bias_lr_multiplier if is_bias else 1.0
+        groups.setdefault((decayed, lr_scale), []).append(p)
+    return [
+        {"params": params, "lr_scale": lr_scale} | ({} if decayed else {"weight_decay": 0.0})
+        # weights first: group 0's lr is the schedule's own (the logged lr)
+        for (decayed, lr_scale), params in sorted(groups.items(), key=_weights_first)
+    ]
+
+
+def _weights_first(item: tuple[tuple[bool, float], list]) -> tuple[bool, bool]:
+    (decayed, lr_scale), _ = item
+    return not decayed, lr_scale != 1.0
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -92,8 +110,9 @@ def lr_at(
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to lr times its ``lr_scale`` (1 where it has none)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def topk_errors(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:

@@ -31,7 +31,7 @@ from tinycnn.distributed import Dist, sync_batch_norm
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.inference import predict_logits
 from tinycnn.metrics import error_rates
-from tinycnn.models import create_model, init_weights, model_options
+from tinycnn.models import create_model, init_weights, model_options, scale_classifier
 from tinycnn.optim import build_optimizer
 from tinycnn.run_folder import METRICS, STEPS, append_line, read_metrics, read_steps
 from tinycnn.runtime import Runtime, describe_hardware, keep_precision
@@ -441,6 +441,8 @@ def build_model(
     if initialise and cfg.model.init != "default":
         torch.manual_seed(cfg.train.seed)
         init_weights(model, cfg.model.init)
+    if initialise and cfg.model.classifier_init_scale != 1:
+        scale_classifier(model, cfg.model.classifier_init_scale)
     return model
 
 

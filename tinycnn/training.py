@@ -609,6 +609,8 @@ def _step(s: Session, rows: torch.Tensor) -> torch.Tensor:
     loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.optim.label_smoothing)
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if cfg.optim.clip_grad_norm:  # after DDP's all-reduce: every rank clips the same gradient
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.optim.clip_grad_norm)
     s.optimizer.step()
     if s.ema is not None:
         update_ema(s.ema, s.model, cfg.train.ema_decay, s.iteration + 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from tinycnn.models import fast as _fast  # noqa: F401  (registers fastnet)
 from tinycnn.models import paper as _paper  # noqa: F401  (registers the paper's models)
 from tinycnn.models import resnet as _resnet  # noqa: F401  (registers the ResNets)
-from tinycnn.models.init import init_weights
+from tinycnn.models.init import init_weights, scale_classifier
 from tinycnn.models.paper import PaperCNN
 from tinycnn.models.registry import (
     ModelInfo,
@@ -26,4 +26,5 @@ __all__ = [
     "list_models",
     "model_options",
     "register_model",
+    "scale_classifier",
 ]

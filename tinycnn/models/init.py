@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from tinycnn.errors import ConfigError
@@ -51,4 +52,34 @@ def init_weights(model: nn.Module, scheme: str) -> nn.Module:
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+    return model
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The layer that produces the logits: ``model.classifier`` where the model names one (every
+    registered family does), else its last Linear layer."""
+    layer = getattr(model, "classifier", None)
+    if isinstance(layer, nn.Linear):
+        return layer
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no Linear output layer to scale")
+    return linears[-1]
+
+
+@torch.no_grad()
+def scale_classifier(model: nn.Module, scale: float) -> nn.Module:
+    """Multiply the output layer's weights by ``scale`` (0: zeros) and zero its bias; returns
+    ``model``.
+
+    Why: the initial logits' spread sets the first loss. Under the paper's Xavier init on the
+    0-255 scale the logits start with std ~7 (loss ~19 against ln 200 = 5.3) and the first steps
+    cancel the signal of every layer to shrink them (results/paper8-diagnosis.md); a small output
+    layer starts at ln C with the signal intact. A zero output layer still learns: its gradient
+    is the hidden codes times (softmax - onehot), and the layers below get theirs from step 2 on.
+    """
+    layer = output_layer(model)
+    layer.weight.mul_(scale)
+    if layer.bias is not None:
+        layer.bias.zero_()
     return model

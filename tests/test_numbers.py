@@ -16,7 +16,7 @@ from tinycnn.data.augment import Normalization, center_crop, ten_crop
 from tinycnn.ensembles import average, greedy_select
 from tinycnn.errors import ConfigError
 from tinycnn.metrics import error_rates, per_class_accuracy
-from tinycnn.optim import lr_at
+from tinycnn.optim import cycle_ends, lr_at
 
 # (schedule options, iteration, iterations per epoch, total iterations, expected lr for lr 1.0)
 SCHEDULES = [
@@ -44,7 +44,32 @@ SCHEDULES = [
     ({"name": "onecycle", "warmup_epochs": 1, "final_lr_fraction": 0.1}, 60, 10, 110, 0.55),
     ({"name": "onecycle", "warmup_epochs": 1, "final_lr_fraction": 0.1}, 110, 10, 110, 0.1),
     ({"name": "onecycle", "final_lr_fraction": 0.0}, 75, 10, 100, 0.25),
+    # cyclic: 2 cosine cycles of 50 (ends 50, 100), each restarting at lr
+    ({"name": "cyclic", "cycles": 2}, 0, 10, 100, 1.0),
+    ({"name": "cyclic", "cycles": 2}, 25, 10, 100, 0.5),
+    ({"name": "cyclic", "cycles": 2}, 49, 10, 100, 0.5 * (1 + math.cos(math.pi * 49 / 50))),
+    ({"name": "cyclic", "cycles": 2}, 50, 10, 100, 1.0),
+    ({"name": "cyclic", "cycles": 2}, 75, 10, 100, 0.5),
+    ({"name": "cyclic", "cycles": 2, "final_lr_fraction": 0.1}, 75, 10, 100, 0.55),
+    # behind 10 warm-up iterations: cycles of 50 from 10 (ends 60, 110)
+    ({"name": "cyclic", "cycles": 2, "warmup_epochs": 1}, 4, 10, 110, 0.5),
+    ({"name": "cyclic", "cycles": 2, "warmup_epochs": 1}, 35, 10, 110, 0.5),
+    ({"name": "cyclic", "cycles": 2, "warmup_epochs": 1}, 60, 10, 110, 1.0),
+    ({"name": "cyclic", "cycles": 1}, 50, 10, 100, 0.5),  # one cycle: the cosine schedule
 ]
+
+# (schedule options, iterations per epoch, total iterations, expected cycle ends)
+CYCLE_ENDS = [
+    ({"name": "cyclic", "cycles": 3}, 10, 100, [33, 67, 100]),  # 33.3 and 66.7 rounded
+    ({"name": "cyclic", "cycles": 2, "warmup_epochs": 1}, 10, 110, [60, 110]),
+    ({"name": "cyclic", "cycles": 4}, 10, 2, [0, 1, 2, 2]),  # more cycles than iterations
+    ({"name": "cosine"}, 10, 100, [100]),
+]
+
+
+@pytest.mark.parametrize(("options", "per_epoch", "total", "expected"), CYCLE_ENDS)
+def test_cycle_ends_by_hand(options, per_epoch, total, expected) -> None:
+    assert cycle_ends(per_epoch, total, ScheduleConfig(**options)) == expected
 
 
 @pytest.mark.parametrize(("options", "iteration", "per_epoch", "total", "expected"), SCHEDULES)

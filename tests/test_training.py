@@ -325,3 +325,34 @@ def test_tensorboard_option_needs_the_package(cache: Path, tmp_path: Path) -> No
             _cfg(cache, "train.tensorboard=true", "train.epochs=1"), tmp_path / "r", progress=False
         )
         assert any((tmp_path / "r" / "tensorboard").iterdir())
+
+
+def test_a_cyclic_schedule_restarts_and_snapshots_each_cycle_end(
+    cache: Path, tmp_path: Path
+) -> None:
+    from tinycnn.members import resolve_members
+
+    # 4 epochs of 3 iterations, 3 cycles: ends after iterations 4, 8 and 12; within a cycle of
+    # 4 the cosine factors are 1, (1 + cos(pi/4)) / 2, 1/2, (1 + cos(3 pi/4)) / 2.
+    cfg = _cfg(
+        cache, "train.epochs=4", 'schedule.name="cyclic"', "schedule.cycles=3", "train.log_every=1"
+    )
+    train(cfg, tmp_path / "r", progress=False)
+    steps = [json.loads(line) for line in (tmp_path / "r" / "steps.jsonl").read_text().splitlines()]
+    factors = [1, (1 + 2**-0.5) / 2, 0.5, (1 - 2**-0.5) / 2] * 3
+    assert [row["lr"] for row in steps] == pytest.approx([0.02 * f for f in factors])
+    checkpoints = tmp_path / "r" / "checkpoints"
+    ends = [checkpoints / f"cycle-{k:02d}.pt" for k in (1, 2, 3)]
+    assert [load_checkpoint(p)["iteration"] for p in ends] == [4, 8, 12]
+    assert resolve_members(f"{tmp_path / 'r'}@cycles") == ends
+    assert resolve_members(f"{tmp_path / 'r'}@cycles:2") == ends[1:]
+    final, last = (
+        load_checkpoint(ends[-1])["model"],
+        load_checkpoint(checkpoints / "last.pt")["model"],
+    )
+    assert all(torch.equal(final["state"][k], v) for k, v in last["state"].items())
+
+
+def test_cycles_need_the_cyclic_schedule(cache: Path) -> None:
+    with pytest.raises(ConfigError, match=r'schedule\.cycles = 3 needs schedule\.name = "cyclic"'):
+        _cfg(cache, 'schedule.name="cosine"', "schedule.cycles=3")

@@ -24,7 +24,7 @@ else:  # pragma: no cover - Python 3.10
 
 NORMALIZATIONS = ("mean_image", "channel", "none")
 OPTIMIZERS = ("sgd", "nesterov", "adagrad", "adamw")
-SCHEDULES = ("step", "cosine", "onecycle", "constant")
+SCHEDULES = ("step", "cosine", "onecycle", "constant", "cyclic")
 PRECISIONS = ("auto", "bf16", "fp32")
 INITS = ("xavier", "caffe_xavier", "gaussian", "kaiming", "default")
 
@@ -68,7 +68,11 @@ class ScheduleConfig:
     step_epochs: float = 10.0
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from 0, then the schedule
-    final_lr_fraction: float = 0.0  # cosine and onecycle end at lr * this
+    final_lr_fraction: float = 0.0  # cosine, onecycle and each cyclic cycle end at lr * this
+    # cyclic: the schedule after warm-up in this many equal cosine cycles, each restarting at lr
+    # and snapshotted at its end (checkpoints/cycle-NN.pt, member spec RUN@cycles): Huang et
+    # al.'s "Snapshot Ensembles: Train 1, get M for free".
+    cycles: int = 1
 
 
 @dataclass
@@ -131,6 +135,12 @@ class RunConfig:
         _positive("schedule.gamma", self.schedule.gamma)
         _at_least("schedule.warmup_epochs", self.schedule.warmup_epochs, 0)
         _fraction("schedule.final_lr_fraction", self.schedule.final_lr_fraction)
+        _at_least("schedule.cycles", self.schedule.cycles, 1)
+        if self.schedule.cycles > 1 and self.schedule.name != "cyclic":
+            raise ConfigError(
+                f"schedule.cycles = {self.schedule.cycles} needs schedule.name = \"cyclic\" "
+                f"(it is {self.schedule.name!r})"
+            )
         self.augment.validate()
         _at_least("train.epochs", self.train.epochs, 1)
         _at_least("train.batch_size", self.train.batch_size, 1)

@@ -7,6 +7,9 @@
     RUN_DIR@last:K       the K most recent snapshots (iter-*, epoch-* and a budget-ended
                          run's final last.pt, by iteration)
     RUN_DIR@epochs:2,4   those epoch snapshots
+    RUN_DIR@cycles       the snapshots at the end of each cycle of a cyclic schedule
+                         (schedule.name = "cyclic"; cycle-*.pt), in order
+    RUN_DIR@cycles:K     the last K of them
 
 A checkpoint file stands for itself.
 """
@@ -101,10 +104,14 @@ def resolve_members(spec: str) -> list[Path]:
         chosen = [_existing(path / "checkpoints" / f"epoch-{e:03d}.pt") for e in wanted]
     elif kind == "top":
         chosen = _top_epochs(path, _positive_int(spec, arg))
+    elif kind == "cycles":
+        ends = sorted((path / "checkpoints").glob("cycle-*.pt"))  # zero-padded: cycle order
+        chosen = ends[-_positive_int(spec, arg) :] if arg else ends
+        snapshots = snapshots + ends
     else:
         raise ConfigError(
             f"{spec}: unknown selection @{kind}; use best, last, every:N, top:K, "
-            "last:K or epochs:LIST"
+            "last:K, epochs:LIST, cycles or cycles:K"
         )
     if not chosen:
         raise ConfigError(

@@ -32,7 +32,7 @@ from tinycnn.data.cache import load_cache, verify_cache
 from tinycnn.data.mixing import mix_batch
 from tinycnn.errors import ConfigError, Interrupted
 from tinycnn.models import model_options
-from tinycnn.optim import lr_at, set_lr
+from tinycnn.optim import cycle_ends, lr_at, set_lr
 from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
 from tinycnn.runtime import Runtime, agree_precision, make_runtime
 from tinycnn.session import (
@@ -266,9 +266,9 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                 rows = perm[pos * cfg.train.batch_size : (pos + 1) * cfg.train.batch_size]
                 sync.add(_step(s, rows), len(rows))
                 s.iteration += 1
-                snapshot = cfg.train.snapshot_every and s.iteration % cfg.train.snapshot_every == 0
+                snapshots = _snapshot_names(s)  # iter-N every snapshot_every, cycle-NN
                 # The numbers reach the host (and the ranks agree on a stop) every few steps.
-                reason = sync.flush() if snapshot or sync.due() else None
+                reason = sync.flush() if snapshots or sync.due() else None
                 seconds = max(time.perf_counter() - epoch_start, 1e-9)
                 rate = (s.iteration - first) * cfg.train.batch_size / seconds  # since this start
                 bar.set_postfix(
@@ -281,9 +281,10 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                 if fit is not None and fit.measure():
                     fit = None
                 pause_point("step", s.iteration)
-                if snapshot:
+                if snapshots:
                     _clock_epoch(s, before, epoch_start)
-                    s.save(f"iter-{s.iteration:07d}", clock.elapsed())
+                    for name in snapshots:
+                        s.save(name, clock.elapsed())
                     pause_point("snapshot", s.iteration)
                 # At an epoch's or the schedule's end, stop after its evaluation.
                 if reason and s.iteration % ipe and s.iteration < s.total_iters:
@@ -567,6 +568,20 @@ def _clock_epoch(s: Session, before: float | None, start: float) -> float | None
     """
     s.accum.seconds = None if before is None else before + time.perf_counter() - start
     return s.accum.seconds
+
+
+def _snapshot_names(s: Session) -> list[str]:
+    """The snapshots due once s.iteration steps are done: iter-N (train.snapshot_every) and
+    cycle-NN at the end of a cyclic schedule's cycle NN (from 1)."""
+    names = []
+    every = s.cfg.train.snapshot_every
+    if every and s.iteration % every == 0:
+        names.append(f"iter-{s.iteration:07d}")
+    if s.cfg.schedule.name == "cyclic":
+        ends = cycle_ends(s.iters_per_epoch, s.total_iters, s.cfg.schedule)
+        if s.iteration in ends:
+            names.append(f"cycle-{ends.index(s.iteration) + 1:02d}")
+    return names
 
 
 def _epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:

@@ -356,3 +356,27 @@ def test_a_cyclic_schedule_restarts_and_snapshots_each_cycle_end(
 def test_cycles_need_the_cyclic_schedule(cache: Path) -> None:
     with pytest.raises(ConfigError, match=r'schedule\.cycles = 3 needs schedule\.name = "cyclic"'):
         _cfg(cache, 'schedule.name="cosine"', "schedule.cycles=3")
+
+
+def test_apart_takes_snapshots_n_iterations_back_from_the_final_model(
+    cache: Path, tmp_path: Path
+) -> None:
+    from tinycnn.members import resolve_members
+
+    # 4 epochs of 3 iterations: iteration snapshots at 2, 4, ..., 12 and epoch ones at 3, 6, 9,
+    # 12 (epoch-004 stands for iteration 12). Targets 12, 7, 2: 7 is as near 6 as 8 (the later
+    # one is taken); with spacing 3, targets 12, 9, 6 are epoch ends.
+    train(_cfg(cache, "train.epochs=4", "train.snapshot_every=2"), tmp_path / "r", progress=False)
+    checkpoints = tmp_path / "r" / "checkpoints"
+    assert resolve_members(f"{tmp_path / 'r'}@apart:5:3") == [
+        checkpoints / "iter-0000002.pt",
+        checkpoints / "iter-0000008.pt",
+        checkpoints / "epoch-004.pt",
+    ]
+    assert resolve_members(f"{tmp_path / 'r'}@apart:3:3") == [
+        checkpoints / f"epoch-{e:03d}.pt" for e in (2, 3, 4)
+    ]
+    # more members than snapshots: each snapshot once
+    assert len(resolve_members(f"{tmp_path / 'r'}@apart:1:50")) == 4 + 4  # iter 2,4,8,10 + epochs
+    with pytest.raises(ConfigError, match="is not a positive whole number"):
+        resolve_members(f"{tmp_path / 'r'}@apart:0:3")

@@ -7,6 +7,9 @@
     RUN_DIR@last:K       the K most recent snapshots (iter-*, epoch-* and a budget-ended
                          run's final last.pt, by iteration)
     RUN_DIR@epochs:2,4   those epoch snapshots
+    RUN_DIR@apart:N:K    K snapshots N iterations apart, ending with the final model: each the
+                         saved snapshot (iter-*, epoch-*, a budget-ended last.pt) nearest its
+                         target (the paper's snapshot ensemble: RUN@apart:10000:3)
     RUN_DIR@cycles       the snapshots at the end of each cycle of a cyclic schedule
                          (schedule.name = "cyclic"; cycle-*.pt), in order
     RUN_DIR@cycles:K     the last K of them
@@ -35,7 +38,32 @@ def _position(path: Path) -> tuple[int, int]:
 
 
 def _most_recent(run: Path, snapshots: list[Path], k: int) -> list[Path]:
-    """The k snapshots saved last, oldest first, by the training iteration they hold.
+    """The k snapshots saved last, oldest first, by the training iteration they hold."""
+    by_iteration = _by_iteration(run, snapshots)
+    return [by_iteration[i] for i in sorted(by_iteration)][-k:]
+
+
+def _apart(run: Path, snapshots: list[Path], spacing: int, k: int) -> list[Path]:
+    """k snapshots ``spacing`` iterations apart, ending with the final model, oldest first.
+
+    The paper's snapshot ensemble: 3 snapshots about 10,000 iterations apart. Each target
+    iteration (final, final - spacing, ...) takes the saved snapshot nearest to it that is not
+    taken yet (the later one on a tie).
+    """
+    by_iteration = _by_iteration(run, snapshots)
+    final = max(by_iteration)
+    chosen: list[int] = []
+    for j in range(k):
+        free = [i for i in by_iteration if i not in chosen]
+        if not free:
+            break
+        target = final - j * spacing
+        chosen.append(min(free, key=lambda i: (abs(i - target), -i)))
+    return [by_iteration[i] for i in sorted(chosen)]
+
+
+def _by_iteration(run: Path, snapshots: list[Path]) -> dict[int, Path]:
+    """The run's snapshots by the training iteration they hold.
 
     iter-N is at iteration N and epoch-E at E * iters_per_epoch, so the two kinds interleave.
     An iteration snapshot at an epoch's end holds the same weights as that epoch's snapshot:
@@ -54,7 +82,7 @@ def _most_recent(run: Path, snapshots: list[Path], k: int) -> list[Path]:
         final = _final_iteration(run, last)
         if final > max(by_iteration, default=-1):
             by_iteration[final] = last
-    return [by_iteration[i] for i in sorted(by_iteration)][-k:]
+    return by_iteration
 
 
 def _final_iteration(run: Path, last: Path) -> int:
@@ -99,6 +127,14 @@ def resolve_members(spec: str) -> list[Path]:
         ]
     elif kind == "last":
         chosen = _most_recent(path, snapshots, _positive_int(spec, arg))
+    elif kind == "apart":
+        spacing, _, count = arg.partition(":")
+        if not snapshots and not (path / "checkpoints" / "last.pt").is_file():
+            chosen = []
+        else:
+            chosen = _apart(
+                path, snapshots, _positive_int(spec, spacing), _positive_int(spec, count)
+            )
     elif kind == "epochs":
         wanted = [int(v) for v in arg.split(",") if v.strip()]
         chosen = [_existing(path / "checkpoints" / f"epoch-{e:03d}.pt") for e in wanted]
@@ -111,7 +147,7 @@ def resolve_members(spec: str) -> list[Path]:
     else:
         raise ConfigError(
             f"{spec}: unknown selection @{kind}; use best, last, every:N, top:K, "
-            "last:K, epochs:LIST, cycles or cycles:K"
+            "last:K, epochs:LIST, apart:N:K, cycles or cycles:K"
         )
     if not chosen:
         raise ConfigError(

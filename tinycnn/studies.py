@@ -9,6 +9,7 @@ for configs/paper presets, as DIR/table.md and DIR/table.json.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -19,10 +20,13 @@ from tinycnn import distributed
 from tinycnn.analysis import build_report
 from tinycnn.analysis.experiments import identify_preset, paper_figure
 from tinycnn.atomic import write_text
-from tinycnn.config import load_config
+from tinycnn.compute import PFLOP, training_flops_per_image
+from tinycnn.config import RunConfig, load_config
+from tinycnn.data.cache import load_cache
 from tinycnn.ensembles import DEFAULT_PROB_CACHE
 from tinycnn.errors import ConfigError
 from tinycnn.run_folder import read_metrics, read_resolved_config
+from tinycnn.session import build_model, training_rows
 from tinycnn.training import train
 
 COLUMNS = (
@@ -99,6 +103,37 @@ def run_experiments(
                 progress=say,
             )
     return rows
+
+
+def scale_to_budget(cfg: RunConfig, pflop: float) -> RunConfig:
+    """cfg with its whole schedule shrunk to ``pflop`` PFLOP of training, its shape kept.
+
+    The factor r = pflop / (the full schedule's PFLOP) scales the epochs (rounded up), the step
+    schedule's step_epochs, the warm-up and train.snapshot_every alike, and train.max_pflop ends
+    the run on the budget: a step schedule of 40 epochs with a step every 10 keeps its 4 phases.
+    A config whose full schedule costs no more than the budget is returned unchanged.
+    """
+    cache = load_cache(cfg.data.cache)
+    crop = cfg.augment.crop or cache.manifest.get("image_size", 64)
+    with torch.device("meta"):
+        model = build_model(cfg, cache.num_classes, crop, initialise=False)
+    images = len(training_rows(cfg, cache)[0]) // cfg.train.batch_size * cfg.train.batch_size
+    full = cfg.train.epochs * images * training_flops_per_image(model, crop) / PFLOP
+    if full <= pflop:
+        return cfg
+    r = pflop / full
+    train_cfg = replace(
+        cfg.train,
+        epochs=max(1, math.ceil(cfg.train.epochs * r)),
+        max_pflop=pflop,
+        snapshot_every=round(cfg.train.snapshot_every * r) if cfg.train.snapshot_every else 0,
+    )
+    schedule = replace(
+        cfg.schedule,
+        step_epochs=cfg.schedule.step_epochs * r,
+        warmup_epochs=cfg.schedule.warmup_epochs * r,
+    )
+    return replace(cfg, train=train_cfg, schedule=schedule)
 
 
 def _join_torchrun() -> distributed.Dist:

@@ -1,9 +1,9 @@
 """Why does a plain CNN learn or not: per-layer figures every K iterations of a real training run.
 
-Trains a config (the paper's exact preset by default) with tinycnn's own loop for --iters
-iterations, pausing every --every iterations (`tinycnn train --stop-at`, then --resume: the run is
-the one `tinycnn train` would make, bit for bit), and prints for each weight layer, on one fixed
-batch of training images (centre crops, eval mode: dropout off):
+Trains a config (by default the paper's recipe as written, configs/paper/as-written/) with
+tinycnn's own loop for --iters iterations, pausing every --every iterations (`tinycnn train
+--stop-at`, then --resume: the run is the one `tinycnn train` would make, bit for bit), and prints
+for each weight layer, on one fixed batch of training images (centre crops, eval mode: dropout off):
 - pre-activation mean and std (the conv / fc output before its ReLU),
 - dead: the fraction of ReLU units (channel x position; fc unit) that are zero for every image,
 - |g|: the gradient's L2 norm (the batch's mean cross-entropy, no weight decay),
@@ -40,7 +40,7 @@ from tinycnn.optim import lr_at
 from tinycnn.session import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER8 = ROOT / "configs" / "paper" / "paper8_l2_5e-4.toml"
+PAPER8 = ROOT / "configs" / "paper" / "as-written" / "paper8_l2_5e-4.toml"  # as the paper wrote it
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -152,7 +152,8 @@ def main() -> None:
     )
     initial = model
     tinycnn.train(cfg, out, progress=False, stop_at_iteration=args.every)
-    norm = normalization_from_payload(load_checkpoint(out / "checkpoints" / "last.pt")["normalization"])
+    last = out / "checkpoints" / "last.pt"
+    norm = normalization_from_payload(load_checkpoint(last)["normalization"])
     images, labels = fixed_batch(args.cache, norm, crop, args.batch)
     previous = weights(initial)
     history = []
@@ -161,8 +162,8 @@ def main() -> None:
         if end:
             if end > args.every:
                 tinycnn.train(None, out, resume=True, progress=False, stop_at_iteration=end)
-            payload = load_checkpoint(out / "checkpoints" / "last.pt")
-            model = model_from_checkpoint(payload, out / "checkpoints" / "last.pt").float()
+            payload = load_checkpoint(last)
+            model = model_from_checkpoint(payload, last).float()
         now = weights(model)
         steps = None
         if end:

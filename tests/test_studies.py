@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,77 @@ def test_a_paper_preset_shows_the_papers_figures(cache: Path, tmp_path: Path, ca
     assert (row["paper_val_error"], row["paper_test_error"]) == pytest.approx((0.776, 0.778))
     assert "77.60%" in capsys.readouterr().out
     assert (out / "report" / "index.html").is_file()
+
+
+# The paper's results table (PAPER.md, section 6), error in percent: (val, test), typed here
+# from the paper, apart from the code's own table.
+PAPER_TABLE = {
+    "shallow": (82.5, 83.1),
+    "cnn5": (77.6, 77.8),
+    "paper8_nodropout": (67.4, 67.3),
+    "paper8_l2_1e-4": (63.6, 63.3),
+    "paper8_l2_3e-4": (59.5, 60.0),
+    "paper8_l2_5e-4": (58.0, 58.2),
+    "3 8-layer CNNs, ensemble": (56.9, 56.7),
+}
+
+
+def _hand_ensemble_error(checkpoints: list[Path], cache: Path) -> float:
+    """Top-1 error on val of the members' averaged probabilities, computed here."""
+    from tinycnn.data.cache import load_cache
+    from tinycnn.inference import images_tensor, load_model
+    from tinycnn.runtime import make_runtime
+
+    val = load_cache(cache).split("val")
+    runtime = make_runtime("cpu", "fp32", False, 1, True)
+    probs = sum(
+        load_model(p, runtime).probabilities(images_tensor(val.images)) for p in checkpoints
+    ) / len(checkpoints)
+    return (probs.argmax(dim=1).numpy() != val.labels).mean()
+
+
+def test_the_paper_table_by_one_command_at_a_small_budget(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.studies
+    from tinycnn.compute import PFLOP, training_flops_per_image
+    from tinycnn.models import create_model
+    from tinycnn.run_folder import read_resolved_config
+
+    presets = sorted((ROOT / "configs" / "paper").glob("*.toml"))
+    out, budget = tmp_path / "study", 0.002
+    argv = ["experiment", *map(str, presets), "--data", str(cache), "--out", str(out)]
+    assert main([*argv, "--budget-pflop", str(budget), "--holdout-per-class", "2", "-q"]) == 0
+    rows = {row["name"]: row for row in json.loads((out / "table.json").read_text())}
+    snapshots, nine = "paper8_l2_5e-4, 3 snapshots", "3 models x 3 snapshots"
+    assert set(rows) == {p.stem for p in presets} | {"3 8-layer CNNs, ensemble", snapshots, nine}
+    for name, (val, test) in PAPER_TABLE.items():
+        assert (rows[name]["paper_val_error"], rows[name]["paper_test_error"]) == pytest.approx(
+            (val / 100, test / 100)
+        )
+    # Every 8-layer row's whole schedule shrunk by r = budget / (40 epochs of 1 batch of 128).
+    per_image = training_flops_per_image(create_model("paper8"), 56)
+    r = budget * PFLOP / (40 * 128 * per_image)
+    for name in ("paper8_nodropout", "paper8_l2_1e-4", "paper8_l2_3e-4", "paper8_l2_5e-4"):
+        resolved = read_resolved_config(out / name)
+        assert resolved["train"]["max_pflop"] == budget
+        assert resolved["train"]["epochs"] == math.ceil(40 * r)
+        assert resolved["schedule"]["step_epochs"] == pytest.approx(10 * r)
+        assert rows[name]["train_pflop"] <= budget
+        assert rows[name]["tuning_top1_error"] is not None
+    # The ensembles: the three dropout runs' final models, and 3 snapshots each.
+    dropout = [out / f"paper8_l2_{lam}" / "checkpoints" for lam in ("1e-4", "3e-4", "5e-4")]
+    three = rows["3 8-layer CNNs, ensemble"]
+    assert three["model"] == "ensemble of 3"
+    assert three["val_top1_error"] == pytest.approx(
+        _hand_ensemble_error([c / "last.pt" for c in dropout], cache)
+    )
+    assert rows[snapshots]["model"] == "ensemble of 3" and rows[nine]["model"] == "ensemble of 9"
+    assert rows[nine]["train_pflop"] == pytest.approx(
+        sum(rows[n]["train_pflop"] for n in ("paper8_l2_1e-4", "paper8_l2_3e-4", "paper8_l2_5e-4"))
+    )
+    # Again: every run is finished, so nothing trains; the ensemble rows come out the same.
+    monkeypatch.setattr(tinycnn.studies, "train", lambda *a, **k: pytest.fail("trained again"))
+    assert main([*argv, "--budget-pflop", str(budget), "--no-report", "-q"]) == 0
+    again = {row["name"]: row for row in json.loads((out / "table.json").read_text())}
+    assert again[nine]["val_top1_error"] == rows[nine]["val_top1_error"]

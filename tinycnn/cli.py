@@ -335,6 +335,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         epochs_scale=args.epochs_scale,
+        budget_pflop=args.budget_pflop,
+        holdout_per_class=args.holdout_per_class,
         report=not args.no_report,
         progress=not args.quiet,
     )
@@ -525,6 +527,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="multiply every preset's epochs (quick studies)",
+    )
+    p.add_argument(
+        "--budget-pflop",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="shrink every preset's whole schedule (epochs, lr steps, warm-up, snapshots) to P "
+        "PFLOP of training",
+    )
+    p.add_argument(
+        "--holdout-per-class",
+        type=int,
+        metavar="N",
+        help="hold out N training images per class as every run's tuning split (the paper's "
+        "val; default: each preset's own)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the analysis report")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -138,7 +138,7 @@ class RunConfig:
         _at_least("schedule.cycles", self.schedule.cycles, 1)
         if self.schedule.cycles > 1 and self.schedule.name != "cyclic":
             raise ConfigError(
-                f"schedule.cycles = {self.schedule.cycles} needs schedule.name = \"cyclic\" "
+                f'schedule.cycles = {self.schedule.cycles} needs schedule.name = "cyclic" '
                 f"(it is {self.schedule.name!r})"
             )
         self.augment.validate()

@@ -18,13 +18,13 @@ import torch
 
 from tinycnn import distributed
 from tinycnn.analysis import build_report
-from tinycnn.analysis.experiments import identify_preset, paper_figure
+from tinycnn.analysis.experiments import PAPER_ENSEMBLE, identify_preset, paper_figure
 from tinycnn.atomic import write_text
 from tinycnn.compute import PFLOP, training_flops_per_image
-from tinycnn.config import RunConfig, load_config
+from tinycnn.config import RunConfig, config_to_dict, load_config
 from tinycnn.data.cache import load_cache
-from tinycnn.ensembles import DEFAULT_PROB_CACHE
-from tinycnn.errors import ConfigError
+from tinycnn.ensembles import DEFAULT_PROB_CACHE, ensemble
+from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.run_folder import read_metrics, read_resolved_config
 from tinycnn.session import build_model, training_rows
 from tinycnn.training import train
@@ -40,6 +40,7 @@ COLUMNS = (
     "tuning_top1_error",
     "val_top1_error",
     "val_top5_error",
+    "gain_vs_best_member",
     "paper_val_error",
     "paper_test_error",
 )
@@ -51,12 +52,17 @@ def run_experiments(
     out: str | Path,
     *,
     epochs_scale: float = 1.0,
+    budget_pflop: float = 0.0,
+    holdout_per_class: int | None = None,
     report: bool = True,
     progress: bool = True,
 ) -> list[dict]:
-    """Train (or resume, or skip) each config into out/NAME; returns the table's rows.
+    """Train (or resume, or skip) each config into out/NAME; returns the table's rows, the
+    paper's ensembles after the trained rows (ensemble_rows: from the runs, no training).
 
     epochs_scale: multiplies every config's train.epochs (at least 1), for quick studies.
+    budget_pflop: shrinks every config's whole schedule to this many PFLOP (scale_to_budget).
+    holdout_per_class: the tuning split of every run (None: each config's own).
     report: also write the analysis report of all the runs (and their ensemble) in out/report.
     """
     out = Path(out)
@@ -65,6 +71,11 @@ def run_experiments(
         raise ConfigError(f"two configs share a name ({', '.join(names)}); rename one")
     if epochs_scale <= 0:
         raise ConfigError(f"--epochs-scale {epochs_scale}: must be a positive number")
+    if budget_pflop < 0:
+        raise ConfigError(f"--budget-pflop {budget_pflop}: must be a positive number (or 0)")
+    overrides = [f"data.cache={json.dumps(str(cache))}"]
+    if holdout_per_class is not None:
+        overrides.append(f"data.holdout_per_class={holdout_per_class}")
     # Under torchrun every rank trains each run (rank 0 writes it); rank 0 alone tabulates,
     # prints and writes the report, whose passes the ranks share.
     main = _join_torchrun().main
@@ -78,19 +89,22 @@ def run_experiments(
                     print(f"{name}: resuming {run}", flush=True)
                 train(None, run, resume=True, progress=progress)
             else:
-                cfg = load_config(config, [f"data.cache={json.dumps(str(cache))}"])
+                cfg = load_config(config, overrides)
                 epochs = max(1, round(cfg.train.epochs * epochs_scale))
                 cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
+                if budget_pflop:
+                    cfg = scale_to_budget(cfg, budget_pflop)
                 train(cfg, run, progress=progress)
         elif say:
             print(f"{name}: finished earlier, {run}", flush=True)
         distributed.barrier()  # rank 0 has written the run's last metrics line
         rows.append(table_row(name, Path(config), run))
+    rows += ensemble_rows(rows, out, cache, progress=say)
     if main:
         write_text(out / "table.json", json.dumps(rows, indent=1) + "\n")
         write_text(out / "table.md", format_table(rows))
     if report:
-        runs = [str(out / name) for name in names]
+        runs = [str(out)]  # the study folder: its runs, and its table in section 1
         with tempfile.TemporaryDirectory(prefix="tinycnn-report-") as scratch:
             build_report(
                 runs,
@@ -117,7 +131,8 @@ def scale_to_budget(cfg: RunConfig, pflop: float) -> RunConfig:
     crop = cfg.augment.crop or cache.manifest.get("image_size", 64)
     with torch.device("meta"):
         model = build_model(cfg, cache.num_classes, crop, initialise=False)
-    images = len(training_rows(cfg, cache)[0]) // cfg.train.batch_size * cfg.train.batch_size
+    batch = cfg.train.batch_size  # an epoch is whole batches, at least one (as Session has it)
+    images = max(1, len(training_rows(cfg, cache)[0]) // batch) * batch
     full = cfg.train.epochs * images * training_flops_per_image(model, crop) / PFLOP
     if full <= pflop:
         return cfg
@@ -126,7 +141,9 @@ def scale_to_budget(cfg: RunConfig, pflop: float) -> RunConfig:
         cfg.train,
         epochs=max(1, math.ceil(cfg.train.epochs * r)),
         max_pflop=pflop,
-        snapshot_every=round(cfg.train.snapshot_every * r) if cfg.train.snapshot_every else 0,
+        snapshot_every=max(1, round(cfg.train.snapshot_every * r))
+        if cfg.train.snapshot_every
+        else 0,
     )
     schedule = replace(
         cfg.schedule,
@@ -157,10 +174,13 @@ def table_row(name: str, config: Path, run: Path) -> dict:
     """One row of the study's table, from the run folder's resolved config and metrics."""
     resolved = read_resolved_config(run)
     last = read_metrics(run)[-1]
-    preset = identify_preset(resolved)
+    # A run shrunk to a budget has other step boundaries than its preset: the config it was
+    # made from names the preset then.
+    preset = identify_preset(resolved) or _config_preset(config)
     paper = paper_figure(preset) or {}
     return {
         "name": name,
+        "preset": preset,
         "model": resolved["model"]["name"],
         "config": str(config),
         "epochs": last["epoch"],
@@ -172,6 +192,67 @@ def table_row(name: str, config: Path, run: Path) -> dict:
         "val_top5_error": last["val_top5_error"],
         "paper_val_error": paper.get("val", 0) / 100 if paper else None,
         "paper_test_error": paper.get("test", 0) / 100 if paper else None,
+    }
+
+
+def _config_preset(config: Path) -> str | None:
+    try:
+        return identify_preset(config_to_dict(load_config(config)))
+    except TinycnnError:  # the config file has gone or changed: no preset to name
+        return None
+
+
+def ensemble_rows(rows: list[dict], out: Path, cache: str | Path, progress: bool) -> list[dict]:
+    """The paper's ensembles, made of the study's trained runs (final models; no training).
+
+    With two or more 8-layer dropout runs (configs/paper/paper8_l2_*): the model ensemble of
+    them all (the paper's "3 8-layer CNNs"); the snapshot ensemble of the lambda 5e-4 run (else
+    the first): 3 snapshots train.snapshot_every iterations apart (the paper's 10,000, shrunk
+    with a budget) ending with the final model (``RUN@apart:N:3``); and every run's 3 snapshots
+    together (the paper's 9 members). Each is scored on the tuning split (when the runs hold
+    one out) and the official val split.
+    """
+    models = [r for r in rows if (r.get("preset") or "").startswith("paper8_l2")]
+    if len(models) < 2:
+        return []
+    spacing = {r["name"]: _snapshot_spacing(out / r["name"]) for r in models}
+    snapshot_run = next((r for r in models if r["preset"] == "paper8_l2_5e-4"), models[0])
+    wanted = [(PAPER_ENSEMBLE[0], [f"{out / r['name']}@last" for r in models])]
+    if all(spacing.values()):
+        apart = {r["name"]: f"{out / r['name']}@apart:{spacing[r['name']]}:3" for r in models}
+        wanted.append((f"{snapshot_run['name']}, 3 snapshots", [apart[snapshot_run["name"]]]))
+        wanted.append((f"{len(models)} models x 3 snapshots", list(apart.values())))
+    return [_ensemble_row(name, specs, models, cache, progress) for name, specs in wanted]
+
+
+def _snapshot_spacing(run: Path) -> int:
+    return int(read_resolved_config(run)["train"].get("snapshot_every") or 0)
+
+
+def _ensemble_row(
+    name: str, specs: list[str], models: list[dict], cache: str | Path, progress: bool
+) -> dict:
+    splits = ["tune", "val"] if all(r["tuning_top1_error"] is not None for r in models) else ["val"]
+    scored = {split: ensemble(specs, cache, split=split, progress=progress) for split in splits}
+    val = scored["val"]
+    runs = {Path(spec.partition("@")[0]).name for spec in specs}
+    used = [r for r in models if r["name"] in runs]
+    paper = PAPER_ENSEMBLE if name == PAPER_ENSEMBLE[0] else None
+    return {
+        "name": name,
+        "preset": None,
+        "model": f"ensemble of {len(val.members)}",
+        "config": " ".join(specs),
+        "epochs": None,
+        "train_pflop": sum(r["train_pflop"] or 0 for r in used),
+        "train_minutes": sum(r["train_minutes"] for r in used),
+        "hardware": "; ".join(sorted({r["hardware"] for r in used})),
+        "tuning_top1_error": scored["tune"].ensemble["top1_error"] if "tune" in scored else None,
+        "val_top1_error": val.ensemble["top1_error"],
+        "val_top5_error": val.ensemble["top5_error"],
+        "gain_vs_best_member": val.gain,
+        "paper_val_error": paper[1] / 100 if paper else None,
+        "paper_test_error": paper[2] / 100 if paper else None,
     }
 
 

@@ -4,6 +4,7 @@ paper's own figure for runs made from a ``configs/paper`` preset.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -185,6 +186,26 @@ def training_curves(members: list[Member]) -> dict[str, list[dict]]:
             for row in read_metrics(member.run)
         ]
     return curves
+
+
+def expand_study(members: list[str]) -> tuple[list[str], list[dict] | None]:
+    """Members with a study folder (``tinycnn experiment``'s: table.json, one run folder per
+    trained row) replaced by its runs; and that study's table (None without one)."""
+    expanded, table = [], None
+    for member in members:
+        folder = Path(member)
+        if not (folder / "table.json").is_file() or (folder / "checkpoints").is_dir():
+            expanded.append(member)
+            continue
+        try:
+            table = json.loads((folder / "table.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{folder / 'table.json'}: cannot read the study's table ({exc})"
+            ) from None
+        runs = [folder / row["name"] for row in table]
+        expanded += [str(run) for run in runs if (run / "checkpoints").is_dir()]
+    return expanded, table
 
 
 def load_members(specs: list[str]) -> list[Member]:

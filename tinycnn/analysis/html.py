@@ -196,7 +196,43 @@ def summary(data: dict) -> str:
         "for runs whose config follows a configs/paper preset (any length; the epochs column "
         "says how far the run went). Training time is the snapshot's elapsed training time.</p>"
     )
-    return _section("summary", lead + table + note)
+    return _section("summary", _study_table(data.get("study")) + lead + table + note)
+
+
+def _study_table(rows: list[dict] | None) -> str:
+    """A study's table (tinycnn experiment's table.json): the paper's rows beside ours."""
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td class=ours>{escape(r['name'])}</td><td>{escape(str(r['model']))}</td>"
+        f'<td class="n">{_pct(r.get("tuning_top1_error"))}</td>'
+        f'<td class="n ours">{_pct(r.get("val_top1_error"))}</td>'
+        f'<td class="n">{_pct(r.get("paper_val_error"))}</td>'
+        f'<td class="n">{_pct(r.get("paper_test_error"))}</td>'
+        f'<td class="n">{_signed_points(r.get("gain_vs_best_member"))}</td>'
+        f'<td class="n">{_number(r.get("train_pflop"))}</td>'
+        f'<td class="n">{_number(r.get("train_minutes"))}</td>'
+        f"<td>{escape(str(r.get('hardware') or '—'))}</td></tr>"
+        for r in rows
+    )
+    return (
+        "<h3>The paper's table, reproduced</h3><table><thead><tr><th>row</th><th>model</th>"
+        "<th class=n>tinycnn tune top-1</th><th class=n>tinycnn val top-1</th>"
+        "<th class=n>paper val</th><th class=n>paper test</th><th class=n>ensemble gain</th>"
+        "<th class=n>PFLOP</th><th class=n>minutes</th><th>hardware</th></tr></thead><tbody>"
+        + body
+        + "</tbody></table><p class=note>Top-1 error. The paper's val split compares with our "
+        "tuning split, its test split with the official val split. An ensemble's gain is its "
+        "best member's val error minus its own; its PFLOP and minutes are its runs'.</p>"
+    )
+
+
+def _signed_points(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:+.2f} points"
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
 
 
 def curves(data: dict) -> str:

@@ -21,6 +21,7 @@ from tinycnn.analysis import figures, html, tsne
 from tinycnn.analysis.experiments import (
     Member,
     ensemble_paper_figure,
+    expand_study,
     experiment_row,
     load_members,
     training_curves,
@@ -359,7 +360,8 @@ def build_report(
 ) -> Report:
     """Write the analysis report of runs (and their ensemble) into ``out``; returns a Report.
 
-    members: run folders or checkpoints with snapshot selections, as for ``ensemble``.
+    members: run folders or checkpoints with snapshot selections, as for ``ensemble``; a study
+        folder (tinycnn experiment's) stands for its runs, and its table leads section 1.
     tsne_images: val images embedded by t-SNE (spread evenly over classes); bounds its cost.
     ambiguous: how many of the highest-loss training images to list in ambiguous.txt.
     scan_train: training images scored for the ambiguous list (0: all; fewer bounds the cost).
@@ -377,9 +379,11 @@ def build_report(
     runtime = runtime or make_runtime()
     w = _Job(out, load_cache(cache_dir), ProbabilityCache(prob_cache), seed, progress)
     timings: dict[str, float] = {}
+    members, study = expand_study(members)
     found = _timed(timings, "load", lambda: load_members(members))
     rows, combined, best = _timed(timings, "predict", lambda: _score_members(found, runtime, w))
     data = _summary(members, found, rows, combined, w)
+    data["study"] = study
     data["tsne"] = _timed(timings, "tsne", lambda: _tsne_section(best, tsne_images, w))
     data["filters"] = _timed(timings, "filters", lambda: _filters_section(best, w))
     data.update(_timed(timings, "classes", lambda: _class_sections(*combined["val"], w)))

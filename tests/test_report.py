@@ -152,7 +152,7 @@ def test_ambiguous_list_names_training_images(runs, single) -> None:
         ("paper8_l2_1e-4", ["train.seed=3"], "paper8_l2_1e-4"),
         ("cnn5", [], "cnn5"),
         ("paper8_l2_5e-4", ["model.dropout=0.3"], None),  # another recipe
-        ("paper8_l2_5e-4", ["optim.lr=0.01"], None),
+        ("paper8_l2_5e-4", ["optim.lr=0.05"], None),
         ("paper8_l2_5e-4", ["model.conv_channels=[64, 64, 64, 64, 64]"], None),
     ],
 )

@@ -106,6 +106,7 @@ def test_the_paper_table_by_one_command_at_a_small_budget(
 ) -> None:
     import tinycnn.studies
     from tinycnn.compute import PFLOP, training_flops_per_image
+    from tinycnn.data.cache import load_cache
     from tinycnn.models import create_model
     from tinycnn.run_folder import read_resolved_config
 
@@ -121,7 +122,8 @@ def test_the_paper_table_by_one_command_at_a_small_budget(
             (val / 100, test / 100)
         )
     # Every 8-layer row's whole schedule shrunk by r = budget / (40 epochs of 1 batch of 128).
-    per_image = training_flops_per_image(create_model("paper8"), 56)
+    classes = load_cache(cache).num_classes
+    per_image = training_flops_per_image(create_model("paper8", num_classes=classes), 56)
     r = budget * PFLOP / (40 * 128 * per_image)
     for name in ("paper8_nodropout", "paper8_l2_1e-4", "paper8_l2_3e-4", "paper8_l2_5e-4"):
         resolved = read_resolved_config(out / name)

@@ -269,6 +269,7 @@ class Session:
             precision=self.runtime.precision,
             hardware=describe_hardware(self.runtime),
             partial_epoch=partial,
+            schedule_done=self.iteration >= self.total_iters,  # the run's last evaluation
         )
         if not partial:  # a time-budget stop's sums stay: a resume continues the epoch
             self.accum = EpochAccumulator()

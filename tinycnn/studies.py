@@ -165,6 +165,10 @@ def _finished(run: Path) -> bool:
     rows = read_metrics(run)
     if not rows or rows[-1].get("partial_epoch") or not (run / "config.toml").is_file():
         return False
+    if "schedule_done" in rows[-1]:
+        return rows[-1]["schedule_done"]
+    # Runs from before schedule_done: a compute budget that ends the schedule on an epoch's
+    # end looks unfinished here (it resumes to finish at once).
     epochs = read_resolved_config(run)["train"]["epochs"]
     epoch = rows[-1]["epoch"]
     return epoch == epochs or not float(epoch).is_integer()  # a compute budget ends mid-epoch

@@ -143,6 +143,13 @@ def test_the_paper_table_by_one_command_at_a_small_budget(
     assert rows[nine]["train_pflop"] == pytest.approx(
         sum(rows[n]["train_pflop"] for n in ("paper8_l2_1e-4", "paper8_l2_3e-4", "paper8_l2_5e-4"))
     )
+    # The study's report leads with the table: the paper's figure beside ours, row by row.
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["study"] == json.loads((out / "table.json").read_text())
+    assert len(report["experiments"]) == len(presets)  # the trained runs are its members
+    page = (out / "report" / "index.html").read_text()
+    section = page[page.index("The paper's table, reproduced") :]
+    assert section.index("3 8-layer CNNs, ensemble") < section.index("56.9%")
     # Again: every run is finished, so nothing trains; the ensemble rows come out the same.
     monkeypatch.setattr(tinycnn.studies, "train", lambda *a, **k: pytest.fail("trained again"))
     assert main([*argv, "--budget-pflop", str(budget), "--no-report", "-q"]) == 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's exact paper8 recipe (configs/paper/paper8_l2_5e-4.toml) for 2 epochs with each
+# The paper's exact paper8 recipe (configs/paper/as-written/paper8_l2_5e-4.toml) for 2 epochs with each
 # Xavier reading: Glorot's normalised init (the paper's text; init = "xavier") and Caffe's own
 # filler (uniform +-sqrt(3 / fan_in); init = "caffe_xavier"). Does either leave chance?
 #   bash results/paper8_exact.sh CACHE OUT [THREADS]
@@ -11,7 +11,7 @@
 # table at the end: the epochs' losses and errors.
 set -euo pipefail -f  # -f: no globbing of EXTRA
 cache=$1 out=$2 threads=${3:-0}
-preset=configs/paper/paper8_l2_5e-4.toml
+preset=configs/paper/as-written/paper8_l2_5e-4.toml
 for init in ${INITS:-xavier caffe_xavier}; do
   run=$out/$init
   if [[ -f $run/checkpoints/last.pt ]]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Smallest faithful changes to the paper's exact paper8 recipe (configs/paper/paper8_l2_5e-4.toml),
+# Smallest faithful changes to the paper's exact paper8 recipe (configs/paper/as-written/paper8_l2_5e-4.toml),
 # each alone, for the first ITERATIONS iterations (default 300): which one leaves chance?
 #   bash results/paper8_probe.sh CACHE OUT [ITERATIONS]
 #   PROBES="scale_1_256 kaiming" bash results/paper8_probe.sh ...   # some of them
@@ -18,7 +18,7 @@
 # The official val split is not looked at: which change learns is read off the training loss.
 set -euo pipefail
 cache=$1 out=$2 iterations=${3:-300}
-preset=configs/paper/paper8_l2_5e-4.toml
+preset=configs/paper/as-written/paper8_l2_5e-4.toml
 declare -A SETS=(
   [caffe_xavier]='model.init="caffe_xavier"'
   [scale_1_256]='data.scale=0.00390625'

@@ -83,20 +83,16 @@ def run_experiments(
     rows = []
     for config, name in zip(configs, names, strict=True):
         run = out / name
-        if not _finished(run):
-            if (run / "config.toml").is_file():
-                if say:
-                    print(f"{name}: resuming {run}", flush=True)
-                train(None, run, resume=True, progress=progress)
-            else:
-                cfg = load_config(config, overrides)
-                epochs = max(1, round(cfg.train.epochs * epochs_scale))
-                cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
-                if budget_pflop:
-                    cfg = scale_to_budget(cfg, budget_pflop)
-                train(cfg, run, progress=progress)
-        elif say:
-            print(f"{name}: finished earlier, {run}", flush=True)
+        if _finished(run):
+            if say:
+                print(f"{name}: finished earlier, {run}", flush=True)
+        elif (run / "config.toml").is_file():
+            if say:
+                print(f"{name}: resuming {run}", flush=True)
+            train(None, run, resume=True, progress=progress)
+        else:
+            cfg = _study_config(config, overrides, epochs_scale, budget_pflop)
+            train(cfg, run, progress=progress)
         distributed.barrier()  # rank 0 has written the run's last metrics line
         rows.append(table_row(name, Path(config), run))
     # No probability cache under torchrun: a hit on one rank only would leave the others
@@ -108,17 +104,33 @@ def run_experiments(
         write_text(out / "table.md", format_table(rows))
     distributed.barrier()  # every rank's report reads the study's table.json
     if report:
-        runs = [str(out)]  # the study folder: its runs, and its table in section 1
-        with tempfile.TemporaryDirectory(prefix="tinycnn-report-") as scratch:
-            build_report(
-                runs,
-                cache,
-                out / "report" if main else Path(scratch),  # the other ranks' figures: scratch
-                scan_train=2000,
-                prob_cache=prob_cache,
-                progress=say,
-            )
+        _study_report(out, cache, prob_cache, main, say)
     return rows
+
+
+def _study_config(
+    config: str | Path, overrides: list[str], epochs_scale: float, budget_pflop: float
+) -> RunConfig:
+    """A study row's config: the preset with the study's overrides, epochs and budget."""
+    cfg = load_config(config, overrides)
+    epochs = max(1, round(cfg.train.epochs * epochs_scale))
+    cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
+    return scale_to_budget(cfg, budget_pflop) if budget_pflop else cfg
+
+
+def _study_report(
+    out: Path, cache: str | Path, prob_cache: Path | None, main: bool, progress: bool
+) -> None:
+    """The analysis report of the study folder (its runs; its table leads section 1)."""
+    with tempfile.TemporaryDirectory(prefix="tinycnn-report-") as scratch:
+        build_report(
+            [str(out)],
+            cache,
+            out / "report" if main else Path(scratch),  # the other ranks' figures: scratch
+            scan_train=2000,
+            prob_cache=prob_cache,
+            progress=progress,
+        )
 
 
 def scale_to_budget(cfg: RunConfig, pflop: float) -> RunConfig:

@@ -51,6 +51,8 @@ def _apart(run: Path, snapshots: list[Path], spacing: int, k: int) -> list[Path]
     taken yet (the later one on a tie).
     """
     by_iteration = _by_iteration(run, snapshots)
+    if not by_iteration:
+        return []
     final = max(by_iteration)
     chosen: list[int] = []
     for j in range(k):
@@ -129,12 +131,7 @@ def resolve_members(spec: str) -> list[Path]:
         chosen = _most_recent(path, snapshots, _positive_int(spec, arg))
     elif kind == "apart":
         spacing, _, count = arg.partition(":")
-        if not snapshots and not (path / "checkpoints" / "last.pt").is_file():
-            chosen = []
-        else:
-            chosen = _apart(
-                path, snapshots, _positive_int(spec, spacing), _positive_int(spec, count)
-            )
+        chosen = _apart(path, snapshots, _positive_int(spec, spacing), _positive_int(spec, count))
     elif kind == "epochs":
         wanted = [int(v) for v in arg.split(",") if v.strip()]
         chosen = [_existing(path / "checkpoints" / f"epoch-{e:03d}.pt") for e in wanted]

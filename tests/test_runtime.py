@@ -148,3 +148,24 @@ def test_under_torchrun_every_rank_takes_rank_0s_precision(monkeypatch) -> None:
     monkeypatch.setattr(rt.distributed, "broadcast_int", lambda value: 0)  # rank 0: fp32
     assert rt.agree_precision(fp32) is fp32
     assert rt.agree_precision(agreed).precision == "fp32"
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs CPU affinity and two cores to restrict a process to one",
+)
+def test_threads_default_to_the_cores_the_process_may_use_not_the_machines() -> None:
+    # taskset -c 0 python ...: one core allowed, two in the machine (os.cpu_count()).
+    one = min(os.sched_getaffinity(0))
+    code = (
+        "import torch; from tinycnn.runtime import make_runtime; "
+        "make_runtime('cpu', 'fp32'); print(torch.get_num_threads())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {one}),
+    )
+    assert int(out.stdout.split()[-1]) == 1

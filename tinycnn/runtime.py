@@ -140,6 +140,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset),
+    not every core of the machine, which os.cpu_count() counts."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def make_runtime(
     device: str = "auto",
     precision: str = "auto",
@@ -151,7 +159,7 @@ def make_runtime(
     # Under torchrun: a plain "cuda" is this process's own GPU, and the cores are shared
     # between the processes on this machine.
     dev = distributed.local_device(resolve_device(device))
-    per_process = max(1, (os.cpu_count() or 1) // distributed.from_env().local_world)
+    per_process = max(1, usable_cores() // distributed.from_env().local_world)
     torch.set_num_threads(threads or per_process)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -101,7 +101,7 @@ def prepare(
     try:
         # The pool starts before the source is read: forked workers then share none of the
         # parent's memory (a .tar.gz's kept bytes), and start while the layout is checked.
-        with _decode_pool(source, workers or os.cpu_count() or 1, size) as pool:
+        with _decode_pool(source, workers or _usable_cores(), size) as pool:
             layout = read_dataset(source, class_list)
             if classes is not None:
                 layout.notes["classes_from"] = f"--classes {classes}"
@@ -440,3 +440,10 @@ def _write_stats(tmp: Path, train: ChunkResult, count: int, size: int) -> dict:
         "channel_mean": [round(float(v), 4) for v in channel_mean],
         "channel_std": [round(float(v), 4) for v in channel_std],
     }
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity: taskset, a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

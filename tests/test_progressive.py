@@ -35,6 +35,41 @@ def test_each_size_runs_from_its_fraction_of_the_run() -> None:
     assert AugmentConfig().input_size_at(5, 10) is None and AugmentConfig().phases(7) == [(7, 0)]
 
 
+def test_the_sizes_start_again_in_each_span_by_hand() -> None:
+    cfg = AugmentConfig(sizes=[32, 64], size_until=[0.5], sizes_per_cycle=True)
+    cfg.validate()
+    # Spans of 4 and 6 iterations (ends 4, 10): half of each at 32, then 64.
+    assert cfg.phases(10, [4, 10]) == [(2, 32), (2, 64), (3, 32), (3, 64)]
+    expected = [32, 32, 64, 64, 32, 32, 32, 64, 64, 64]
+    assert [cfg.input_size_at(i, 10, [4, 10]) for i in range(10)] == expected
+    # Three sizes, spans of 5 and 5: round(1.25) = 1 and round(3.0) = 3 in each.
+    three = AugmentConfig(sizes=[32, 48, 64], size_until=[0.25, 0.6])
+    assert three.phases(10, [5, 10]) == [(1, 32), (2, 48), (2, 64)] * 2
+    # No ends: one pass over the run, as before.
+    assert three.phases(10) == three.phases(10, [10]) == [(2, 32), (4, 48), (4, 64)]
+    with pytest.raises(ConfigError, match=r"AugmentConfig\.sizes_per_cycle must be true or false"):
+        AugmentConfig(sizes=[32, 64], size_until=[0.5], sizes_per_cycle=1).validate()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("augment.sizes_per_cycle=true",), "needs augment.sizes and schedule.name"),
+        (
+            ("augment.sizes_per_cycle=true", "augment.sizes=[32, 56]", "augment.size_until=[0.5]"),
+            "needs augment.sizes and schedule.name",
+        ),
+        (
+            ('schedule.name="cyclic"', "augment.sizes_per_cycle=1"),
+            "augment.sizes_per_cycle = 1: expected bool",
+        ),
+    ],
+)
+def test_sizes_per_cycle_without_cycles_or_sizes_is_refused(extra, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _cfg(Path("unused"), *extra)
+
+
 @pytest.mark.parametrize(
     ("sizes", "until", "message"),
     [
@@ -232,3 +267,42 @@ def test_a_model_with_a_fixed_input_size_refuses_progressive_resizing(
     with pytest.raises(ConfigError, match=r"augment.sizes = \[32, 56\]: model 'cnn5' takes one"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_sizes_per_cycle_restart_the_sizes_in_each_cycle_and_the_budget_counts_them(
+    synth_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sides = _record_training_inputs(monkeypatch)
+    model = create_model("fastnet", num_classes=5, **FAST)
+    per_image = {side: training_flops_per_image(model, side) for side in (32, 56)}
+
+    def by_hand(i: int, total: int) -> int:  # two cycles, no warm-up, half of each at 32
+        first = round(total / 2)
+        start, span = (0, first) if i < first else (first, total - first)
+        return 32 if i - start < round(span / 2) else 56
+
+    def cost(total: int) -> float:
+        return sum(16 * per_image[by_hand(i, total)] for i in range(total))
+
+    # 10 steps: cycles of 5 (2 at 32, 3 at 56: round(2.5) = 2) and 5; 11: 6 (3 + 3) and 5.
+    assert [by_hand(i, 10) for i in range(10)] == ([32] * 2 + [56] * 3) * 2
+    budget = (cost(10) + cost(11)) / 2  # room for a 10-step schedule, not an 11-step one
+    assert cost(10) <= budget < cost(11)
+    cfg = _cfg(
+        synth_cache,
+        "augment.sizes=[32, 56]",
+        "augment.size_until=[0.5]",
+        "augment.sizes_per_cycle=true",
+        'schedule.name="cyclic"',
+        "schedule.cycles=2",
+        "train.epochs=20",
+        f"train.max_pflop={budget / 1e15!r}",
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert sides == [by_hand(i, 10) for i in range(10)]
+    assert result.metrics[-1]["train_pflop"] == pytest.approx(cost(10) / 1e15)
+    # Each cycle's snapshot ends at the last size, so it is evaluated there, unresized.
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for name in ("cycle-01.pt", "cycle-02.pt"):
+        loaded = load_model(checkpoints / name)
+        assert (loaded.input_size, loaded.resize) == (56, None), name

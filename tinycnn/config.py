@@ -142,6 +142,12 @@ class RunConfig:
                 f"(it is {self.schedule.name!r})"
             )
         self.augment.validate()
+        cyclic_sizes = self.schedule.name == "cyclic" and self.augment.sizes
+        if self.augment.sizes_per_cycle and not cyclic_sizes:
+            raise ConfigError(
+                "augment.sizes_per_cycle = true needs augment.sizes and schedule.name = "
+                f'"cyclic" (sizes = {self.augment.sizes}, schedule.name = {self.schedule.name!r})'
+            )
         _at_least("train.epochs", self.train.epochs, 1)
         _at_least("train.batch_size", self.train.batch_size, 1)
         _at_least("train.eval_batch_size", self.train.eval_batch_size, 1)

@@ -32,7 +32,7 @@ from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.inference import predict_logits
 from tinycnn.metrics import error_rates
 from tinycnn.models import create_model, init_weights, model_options, scale_classifier
-from tinycnn.optim import build_optimizer
+from tinycnn.optim import build_optimizer, cycle_ends
 from tinycnn.run_folder import METRICS, STEPS, append_line, read_metrics, read_steps
 from tinycnn.runtime import Runtime, describe_hardware, keep_precision
 
@@ -140,10 +140,24 @@ class Session:
         # The most iterations whose schedule (sizes included) fits the budget (at least one).
         return largest_fitting(1, total, lambda n: self.flops_until(n, n) <= budget)
 
-    def input_size_at(self, iteration: int) -> int:
-        """The model's input side at this iteration (progressive resizing), else the crop's."""
-        size = self.cfg.augment.input_size_at(iteration, self.total_iters)
+    def input_size_at(self, iteration: int, total: int | None = None) -> int:
+        """The model's input side at this iteration of a ``total``-iteration run (default: this
+        run's), by progressive resizing, else the crop's."""
+        total = self.total_iters if total is None else total
+        size = self.cfg.augment.input_size_at(iteration, total, self._size_spans(total))
         return self.eval_size if size is None else size
+
+    def size_phases(self, total: int | None = None) -> list[tuple[int, int]]:
+        """(iterations, side) of each resizing phase of a ``total``-iteration run (default:
+        this run's); side 0: the crop's own."""
+        total = self.total_iters if total is None else total
+        return self.cfg.augment.phases(total, self._size_spans(total))
+
+    def _size_spans(self, total: int) -> list[int] | None:
+        """Where the sizes start again: each cycle's end (augment.sizes_per_cycle), else None."""
+        if not self.cfg.augment.sizes_per_cycle:
+            return None
+        return cycle_ends(self.iters_per_epoch, total, self.cfg.schedule)
 
     def flops_until(self, iteration: int, total: int | None = None) -> float:
         """Training FLOPs of the first ``iteration`` steps of a run of ``total`` (default: this
@@ -158,7 +172,7 @@ class Session:
         """The sum of ``per_step[side]`` (a step's FLOPs, seconds...) over the first
         ``iteration`` steps of a ``total``-iteration run, each at its resizing phase's side."""
         result, done = 0.0, 0
-        for steps, size in self.cfg.augment.phases(total):
+        for steps, size in self.size_phases(total):
             result += min(steps, max(iteration - done, 0)) * per_step[size or self.eval_size]
             done += steps
         return result

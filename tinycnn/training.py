@@ -407,7 +407,7 @@ class _TimeFit:
         measured = s.input_size_at(s.iteration - 1)
         step_seconds = {measured: s.cfg.train.batch_size * s.flops_by_size[measured] / rate}
         # The sizes still to come (progressive resizing) run at other rates: a probe times them.
-        others = {size or s.eval_size for _, size in s.cfg.augment.phases(s.total_iters)}
+        others = {size or s.eval_size for _, size in s.size_phases()}
         if others - {measured}:
             step_seconds = step_seconds_by_size(step_seconds, probe_step_seconds(s, others))
         left = (self.clock.seconds - self.clock.elapsed()) * self.MARGIN
@@ -484,7 +484,7 @@ def fit_total_to_time(s: Session, step_seconds: dict[int, float], seconds_left: 
 
     def seconds(total: int) -> float:
         steps = steps_seconds(s, done, total, step_seconds)
-        size = s.cfg.augment.input_size_at(total - 1, total) or s.eval_size
+        size = s.input_size_at(total - 1, total)
         evaluations = total // s.iters_per_epoch - done // s.iters_per_epoch
         evaluations += bool(total % s.iters_per_epoch)  # the closing one
         return steps + evaluations * images * step_seconds[size] / batch / 3

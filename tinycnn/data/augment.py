@@ -62,6 +62,10 @@ class AugmentConfig:
     # each size but the last ends. Empty: the model sees the crop as it is.
     sizes: list[int] = field(default_factory=list)
     size_until: list[float] = field(default_factory=list)
+    # With a cyclic schedule (schedule.name = "cyclic"): the sizes run again within each cycle,
+    # size_until then being fractions of the cycle, so every cycle's snapshot ends at the last
+    # size. False: one pass over the whole run.
+    sizes_per_cycle: bool = False
 
     def validate(self, image_size: tuple[int, int] | None = None) -> None:
         """Raise ConfigError for impossible values; also check against ``image_size`` (H, W)."""
@@ -69,8 +73,10 @@ class AugmentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"AugmentConfig.{name} must be an integer >= 0, got {value!r}")
-        if not isinstance(self.flip, bool):
-            raise ConfigError(f"AugmentConfig.flip must be true or false, got {self.flip!r}")
+        for name in ("flip", "sizes_per_cycle"):
+            if not isinstance(getattr(self, name), bool):
+                value = getattr(self, name)
+                raise ConfigError(f"AugmentConfig.{name} must be true or false, got {value!r}")
         for name in ("tint", "contrast", "noise_std", "mixup", "cutmix"):
             value = getattr(self, name)
             real = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -98,24 +104,40 @@ class AugmentConfig:
                 f"AugmentConfig.size_until = {until!r}: fractions must rise strictly within (0, 1)"
             )
 
-    def input_size_at(self, iteration: int, total: int) -> int | None:
+    def input_size_at(
+        self, iteration: int, total: int, ends: list[int] | None = None
+    ) -> int | None:
         """The model input side for this iteration (0-based) of ``total``; None: the crop's own.
 
-        Size k is used from iteration round(size_until[k-1] * total) on.
+        Size k is used from iteration round(size_until[k-1] * total) on; with ``ends`` (see
+        phases), from that fraction of each span on.
         """
         if not self.sizes:
             return None
-        phase = sum(iteration >= round(u * total) for u in self.size_until)
-        return self.sizes[phase]
+        done = 0
+        for steps, size in self.phases(total, ends):
+            done += steps
+            if iteration < done:
+                return size
+        return self.sizes[-1]
 
-    def phases(self, total: int) -> list[tuple[int, int]]:
+    def phases(self, total: int, ends: list[int] | None = None) -> list[tuple[int, int]]:
         """(iterations, input side) of each progressive-resizing phase of a ``total``-iteration
-        run, in order (one phase of the crop's side, 0 here, when sizes is empty)."""
+        run, in order (one phase of the crop's side, 0 here, when sizes is empty).
+
+        ``ends``: the iterations at which the sizes start again, the last being ``total`` (a
+        cyclic schedule's cycle ends); default: one pass over the whole run.
+        """
         if not self.sizes:
             return [(total, 0)]
-        bounds = [0, *(round(u * total) for u in self.size_until), total]
-        ends = zip(bounds[:-1], bounds[1:], self.sizes, strict=True)
-        return [(end - start, size) for start, end, size in ends]
+        result, start = [], 0
+        for end in ends or [total]:
+            span = end - start
+            bounds = [0, *(round(u * span) for u in self.size_until), span]
+            pairs = zip(bounds[:-1], bounds[1:], self.sizes, strict=True)
+            result += [(stop - begin, size) for begin, stop, size in pairs]
+            start = end
+        return result
 
     def _validate_size(self, height: int, width: int) -> None:
         side = min(height, width)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +159,28 @@ def test_the_paper_table_by_one_command_at_a_small_budget(
     assert main([*argv, "--budget-pflop", str(budget), "--no-report", "-q"]) == 0
     again = {row["name"]: row for row in json.loads((out / "table.json").read_text())}
     assert again[nine]["val_top1_error"] == rows[nine]["val_top1_error"]
+
+
+def test_sigterm_stops_the_whole_study_not_just_its_current_run(
+    cache: Path, tmp_path: Path
+) -> None:
+    long = tmp_path / "long.toml"
+    long.write_text(SMALL.replace("epochs = 4", "epochs = 500\nlog_every = 1"))
+    after = tmp_path / "after.toml"
+    after.write_text(SMALL)
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "tinycnn", "experiment", str(long), str(after)]
+    command += ["--data", str(cache), "--out", str(out), "--no-report", "-q"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    steps = out / "long" / "steps.jsonl"
+    deadline = time.monotonic() + 120
+    while not (steps.is_file() and steps.read_text().count("\n") >= 3):  # inside the loop
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "long: stopped at iteration" in stderr and "resume the study" in stderr
+    assert not (out / "after").exists()  # the next preset was not started
+    assert (out / "long" / "checkpoints" / "last.pt").is_file()
+    assert not (out / "table.json").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from tinycnn.compute import PFLOP, training_flops_per_image
 from tinycnn.config import RunConfig, config_to_dict, load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.ensembles import DEFAULT_PROB_CACHE, ensemble
-from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.errors import ConfigError, Interrupted, TinycnnError
 from tinycnn.run_folder import read_metrics, read_resolved_config
 from tinycnn.session import build_model, training_rows
 from tinycnn.training import train
@@ -82,17 +83,27 @@ def run_experiments(
     say = progress and main
     rows = []
     for config, name in zip(configs, names, strict=True):
-        run = out / name
+        run, result = out / name, None
         if _finished(run):
             if say:
                 print(f"{name}: finished earlier, {run}", flush=True)
         elif (run / "config.toml").is_file():
             if say:
                 print(f"{name}: resuming {run}", flush=True)
-            train(None, run, resume=True, progress=progress)
+            result = train(None, run, resume=True, progress=progress)
         else:
             cfg = _study_config(config, overrides, epochs_scale, budget_pflop)
-            train(cfg, run, progress=progress)
+            result = train(cfg, run, progress=progress)
+        # Ctrl-C or SIGTERM stops the study, not just this run.
+        if result is not None and result.signal is not None:
+            if main:
+                print(
+                    f"{name}: stopped at iteration {result.iteration}, checkpoint kept; run the "
+                    "same command to resume the study",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            raise Interrupted(result.signal)
         distributed.barrier()  # rank 0 has written the run's last metrics line
         rows.append(table_row(name, Path(config), run))
     # No probability cache under torchrun: a hit on one rank only would leave the others

@@ -109,6 +109,7 @@ def test_cache_without_checksums(cache_copy: Path, synth_sources: dict[str, Path
     manifest_path = cache_copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     del manifest["checksums"]
+    manifest["digest"] = cache_module.manifest_digest(manifest)  # an older tinycnn's, consistent
     manifest_path.write_text(json.dumps(manifest))
     for check in (cache_module.verify_cache, lambda p: load_cache(p).content_id):
         with pytest.raises(CacheError, match=r"no checksums .*--force"):
@@ -193,3 +194,64 @@ def test_info_verify(cache_copy: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert err.startswith("tinycnn: error: ") and "\n" not in err
     assert f"{cache_copy / 'train_images.npy'}: content differs" in err
     assert f"--out {cache_copy} --force" in err
+
+
+def _swap_two_classes(manifest: dict) -> None:
+    classes = manifest["classes"]
+    classes[0], classes[1] = classes[1], classes[0]
+
+
+def _edit_a_count(manifest: dict) -> None:
+    manifest["splits"]["train"]["count"] += 1
+
+
+def _rename_a_class(manifest: dict) -> None:
+    manifest["names"][0] = "something else"
+
+
+def _edit_the_statistics(manifest: dict) -> None:
+    manifest["stats"]["channel_mean"][0] += 1.0
+
+
+@pytest.mark.parametrize(
+    "edit", [_swap_two_classes, _edit_a_count, _rename_a_class, _edit_the_statistics]
+)
+def test_an_edited_manifest_is_refused_everywhere_and_rebuilt_by_prepare(
+    pristine: Path, cache_copy: Path, synth_sources: dict[str, Path], tmp_path: Path, capsys, edit
+) -> None:
+    manifest_path = cache_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    edit(manifest)
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    with pytest.raises(CacheError, match=r"manifest\.json: was edited after prepare.*--force"):
+        load_cache(cache_copy)
+    assert main(["info", str(cache_copy), "--verify"]) == 1
+    assert "was edited after prepare" in capsys.readouterr().err
+    argv = ["train", "--data", str(cache_copy), "--out", str(tmp_path / "run"), "-q"]
+    assert main([*argv, "--set", "train.epochs=1"]) == 1
+    assert "was edited after prepare" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    result = prepare(synth_sources["folder"], cache_copy, progress=False)
+    assert result.rebuilt and "was edited after prepare" in result.reason
+    assert load_cache(cache_copy).manifest["classes"] == load_cache(pristine).manifest["classes"]
+
+
+def test_the_digest_is_the_sha256_of_the_manifest_without_it(pristine: Path) -> None:
+    manifest = json.loads((pristine / "manifest.json").read_text())
+    digest = manifest.pop("digest")
+    blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    assert digest == hashlib.sha256(blob).hexdigest()
+
+
+def test_a_cache_without_a_digest_is_named_as_older(
+    cache_copy: Path, synth_sources: dict[str, Path]
+) -> None:
+    manifest_path = cache_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["digest"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match=r"no digest .*older tinycnn.*--force"):
+        load_cache(cache_copy)
+    result = prepare(synth_sources["folder"], cache_copy, progress=False)
+    assert result.rebuilt and "no digest" in result.reason
+    load_cache(cache_copy)

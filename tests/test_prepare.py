@@ -24,7 +24,7 @@ ARRAYS = [f"{s}_{k}.npy" for s in ("train", "val") for k in ("images", "labels",
     "mean_image.npy",
 ]
 TEXTS = ["train_files.txt", "val_files.txt", "test_files.txt"]
-VOLATILE = ("source", "created", "seconds")  # manifest keys that name the source or the run
+VOLATILE = ("source", "created", "seconds", "digest")  # name the source or the run (or hash them)
 
 
 def _same_cache(a: Path, b: Path) -> None:

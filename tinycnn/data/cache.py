@@ -10,7 +10,8 @@ Layout of a cache folder (format 1; S = image_size, 64 unless prepared with --si
     mean_image.npy          (S, S, 3) float32 mean training image, 0-255 scale
 
 Opening a cache maps the image arrays (``np.load(mmap_mode="r")``): nothing is read until used.
-Opening checks each file's size against the manifest (cheap); ``verify_cache`` also checks each
+Opening checks the manifest against its own digest (an edited class list or count is refused) and
+each file's size against the manifest (cheap); ``verify_cache`` also checks each
 file's sha256, recorded by prepare, which catches same-size damage (zeroed pixels, a rewritten
 header).
 """
@@ -230,6 +231,15 @@ def read_manifest(path: Path) -> dict:
             f"{manifest_path}: cache format {manifest.get('format')!r}, this tinycnn "
             f"reads format {FORMAT}; prepare the data again"
         )
+    digest = manifest.get("digest")
+    if digest != manifest_digest(manifest):
+        why = (
+            "has no digest of its own content (prepared by an older tinycnn)"
+            if digest is None
+            else "was edited after prepare: its classes, counts or statistics no longer match "
+            "the digest recorded then (a model trained on it could report the wrong classes)"
+        )
+        raise CacheError(f"{manifest_path}: {why}; {rebuild_hint(path, manifest)}")
     for name, size in manifest.get("files", {}).items():
         file = path / name
         if not file.is_file() or file.stat().st_size != size:
@@ -238,6 +248,15 @@ def read_manifest(path: Path) -> dict:
                 f"{rebuild_hint(path, manifest)}"
             )
     return manifest
+
+
+def manifest_digest(manifest: dict) -> str:
+    """Hex sha256 of everything a manifest says (classes, names, counts, statistics, file
+    sizes and checksums...) but its own ``digest``: the checksums cover the arrays, this covers
+    what they mean."""
+    content = {k: v for k, v in manifest.items() if k != "digest"}
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def summarize(manifest: dict, path: str | Path = "") -> str:

@@ -27,7 +27,14 @@ from tqdm import tqdm
 
 from tinycnn import __version__
 from tinycnn.atomic import write_json
-from tinycnn.data.cache import FORMAT, MANIFEST, checksum_files, read_manifest, verify_cache
+from tinycnn.data.cache import (
+    FORMAT,
+    MANIFEST,
+    checksum_files,
+    manifest_digest,
+    read_manifest,
+    verify_cache,
+)
 from tinycnn.data.decode import IMAGE_SIZE, Chunk, ChunkResult, init_worker, run_chunk
 from tinycnn.data.folders import is_folder_layout, read_folder_layout
 from tinycnn.data.layout import Layout, read_class_list
@@ -119,6 +126,7 @@ def prepare(
         manifest["files"] = {p.name: p.stat().st_size for p in files}
         # Read back from the page cache just after writing: ~1 s per GB, see verify_cache.
         manifest["checksums"] = dict(sorted(checksum_files(files).items()))
+        manifest["digest"] = manifest_digest(manifest)  # the manifest's own meaning, last
         write_json(tmp / MANIFEST, manifest)  # last: its presence marks completeness
         _swap_in(tmp, out)
     except BaseException:

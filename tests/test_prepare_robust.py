@@ -3,6 +3,7 @@ wrong-size images, a user's class-per-folder images, and a prepare killed mid-wa
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -500,3 +501,26 @@ def test_a_killed_worker_is_one_clean_error(big_folder: Path, tmp_path: Path, si
         for worker in workers:
             if _alive(worker):
                 os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("where", ["worker", "parent"])
+def test_a_full_disk_is_one_line_and_the_old_cache_survives(
+    synth_sources: dict[str, Path], tmp_path: Path, monkeypatch, capsys, where: str
+) -> None:
+    out = tmp_path / "cache"
+    prepare(synth_sources["folder"], out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    # The workers write the images (os.pwrite, inherited by the forked workers); the parent
+    # writes the labels, the mean image and the manifest (np.save).
+    monkeypatch.setattr(*((os, "pwrite") if where == "worker" else (np, "save")), full)
+    argv = ["prepare", str(synth_sources["folder"]), "--out", str(out), "--force", "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{out}: cannot write (disk full" in err and "nothing was written" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no build left behind

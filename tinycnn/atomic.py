@@ -43,6 +43,13 @@ def output_error(path: Path, exc: OSError, tmp: Path | None = None) -> OutputErr
     return OutputError(f"{path}: cannot write ({reason}{at}); {advice}; nothing was written")
 
 
+def write_failure(exc: BaseException) -> OSError | None:
+    """The OSError behind exc when it is a failure to write that _WRITE_FAILURES names (a full
+    disk, a read-only folder...), else None: other errors keep their own report."""
+    cause = _write_oserror(exc)
+    return cause if cause is not None and cause.errno in _WRITE_FAILURES else None
+
+
 def _write_oserror(exc: BaseException) -> OSError | None:
     """The OSError behind exc: torch's writers wrap a failed write in a RuntimeError."""
     seen = set()

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tinycnn import __version__
-from tinycnn.atomic import write_json
+from tinycnn.atomic import output_error, write_failure, write_json
 from tinycnn.data.cache import (
     FORMAT,
     MANIFEST,
@@ -104,8 +104,8 @@ def prepare(
             return PrepareResult(out, current, False, time.perf_counter() - start)
     _remove_stale_builds(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         # The pool starts before the source is read: forked workers then share none of the
         # parent's memory (a .tar.gz's kept bytes), and start while the layout is checked.
         with _decode_pool(source, workers or _usable_cores(), size) as pool:
@@ -129,8 +129,12 @@ def prepare(
         manifest["digest"] = manifest_digest(manifest)  # the manifest's own meaning, last
         write_json(tmp / MANIFEST, manifest)  # last: its presence marks completeness
         _swap_in(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        # A full or read-only disk, met by a worker or here: one line; the old cache is intact.
+        failure = write_failure(exc)
+        if failure is not None:
+            raise output_error(out, failure) from None
         raise
     return PrepareResult(out, manifest, True, time.perf_counter() - start, reason)
 

@@ -420,6 +420,7 @@ def big_folder(mini_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> P
                 name, rest = line.split("\t", 1)
                 os.link(boxes.parent / "images" / name, boxes.parent / "images" / f"c{k}_{name}")
                 copies.append(f"c{k}_{name}\t{rest}")
+        boxes.unlink()  # a hard link to mini_folder's file: writing through it would edit that
         boxes.write_text("\n".join(lines + copies) + "\n")
     return root
 

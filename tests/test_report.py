@@ -357,3 +357,44 @@ def test_under_torchrun_only_rank_0_embeds_and_writes(runs, tmp_path: Path, monk
     monkeypatch.setattr(report.tsne, "embed", embed)
     assert report._tsne_section(model, 30, job) == {}
     assert job.files == [] and not any(tmp_path.iterdir())
+
+
+def test_a_full_disk_mid_report_leaves_nothing_and_keeps_the_old_report(
+    runs, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import tinycnn.atomic as atomic
+
+    cache, run, _ = runs
+    out = tmp_path / "report"
+    argv = ["report", str(run), "--data", str(cache), "--out", str(out), "--no-cache", "-q"]
+    argv += ["--tsne-images", "20", "--precision", "fp32"]
+    assert main(argv) == 0
+    old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (out / "notes.txt").write_text("the user's own file")
+    written: list[str] = []
+    original = atomic.write_into
+
+    def fills_up(tmp: Path, data) -> None:  # the disk is full from the fourth file on
+        written.append(tmp.name)
+        if len(written) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+        original(tmp, data)
+
+    monkeypatch.setattr(atomic, "write_into", fills_up)
+    for target in (out, tmp_path / "new" / "report"):
+        written.clear()
+        capsys.readouterr()
+        assert main([*argv[:5], str(target), *argv[6:]]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"tinycnn: error: {target}: cannot")
+        assert "(disk full: " in err and "nothing was written" in err and ".tmp-" not in err
+        assert len(written) == 4  # three files were written before the failure: none is kept
+        assert not [p for p in target.parent.iterdir() if ".tmp-" in p.name]
+    # The report written before is intact, the user's file too; the new folder was never made.
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == {
+        **old,
+        Path("notes.txt"): b"the user's own file",
+    }
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())

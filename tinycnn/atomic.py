@@ -40,7 +40,9 @@ def output_error(path: Path, exc: OSError, tmp: Path | None = None) -> OutputErr
     reason, advice = _WRITE_FAILURES.get(exc.errno, (exc.strerror or str(exc), "check the path"))
     where = exc.filename
     at = f": {where}" if where and Path(where) not in (path, tmp) else ""
-    return OutputError(f"{path}: cannot write ({reason}{at}); {advice}; nothing was written")
+    error = OutputError(f"{path}: cannot write ({reason}{at}); {advice}; nothing was written")
+    error.path = Path(path)  # the file that could not be written (FolderBuild names it)
+    return error
 
 
 def write_failure(exc: BaseException) -> OSError | None:
@@ -143,3 +145,49 @@ def save_buffer(path: str | Path, writer) -> None:
 def copy_file(src: str | Path, dst: str | Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+class FolderBuild:
+    """A folder of files built in a temporary sibling of ``path`` and moved into ``path`` only
+    by publish(): a failure on the way (a full disk) leaves nothing of it in ``path``.
+
+    Use as ``with FolderBuild(out) as build:`` writing under ``build.tmp`` and calling
+    ``build.publish()`` at the end. Entries replace those of the same name in ``path``; other
+    files there are left alone. The temporary folder is removed whatever happens; a write
+    failure becomes one OutputError naming ``path``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(
+            f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+
+    def __enter__(self) -> FolderBuild:
+        try:
+            self.tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise output_error(self.path, exc, self.tmp) from None
+        return self
+
+    def publish(self) -> None:
+        """Move every entry built into ``path`` (renames: no space needed)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(self.tmp.iterdir()):
+            target = self.path / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            entry.replace(target)
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        cause = write_failure(exc) if exc is not None else None
+        if cause is not None:
+            # The file that failed, named where it would have been (not its temporary name).
+            failed = getattr(exc, "path", None) or cause.filename
+            if failed and Path(failed).is_relative_to(self.tmp):
+                failed = self.path / Path(failed).relative_to(self.tmp)
+            where = OSError(cause.errno, cause.strerror, str(failed) if failed else None)
+            raise output_error(self.path, where) from None

@@ -26,7 +26,7 @@ from tinycnn.analysis.experiments import (
     load_members,
     training_curves,
 )
-from tinycnn.atomic import write_bytes, write_text
+from tinycnn.atomic import FolderBuild, write_bytes, write_text
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.ensembles import DEFAULT_PROB_CACHE, ProbabilityCache, average
 from tinycnn.errors import ConfigError
@@ -377,7 +377,27 @@ def build_report(
     start = time.perf_counter()
     out = Path(out)
     runtime = runtime or make_runtime()
-    w = _Job(out, load_cache(cache_dir), ProbabilityCache(prob_cache), seed, progress)
+    # Built beside out and moved in at the end: a failure (a full disk) leaves nothing there.
+    with FolderBuild(out) as build:
+        w = _Job(build.tmp, load_cache(cache_dir), ProbabilityCache(prob_cache), seed, progress)
+        data = _sections(members, runtime, tsne_images, ambiguous, scan_train, w)
+        data["timings"]["total"] = round(time.perf_counter() - start, 3)
+        if distributed.current().main:  # the other ranks' passes are shared, nothing to write
+            write_text(build.tmp / "report.json", json.dumps(data, indent=1) + "\n")
+            write_text(build.tmp / "index.html", html.page(data))
+            build.publish()
+    return Report(out, out / "index.html", data, time.perf_counter() - start)
+
+
+def _sections(
+    members: list[str],
+    runtime: Runtime,
+    tsne_images: int,
+    ambiguous: int,
+    scan_train: int,
+    w: _Job,
+) -> dict:
+    """Every section's data, its files written through w; timings per section."""
     timings: dict[str, float] = {}
     members, study = expand_study(members)
     found = _timed(timings, "load", lambda: load_members(members))
@@ -390,11 +410,5 @@ def build_report(
     data["ambiguous"] = _timed(
         timings, "ambiguous", lambda: _ambiguous_section(best, ambiguous, scan_train, w)
     )
-    timings["total"] = round(time.perf_counter() - start, 3)
     data["timings"] = timings
-    if not distributed.current().main:  # its passes shared, nothing to write (see _tsne_section)
-        return Report(out, out / "index.html", data, time.perf_counter() - start)
-    write_text(out / "report.json", json.dumps(data, indent=1) + "\n")
-    index = out / "index.html"
-    write_text(index, html.page(data))
-    return Report(out, index, data, time.perf_counter() - start)
+    return data

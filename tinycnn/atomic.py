@@ -2,15 +2,19 @@
 
 Any OSError while writing (a full disk, a read-only or forbidden folder) becomes one OutputError
 that names the file and the reason; the temporary file, and any folder made for it, are removed.
+A kill -9 runs no cleanup: its temporaries (named for their process) are removed later by
+remove_stale_temporaries, once that process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import io
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -33,6 +37,8 @@ _WRITE_FAILURES = {
     errno.EEXIST: ("a parent is a file, not a folder", "choose another path"),  # from mkdir
     errno.EISDIR: ("it is a folder", "give a file path"),
 }
+# temporary_path's names: .NAME.tmp-PID-RANDOM, the writer's process id in the middle.
+_TEMPORARY = re.compile(r"\..+\.tmp-(?P<pid>[0-9]+)-[0-9a-f]+")
 
 
 def output_error(path: Path, exc: OSError, tmp: Path | None = None) -> OutputError:
@@ -65,7 +71,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     OutputError when writing fails for a reason of the file system (see _WRITE_FAILURES).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    tmp = temporary_path(path)
     made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +87,42 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         _unlink(tmp)
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling to build path in: .NAME.tmp-PID-RANDOM, PID this process's id."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove the temporaries in folder (files or folders) whose writing process is gone.
+
+    name: only those of this file name (default: of any). A temporary whose process still runs
+    is being written, and is kept. Returns what was removed.
+    """
+    pattern = f".{glob.escape(name)}.tmp-*" if name else ".*.tmp-*"
+    removed = []
+    for stale in sorted(folder.glob(pattern)):
+        found = _TEMPORARY.fullmatch(stale.name)
+        if found is None or process_alive(int(found["pid"])):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            _unlink(stale)
+        removed.append(stale)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs (maybe another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _unlink(tmp: Path) -> None:

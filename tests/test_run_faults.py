@@ -310,6 +310,24 @@ def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
     assert not [p for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
 
 
+def test_a_full_disk_while_copying_a_snapshot_to_last_names_last(
+    cache: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    if not getattr(shutil, "_USE_CP_SENDFILE", False):
+        pytest.skip("shutil copies through os.sendfile on Linux only")
+
+    def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")  # shutil adds both file names
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    out = tmp_path / "run"
+    assert main(_train_argv(cache, out, "--set", "train.snapshot_every=1")) == 1
+    err = capsys.readouterr().err.strip()
+    last = out / "checkpoints" / "last.pt"
+    assert err.startswith(f"tinycnn: error: {last}: cannot write (disk full); "), err
+    assert "iter-" not in err and "\n" not in err, err  # not the snapshot it copies from
+
+
 def test_the_time_budget_includes_the_evaluations(cache: Path, tmp_path: Path, monkeypatch) -> None:
     import tinycnn.session
     import tinycnn.training

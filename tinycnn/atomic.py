@@ -44,7 +44,8 @@ _TEMPORARY = re.compile(r"\..+\.tmp-(?P<pid>[0-9]+)-[0-9a-f]+")
 def output_error(path: Path, exc: OSError, tmp: Path | None = None) -> OutputError:
     """One-line OutputError for an OSError met while writing path (via tmp)."""
     reason, advice = _WRITE_FAILURES.get(exc.errno, (exc.strerror or str(exc), "check the path"))
-    where = exc.filename
+    # A two-file call (a copy, a rename) names its source first: the file written is the second.
+    where = exc.filename2 or exc.filename
     at = f": {where}" if where and Path(where) not in (path, tmp) else ""
     return OutputError(f"{path}: cannot write ({reason}{at}); {advice}; nothing was written")
 

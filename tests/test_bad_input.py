@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from tinycnn.cli import main
 from tinycnn.data.cache import load_cache
+from tinycnn.data.decode import _reason
 
 
 def _wnid(root: Path, line: int) -> str:
@@ -104,6 +106,12 @@ def _corrupt_jpeg(root: Path) -> str:
     return "val/images/val_2.JPEG: corrupt or unreadable image"
 
 
+def _not_an_image(root: Path) -> str:
+    target = root / "val" / "images" / "val_3.JPEG"
+    target.write_bytes(b"<html>404 not found</html>")  # a failed download: no image magic
+    return "val/images/val_3.JPEG: corrupt or unreadable image (Pillow cannot identify its format)"
+
+
 def _truncated_jpeg(root: Path) -> str:
     target = _first_train_image(root)
     target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
@@ -140,6 +148,7 @@ CASES = [
     _malformed_box,
     _box_for_missing_file,
     _corrupt_jpeg,
+    _not_an_image,
     _truncated_jpeg,
     _empty_test_split,
     _empty_val_split,
@@ -203,18 +212,38 @@ def test_archive_without_top_folder_via_cli(
     _assert_clean_failure(capsys, rc, f"{archive}: wnids.txt is at the top of the archive", out)
 
 
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            UnidentifiedImageError(f"cannot identify image file {io.BytesIO()!r}"),
+            "corrupt or unreadable image (Pillow cannot identify its format)",
+        ),
+        (
+            OSError(f"broken data stream when reading {io.BytesIO()!r}"),
+            "corrupt or unreadable image (broken data stream when reading the image)",
+        ),
+        (OSError("image file is truncated"), "truncated image (image file is truncated)"),
+    ],
+)
+def test_image_failure_reasons_hold_no_object_address(error: Exception, reason: str) -> None:
+    assert _reason(error) == reason
+
+
 def test_skip_bad_lists_every_skipped_image(synth_copy: Path, tmp_path: Path) -> None:
     corrupt = _corrupt_jpeg(synth_copy).split(":")[0]
+    not_image, why = _not_an_image(synth_copy).split(": ", 1)
     truncated = _truncated_jpeg(synth_copy).split(":")[0]
     out = tmp_path / "cache"
     assert main(["prepare", str(synth_copy), "--out", str(out), "-q", "--skip-bad"]) == 0
     cache = load_cache(out)
     skipped = {name: cache.manifest["splits"][name]["skipped"] for name in ("train", "val")}
-    assert [s["file"] for s in skipped["val"]] == [corrupt]
+    assert [s["file"] for s in skipped["val"]] == [corrupt, not_image]
     assert [s["file"] for s in skipped["train"]] == [truncated]
     assert "truncated" in skipped["train"][0]["reason"]
+    assert skipped["val"][1]["reason"] == why  # no "<_io.BytesIO object at 0x...>"
     train, val = cache.split("train"), cache.split("val")
-    assert len(train) == 5 * 12 - 1 and len(val) == 5 * 4 - 1
+    assert len(train) == 5 * 12 - 1 and len(val) == 5 * 4 - 2
     assert truncated not in train.files and corrupt not in val.files
     # Rows stay aligned with labels after the bad row is dropped.
     wnids = cache.classes

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_checkpoint import damage_largest_tensor
 from tests.test_training import SMALL
 from tinycnn import atomic
 from tinycnn.atomic import save_npy, write_json, write_text
@@ -501,6 +502,10 @@ BAD_CHECKPOINTS = {  # name: (make it from the small run, words the one line mus
     "truncated": (
         lambda s, p: p.write_bytes(s.checkpoint.read_bytes()[:5000]),
         "not a readable checkpoint (not a PyTorch zip archive",
+    ),
+    "damaged tensor bytes": (
+        lambda s, p: damage_largest_tensor(Path(shutil.copyfile(s.checkpoint, p))),
+        "damaged checkpoint (entry ",
     ),
 }
 

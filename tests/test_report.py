@@ -373,6 +373,8 @@ def test_a_full_disk_mid_report_leaves_nothing_and_keeps_the_old_report(
     assert main(argv) == 0
     old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     (out / "notes.txt").write_text("the user's own file")
+    killed = tmp_path / ".report.tmp-999999999-0badc0de"  # a build whose process is gone
+    (killed / "figures").mkdir(parents=True)
     written: list[str] = []
     original = atomic.write_into
 
@@ -391,7 +393,7 @@ def test_a_full_disk_mid_report_leaves_nothing_and_keeps_the_old_report(
         assert len(err.splitlines()) == 1 and err.startswith(f"tinycnn: error: {target}: cannot")
         assert "(disk full: " in err and "nothing was written" in err and ".tmp-" not in err
         assert len(written) == 4  # three files were written before the failure: none is kept
-        assert not [p for p in target.parent.iterdir() if ".tmp-" in p.name]
+        assert not [p for p in target.parent.iterdir() if ".tmp-" in p.name]  # killed's too
     # The report written before is intact, the user's file too; the new folder was never made.
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == {
         **old,

@@ -310,6 +310,24 @@ def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
     assert not [p for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
 
 
+def test_a_full_disk_while_copying_a_snapshot_to_last_names_last(
+    cache: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    if not getattr(shutil, "_USE_CP_SENDFILE", False):
+        pytest.skip("shutil copies through os.sendfile on Linux only")
+
+    def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")  # shutil adds both file names
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    out = tmp_path / "run"
+    assert main(_train_argv(cache, out, "--set", "train.snapshot_every=1")) == 1
+    err = capsys.readouterr().err.strip()
+    last = out / "checkpoints" / "last.pt"
+    assert err.startswith(f"tinycnn: error: {last}: cannot write (disk full); "), err
+    assert "iter-" not in err and "\n" not in err, err  # not the snapshot it copies from
+
+
 def test_the_time_budget_includes_the_evaluations(cache: Path, tmp_path: Path, monkeypatch) -> None:
     import tinycnn.session
     import tinycnn.training
@@ -661,3 +679,48 @@ def test_the_step_log_windows_span_epochs(uninterrupted: dict) -> None:
     steps = uninterrupted["steps"]
     assert [r["iteration"] for r in steps] == [2, 4, 6, 8]
     assert [r["images"] for r in steps] == [32] * 4
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _plant_temporaries(out: Path) -> tuple[list[Path], list[Path]]:
+    """(temporaries left by a killed process, files to keep) in a run folder and its checkpoints.
+
+    Kept: a temporary of a live process (this one: it may be writing it) and a user's file that
+    only looks like a temporary.
+    """
+    dead, live = _dead_pid(), os.getpid()
+    checkpoints = out / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    stale = [
+        checkpoints / f".last.pt.tmp-{dead}-1a2b3c",
+        checkpoints / f".best.pt.tmp-{dead}-4d5e6f7a",
+        checkpoints / f".epoch-002.pt.tmp-{dead}-0a1b2c",
+        out / f".config.toml.tmp-{dead}-abcdef",
+    ]
+    kept = [checkpoints / f".last.pt.tmp-{live}-99aa88bb", out / ".notes.tmp-mine"]
+    for path in stale + kept:
+        path.write_bytes(b"half a file")
+    return stale, kept
+
+
+def test_start_and_resume_remove_the_temporaries_of_killed_processes_only(
+    cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    for argv in (
+        [*_train_argv(cache, out), "--stop-at", "1"],
+        ["train", "--resume", str(out), "-q", "--stop-at", "2"],
+    ):
+        stale, kept = _plant_temporaries(out)
+        assert main(argv) == 0, argv[1]
+        assert [p.name for p in stale if p.exists()] == [], argv[1]
+        assert all(p.exists() for p in kept), argv[1]
+        for path in kept:
+            path.unlink()
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 2

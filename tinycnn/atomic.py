@@ -2,15 +2,19 @@
 
 Any OSError while writing (a full disk, a read-only or forbidden folder) becomes one OutputError
 that names the file and the reason; the temporary file, and any folder made for it, are removed.
+A kill -9 runs no cleanup: its temporaries (named for their process) are removed later by
+remove_stale_temporaries, once that process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import io
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -33,12 +37,15 @@ _WRITE_FAILURES = {
     errno.EEXIST: ("a parent is a file, not a folder", "choose another path"),  # from mkdir
     errno.EISDIR: ("it is a folder", "give a file path"),
 }
+# temporary_path's names: .NAME.tmp-PID-RANDOM, the writer's process id in the middle.
+_TEMPORARY = re.compile(r"\..+\.tmp-(?P<pid>[0-9]+)-[0-9a-f]+")
 
 
 def output_error(path: Path, exc: OSError, tmp: Path | None = None) -> OutputError:
     """One-line OutputError for an OSError met while writing path (via tmp)."""
     reason, advice = _WRITE_FAILURES.get(exc.errno, (exc.strerror or str(exc), "check the path"))
-    where = exc.filename
+    # A two-file call (a copy, a rename) names its source first: the file written is the second.
+    where = exc.filename2 or exc.filename
     at = f": {where}" if where and Path(where) not in (path, tmp) else ""
     error = OutputError(f"{path}: cannot write ({reason}{at}); {advice}; nothing was written")
     error.path = Path(path)  # the file that could not be written (FolderBuild names it)
@@ -74,7 +81,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     OutputError when writing fails for a reason of the file system (see _WRITE_FAILURES).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    tmp = temporary_path(path)
     made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +97,42 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         _unlink(tmp)
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling to build path in: .NAME.tmp-PID-RANDOM, PID this process's id."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove the temporaries in folder (files or folders) whose writing process is gone.
+
+    name: only those of this file name (default: of any). A temporary whose process still runs
+    is being written, and is kept. Returns what was removed.
+    """
+    pattern = f".{glob.escape(name)}.tmp-*" if name else ".*.tmp-*"
+    removed = []
+    for stale in sorted(folder.glob(pattern)):
+        found = _TEMPORARY.fullmatch(stale.name)
+        if found is None or process_alive(int(found["pid"])):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            _unlink(stale)
+        removed.append(stale)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs (maybe another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _unlink(tmp: Path) -> None:
@@ -159,11 +202,11 @@ class FolderBuild:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(
-            f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        )
+        self.tmp = temporary_path(self.path)
 
     def __enter__(self) -> FolderBuild:
+        if self.path.parent.is_dir():  # those of killed builds
+            remove_stale_temporaries(self.path.parent, self.path.name)
         try:
             self.tmp.mkdir(parents=True)
         except OSError as exc:

@@ -47,7 +47,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint on the CPU with weights_only=True; CheckpointError if it is not one.
 
-    The error is one line that says what the file is instead: not a PyTorch file, a pickled
+    The error is one line that says what the file is instead: not a PyTorch file, a damaged
+    one (an entry whose bytes fail their CRC-32, e.g. flipped bits in a tensor), a pickled
     object (e.g. a whole model from ``torch.save(model)``), a bare state dict, another format.
     """
     path = Path(path)
@@ -58,6 +59,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: not a readable checkpoint (not a PyTorch zip archive: truncated, or "
             "another kind of file)"
         )
+    _verify_entries(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused a class: a pickled object
@@ -71,6 +73,37 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: checkpoint format {payload.get('format')}, this tinycnn reads format {FORMAT}"
         )
     return payload
+
+
+def _verify_entries(path: Path) -> None:
+    """CheckpointError naming the first entry of the archive whose bytes fail their CRC-32.
+
+    torch.load reads tensor bytes without checking them, so flipped bits on a disk or in a copy
+    would load as wrong weights in silence. The check reads the file once more, at about 3 GB/s
+    from a warm page cache: ~0.01 s for 27 MB (1.2 to 1.6 times torch.load's own time), ~0.06 s
+    for 200 MB (0.4 times), on 2 busy CPU cores (bench/checkpoint_verify.py).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for entry in archive.infolist():
+                # CRC 0 on a non-empty entry: written without checksums (torch's
+                # serialization config save.compute_crc32 = False), so nothing to check.
+                if entry.CRC == 0 and entry.file_size:
+                    continue
+                try:
+                    with archive.open(entry) as data:
+                        while data.read(1 << 20):  # zipfile checks the CRC at the end
+                            pass
+                except zipfile.BadZipFile as exc:
+                    why = _first_line(exc)
+                    if "CRC" in why:
+                        why = "its bytes fail their CRC-32 check: changed since it was written"
+                    raise CheckpointError(
+                        f"{path}: damaged checkpoint (entry {entry.filename}: {why}); use "
+                        "another checkpoint, or a sound copy of this one"
+                    ) from None
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
 
 
 def _pickled_object(exc: Exception) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tinycnn import distributed
-from tinycnn.atomic import write_text
+from tinycnn.atomic import remove_stale_temporaries, write_text
 from tinycnn.checkpoint import check_state, load_checkpoint
 from tinycnn.compute import training_flops_per_image
 from tinycnn.config import RunConfig, config_from_dict, to_toml
@@ -133,6 +133,9 @@ def train(
         elif main:
             _new_run_dir(out, cfg, flops)
             pause_point("started", 0)
+        if main:  # half-written files of a killed run (kill -9 runs no cleanup): 26 MB in 8 kills
+            for folder in (out, out / "checkpoints"):
+                remove_stale_temporaries(folder)
         d = distributed.init(rt.device)
         rt = agree_precision(rt)
         distributed.barrier()  # the run folder is ready before any rank reads it

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import io
 import os
+import re
 import signal
 import sys
 import threading
@@ -22,7 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tinycnn.data.sources import Source
 
@@ -33,6 +34,7 @@ except ImportError:  # optional accelerator: Pillow decodes everything without i
 
 IMAGE_SIZE = 64
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")  # a Python object's repr
 
 
 @dataclass
@@ -154,7 +156,10 @@ class WrongSizeError(Exception):
 
 def _reason(exc: Exception) -> str:
     """What went wrong with one image, in words: truncated, corrupt, or the size message."""
-    text = str(exc) or type(exc).__name__
+    if isinstance(exc, UnidentifiedImageError):  # its text holds the BytesIO's repr only
+        return "corrupt or unreadable image (Pillow cannot identify its format)"
+    # No "<_io.BytesIO object at 0x7fcb...>": an address says nothing, and varies run to run.
+    text = _OBJECT_REPR.sub("the image", str(exc)) or type(exc).__name__
     lowered = text.lower()
     if "truncated" in lowered or "premature end" in lowered:  # Pillow's / libjpeg's wording
         return f"truncated image ({text})"

@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -26,7 +25,13 @@ import numpy as np
 from tqdm import tqdm
 
 from tinycnn import __version__
-from tinycnn.atomic import output_error, write_failure, write_json
+from tinycnn.atomic import (
+    output_error,
+    remove_stale_temporaries,
+    temporary_path,
+    write_failure,
+    write_json,
+)
 from tinycnn.data.cache import (
     FORMAT,
     MANIFEST,
@@ -103,7 +108,7 @@ def prepare(
         if current is not None:
             return PrepareResult(out, current, False, time.perf_counter() - start)
     _remove_stale_builds(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_path(out)
     try:
         tmp.mkdir(parents=True)
         # The pool starts before the source is read: forked workers then share none of the
@@ -188,22 +193,9 @@ def _current_manifest(out: Path, fingerprint: dict, options: dict) -> tuple[dict
 
 def _remove_stale_builds(out: Path) -> None:
     # Leftovers of a killed prepare: .NAME.tmp-PID-xxxx whose process is gone.
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
-        if not pid.isdigit() or not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temporaries(out.parent, out.name)
     for old in out.parent.glob(f".{out.name}.old-*"):
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

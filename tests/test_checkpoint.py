@@ -1,0 +1,131 @@
+"""Checkpoints: bytes damaged after writing are refused by every load, naming the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_training import SMALL
+from tinycnn.checkpoint import CheckpointError, load_checkpoint
+from tinycnn.cli import main
+from tinycnn.config import load_config
+from tinycnn.data.prepare import prepare
+from tinycnn.evaluation import evaluate
+from tinycnn.inference import load_model
+from tinycnn.training import train
+
+
+def damage_largest_tensor(path: Path, count: int = 16) -> str:
+    """Invert count bytes in the middle of the checkpoint's largest entry; returns its name.
+
+    The archive stays a valid zip of the same size: only the entry's CRC-32 can tell.
+    """
+    with zipfile.ZipFile(path) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    # The local header: 30 fixed bytes, then the name and the extra field, then the data.
+    name_length, extra_length = struct.unpack_from("<HH", data, entry.header_offset + 26)
+    start = entry.header_offset + 30 + name_length + extra_length + entry.compress_size // 2
+    data[start : start + count] = bytes(b ^ 0xFF for b in data[start : start + count])
+    path.write_bytes(bytes(data))
+    return entry.filename
+
+
+@pytest.fixture(scope="module")
+def run(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """(cache, run folder) of one epoch of a tiny model: last.pt, best.pt, epoch-001.pt."""
+    root = tmp_path_factory.mktemp("ckpt")
+    cache = prepare(synth_sources["folder"], root / "cache", progress=False).path
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *SMALL, "train.epochs=1"])
+    train(cfg, root / "run", progress=False)
+    return cache, root / "run"
+
+
+@pytest.fixture
+def damaged(run, tmp_path: Path) -> tuple[Path, str]:
+    """(a copy of best.pt damaged in its largest tensor, the damaged entry's name)."""
+    path = tmp_path / "damaged.pt"
+    shutil.copyfile(run[1] / "checkpoints" / "best.pt", path)
+    return path, damage_largest_tensor(path)
+
+
+LOADERS = {  # name: call it on (cache, checkpoint)
+    "load_checkpoint": lambda cache, path: load_checkpoint(path),
+    "load_model": lambda cache, path: load_model(path),
+    "evaluate": lambda cache, path: evaluate([path], cache, progress=False),
+}
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_damaged_tensor_bytes_are_refused_naming_the_file_and_entry(run, damaged, loader) -> None:
+    path, entry = damaged
+    with pytest.raises(CheckpointError) as caught:
+        LOADERS[loader](run[0], path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: damaged checkpoint (entry {entry}: "), message
+    assert "CRC-32" in message and "use another checkpoint" in message and "\n" not in message
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under folder and its bytes, but the lock (each command stamps its pid in)."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_the_cli_refuses_a_damaged_checkpoint_in_one_line(run, damaged, tmp_path, capsys) -> None:
+    cache, _ = run
+    path, entry = damaged
+    out = tmp_path / "out"
+    commands = {
+        "evaluate": ["evaluate", path, "--data", cache, "--json"],
+        "init-from": ["train", "--data", cache, "--init-from", path, "--out", out, "-q"],
+        "report": ["report", path, "--data", cache, "--out", out],
+    }
+    for name, argv in commands.items():
+        assert main([str(a) for a in argv]) == 1, name
+        captured = capsys.readouterr()
+        line = captured.err.strip()
+        assert line.startswith(f"tinycnn: error: {path}: damaged checkpoint (entry {entry}"), line
+        assert "\n" not in line and not captured.out, name
+        assert not out.exists(), f"{name} wrote {out}"
+
+
+def test_resume_refuses_a_damaged_last_checkpoint_and_writes_nothing(
+    run, tmp_path: Path, capsys
+) -> None:
+    out = Path(shutil.copytree(run[1], tmp_path / "run"))
+    last = out / "checkpoints" / "last.pt"
+    entry = damage_largest_tensor(last)
+    before = _tree(out)
+    assert main(["train", "--resume", str(out), "-q"]) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"tinycnn: error: {last}: damaged checkpoint (entry {entry}"), line
+    assert "\n" not in line
+    assert _tree(out) == before  # nothing written, nothing removed
+
+
+def test_sound_checkpoints_load_and_unchecksummed_ones_are_not_refused(
+    run, tmp_path: Path, monkeypatch
+) -> None:
+    best = run[1] / "checkpoints" / "best.pt"
+    assert load_checkpoint(best)["iteration"] == 3
+    # torch may be told to write no CRC-32 (0 for every entry): nothing to check, still loads.
+    from torch.utils.serialization import config
+
+    monkeypatch.setattr(config.save, "compute_crc32", False)
+    plain = tmp_path / "plain.pt"
+    torch.save(load_checkpoint(best), plain)
+    with zipfile.ZipFile(plain) as archive:
+        assert {info.CRC for info in archive.infolist() if info.file_size} == {0}
+    assert load_checkpoint(plain)["iteration"] == 3

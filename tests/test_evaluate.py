@@ -165,6 +165,37 @@ def test_greedy_ensemble_on_the_tuning_split(run) -> None:
     assert [m["weight"] for m in result.members] == [float(c) for c in result.selection["counts"]]
 
 
+def test_greedy_weights_follow_the_tuning_split_not_val(run, monkeypatch) -> None:
+    # Each split has its own perfect member: member 2 on tune, member 0 on val. By hand, greedy
+    # selection on tune takes member 2 in round 1 (the only error-free choice); taking it again
+    # leaves the average, and so the score, unchanged, and any other member lowers the label's
+    # probability: the best prefix is round 1, counts [0, 0, 1]. On val it would be [1, 0, 0].
+    cache, folder = run
+    right, wrong = [0.9, 0.1], [0.2, 0.8]
+    labels = torch.tensor([0, 0, 0])
+
+    def members(perfect: int) -> list[np.ndarray]:
+        return [np.array([right if i == perfect else wrong] * 3, np.float32) for i in range(3)]
+
+    by_split = {"tune": members(2), "val": members(0)}
+    asked = []
+
+    def fake(paths, cache, split, *args, **kw):
+        asked.append(split)
+        return by_split[split], labels
+
+    monkeypatch.setattr("tinycnn.ensembles.member_probabilities", fake)
+    result = ensemble([f"{folder}@epochs:1,2,3"], cache, greedy=True, prob_cache=None)
+    assert sorted(asked) == ["tune", "val"]
+    assert result.selection["counts"] == [0, 0, 1]
+    assert result.selection["tune_top1_error"] == 0.0
+    assert [m["weight"] for m in result.members] == [0.0, 0.0, 1.0]
+    # Reported on val with tune's weights: member 2 alone, wrong on every val image.
+    assert np.allclose(result.probabilities, by_split["val"][2])
+    assert result.ensemble["top1_error"] == 1.0
+    assert [m["top1_error"] for m in result.members] == [0.0, 1.0, 1.0]
+
+
 def test_member_probabilities_are_cached_by_checkpoint(run, tmp_path: Path, monkeypatch) -> None:
     cache, folder = run
     calls = []

@@ -22,17 +22,21 @@ from torch.optim.optimizer import (
 import tinycnn.session
 from tests.conftest import SYNTH
 from tests.test_training import SMALL
-from tinycnn.checkpoint import load_checkpoint
+from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
+from tinycnn.data.splits import holdout_split
 from tinycnn.data.synthetic import make_synthetic
 from tinycnn.errors import ConfigError
+from tinycnn.evaluation import evaluate
+from tinycnn.runtime import make_runtime
 from tinycnn.training import read_metrics, train
 
 # Whole 64x64 images, no mirror, no photometric noise: every input the model sees is one
 # training image, normalised, so it can be recognised and checked pixel by pixel.
 WHOLE_IMAGES = ["augment.crop=0", "augment.flip=false", 'train.precision="fp32"']
+FP32 = make_runtime(precision="fp32", channels_last=False, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +130,44 @@ def test_label_smoothing_is_in_the_training_loss(cache: Path, tmp_path: Path, mo
     assert read_metrics(tmp_path / "run")[0]["train_loss"] == pytest.approx(
         sum(losses) / len(losses), rel=1e-5
     )
+
+
+def test_label_smoothing_stays_out_of_the_logged_val_and_tune_loss(
+    cache: Path, tmp_path: Path
+) -> None:
+    # Smoothing is a training objective; the logged val_loss and tune_loss are the plain
+    # cross-entropy -log p(label) of the saved model, computed here on the centre crop.
+    eps = 0.3
+    cfg = _cfg(
+        cache,
+        "train.epochs=3",
+        'train.precision="fp32"',
+        "data.holdout_per_class=2",
+        f"optim.label_smoothing={eps}",
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    row = read_metrics(tmp_path / "run")[-1]
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    data = load_cache(cache)
+    _, tune_rows = holdout_split(data.split("train").labels, 2, cfg.data.holdout_seed)
+    splits = {
+        "val": (data.split("val").images, data.split("val").labels),
+        "tune": (data.split("train").images[tune_rows], data.split("train").labels[tune_rows]),
+    }
+    for name, (images, labels) in splits.items():
+        x = _normalised(images, "channel", cache)[:, :, 4:60, 4:60]  # the 56x56 centre
+        with torch.no_grad():
+            log_p = model(x.contiguous()).log_softmax(dim=1)
+        labels = torch.from_numpy(labels.astype(np.int64))
+        nll = -log_p[torch.arange(len(labels)), labels]
+        smoothed = ((1 - eps) * nll + eps * -log_p.mean(dim=1)).mean().item()
+        plain = nll.mean().item()
+        # The case must tell the two losses apart, far beyond the tolerance below.
+        assert abs(smoothed - plain) > 1e-3 * plain, name
+        assert row[f"{name}_loss"] == pytest.approx(plain, rel=1e-5), name
+        (evaluation,) = evaluate(checkpoint, cache, split=name, runtime=FP32)
+        assert evaluation.loss == pytest.approx(plain, rel=1e-5), name
 
 
 class StepWatch:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_evaluate import _numbers_by_hand, _reference_probabilities
 from tests.test_training import SMALL
 from tinycnn.analysis import build_report, html
 from tinycnn.analysis.classes import best_and_worst, confusion_order, highest_loss
@@ -92,6 +93,26 @@ def test_single_run_numbers(runs, single) -> None:
     assert accuracy == pytest.approx(1 - row["val_top1_error"])
     assert len(data["best"]) == 4 and len(data["worst"]) == 3  # 7 classes split between them
     assert np.array(data["confusion"]["matrix"]).sum() == 42
+    # The model's own val numbers, from its probabilities computed by hand (fp32, centre crop).
+    labels = torch.from_numpy(load_cache(cache).split("val").labels.astype(np.int64))
+    probs = _reference_probabilities(cache, run / "checkpoints/best.pt", "center")
+    by_hand = _numbers_by_hand(probs, labels)
+    matrix = by_hand["confusion"]  # rows true, columns predicted
+    assert data["confusion"]["matrix"] == matrix
+    assert row["val_top1_error"] == pytest.approx(by_hand["top1"])
+    assert row["val_loss"] == pytest.approx(by_hand["loss"], rel=1e-5)
+    for r in per_class:
+        c = r["class"]
+        assert r["top1_accuracy"] == pytest.approx(matrix[c][c] / 6)
+        assert r["most_confused_count"] == max(n for p, n in enumerate(matrix[c]) if p != c)
+    index = {n.split(",")[0].strip(): c for c, n in enumerate(load_cache(cache).names)}
+    totals = sorted(
+        (matrix[a][b] + matrix[b][a] for a in range(7) for b in range(a + 1, 7)), reverse=True
+    )
+    assert [p["total"] for p in data["confused_pairs"]] == [t for t in totals[:8] if t]
+    for pair in data["confused_pairs"]:
+        for d in pair["directions"]:  # true a, predicted b, n times
+            assert d["count"] == matrix[index[d["true"]]][index[d["predicted"]]], d
     assert data["tsne"]["images"] == 30 and data["tsne"]["code_dims"] == 32  # fc_widths=[32]
     assert len(data["tsne"]["points"]) == 30
     assert data["filters"]["shape"] == [8, 3, 3, 3]

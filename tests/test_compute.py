@@ -168,6 +168,61 @@ def test_the_weight_ema_is_the_hand_computed_average_and_what_is_evaluated(
     assert evaluation.loss == pytest.approx(result.metrics[-1]["val_loss"], rel=1e-5)
 
 
+def test_the_ema_checkpoint_holds_the_trained_models_batch_norm_statistics(
+    synth_sources: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    # The EMA averages parameters only; batch norm's running statistics (buffers) are the trained
+    # model's. Their truth is written here from the inputs each BN layer saw in training:
+    # mean <- 0.9 mean + 0.1 batch mean, var <- 0.9 var + 0.1 unbiased batch var, from 0 and 1.
+    import tinycnn.session
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    seen: dict[str, list[torch.Tensor]] = {}
+    original = tinycnn.session.build_model
+
+    def build_and_watch(*args, **kwargs):
+        model = original(*args, **kwargs)
+        for name, module in model.named_modules():
+            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+
+                def record(m, inputs, name=name) -> None:
+                    if m.training:  # training steps, not the evaluations
+                        seen.setdefault(name, []).append(inputs[0].detach().clone())
+
+                module.register_forward_pre_hook(record)
+        return model
+
+    monkeypatch.setattr(tinycnn.session, "build_model", build_and_watch)
+    cfg = _small_cfg(
+        cache,
+        "train.epochs=1",
+        "train.ema_decay=0.5",
+        "model.batch_norm=true",
+        'train.precision="fp32"',
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    state, raw = payload["model"]["state"], payload["train_state"]
+    norms = [
+        n for n, m in result.model.named_modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)
+    ]
+    assert len(norms) == 4 and sorted(seen) == sorted(norms)  # after 3 convs and 1 hidden fc
+    for name, batches in seen.items():
+        assert len(batches) == 3  # 60 images, batches of 16
+        mean, var = torch.zeros(batches[0].shape[1]), torch.ones(batches[0].shape[1])
+        for x in batches:
+            dims = [0, 2, 3] if x.ndim == 4 else [0]
+            mean = 0.9 * mean + 0.1 * x.mean(dim=dims)
+            var = 0.9 * var + 0.1 * x.var(dim=dims, unbiased=True)
+        for key, expected in (("running_mean", mean), ("running_var", var)):
+            torch.testing.assert_close(state[f"{name}.{key}"], expected, rtol=1e-4, atol=1e-5)
+            assert torch.equal(state[f"{name}.{key}"], raw[f"{name}.{key}"]), (name, key)
+        assert state[f"{name}.num_batches_tracked"].item() == 3
+    assert any(  # the EMA's parameters are averaged, so they are not the raw ones
+        not torch.equal(state[n], p.detach()) for n, p in result.model.named_parameters()
+    )
+
+
 def test_a_resumed_run_continues_the_same_ema(
     synth_sources: dict[str, Path], tmp_path: Path
 ) -> None:

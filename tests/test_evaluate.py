@@ -116,13 +116,42 @@ def test_evaluate_matches_the_training_log(run) -> None:
     assert sum(map(sum, result.confusion)) == 20
     (tune,) = evaluate([f"{folder}@last"], cache, split="tune", runtime=FP32)
     assert tune.count == 10  # 2 held out per class, rebuilt from the run's config
+    # In fp32, every number against the centre crop's probabilities computed here.
+    labels = torch.from_numpy(load_cache(cache).split("val").labels.astype(np.int64))
+    probs = _reference_probabilities(cache, folder / "checkpoints" / "last.pt", "center")
+    by_hand = _numbers_by_hand(probs, labels)
+    assert result.top1_error == pytest.approx(by_hand["top1"])
+    assert result.top5_error == pytest.approx(by_hand["top5"])
+    assert result.loss == pytest.approx(by_hand["loss"], rel=1e-5)
+    assert result.confusion == by_hand["confusion"]
+    classes = load_cache(cache).classes
+    for c, row in enumerate(by_hand["confusion"]):
+        assert result.per_class[classes[c]] == pytest.approx(row[c] / sum(row))
+    # In the precision and memory format the run trained and evaluated in, the very numbers
+    # of its log, on val and on the tuning split.
+    same = make_runtime(precision=logged["precision"], channels_last=True, threads=1)
+    for split in ("val", "tune"):
+        (again,) = evaluate([f"{folder}@last"], cache, split=split, runtime=same)
+        assert again.top1_error == logged[f"{split}_top1_error"], split
+        assert again.top5_error == logged[f"{split}_top5_error"], split
+        assert again.loss == pytest.approx(logged[f"{split}_loss"], rel=1e-6), split
 
 
 def test_ten_crop_and_flip_tta_run(run) -> None:
     cache, folder = run
+    labels = torch.from_numpy(load_cache(cache).split("val").labels.astype(np.int64))
+    checkpoint = folder / "checkpoints" / "last.pt"
+    center = _numbers_by_hand(_reference_probabilities(cache, checkpoint, "center"), labels)
     for tta in ("flip", "10crop"):
         (result,) = evaluate([f"{folder}@last"], cache, tta=tta, runtime=FP32)
         assert 0 <= result.top1_error <= 1 and result.tta == tta
+        # Each image's views, cut and averaged here: the numbers must be those of this TTA.
+        by_hand = _numbers_by_hand(_reference_probabilities(cache, checkpoint, tta), labels)
+        assert abs(by_hand["loss"] - center["loss"]) > 1e-3, "the views must change the loss"
+        assert result.top1_error == pytest.approx(by_hand["top1"]), tta
+        assert result.top5_error == pytest.approx(by_hand["top5"]), tta
+        assert result.loss == pytest.approx(by_hand["loss"], rel=1e-5), tta
+        assert result.confusion == by_hand["confusion"], tta
 
 
 def test_identical_members_equal_the_member(run, tmp_path: Path) -> None:
@@ -163,6 +192,37 @@ def test_greedy_ensemble_on_the_tuning_split(run) -> None:
     )
     assert result.selection["split"] == "tune" and sum(result.selection["counts"]) >= 1
     assert [m["weight"] for m in result.members] == [float(c) for c in result.selection["counts"]]
+
+
+def test_greedy_weights_follow_the_tuning_split_not_val(run, monkeypatch) -> None:
+    # Each split has its own perfect member: member 2 on tune, member 0 on val. By hand, greedy
+    # selection on tune takes member 2 in round 1 (the only error-free choice); taking it again
+    # leaves the average, and so the score, unchanged, and any other member lowers the label's
+    # probability: the best prefix is round 1, counts [0, 0, 1]. On val it would be [1, 0, 0].
+    cache, folder = run
+    right, wrong = [0.9, 0.1], [0.2, 0.8]
+    labels = torch.tensor([0, 0, 0])
+
+    def members(perfect: int) -> list[np.ndarray]:
+        return [np.array([right if i == perfect else wrong] * 3, np.float32) for i in range(3)]
+
+    by_split = {"tune": members(2), "val": members(0)}
+    asked = []
+
+    def fake(paths, cache, split, *args, **kw):
+        asked.append(split)
+        return by_split[split], labels
+
+    monkeypatch.setattr("tinycnn.ensembles.member_probabilities", fake)
+    result = ensemble([f"{folder}@epochs:1,2,3"], cache, greedy=True, prob_cache=None)
+    assert sorted(asked) == ["tune", "val"]
+    assert result.selection["counts"] == [0, 0, 1]
+    assert result.selection["tune_top1_error"] == 0.0
+    assert [m["weight"] for m in result.members] == [0.0, 0.0, 1.0]
+    # Reported on val with tune's weights: member 2 alone, wrong on every val image.
+    assert np.allclose(result.probabilities, by_split["val"][2])
+    assert result.ensemble["top1_error"] == 1.0
+    assert [m["top1_error"] for m in result.members] == [0.0, 1.0, 1.0]
 
 
 def test_member_probabilities_are_cached_by_checkpoint(run, tmp_path: Path, monkeypatch) -> None:
@@ -338,14 +398,13 @@ def _reference_views(images: torch.Tensor, tta: str) -> list[tuple[int, int, boo
     }[tta]
 
 
-@pytest.mark.parametrize("tta", ["center", "flip", "10crop"])
-def test_tta_is_the_mean_of_each_images_own_views(run, tta: str) -> None:
-    cache, folder = run
+def _reference_probabilities(cache: Path, checkpoint: Path, tta: str) -> torch.Tensor:
+    """(N, C) fp32 probabilities of a checkpoint on the val images, each image's TTA views
+    cut, mirrored and normalised here (the run's "channel" setting) and averaged."""
     data = load_cache(cache)
     images = torch.from_numpy(np.array(data.split("val").images))
-    labels = torch.from_numpy(data.split("val").labels.astype(np.int64))
-    loaded = load_model(folder / "checkpoints" / "last.pt", FP32)
-    mean = torch.tensor(data.channel_mean, dtype=torch.float32)  # the run's "channel" setting
+    model = load_model(checkpoint, FP32).model
+    mean = torch.tensor(data.channel_mean, dtype=torch.float32)
     std = torch.tensor(data.channel_std, dtype=torch.float32)
     probs = []
     for top, left, mirrored in _reference_views(images, tta):
@@ -353,8 +412,34 @@ def test_tta_is_the_mean_of_each_images_own_views(run, tta: str) -> None:
         crop = crop.flip(2) if mirrored else crop  # mirror = reversed columns
         x = ((crop - mean) / std).permute(0, 3, 1, 2).contiguous()
         with torch.no_grad():
-            probs.append(loaded.model(x).softmax(dim=1))
-    expected = torch.stack(probs).mean(dim=0)  # (N, C): each image's own views only
+            probs.append(model(x).softmax(dim=1))
+    return torch.stack(probs).mean(dim=0)  # (N, C): each image's own views only
+
+
+def _numbers_by_hand(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Top-1 and top-5 error, mean -log p(label) and the confusion (rows true), by loops."""
+    rows = probs.tolist()
+    top1 = top5 = 0
+    loss = 0.0
+    confusion = [[0] * len(rows[0]) for _ in rows[0]]
+    for p, label in zip(rows, labels.tolist(), strict=True):
+        guess = max(range(len(p)), key=p.__getitem__)
+        confusion[label][guess] += 1
+        top1 += guess != label
+        top5 += sum(q > p[label] for q in p) >= 5  # 5 classes above it: not in the top 5
+        loss -= math.log(p[label])
+    n = len(rows)
+    return {"top1": top1 / n, "top5": top5 / n, "loss": loss / n, "confusion": confusion}
+
+
+@pytest.mark.parametrize("tta", ["center", "flip", "10crop"])
+def test_tta_is_the_mean_of_each_images_own_views(run, tta: str) -> None:
+    cache, folder = run
+    data = load_cache(cache)
+    images = torch.from_numpy(np.array(data.split("val").images))
+    labels = torch.from_numpy(data.split("val").labels.astype(np.int64))
+    loaded = load_model(folder / "checkpoints" / "last.pt", FP32)
+    expected = _reference_probabilities(cache, folder / "checkpoints" / "last.pt", tta)
     # A batch size that splits the 20 images unevenly: views must not cross images or batches.
     got = loaded.probabilities(images, tta, batch_size=7)
     assert torch.allclose(got, expected, atol=1e-5)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.test_training import SMALL
 from tinycnn.config import load_config
 from tinycnn.data.mixing import mix_batch
 from tinycnn.data.prepare import prepare
@@ -87,3 +88,61 @@ def test_training_with_mixing_uses_soft_targets(
     assert mixed.metrics[0]["train_loss"] != plain.metrics[0]["train_loss"]
     with pytest.raises(Exception, match="mixup must be a number >= 0"):
         load_config(None, [*base, "augment.mixup=-1"])
+
+
+def test_the_mixed_training_loss_is_the_cross_entropy_with_soft_targets(
+    synth_sources: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    # Each step's logits and mixing (the kind, the share kept, the partners) are recorded; the
+    # soft targets are built here from the hard labels, keep * own + (1 - keep) * partner's, and
+    # the cross-entropy against them must be the logged train_loss.
+    import tinycnn.session
+    import tinycnn.training
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    steps: list[dict] = []
+    original_mix, original_build = tinycnn.training.mix_batch, tinycnn.session.build_model
+
+    def watched_mix(images, labels, *args, **kwargs):
+        mixed, targets, mix = original_mix(images, labels, *args, **kwargs)
+        steps.append({"labels": labels.clone(), "mix": mix})
+        return mixed, targets, mix
+
+    def build_and_watch(*args, **kwargs):
+        model = original_build(*args, **kwargs)
+
+        def record(m, _, out) -> None:
+            if m.training:
+                steps[-1]["logits"] = out.detach().float().clone()
+
+        model.register_forward_hook(record)
+        return model
+
+    monkeypatch.setattr(tinycnn.training, "mix_batch", watched_mix)
+    monkeypatch.setattr(tinycnn.session, "build_model", build_and_watch)
+    cfg = load_config(
+        None,
+        [
+            f"data.cache={json.dumps(str(cache))}",
+            *SMALL,
+            "train.epochs=2",
+            'train.precision="fp32"',
+            "augment.mixup=0.4",
+            "augment.cutmix=1.0",
+        ],
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert len(steps) == 6  # 60 images, batches of 16, 2 epochs
+    assert {step["mix"].kind for step in steps} == {"mixup", "cutmix"}
+    soft, hard = [], []
+    for step in steps:
+        labels, mix, log_p = step["labels"], step["mix"], step["logits"].log_softmax(dim=1)
+        own = -log_p[torch.arange(16), labels]
+        partners = -log_p[torch.arange(16), labels[mix.partner]]
+        soft.append((mix.keep * own + (1 - mix.keep) * partners).mean().item())
+        hard.append(own.mean().item())
+    by_epoch = [(sum(soft[e : e + 3]) / 3, sum(hard[e : e + 3]) / 3) for e in (0, 3)]
+    # The case must tell soft targets from hard labels apart, far beyond the tolerance below.
+    assert all(abs(s - h) > 1e-3 * s for s, h in by_epoch)
+    for row, (expected, _) in zip(result.metrics, by_epoch, strict=True):
+        assert row["train_loss"] == pytest.approx(expected, rel=1e-5)

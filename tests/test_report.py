@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_evaluate import _numbers_by_hand, _reference_probabilities
 from tests.test_training import SMALL
-from tinycnn.analysis import build_report
+from tinycnn.analysis import build_report, html
 from tinycnn.analysis.classes import best_and_worst, confusion_order, highest_loss
 from tinycnn.analysis.experiments import PRESETS, identify_preset, paper_figure
 from tinycnn.analysis.html import SECTIONS
+from tinycnn.analysis.report import _class_sections, _Job
 from tinycnn.analysis.tsne import grid_layout, penultimate_codes, sample_rows
 from tinycnn.cli import main
 from tinycnn.config import config_to_dict, load_config
@@ -26,6 +28,7 @@ from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
 from tinycnn.data.synthetic import make_synthetic
 from tinycnn.demo import _report as demo_report
+from tinycnn.ensembles import ProbabilityCache
 from tinycnn.evaluation import evaluate, split_rows
 from tinycnn.inference import load_model
 from tinycnn.runtime import make_runtime
@@ -90,9 +93,80 @@ def test_single_run_numbers(runs, single) -> None:
     assert accuracy == pytest.approx(1 - row["val_top1_error"])
     assert len(data["best"]) == 4 and len(data["worst"]) == 3  # 7 classes split between them
     assert np.array(data["confusion"]["matrix"]).sum() == 42
+    # The model's own val numbers, from its probabilities computed by hand (fp32, centre crop).
+    labels = torch.from_numpy(load_cache(cache).split("val").labels.astype(np.int64))
+    probs = _reference_probabilities(cache, run / "checkpoints/best.pt", "center")
+    by_hand = _numbers_by_hand(probs, labels)
+    matrix = by_hand["confusion"]  # rows true, columns predicted
+    assert data["confusion"]["matrix"] == matrix
+    assert row["val_top1_error"] == pytest.approx(by_hand["top1"])
+    assert row["val_loss"] == pytest.approx(by_hand["loss"], rel=1e-5)
+    for r in per_class:
+        c = r["class"]
+        assert r["top1_accuracy"] == pytest.approx(matrix[c][c] / 6)
+        assert r["most_confused_count"] == max(n for p, n in enumerate(matrix[c]) if p != c)
+    index = {n.split(",")[0].strip(): c for c, n in enumerate(load_cache(cache).names)}
+    totals = sorted(
+        (matrix[a][b] + matrix[b][a] for a in range(7) for b in range(a + 1, 7)), reverse=True
+    )
+    assert [p["total"] for p in data["confused_pairs"]] == [t for t in totals[:8] if t]
+    for pair in data["confused_pairs"]:
+        for d in pair["directions"]:  # true a, predicted b, n times
+            assert d["count"] == matrix[index[d["true"]]][index[d["predicted"]]], d
     assert data["tsne"]["images"] == 30 and data["tsne"]["code_dims"] == 32  # fc_widths=[32]
     assert len(data["tsne"]["points"]) == 30
     assert data["filters"]["shape"] == [8, 3, 3, 3]
+
+
+def test_confusion_matrix_and_confused_pairs_by_hand(runs, tmp_path: Path) -> None:
+    # Hand-made predictions on the 42 val images (6 per class): class 0 taken for class 1
+    # three times, class 1 for class 0 once, class 2 for class 5 twice; every other image right.
+    data = load_cache(runs[0])
+    labels = np.asarray(data.split("val").labels, np.int64)
+    assert np.bincount(labels).tolist() == [6] * 7
+    mistakes = {(0, 1): 3, (1, 0): 1, (2, 5): 2}  # (true, predicted): times
+    predicted = labels.copy()
+    for (true, guess), times in mistakes.items():
+        predicted[np.flatnonzero(labels == true)[:times]] = guess
+    probs = np.full((len(labels), 7), 0.05, np.float32)
+    probs[np.arange(len(labels)), predicted] = 0.7
+    job = _Job(tmp_path / "report", data, ProbabilityCache(None), seed=0, progress=False)
+    sections = _class_sections(probs, labels, job)
+    expected = [[6 if t == p else 0 for p in range(7)] for t in range(7)]  # rows true
+    for (true, guess), times in mistakes.items():
+        expected[true][true] -= times
+        expected[true][guess] = times
+    assert sections["confusion"]["matrix"] == expected
+    name = [n.split(",")[0].strip() for n in data.names]
+    assert len(set(name)) == 7
+    pairs = [
+        (p["total"], [(d["true"], d["predicted"], d["count"]) for d in p["directions"]])
+        for p in sections["confused_pairs"]
+    ]
+    assert pairs == [
+        (4, [(name[0], name[1], 3), (name[1], name[0], 1)]),
+        (2, [(name[2], name[5], 2), (name[5], name[2], 0)]),
+    ]
+    files = data.split("val").files
+    zero_as_one = sections["confused_pairs"][0]["directions"][0]["examples"]
+    assert [e["file"] for e in zero_as_one] == [files[r] for r in np.flatnonzero(labels == 0)[:3]]
+    assert {(e["label"], e["predicted"], e["correct"]) for e in zero_as_one} == {
+        (name[0], name[1], False)
+    }
+    table = {r["class"]: r for r in sections["per_class"]}
+    for c, accuracy, confused, count in [
+        (0, 3 / 6, name[1], 3),
+        (1, 5 / 6, name[0], 1),
+        (2, 4 / 6, name[5], 2),
+        (5, 1.0, None, 0),
+    ]:
+        row = table[c]
+        assert row["top1_accuracy"] == pytest.approx(accuracy) and row["count"] == 6
+        assert (row["most_confused_with"], row["most_confused_count"]) == (confused, count)
+    page = html.confusion(sections)
+    assert f"{name[0]} taken for {name[1]}: 3" in page
+    assert f"{name[1]} taken for {name[0]}: 1" in page
+    assert f"{name[5]} taken for {name[2]}: 0" in page
 
 
 def test_ensemble_numbers(pair) -> None:

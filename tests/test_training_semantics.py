@@ -22,17 +22,21 @@ from torch.optim.optimizer import (
 import tinycnn.session
 from tests.conftest import SYNTH
 from tests.test_training import SMALL
-from tinycnn.checkpoint import load_checkpoint
+from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
+from tinycnn.data.splits import holdout_split
 from tinycnn.data.synthetic import make_synthetic
 from tinycnn.errors import ConfigError
+from tinycnn.evaluation import evaluate
+from tinycnn.runtime import make_runtime
 from tinycnn.training import read_metrics, train
 
 # Whole 64x64 images, no mirror, no photometric noise: every input the model sees is one
 # training image, normalised, so it can be recognised and checked pixel by pixel.
 WHOLE_IMAGES = ["augment.crop=0", "augment.flip=false", 'train.precision="fp32"']
+FP32 = make_runtime(precision="fp32", channels_last=False, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +130,44 @@ def test_label_smoothing_is_in_the_training_loss(cache: Path, tmp_path: Path, mo
     assert read_metrics(tmp_path / "run")[0]["train_loss"] == pytest.approx(
         sum(losses) / len(losses), rel=1e-5
     )
+
+
+def test_label_smoothing_stays_out_of_the_logged_val_and_tune_loss(
+    cache: Path, tmp_path: Path
+) -> None:
+    # Smoothing is a training objective; the logged val_loss and tune_loss are the plain
+    # cross-entropy -log p(label) of the saved model, computed here on the centre crop.
+    eps = 0.3
+    cfg = _cfg(
+        cache,
+        "train.epochs=3",
+        'train.precision="fp32"',
+        "data.holdout_per_class=2",
+        f"optim.label_smoothing={eps}",
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    row = read_metrics(tmp_path / "run")[-1]
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    data = load_cache(cache)
+    _, tune_rows = holdout_split(data.split("train").labels, 2, cfg.data.holdout_seed)
+    splits = {
+        "val": (data.split("val").images, data.split("val").labels),
+        "tune": (data.split("train").images[tune_rows], data.split("train").labels[tune_rows]),
+    }
+    for name, (images, labels) in splits.items():
+        x = _normalised(images, "channel", cache)[:, :, 4:60, 4:60]  # the 56x56 centre
+        with torch.no_grad():
+            log_p = model(x.contiguous()).log_softmax(dim=1)
+        labels = torch.from_numpy(labels.astype(np.int64))
+        nll = -log_p[torch.arange(len(labels)), labels]
+        smoothed = ((1 - eps) * nll + eps * -log_p.mean(dim=1)).mean().item()
+        plain = nll.mean().item()
+        # The case must tell the two losses apart, far beyond the tolerance below.
+        assert abs(smoothed - plain) > 1e-3 * plain, name
+        assert row[f"{name}_loss"] == pytest.approx(plain, rel=1e-5), name
+        (evaluation,) = evaluate(checkpoint, cache, split=name, runtime=FP32)
+        assert evaluation.loss == pytest.approx(plain, rel=1e-5), name
 
 
 class StepWatch:
@@ -296,6 +338,44 @@ def test_best_checkpoint_is_chosen_on_the_tuning_split(
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     assert best["iteration"] == by_tune["iteration"]
     assert best["best_error"] == by_tune["tune_top1_error"]
+
+
+def test_best_checkpoint_after_a_resume_is_still_chosen_on_the_tuning_split(
+    disagreeing_cache: Path, tmp_path: Path
+) -> None:
+    # Stopped after epoch 4 and resumed: the resume rebuilds the best from the metrics log, and
+    # must rebuild it on tune, as the uninterrupted run chose it. The truth is the log's tune
+    # column: best.pt is its first lowest row, and each checkpoint remembers the lowest tune
+    # error up to and including it.
+    cfg = _cfg(disagreeing_cache, "train.epochs=6", "data.holdout_per_class=2")
+    run = tmp_path / "run"
+    assert train(cfg, run, progress=False, stop_at_iteration=12).stopped == "interrupted"
+    before = read_metrics(run)
+    assert [r["iteration"] for r in before] == [3, 6, 9, 12]
+
+    def first_best(rows: list[dict], key: str) -> dict:
+        return min(rows, key=lambda r: (r[key], r["iteration"]))  # ties: the earlier epoch
+
+    by_tune, by_val = first_best(before, "tune_top1_error"), first_best(before, "val_top1_error")
+    assert by_tune["iteration"] != by_val["iteration"], "the case must tell the splits apart"
+    assert by_tune["tune_top1_error"] != by_val["val_top1_error"]
+    # One step past the resume point, then stopped again: what the resume rebuilt, whatever the
+    # epochs after it do.
+    train(None, run, resume=True, progress=False, stop_at_iteration=13)
+    assert (
+        load_checkpoint(run / "checkpoints" / "last.pt")["best_error"]
+        == (by_tune["tune_top1_error"])
+    )
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["iteration"] == by_tune["iteration"]
+    train(None, run, resume=True, progress=False)
+    rows = read_metrics(run)
+    assert [r["iteration"] for r in rows] == [3, 6, 9, 12, 15, 18]
+    for k, row in enumerate(rows):
+        payload = load_checkpoint(run / "checkpoints" / f"epoch-{row['epoch']:03d}.pt")
+        best_so_far = min(r["tune_top1_error"] for r in rows[: k + 1])
+        assert payload["best_error"] == best_so_far, row["epoch"]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["iteration"] == first_best(rows, "tune_top1_error")["iteration"]
 
 
 def test_tensorboard_gets_every_logged_number(cache: Path, tmp_path: Path) -> None:

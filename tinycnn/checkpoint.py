@@ -24,7 +24,7 @@ from tinycnn.data.augment import Normalization
 from tinycnn.errors import TinycnnError
 
 FORMAT = 1
-# What inference needs from a checkpoint (training also reads optimizer, rng, accumulator, ...).
+# What inference needs from a checkpoint (training also reads optimizer, accumulator, ...).
 INFERENCE_FIELDS = ("model", "classes", "names", "normalization", "input_size", "config")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

@@ -209,7 +209,6 @@ class Session:
             "fitted_total": self.fitted_total,
             "precision": self.runtime.precision,  # a resume goes on in it (keep_precision)
             "optimizer": self.optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
             "accumulator": vars(self.accum).copy(),
             "step_window": vars(self.window).copy(),
             "best_error": self.best_error,
@@ -533,7 +532,6 @@ def _restore(s: Session, path: Path) -> None:
     if s.ema is not None:
         s.ema.load_state_dict(payload["model"]["state"])
     s.optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["rng"]["torch"])
     s.iteration = payload["iteration"]
     s.fitted_total = payload.get("fitted_total")
     s.runtime = keep_precision(s.runtime, payload.get("precision"), s.cfg.train.precision)

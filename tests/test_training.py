@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -311,7 +312,7 @@ def test_sigterm_saves_and_resume_finishes(cache: Path, tmp_path: Path, capsys) 
     assert 6 <= stopped_at < 120, "stopped mid-run, with its position saved"
     assert main(["train", "--resume", str(out), "--set", "train.epochs=2", "-q"]) == 1
     err = capsys.readouterr().err
-    assert "takes no --config, --set, --init-from, --exclude, --data or --out" in err
+    assert "takes no --config, --set, --init-from, --exclude or --out" in err
     assert main(["train", "--resume", str(out), "-q"]) == 0
     assert len(read_metrics(out)) == 40 and read_metrics(out)[-1]["iteration"] == 120
 
@@ -383,3 +384,47 @@ def test_apart_takes_snapshots_n_iterations_back_from_the_final_model(
     assert len(resolve_members(f"{tmp_path / 'r'}@apart:1:50")) == 4 + 4  # iter 2,4,8,10 + epochs
     with pytest.raises(ConfigError, match="is not a positive whole number"):
         resolve_members(f"{tmp_path / 'r'}@apart:0:3")
+
+
+def test_a_run_stores_absolute_paths_and_resumes_where_its_cache_moved(
+    synth_sources: dict[str, Path], tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from PIL import Image
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    source = Path(os.path.relpath(synth_sources["zip"], work))  # relative, as a user types
+    prepare(source, Path("cache"), progress=False)
+    argv = ["train", "--data", "cache", "--out", "run", "-q", "--stop-at", "3"]
+    argv += [f"--set={o}" for o in (*SMALL, "train.epochs=2")]
+    assert main(argv) == 0
+    assert load_config(work / "run" / "config.toml").data.cache == str(work / "cache")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    info = ["info", str(work / "cache"), "--verify"]
+    assert main(info) == 0 and str(synth_sources["zip"]) in capsys.readouterr().out
+    # The cache moves: the resume says so, and how to point at it; the run is left as it was.
+    (work / "cache").rename(tmp_path / "moved")
+    before = {p: p.read_bytes() for p in (work / "run").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(work / "run"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"the run's cache {work / 'cache'} is gone (moved or deleted)" in err
+    assert f"tinycnn train --resume {work / 'run'} --data CACHE" in err
+    unchanged = {p: p.read_bytes() for p in (work / "run").rglob("*") if p.is_file()}
+    assert {p: v for p, v in unchanged.items() if p.name != ".lock"} == {
+        p: v for p, v in before.items() if p.name != ".lock"
+    }
+    # Other data with the same classes is refused; the moved cache is taken and remembered.
+    other = Path(shutil.copytree(synth_sources["folder"], tmp_path / "other"))
+    image = sorted((other / "train").rglob("*.JPEG"))[0]
+    Image.fromarray(255 - np.asarray(Image.open(image))).save(image)  # one image changed
+    prepare(other, tmp_path / "other-cache", progress=False)
+    resume = ["train", "--resume", str(work / "run"), "-q", "--data"]
+    assert main([*resume, str(tmp_path / "other-cache")]) == 1
+    assert "not the data" in capsys.readouterr().err
+    assert main([*resume, str(tmp_path / "moved")]) == 0
+    assert load_config(work / "run" / "config.toml").data.cache == str(tmp_path / "moved")
+    assert read_metrics(work / "run")[-1]["iteration"] == 6  # 2 epochs of 3: finished

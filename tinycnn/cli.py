@@ -98,13 +98,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tinycnn.training import checkpoint_config, train
 
     if args.resume:
-        if args.config or args.set or args.init_from or args.exclude or args.data or args.out:
+        if args.config or args.set or args.init_from or args.exclude or args.out:
             raise ConfigError(
                 "--resume continues a run with its own config.toml; it takes no "
-                "--config, --set, --init-from, --exclude, --data or --out"
+                "--config, --set, --init-from, --exclude or --out (--data only where its "
+                "cache moved)"
             )
         result = train(
-            None, args.resume, resume=True, progress=not args.quiet, stop_at_iteration=args.stop_at
+            None,
+            args.resume,
+            resume=True,
+            progress=not args.quiet,
+            stop_at_iteration=args.stop_at,
+            data=args.data,
         )
     else:
         if not args.out:
@@ -415,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fetch)
 
     p = sub.add_parser("train", help="train a model (config TOML + --set overrides)")
-    p.add_argument("--data", help="prepared cache folder (sets data.cache)")
+    p.add_argument(
+        "--data", help="prepared cache folder (sets data.cache; with --resume: where it moved)"
+    )
     p.add_argument("--config", help="TOML config, e.g. configs/paper/paper8_l2_5e-4.toml")
     p.add_argument(
         "--set",

@@ -195,6 +195,7 @@ class Session:
                 "state": _cpu_state(used),
             },
             "classes": self.cache.classes,
+            "data_id": self.cache.content_id,  # a resume checks it trains on the same data
             "names": self.cache.names,
             "normalization": normalization_payload(self.norm),
             "input_size": self.eval_size,
@@ -526,6 +527,11 @@ def check_classes(payload: dict, cache: Cache, path: Path) -> None:
 def _restore(s: Session, path: Path) -> None:
     payload = load_checkpoint(path)
     check_classes(payload, s.cache, path)
+    if payload.get("data_id", s.cache.content_id) != s.cache.content_id:
+        raise ConfigError(
+            f"{s.cache.path}: not the data {path} was trained on (same classes, other "
+            "content); resume with the run's own cache"
+        )
     raw = payload.get("train_state", payload["model"]["state"])
     check_state(s.model, raw, str(path))
     s.model.load_state_dict(raw)

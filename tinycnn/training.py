@@ -99,11 +99,14 @@ def train(
     init_from: str | Path | None = None,
     progress: bool = True,
     stop_at_iteration: int | None = None,
+    data: str | Path | None = None,
 ) -> RunResult:
     """Train cfg's model on cfg.data.cache into the run folder ``out``; returns a RunResult.
 
     resume: continue the run in ``out`` from its last checkpoint (cfg is then read from there);
       a run folder with no checkpoint yet starts afresh from its config.toml.
+    data: with resume, the run's cache where it is now (it moved): the same data is checked,
+      and the run's config.toml then names it.
     init_from: start from a checkpoint's weights with this config's (new) hyperparameters.
     stop_at_iteration: behave as if interrupted once this many iterations are done in all
       (`tinycnn train --stop-at`): a checkpoint to resume from, RunResult.signal None.
@@ -112,9 +115,13 @@ def train(
     started = time.perf_counter()  # train.max_minutes counts from here
     out = Path(out)
     if resume:
-        _read_resolved_config(out)  # a clear error before the lock makes a folder
+        _resumed_config(out, data)  # a clear error before the lock makes a folder
     else:
-        # The weights a run starts from are part of its config (absolute: --resume from anywhere).
+        # Paths a run depends on are stored absolute: --resume, evaluate... from anywhere.
+        if cfg.data.cache:
+            cache = Path(cfg.data.cache).expanduser().resolve()
+            cfg = replace(cfg, data=replace(cfg.data, cache=str(cache)))
+        # The weights a run starts from are part of its config.
         init_from = init_from or cfg.train.init_from or None
         if init_from is not None:
             init_from = Path(init_from).expanduser().resolve()
@@ -125,7 +132,7 @@ def train(
     main = distributed.from_env().main
     with run_lock(out) if main else contextlib.nullcontext():
         if resume:
-            cfg = config_from_dict(_read_resolved_config(out)).validate()
+            cfg = _resumed_config(out, data)
             # A run with no checkpoint yet starts afresh: from its init checkpoint, if any.
             resume = (out / "checkpoints" / "last.pt").is_file()
             init_from = None if resume else cfg.train.init_from or None
@@ -143,6 +150,8 @@ def train(
         session = load_session(
             cfg, out, rt, init_from=init_from, resume=resume, flops_by_size=flops, dist=d
         )
+        if data is not None and main:  # the moved cache holds the run's data: remember where
+            _write_config(out, cfg, flops)
         budget = cfg.train.max_minutes * 60
         if resume and budget and session.elapsed_before >= budget:
             raise ConfigError(
@@ -222,6 +231,10 @@ def _new_run_dir(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:
         raise ConfigError(
             f"{out}: already holds a run; continue it with --resume {out}, or choose a new --out"
         )
+    _write_config(out, cfg, flops)
+
+
+def _write_config(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:
     sizes = cfg.augment.sizes or [cfg.augment.crop or max(flops)]
     per_size = ", ".join(f"{flops[side] / 1e9:.3f} at {side}x{side}" for side in sizes)
     compute = (
@@ -231,10 +244,22 @@ def _new_run_dir(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:
     write_text(out / "config.toml", to_toml(cfg) + compute)
 
 
-def _read_resolved_config(out: Path) -> dict:
+def _resumed_config(out: Path, data: str | Path | None) -> RunConfig:
+    """The run's own config, its cache replaced by ``data`` when given; a ConfigError saying
+    how to point at the cache when the one it names is gone."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is a file; --out must be a run folder")
-    return read_resolved_config(out)
+    cfg = config_from_dict(read_resolved_config(out)).validate()
+    if data is not None:
+        cache = Path(data).expanduser().resolve()
+        return replace(cfg, data=replace(cfg.data, cache=str(cache)))
+    if cfg.data.cache and not Path(cfg.data.cache).exists():
+        raise ConfigError(
+            f"{out / 'config.toml'}: the run's cache {cfg.data.cache} is gone (moved or "
+            f"deleted); if it moved, point at it with: tinycnn train --resume {out} --data "
+            "CACHE"
+        )
+    return cfg
 
 
 def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> RunResult:

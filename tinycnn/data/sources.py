@@ -54,7 +54,7 @@ class Source:
         st = self.path.stat()
         return {
             "kind": self.kind,
-            "path": str(self.path),
+            "path": str(self.path.resolve()),  # absolute: rebuild hints work from anywhere
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
         }
@@ -92,7 +92,7 @@ class FolderSource(Source):
             digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return {
             "kind": self.kind,
-            "path": str(self.path),
+            "path": str(self.path.resolve()),  # absolute: rebuild hints work from anywhere
             "files": len(self.names()),
             "digest": digest.hexdigest(),
         }

@@ -278,6 +278,23 @@ def test_cli_evaluate_and_ensemble(run, tmp_path: Path, capsys) -> None:
     assert len(json.loads((out / "ensemble.json").read_text())["members"]) == 3
 
 
+def test_cli_ensemble_writes_files_only_with_out(run, tmp_path: Path, capsys, monkeypatch) -> None:
+    cache, folder = run
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    argv = ["ensemble", f"{folder}@last:2", "--data", str(cache), "--no-cache", "-q"]
+    assert main(argv) == 0
+    assert list(here.iterdir()) == []  # nothing in the working folder: no ./ensemble/
+    assert "nothing saved (--out DIR saves" in capsys.readouterr().out
+    out = tmp_path / "ens"
+    assert main([*argv, "--json", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["split"] == "val"  # stdout: the one JSON object
+    assert f"saved {out / 'probabilities.npy'} and {out / 'ensemble.json'}" in printed.err
+    assert sorted(p.name for p in out.iterdir()) == ["ensemble.json", "probabilities.npy"]
+
+
 def test_cli_predict_submission_and_files_with_an_ensemble(
     run, tmp_path: Path, capsys, synth_sources
 ) -> None:

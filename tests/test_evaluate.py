@@ -17,7 +17,14 @@ from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
-from tinycnn.ensembles import ProbabilityCache, average, ensemble, format_result, greedy_select
+from tinycnn.ensembles import (
+    EnsembleResult,
+    ProbabilityCache,
+    average,
+    ensemble,
+    format_result,
+    greedy_select,
+)
 from tinycnn.errors import ConfigError
 from tinycnn.evaluation import evaluate
 from tinycnn.inference import load_model
@@ -161,6 +168,7 @@ def test_identical_members_equal_the_member(run, tmp_path: Path) -> None:
     two = ensemble([spec, spec], cache, runtime=FP32, prob_cache=None)
     assert np.allclose(one.probabilities, two.probabilities, atol=1e-6)
     assert one.ensemble["top1_error"] == two.ensemble["top1_error"] and two.gain == 0
+    assert "ensemble: the same top-1 error as its best member" in format_result(two)
 
 
 def test_ensemble_is_the_mean_of_member_probabilities(run) -> None:
@@ -273,7 +281,7 @@ def test_cli_evaluate_and_ensemble(run, tmp_path: Path, capsys) -> None:
         == 0
     )
     text = capsys.readouterr().out
-    assert "ensemble (val, center)" in text and "gain over the best member" in text
+    assert "ensemble (val, center)" in text and "top-1 error" in text and "its best member" in text
     assert np.load(out / "probabilities.npy").shape == (20, 5)
     assert len(json.loads((out / "ensemble.json").read_text())["members"]) == 3
 
@@ -386,7 +394,23 @@ def test_gain_is_the_best_members_error_minus_the_ensembles(
     assert [m["top1_error"] for m in result.members][:3] == pytest.approx([1 / 3] * 3)
     assert result.ensemble["top1_error"] == 0.0
     assert result.gain == pytest.approx(1 / 3)
-    assert "+33.33 points" in format_result(result)
+    assert "ensemble: 33.33 points lower top-1 error than its best member" in format_result(result)
+
+
+@pytest.mark.parametrize(
+    ("gain", "words"),
+    [
+        (0.016, "1.60 points lower top-1 error than its best member"),
+        (-0.004, "0.40 points higher top-1 error than its best member"),
+        (0.0, "the same top-1 error as its best member"),
+        (-0.00004, "the same top-1 error as its best member"),  # rounds to 0.00: no "-0.00"
+    ],
+)
+def test_the_gain_says_which_way_the_error_went(gain: float, words: str) -> None:
+    member = {"checkpoint": "a.pt", "weight": 1.0, "top1_error": 0.5, "top5_error": 0.2, "loss": 1}
+    rates = {"top1_error": 0.5 - gain, "top5_error": 0.2, "loss": 1.0, "count": 1}
+    result = EnsembleResult("val", "center", [member], rates, gain, np.zeros((1, 2), np.float32))
+    assert format_result(result).splitlines()[-1] == f"ensemble: {words}"
 
 
 def test_a_worse_ensemble_has_a_negative_gain(run, monkeypatch) -> None:
@@ -401,7 +425,9 @@ def test_a_worse_ensemble_has_a_negative_gain(run, monkeypatch) -> None:
     result = ensemble([f"{folder}@epochs:1,2"], cache, prob_cache=None)
     assert result.ensemble["top1_error"] == 1.0  # the mean (0.3, 0.7) follows the wrong one
     assert result.gain == -1.0
-    assert "-100.00 points" in format_result(result)
+    assert "ensemble: 100.00 points higher top-1 error than its best member" in format_result(
+        result
+    )
 
 
 def _reference_views(images: torch.Tensor, tta: str) -> list[tuple[int, int, bool]]:

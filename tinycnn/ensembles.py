@@ -302,12 +302,21 @@ def format_result(result: EnsembleResult) -> str:
         f"{'ensemble (' + result.split + ', ' + result.tta + ')':<52} {'':>6} "
         f"{e['top1_error']:>9.2%} {e['top5_error']:>9.2%}"
     )
-    lines.append(f"gain over the best member: {result.gain * 100:+.2f} points of top-1 error")
+    lines.append(f"ensemble: {_gain_words(result.gain)}")
     if result.selection:
         lines.append(
             f"greedy selection on {result.selection['split']}: counts {result.selection['counts']}"
         )
     return "\n".join(lines)
+
+
+def _gain_words(gain: float) -> str:
+    """The gain (best member's top-1 error minus the ensemble's) in words that say which way."""
+    points = round(gain * 100, 2)  # as printed: a gain of 0.001 points is "the same"
+    if points == 0:
+        return "the same top-1 error as its best member"
+    way = "lower" if points > 0 else "higher"
+    return f"{abs(points):.2f} points {way} top-1 error than its best member"
 
 
 @dataclass

@@ -202,6 +202,21 @@ def test_greedy_ensemble_on_the_tuning_split(run) -> None:
     assert [m["weight"] for m in result.members] == [float(c) for c in result.selection["counts"]]
 
 
+def test_greedy_without_a_tuning_split_names_greedy_not_split(run, tmp_path: Path, capsys) -> None:
+    # The user passed --greedy (its --select-on defaults to tune), never --split.
+    cache, _ = run
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *SMALL, "train.epochs=1"])
+    plain = train(cfg, tmp_path / "plain", progress=False).run_dir  # no held-out split
+    argv = ["ensemble", f"{plain}@last", "--data", str(cache), "--greedy", "--no-cache", "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--greedy chooses members on --select-on tune: this model was trained" in err
+    assert "--split" not in err and "data.holdout_per_class = K" in err
+    assert main([*argv, "--select-on", "test"]) == 1
+    err = capsys.readouterr().err
+    assert "--greedy chooses members on --select-on 'test': expected a labelled split" in err
+
+
 def test_greedy_weights_follow_the_tuning_split_not_val(run, monkeypatch) -> None:
     # Each split has its own perfect member: member 2 on tune, member 0 on val. By hand, greedy
     # selection on tune takes member 2 in round 1 (the only error-free choice); taking it again

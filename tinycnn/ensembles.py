@@ -184,8 +184,12 @@ def member_probabilities(
     prob_cache: ProbabilityCache,
     batch_size: int = 500,
     progress: bool = False,
+    option: str = "--split",
 ) -> tuple[list[np.ndarray], Tensor]:
-    """Each member's (N, C) probabilities on a split (cached), and the split's labels."""
+    """Each member's (N, C) probabilities on a split (cached), and the split's labels.
+
+    option: what chose the split, as errors name it (split_rows).
+    """
     labels = None
     probs = []
     for path in paths:
@@ -197,7 +201,7 @@ def member_probabilities(
             label = f"evaluate {loaded.path.name} on {split}" if progress else None
             return loaded.probabilities(images, tta, batch_size, label).numpy()
 
-        name, rows = split_rows(cache, split, loaded.config)
+        name, rows = split_rows(cache, split, loaded.config, option)
         precision = runtime.precision
         probs.append(prob_cache.get(path, cache, split, tta, rows, precision, compute))
         if labels is None:  # the labels alone: no copy of the images
@@ -241,7 +245,14 @@ def ensemble(
     selection = None
     if greedy:
         tune_probs, tune_labels = member_probabilities(
-            paths, cache, select_on, tta, runtime, store, progress=progress
+            paths,
+            cache,
+            select_on,
+            tta,
+            runtime,
+            store,
+            progress=progress,
+            option="--greedy chooses members on --select-on",
         )
         counts = greedy_select(tune_probs, tune_labels, rounds or max(10, 2 * len(paths)))
         weights = [float(c) for c in counts]

@@ -333,6 +333,38 @@ def test_factories_with_free_options_keep_them(scratch_registry: dict[str, Any])
     }
 
 
+def _assert_models_columns_line_up(capsys: pytest.CaptureFixture) -> list[str]:
+    """Run ``tinycnn models``; each column starts where its header does on every line."""
+    from tinycnn.cli import main
+
+    assert main(["models"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    for info, row in zip(list_models(), rows, strict=True):
+        assert row.startswith(f"{info.name} ")
+        assert row.index(f"{info.params:,}  ") + len(f"{info.params:,}") == header.index("  input")
+        assert row.index(info.description) == header.index("description"), row
+    return rows
+
+
+def test_models_command_fits_every_name_and_count(capsys: pytest.CaptureFixture) -> None:
+    rows = _assert_models_columns_line_up(capsys)  # preact_resnet18 overran a 10-wide column
+    assert any(row.startswith("preact_resnet18 ") for row in rows)
+
+
+def test_models_command_fits_a_long_name_and_a_huge_count(
+    scratch_registry: dict[str, Any], capsys: pytest.CaptureFixture
+) -> None:
+    @register_model("a_very_long_model_name_indeed", description="huge")
+    def huge(num_classes: int = 200) -> nn.Module:
+        return nn.Linear(100_000, 20_000)  # 2,000,020,000 parameters, counted on the meta device
+
+    @register_model("s", description="small")
+    def small(num_classes: int = 200) -> nn.Module:
+        return nn.Linear(2, num_classes)
+
+    _assert_models_columns_line_up(capsys)
+
+
 # --- initialisation ------------------------------------------------------------------------------
 
 

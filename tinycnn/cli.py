@@ -164,9 +164,16 @@ def _as_overrides(cfg) -> list[str]:
 def _cmd_models(args: argparse.Namespace) -> int:
     from tinycnn.models import list_models
 
-    print(f"{'name':<10} {'params':>11}  {'input':>5}  description")
-    for info in list_models():
-        print(f"{info.name:<10} {info.params:>11,}  {info.default_input:>5}  {info.description}")
+    models = list_models()
+    # Columns as wide as their widest entry, so that no name or count pushes the rest along.
+    name_width = max(len("name"), *(len(info.name) for info in models))
+    params_width = max(len("params"), *(len(f"{info.params:,}") for info in models))
+    print(f"{'name':<{name_width}} {'params':>{params_width}}  {'input':>5}  description")
+    for info in models:
+        print(
+            f"{info.name:<{name_width}} {info.params:>{params_width},}  "
+            f"{info.default_input:>5}  {info.description}"
+        )
     return 0
 
 

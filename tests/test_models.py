@@ -270,7 +270,15 @@ def test_dropout_reaches_the_fc_layers_only(p: float) -> None:
         ("paper8", {"conv_channels": [128, 0]}, r"conv_channels \[128, 0\] .* not 0"),
         ("paper8", {"conv_channels": 128}, r"conv_channels 128 must be a list"),
         ("paper8", {"fc_widths": [400, -1]}, r"fc_widths \[400, -1\]"),
-        ("paper8", {"pool_after": [1, 5]}, r"pool_after index 5 is not a conv layer index 0..4"),
+        ("paper8", {"pool_after": [1, 5]}, r"after conv layer 5, but conv_channels .* \(0..4\)"),
+        (
+            "paper8",  # pool_after keeps paper8's default [1, 3, 4], for 5 conv layers
+            {"conv_channels": [32, 64]},
+            r"pool_after \[1, 3, 4\] pools after conv layer 3, but conv_channels \[32, 64\] has "
+            r"2 conv layers \(0..1\): pool_after counts positions in conv_channels, so a new "
+            r"channel list needs its own pool_after, with indices 0..1$",
+        ),
+        ("paper8", {"pool_after": [1, "2"]}, r"pool_after index '2' is not a conv layer index"),
         ("paper8", {"pool_after": [1, 1]}, r"pool_after \[1, 1\] repeats an index"),
         ("paper8", {"batch_norm": "yes"}, r"batch_norm 'yes' must be true or false"),
         ("paper8", {"num_classes": 0}, r"num_classes 0 must be a positive integer"),

@@ -123,6 +123,19 @@ def test_max_pflop_ends_the_schedule_on_the_budget(
     assert resolve_members(f"{tmp_path / 'run'}@last:1") == [checkpoints / "last.pt"]
 
 
+def test_a_budget_ended_run_prints_its_epoch_in_hundredths(
+    synth_sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    model = create_model("cnn5", num_classes=5, conv_channels=[8, 8, 8], fc_widths=[32])
+    step = 16 * training_flops_per_image(model, 56)
+    budget = f"train.max_pflop={5.5 * step / 1e15!r}"  # 5 steps of 3 an epoch: 1.666... epochs
+    result = train(_small_cfg(cache, "train.epochs=10", budget), tmp_path / "run", progress=True)
+    assert result.metrics[-1]["epoch"] == pytest.approx(5 / 3)  # the log keeps the fraction
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 1.66"]  # not 1.6666...
+
+
 def test_the_weight_ema_is_the_hand_computed_average_and_what_is_evaluated(
     synth_sources: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -17,7 +17,14 @@ from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
-from tinycnn.ensembles import ProbabilityCache, average, ensemble, format_result, greedy_select
+from tinycnn.ensembles import (
+    EnsembleResult,
+    ProbabilityCache,
+    average,
+    ensemble,
+    format_result,
+    greedy_select,
+)
 from tinycnn.errors import ConfigError
 from tinycnn.evaluation import evaluate
 from tinycnn.inference import load_model
@@ -161,6 +168,7 @@ def test_identical_members_equal_the_member(run, tmp_path: Path) -> None:
     two = ensemble([spec, spec], cache, runtime=FP32, prob_cache=None)
     assert np.allclose(one.probabilities, two.probabilities, atol=1e-6)
     assert one.ensemble["top1_error"] == two.ensemble["top1_error"] and two.gain == 0
+    assert "ensemble: the same top-1 error as its best member" in format_result(two)
 
 
 def test_ensemble_is_the_mean_of_member_probabilities(run) -> None:
@@ -192,6 +200,21 @@ def test_greedy_ensemble_on_the_tuning_split(run) -> None:
     )
     assert result.selection["split"] == "tune" and sum(result.selection["counts"]) >= 1
     assert [m["weight"] for m in result.members] == [float(c) for c in result.selection["counts"]]
+
+
+def test_greedy_without_a_tuning_split_names_greedy_not_split(run, tmp_path: Path, capsys) -> None:
+    # The user passed --greedy (its --select-on defaults to tune), never --split.
+    cache, _ = run
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *SMALL, "train.epochs=1"])
+    plain = train(cfg, tmp_path / "plain", progress=False).run_dir  # no held-out split
+    argv = ["ensemble", f"{plain}@last", "--data", str(cache), "--greedy", "--no-cache", "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--greedy chooses members on --select-on tune: this model was trained" in err
+    assert "--split" not in err and "data.holdout_per_class = K" in err
+    assert main([*argv, "--select-on", "test"]) == 1
+    err = capsys.readouterr().err
+    assert "--greedy chooses members on --select-on 'test': expected a labelled split" in err
 
 
 def test_greedy_weights_follow_the_tuning_split_not_val(run, monkeypatch) -> None:
@@ -273,9 +296,26 @@ def test_cli_evaluate_and_ensemble(run, tmp_path: Path, capsys) -> None:
         == 0
     )
     text = capsys.readouterr().out
-    assert "ensemble (val, center)" in text and "gain over the best member" in text
+    assert "ensemble (val, center)" in text and "top-1 error" in text and "its best member" in text
     assert np.load(out / "probabilities.npy").shape == (20, 5)
     assert len(json.loads((out / "ensemble.json").read_text())["members"]) == 3
+
+
+def test_cli_ensemble_writes_files_only_with_out(run, tmp_path: Path, capsys, monkeypatch) -> None:
+    cache, folder = run
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    argv = ["ensemble", f"{folder}@last:2", "--data", str(cache), "--no-cache", "-q"]
+    assert main(argv) == 0
+    assert list(here.iterdir()) == []  # nothing in the working folder: no ./ensemble/
+    assert "nothing saved (--out DIR saves" in capsys.readouterr().out
+    out = tmp_path / "ens"
+    assert main([*argv, "--json", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["split"] == "val"  # stdout: the one JSON object
+    assert f"saved {out / 'probabilities.npy'} and {out / 'ensemble.json'}" in printed.err
+    assert sorted(p.name for p in out.iterdir()) == ["ensemble.json", "probabilities.npy"]
 
 
 def test_cli_predict_submission_and_files_with_an_ensemble(
@@ -369,7 +409,23 @@ def test_gain_is_the_best_members_error_minus_the_ensembles(
     assert [m["top1_error"] for m in result.members][:3] == pytest.approx([1 / 3] * 3)
     assert result.ensemble["top1_error"] == 0.0
     assert result.gain == pytest.approx(1 / 3)
-    assert "+33.33 points" in format_result(result)
+    assert "ensemble: 33.33 points lower top-1 error than its best member" in format_result(result)
+
+
+@pytest.mark.parametrize(
+    ("gain", "words"),
+    [
+        (0.016, "1.60 points lower top-1 error than its best member"),
+        (-0.004, "0.40 points higher top-1 error than its best member"),
+        (0.0, "the same top-1 error as its best member"),
+        (-0.00004, "the same top-1 error as its best member"),  # rounds to 0.00: no "-0.00"
+    ],
+)
+def test_the_gain_says_which_way_the_error_went(gain: float, words: str) -> None:
+    member = {"checkpoint": "a.pt", "weight": 1.0, "top1_error": 0.5, "top5_error": 0.2, "loss": 1}
+    rates = {"top1_error": 0.5 - gain, "top5_error": 0.2, "loss": 1.0, "count": 1}
+    result = EnsembleResult("val", "center", [member], rates, gain, np.zeros((1, 2), np.float32))
+    assert format_result(result).splitlines()[-1] == f"ensemble: {words}"
 
 
 def test_a_worse_ensemble_has_a_negative_gain(run, monkeypatch) -> None:
@@ -384,7 +440,9 @@ def test_a_worse_ensemble_has_a_negative_gain(run, monkeypatch) -> None:
     result = ensemble([f"{folder}@epochs:1,2"], cache, prob_cache=None)
     assert result.ensemble["top1_error"] == 1.0  # the mean (0.3, 0.7) follows the wrong one
     assert result.gain == -1.0
-    assert "-100.00 points" in format_result(result)
+    assert "ensemble: 100.00 points higher top-1 error than its best member" in format_result(
+        result
+    )
 
 
 def _reference_views(images: torch.Tensor, tta: str) -> list[tuple[int, int, bool]]:

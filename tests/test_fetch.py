@@ -228,8 +228,11 @@ def test_wrong_content_range_start_is_refused(served: Served, tmp_path: Path) ->
 
 
 def test_connection_refused_fails_after_retries(tmp_path: Path) -> None:
-    with pytest.raises(DownloadError, match="after 3 attempt"):
+    with pytest.raises(DownloadError, match="after 3 attempt") as info:
         fetch.download("http://127.0.0.1:9/x.zip", tmp_path / "x.zip", retries=2, **FAST)
+    # Offline, no byte arrived and no .part was made: the message must not point at one.
+    assert not (tmp_path / "x.zip.part").exists()
+    assert ".part" not in str(info.value) and "nothing was downloaded" in str(info.value)
 
 
 def test_existing_verified_dest_makes_no_request(served: Served, tmp_path: Path) -> None:

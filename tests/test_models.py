@@ -270,7 +270,15 @@ def test_dropout_reaches_the_fc_layers_only(p: float) -> None:
         ("paper8", {"conv_channels": [128, 0]}, r"conv_channels \[128, 0\] .* not 0"),
         ("paper8", {"conv_channels": 128}, r"conv_channels 128 must be a list"),
         ("paper8", {"fc_widths": [400, -1]}, r"fc_widths \[400, -1\]"),
-        ("paper8", {"pool_after": [1, 5]}, r"pool_after index 5 is not a conv layer index 0..4"),
+        ("paper8", {"pool_after": [1, 5]}, r"after conv layer 5, but conv_channels .* \(0..4\)"),
+        (
+            "paper8",  # pool_after keeps paper8's default [1, 3, 4], for 5 conv layers
+            {"conv_channels": [32, 64]},
+            r"pool_after \[1, 3, 4\] pools after conv layer 3, but conv_channels \[32, 64\] has "
+            r"2 conv layers \(0..1\): pool_after counts positions in conv_channels, so a new "
+            r"channel list needs its own pool_after, with indices 0..1$",
+        ),
+        ("paper8", {"pool_after": [1, "2"]}, r"pool_after index '2' is not a conv layer index"),
         ("paper8", {"pool_after": [1, 1]}, r"pool_after \[1, 1\] repeats an index"),
         ("paper8", {"batch_norm": "yes"}, r"batch_norm 'yes' must be true or false"),
         ("paper8", {"num_classes": 0}, r"num_classes 0 must be a positive integer"),
@@ -331,6 +339,38 @@ def test_factories_with_free_options_keep_them(scratch_registry: dict[str, Any])
         "num_classes": 3,
         "depth": 2,
     }
+
+
+def _assert_models_columns_line_up(capsys: pytest.CaptureFixture) -> list[str]:
+    """Run ``tinycnn models``; each column starts where its header does on every line."""
+    from tinycnn.cli import main
+
+    assert main(["models"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    for info, row in zip(list_models(), rows, strict=True):
+        assert row.startswith(f"{info.name} ")
+        assert row.index(f"{info.params:,}  ") + len(f"{info.params:,}") == header.index("  input")
+        assert row.index(info.description) == header.index("description"), row
+    return rows
+
+
+def test_models_command_fits_every_name_and_count(capsys: pytest.CaptureFixture) -> None:
+    rows = _assert_models_columns_line_up(capsys)  # preact_resnet18 overran a 10-wide column
+    assert any(row.startswith("preact_resnet18 ") for row in rows)
+
+
+def test_models_command_fits_a_long_name_and_a_huge_count(
+    scratch_registry: dict[str, Any], capsys: pytest.CaptureFixture
+) -> None:
+    @register_model("a_very_long_model_name_indeed", description="huge")
+    def huge(num_classes: int = 200) -> nn.Module:
+        return nn.Linear(100_000, 20_000)  # 2,000,020,000 parameters, counted on the meta device
+
+    @register_model("s", description="small")
+    def small(num_classes: int = 200) -> nn.Module:
+        return nn.Linear(2, num_classes)
+
+    _assert_models_columns_line_up(capsys)
 
 
 # --- initialisation ------------------------------------------------------------------------------

@@ -264,6 +264,18 @@ def test_reports_for_people_and_for_programs(mixed_inputs: dict[str, Path], pred
     assert text.endswith("1 predicted, 1 not predicted")
 
 
+@pytest.mark.parametrize(
+    ("wnid", "name", "shown"),
+    [
+        ("n02074367", "dugong, Dugong dugon", "dugong, Dugong dugon (n02074367)"),
+        ("dugong", "dugong", "dugong"),  # class-per-folder data: the name is the id
+    ],
+)
+def test_a_class_is_named_once_where_its_name_is_its_id(wnid: str, name: str, shown: str) -> None:
+    row = {"file": "a.jpg", "top": [{"wnid": wnid, "name": name, "probability": 0.9}]}
+    assert format_report(PredictionReport([row], [])).splitlines()[1] == f"   0.900  {shown}"
+
+
 def test_a_truncated_file_is_reported_and_the_rest_read(tmp_path: Path) -> None:
     whole = _save(tmp_path / "whole.jpg", _noise("RGB", (64, 64)), quality=95)
     cut = tmp_path / "cut.jpg"

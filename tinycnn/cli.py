@@ -170,9 +170,16 @@ def _as_overrides(cfg) -> list[str]:
 def _cmd_models(args: argparse.Namespace) -> int:
     from tinycnn.models import list_models
 
-    print(f"{'name':<10} {'params':>11}  {'input':>5}  description")
-    for info in list_models():
-        print(f"{info.name:<10} {info.params:>11,}  {info.default_input:>5}  {info.description}")
+    models = list_models()
+    # Columns as wide as their widest entry, so that no name or count pushes the rest along.
+    name_width = max(len("name"), *(len(info.name) for info in models))
+    params_width = max(len("params"), *(len(f"{info.params:,}") for info in models))
+    print(f"{'name':<{name_width}} {'params':>{params_width}}  {'input':>5}  description")
+    for info in models:
+        print(
+            f"{info.name:<{name_width}} {info.params:>{params_width},}  "
+            f"{info.default_input:>5}  {info.description}"
+        )
     return 0
 
 
@@ -229,12 +236,18 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         )
     for warning in caught:  # one line each, as errors are, instead of Python's two
         print(f"tinycnn: warning: {warning.message}", file=sys.stderr)
-    out = save_result(result, args.out)
+    # Files only where the user asked (--out): like evaluate, a look at the numbers writes
+    # nothing, and never replaces an earlier ensemble's files in the working folder.
+    out = save_result(result, args.out) if args.out else None
     if args.json:
         print(json.dumps(result.to_json()))
     else:
         print(format_result(result))
-        print(f"saved {out / 'probabilities.npy'} and {out / 'ensemble.json'}")
+    if out is not None:  # beside --json's one object, on stderr
+        saved = f"saved {out / 'probabilities.npy'} and {out / 'ensemble.json'}"
+        print(saved, file=sys.stderr if args.json else sys.stdout)
+    elif not args.json:
+        print("nothing saved (--out DIR saves probabilities.npy and ensemble.json)")
     return 0
 
 
@@ -477,7 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="choose members greedily (with replacement) on --select-on",
     )
     p.add_argument("--select-on", default="tune", help="split for --greedy (default: tune)")
-    p.add_argument("--out", default="ensemble", help="folder for probabilities.npy, ensemble.json")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="save probabilities.npy and ensemble.json in DIR (default: nothing is written)",
+    )
     p.add_argument(
         "--prob-cache",
         default=str(PROB_CACHE),

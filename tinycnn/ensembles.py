@@ -184,8 +184,12 @@ def member_probabilities(
     prob_cache: ProbabilityCache,
     batch_size: int = 500,
     progress: bool = False,
+    option: str = "--split",
 ) -> tuple[list[np.ndarray], Tensor]:
-    """Each member's (N, C) probabilities on a split (cached), and the split's labels."""
+    """Each member's (N, C) probabilities on a split (cached), and the split's labels.
+
+    option: what chose the split, as errors name it (split_rows).
+    """
     labels = None
     probs = []
     for path in paths:
@@ -197,7 +201,7 @@ def member_probabilities(
             label = f"evaluate {loaded.path.name} on {split}" if progress else None
             return loaded.probabilities(images, tta, batch_size, label).numpy()
 
-        name, rows = split_rows(cache, split, loaded.config)
+        name, rows = split_rows(cache, split, loaded.config, option)
         precision = runtime.precision
         probs.append(prob_cache.get(path, cache, split, tta, rows, precision, compute))
         if labels is None:  # the labels alone: no copy of the images
@@ -241,7 +245,14 @@ def ensemble(
     selection = None
     if greedy:
         tune_probs, tune_labels = member_probabilities(
-            paths, cache, select_on, tta, runtime, store, progress=progress
+            paths,
+            cache,
+            select_on,
+            tta,
+            runtime,
+            store,
+            progress=progress,
+            option="--greedy chooses members on --select-on",
         )
         counts = greedy_select(tune_probs, tune_labels, rounds or max(10, 2 * len(paths)))
         weights = [float(c) for c in counts]
@@ -302,12 +313,21 @@ def format_result(result: EnsembleResult) -> str:
         f"{'ensemble (' + result.split + ', ' + result.tta + ')':<52} {'':>6} "
         f"{e['top1_error']:>9.2%} {e['top5_error']:>9.2%}"
     )
-    lines.append(f"gain over the best member: {result.gain * 100:+.2f} points of top-1 error")
+    lines.append(f"ensemble: {_gain_words(result.gain)}")
     if result.selection:
         lines.append(
             f"greedy selection on {result.selection['split']}: counts {result.selection['counts']}"
         )
     return "\n".join(lines)
+
+
+def _gain_words(gain: float) -> str:
+    """The gain (best member's top-1 error minus the ensemble's) in words that say which way."""
+    points = round(gain * 100, 2)  # as printed: a gain of 0.001 points is "the same"
+    if points == 0:
+        return "the same top-1 error as its best member"
+    way = "lower" if points > 0 else "higher"
+    return f"{abs(points):.2f} points {way} top-1 error than its best member"
 
 
 @dataclass

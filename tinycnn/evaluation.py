@@ -42,15 +42,17 @@ class Evaluation:
         return dict(vars(self))
 
 
-def split_rows(cache: Cache, split: str, config: dict) -> tuple[str, np.ndarray | None]:
+def split_rows(
+    cache: Cache, split: str, config: dict, option: str = "--split"
+) -> tuple[str, np.ndarray | None]:
     """(the cache split a labelled split reads, its rows there or None for all of them).
 
     "tune" is the training run's held-out part of "train", rebuilt from its config
-    (data.holdout_*).
+    (data.holdout_*). option: what chose the split, as errors name it (e.g. "--split").
     """
     if split not in LABELLED_SPLITS:
         raise ConfigError(
-            f"--split {split!r}: expected a labelled split: "
+            f"{option} {split!r}: expected a labelled split: "
             f"{', '.join(LABELLED_SPLITS)} (test has no labels)"
         )
     if split != "tune":
@@ -58,8 +60,8 @@ def split_rows(cache: Cache, split: str, config: dict) -> tuple[str, np.ndarray 
     per_class = config["data"]["holdout_per_class"]
     if not per_class:
         raise ConfigError(
-            "--split tune: this model was trained without a held-out split "
-            "(data.holdout_per_class = 0)"
+            f"{option} tune: this model was trained without a held-out split "
+            "(data.holdout_per_class = 0); train with data.holdout_per_class = K for one"
         )
     _, rows = holdout_split(cache.split("train").labels, per_class, config["data"]["holdout_seed"])
     return "train", rows

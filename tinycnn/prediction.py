@@ -264,12 +264,18 @@ def predict_files(
     return PredictionReport(rows, failures)
 
 
+def _class_label(top: dict) -> str:
+    """The class as "name (wnid)", or its name alone where that is the id (class-per-folder)."""
+    return top["name"] if top["name"] == top["wnid"] else f"{top['name']} ({top['wnid']})"
+
+
 def format_report(report: PredictionReport) -> str:
-    """A table for people: each file, then its top classes as "probability name (wnid)"."""
+    """A table for people: each file, then its top classes as "probability name (wnid)"
+    ("probability name" where the name is the id, as with class-per-folder data)."""
     lines = []
     for row in report.rows:
         lines.append(row["file"])
-        lines.extend(f"  {t['probability']:6.3f}  {t['name']} ({t['wnid']})" for t in row["top"])
+        lines.extend(f"  {t['probability']:6.3f}  {_class_label(t)}" for t in row["top"])
     if report.failures:
         lines.append(f"not predicted ({len(report.failures)}):")
         lines.extend(f"  {f['file']}: {f['reason']}" for f in report.failures)

@@ -343,13 +343,20 @@ class Session:
         if progress:
             tune = f", tune top-1 {row['tune_top1_error']:.2%}" if "tune_top1_error" in row else ""
             print(
-                f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}, val top-1 error "
+                f"epoch {self._epoch_text(row['iteration'])}: train loss "
+                f"{row['train_loss']:.3f}, val top-1 error "
                 f"{row['val_top1_error']:.2%}, top-5 {row['val_top5_error']:.2%}{tune} "
                 f"({row['seconds'] or 0:.0f} s)",
                 flush=True,
             )
             if row["epoch"] == 1 and at_chance(row["train_loss"], self.cache.num_classes):
                 print(chance_advice(row["train_loss"], self.cache.num_classes), flush=True)
+
+    def _epoch_text(self, iteration: int) -> str:
+        """Epochs done at an iteration, for people: "12", or "12.09" when the run ended mid-epoch
+        (a budget): hundredths cut, never rounded up to an epoch that was not finished."""
+        whole, rest = divmod(iteration, self.iters_per_epoch)
+        return str(whole) if not rest else f"{whole}.{rest * 100 // self.iters_per_epoch:02d}"
 
     def diverged(self, value: float) -> None:
         last = self.checkpoints / "last.pt"

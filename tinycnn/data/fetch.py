@@ -130,10 +130,12 @@ def _fetch_with_retries(
             return _fetch_once(url, part, size, timeout, bar)
         except _TRANSIENT as err:  # HTTP errors became DownloadError inside: not retried
             failure = err
-    have = part.stat().st_size if part.exists() else 0
+    if part.exists():
+        kept = f"{part.stat().st_size} bytes kept in {part}, call again to resume"
+    else:  # e.g. offline: no connection, so no part file to point at
+        kept = "nothing was downloaded; check the URL and the network, then call again"
     raise DownloadError(
-        f"{url}: transfer failed after {retries + 1} attempt(s) ({failure!r}); "
-        f"{have} bytes kept in {part}, call again to resume"
+        f"{url}: transfer failed after {retries + 1} attempt(s) ({failure!r}); {kept}"
     )
 
 

@@ -122,7 +122,7 @@ class PaperCNN(nn.Module):
         _check_scalar_options(num_classes, dropout, activation, batch_norm, input_size, in_channels)
         conv_channels = _positive_ints("conv_channels", conv_channels, allow_empty=False)
         fc_widths = _positive_ints("fc_widths", fc_widths, allow_empty=True)
-        pools = _check_pool_after(pool_after, len(conv_channels))
+        pools = _check_pool_after(pool_after, conv_channels)
         side = _pooled_size(input_size, len(pools))
         self.input_size = input_size
 
@@ -171,14 +171,22 @@ class PaperCNN(nn.Module):
         return self.forward_head(self.forward_features(images))
 
 
-def _check_pool_after(pool_after: Sequence[int], conv_layers: int) -> set[int]:
+def _check_pool_after(pool_after: Sequence[int], conv_channels: list[int]) -> set[int]:
     """The set of pooled conv indices, or a ConfigError quoting one out of range or repeated."""
     if isinstance(pool_after, str | bytes) or not isinstance(pool_after, Sequence):
         raise ConfigError(f"pool_after {pool_after!r} must be a list of conv layer indices")
+    last = len(conv_channels) - 1
     for index in pool_after:
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < conv_layers:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ConfigError(f"pool_after index {index!r} is not a conv layer index 0..{last}")
+        if not 0 <= index <= last:
+            # Most often conv_channels was changed alone and pool_after kept the model's
+            # default, which counts the layers of the default channel list.
             raise ConfigError(
-                f"pool_after index {index!r} is not a conv layer index 0..{conv_layers - 1}"
+                f"pool_after {list(pool_after)!r} pools after conv layer {index}, but "
+                f"conv_channels {conv_channels!r} has {last + 1} conv layers (0..{last}): "
+                "pool_after counts positions in conv_channels, so a new channel list needs "
+                f"its own pool_after, with indices 0..{last}"
             )
     if len(set(pool_after)) != len(pool_after):
         raise ConfigError(f"pool_after {list(pool_after)!r} repeats an index")

@@ -182,6 +182,14 @@ def test_ensemble_numbers(pair) -> None:
     seconds = {r["label"]: r["training_seconds"] for r in data["experiments"]}
     expected = seconds["run0"] + max(seconds["run1@epoch-001"], seconds["run1@epoch-002"])
     assert data["ensemble"]["training_seconds"] == pytest.approx(expected)
+    # The page says which way the error went, in points computed here from the two errors.
+    points = round(100 * (best - data["ensemble"]["val_top1_error"]), 2)
+    way = (
+        "the same val top-1 error"
+        if points == 0
+        else (f"{abs(points):.2f} points {'lower' if points > 0 else 'higher'} val top-1 error")
+    )
+    assert f"<b>{way}" in (pair.out / "index.html").read_text()
 
 
 @pytest.mark.parametrize("report", ["single", "pair"])

@@ -313,7 +313,7 @@ def format_result(result: EnsembleResult) -> str:
         f"{'ensemble (' + result.split + ', ' + result.tta + ')':<52} {'':>6} "
         f"{e['top1_error']:>9.2%} {e['top5_error']:>9.2%}"
     )
-    lines.append(f"ensemble: {_gain_words(result.gain)}")
+    lines.append(f"ensemble: {gain_words(result.gain)}")
     if result.selection:
         lines.append(
             f"greedy selection on {result.selection['split']}: counts {result.selection['counts']}"
@@ -321,13 +321,13 @@ def format_result(result: EnsembleResult) -> str:
     return "\n".join(lines)
 
 
-def _gain_words(gain: float) -> str:
+def gain_words(gain: float, error: str = "top-1 error") -> str:
     """The gain (best member's top-1 error minus the ensemble's) in words that say which way."""
     points = round(gain * 100, 2)  # as printed: a gain of 0.001 points is "the same"
     if points == 0:
-        return "the same top-1 error as its best member"
+        return f"the same {error} as its best member"
     way = "lower" if points > 0 else "higher"
-    return f"{abs(points):.2f} points {way} top-1 error than its best member"
+    return f"{abs(points):.2f} points {way} {error} than its best member"
 
 
 @dataclass

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from html import escape
 
+from tinycnn.ensembles import gain_words
+
 SECTIONS = (
     ("summary", "1. Summary and experiments"),
     ("curves", "2. Training curves"),
@@ -377,17 +379,17 @@ def ensemble(data: dict) -> str:
     )
     table = (
         "<table><thead><tr><th>member</th><th class=n>val top-1</th><th class=n>val top-5</th>"
-        "<th class=n>ensemble gain over it (points)</th></tr></thead><tbody>"
+        "<th class=n>ensemble's error below it (points)</th></tr></thead><tbody>"
         + rows
         + f"<tr><td class=ours>{escape(ens['label'])}</td><td class='n ours'>"
         f"{_pct(ens['val_top1_error'])}</td><td class=n>{_pct(ens['val_top5_error'])}</td>"
         "<td></td></tr></tbody></table>"
     )
+    gain = gain_words(data["ensemble_gain"], "val top-1 error")
     note = (
         f'<p class="note">The ensemble averages its {len(members)} members\' class '
-        f"probabilities with equal weights. Gain over the best member: "
-        f"<b>{100 * data['ensemble_gain']:+.1f}</b> points of val top-1 error "
-        "(the paper: snapshots ~1, 3 models another 1-2).</p>"
+        f"probabilities with equal weights: <b>{gain}</b> (the paper: snapshots ~1 point "
+        "lower, 3 models another 1-2).</p>"
     )
     return _section("ensemble", note + table + "<p>" + _img(data["ensemble_figure"], "gain"))
 

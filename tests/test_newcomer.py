@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -190,3 +191,16 @@ def test_export_and_ensemble_take_run_folders_and_show_progress(
     assert "evaluate epoch-001.pt on val" in err and "evaluate epoch-002.pt on val" in err
     assert main(["export", f"{run}@epochs:1,2", "--format", "onnx", "--out", str(out)]) == 1
     assert "names 2 checkpoints; give one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("", "1 skipped"), ("1", "1 failed")])
+def test_missing_real_data_skips_outside_ci_and_fails_in_it(
+    tmp_path: Path, ci: str, outcome: str
+) -> None:
+    env = {**os.environ, "TINYCNN_TEST_DATA": str(tmp_path / "nowhere"), "CI": ci}
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"]
+    command += ["tests/test_full_data.py::test_full_tiny_imagenet"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert outcome in done.stdout, done.stdout
+    assert f"{tmp_path / 'nowhere' / 'tiny-imagenet-200.tar.gz'} is missing" in done.stdout
+    assert "TINYCNN_TEST_DATA" in done.stdout

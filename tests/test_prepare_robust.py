@@ -168,6 +168,32 @@ def test_classes_official_on_a_202_class_copy() -> None:
     assert "missing_box_files" not in layout.notes  # the dropped classes' boxes do not matter
 
 
+@pytest.mark.parametrize(
+    ("kept", "extra", "hint"),
+    [
+        (200, EXTRA, True),  # the 202-line wnids.txt: --classes official is the fix
+        (199, EXTRA, False),  # an official class missing: --classes official would fail
+        (200, [], False),  # the standard dataset: nothing to say
+        (10, [], False),  # the mini subset: no class to drop
+    ],
+)
+def test_a_copy_with_extra_classes_is_told_to_use_classes_official(
+    kept: int, extra: list[str], hint: bool
+) -> None:
+    from tinycnn.data.cache import standard_difference
+    from tinycnn.data.layout import official_wnids
+
+    counts = {"train": 500 * (kept + len(extra)), "val": 50 * (kept + len(extra)), "test": 10_000}
+    manifest = {
+        "classes": official_wnids()[:kept] + extra,
+        "splits": {name: {"count": count} for name, count in counts.items()},
+    }
+    text = standard_difference(manifest)
+    assert (text == "") is (kept == 200 and not extra)
+    advice = "to keep only its 200 classes (dropping the 2 others), prepare again with --classes"
+    assert (f"{advice} official" in text) is hint, text
+
+
 def test_shipped_official_class_list_matches_the_real_archive(full_archive: Path) -> None:
     from tinycnn.data.layout import official_wnids
     from tinycnn.data.sources import _iter_tar

@@ -321,6 +321,11 @@ def standard_difference(manifest: dict) -> str:
         got = manifest["splits"].get(name, {}).get("count", 0)
         if not reasons and got != expected:
             reasons.append(f"{name} has {got:,} images, not {expected:,}")
+    if extra and not missing:  # a copy with classes appended (202 wnids): say the fix
+        reasons.append(
+            f"to keep only its 200 classes (dropping the {len(extra)} others), prepare again "
+            "with --classes official"
+        )
     return "NOT the standard 200-class Tiny ImageNet: " + "; ".join(reasons) if reasons else ""
 
 

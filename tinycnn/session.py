@@ -24,6 +24,7 @@ from tinycnn.checkpoint import (
 )
 from tinycnn.compute import PFLOP
 from tinycnn.config import RunConfig, config_to_dict
+from tinycnn.crops import fit_crop
 from tinycnn.data.augment import Normalization
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.data.splits import holdout_split
@@ -397,6 +398,8 @@ def load_session(
     """
     dist = dist or Dist()
     cache = load_cache(cfg.data.cache)
+    image_side = cache.manifest.get("image_size", 64)
+    cfg = fit_crop(cfg, image_side, cache.num_classes)  # unset: 7/8 of the side, as train has it
     train_rows, tune_rows = training_rows(cfg, cache)
     images, labels = _load_rows(cache, "train", train_rows)
     if runtime.device.type == "cuda":  # the uint8 split lives on the GPU: no copy per batch
@@ -404,7 +407,7 @@ def load_session(
     eval_sets = {"val": _load_rows(cache, "val", None)}
     if len(tune_rows):
         eval_sets["tune"] = _load_rows(cache, "train", tune_rows)
-    eval_size = cfg.augment.crop or cache.manifest.get("image_size", 64)
+    eval_size = cfg.augment.crop or image_side
     model = build_model(cfg, cache.num_classes, eval_size)
     if cfg.train.sync_batch_norm and dist.active:  # before the optimiser: new parameters
         model = sync_batch_norm(model, runtime.device)

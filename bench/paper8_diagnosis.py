@@ -34,6 +34,7 @@ from torch import nn
 
 import tinycnn
 from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normalization_from_payload
+from tinycnn.crops import fit_crop
 from tinycnn.data.augment import center_crop
 from tinycnn.data.cache import load_cache
 from tinycnn.optim import lr_at
@@ -144,7 +145,7 @@ def main() -> None:
     cfg = tinycnn.load_config(args.config, overrides + args.set)
     out = Path(args.out)
     cache = load_cache(args.cache)
-    crop = cfg.augment.crop
+    crop = fit_crop(cfg, cache.manifest.get("image_size", 64), cache.num_classes).augment.crop
     model = build_model(cfg, cache.num_classes, crop)  # the run's own init (same seed)
     iters_per_epoch = math.ceil(
         (len(cache.split("train").labels) - cfg.data.holdout_per_class * cache.num_classes)

@@ -17,7 +17,8 @@ def test_defaults_are_the_papers() -> None:
     assert (cfg.model.name, cfg.model.init, cfg.optim.name) == ("paper8", "xavier", "sgd")
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (1e-3, 0.9, 5e-4)
     assert (cfg.schedule.name, cfg.schedule.step_epochs, cfg.schedule.gamma) == ("step", 10, 0.1)
-    assert cfg.data.normalization == "mean_image" and cfg.augment.crop == 56
+    assert cfg.data.normalization == "mean_image" and cfg.augment.crop is None  # unset:
+    assert cfg.augment.output_size(64, 64) == (56, 56)  # the paper's 56 on 64x64 images
 
 
 def test_overrides_and_model_options(tmp_path: Path) -> None:

@@ -168,6 +168,32 @@ def test_classes_official_on_a_202_class_copy() -> None:
     assert "missing_box_files" not in layout.notes  # the dropped classes' boxes do not matter
 
 
+@pytest.mark.parametrize(
+    ("kept", "extra", "hint"),
+    [
+        (200, EXTRA, True),  # the 202-line wnids.txt: --classes official is the fix
+        (199, EXTRA, False),  # an official class missing: --classes official would fail
+        (200, [], False),  # the standard dataset: nothing to say
+        (10, [], False),  # the mini subset: no class to drop
+    ],
+)
+def test_a_copy_with_extra_classes_is_told_to_use_classes_official(
+    kept: int, extra: list[str], hint: bool
+) -> None:
+    from tinycnn.data.cache import standard_difference
+    from tinycnn.data.layout import official_wnids
+
+    counts = {"train": 500 * (kept + len(extra)), "val": 50 * (kept + len(extra)), "test": 10_000}
+    manifest = {
+        "classes": official_wnids()[:kept] + extra,
+        "splits": {name: {"count": count} for name, count in counts.items()},
+    }
+    text = standard_difference(manifest)
+    assert (text == "") is (kept == 200 and not extra)
+    advice = "to keep only its 200 classes (dropping the 2 others), prepare again with --classes"
+    assert (f"{advice} official" in text) is hint, text
+
+
 def test_shipped_official_class_list_matches_the_real_archive(full_archive: Path) -> None:
     from tinycnn.data.layout import official_wnids
     from tinycnn.data.sources import _iter_tar
@@ -317,6 +343,61 @@ def test_resize_keeps_the_aspect_by_centre_crop(synth_copy: Path, tmp_path: Path
     test = load_cache(out).split("test")
     image = test.images[test.files.index("test/images/test_1.JPEG")].astype(int)
     assert (np.abs(image[4:-4, 4:-4] - [0, 0, 255]).max(axis=-1) < 40).all()
+
+
+# --- issue 27 item 20: boxes of a cache made at another size -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("box", "width", "height", "size", "expected"),
+    [
+        ((14, 2, 54, 49), 64, 64, 32, (7, 1, 27, 24)),  # x: pixels 14-54 = [14, 55) -> [7, 27.5)
+        ((52, 55, 57, 59), 64, 64, 32, (26, 27, 28, 29)),
+        ((0, 0, 63, 63), 64, 64, 32, (0, 0, 31, 31)),  # the whole image stays the whole image
+        ((0, 10, 63, 58), 64, 64, 56, (0, 8, 55, 51)),  # 10 * 7/8 = 8.75, 59 * 7/8 = 51.6
+        ((40, 10, 50, 20), 128, 64, 64, (8, 10, 18, 20)),  # the centre square starts at x = 32
+        ((20, 0, 100, 63), 128, 64, 32, (0, 0, 31, 31)),  # cut by the square: clipped to it
+        ((0, 0, 20, 63), 128, 64, 64, (-1, -1, -1, -1)),  # wholly cropped away: unknown
+        ((-1, -1, -1, -1), 64, 64, 32, (-1, -1, -1, -1)),  # unknown stays unknown
+    ],
+)
+def test_boxes_follow_the_images_to_another_size(
+    box: tuple, width: int, height: int, size: int, expected: tuple
+) -> None:
+    boxes = np.array([box, (1, 2, 3, 4)], np.int16)  # row 1 was not resized: it stays
+    fitted = decode.fit_boxes(boxes, [(0, width, height)], size)
+    assert fitted.tolist() == [list(expected), [1, 2, 3, 4]] and fitted.dtype == np.int16
+
+
+def test_a_cache_at_size_32_has_boxes_in_32_pixel_coordinates(
+    mini_archive: Path, tmp_path: Path
+) -> None:
+    # Boxes of the real mini subset, read from its annotation files, halved by hand.
+    out = tmp_path / "mini32"
+    cache = load_cache(prepare(mini_archive, out, size=32, resize=True, progress=False).path)
+    train, val = cache.split("train"), cache.split("val")
+    assert train.images.shape[1:] == (32, 32, 3)
+    one = train.files.index("train/n01443537/images/n01443537_1.JPEG")  # 14 2 54 49 at 64
+    assert train.boxes[one].tolist() == [7, 1, 27, 24]
+    assert val.boxes[val.files.index("val/images/val_1.JPEG")].tolist() == [26, 27, 28, 29]
+    assert train.boxes.min() >= 0 and train.boxes.max() <= 31 and val.boxes.max() <= 31
+    assert not prepare(mini_archive, out, size=32, resize=True, progress=False).rebuilt
+
+
+def test_a_cache_with_the_original_images_boxes_is_rebuilt(
+    mini_archive: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from tinycnn.data.cache import MANIFEST, manifest_digest
+
+    out = prepare(mini_archive, tmp_path / "mini32", size=32, resize=True, progress=False).path
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["options"]["boxes"]  # as an older tinycnn wrote it, with 64-pixel boxes
+    manifest["digest"] = manifest_digest(manifest)
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    again = prepare(mini_archive, out, size=32, resize=True, progress=False)
+    assert again.rebuilt and "boxes are in the original images' pixels" in again.reason
 
 
 # --- own datasets: class-per-folder -------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -244,6 +245,9 @@ def _section(section: str, cls: type, values: dict[str, Any]) -> Any:
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
+    optional = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint) and len(optional) == 1:  # int | None: unset = None
+        hint = optional[0]
     origin = getattr(hint, "__origin__", hint)
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -271,7 +275,10 @@ def to_toml(cfg: RunConfig) -> str:
     lines = ["# Resolved tinycnn run configuration: every setting this run used."]
     for section, values in config_to_dict(cfg).items():
         lines.append(f"\n[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        # None is a key left unset (TOML has no null): a run's config has it resolved.
+        lines.extend(
+            f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -24,13 +24,14 @@ from tinycnn.checkpoint import (
 )
 from tinycnn.compute import PFLOP
 from tinycnn.config import RunConfig, config_to_dict
+from tinycnn.crops import fit_crop
 from tinycnn.data.augment import Normalization
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.data.splits import holdout_split
 from tinycnn.distributed import Dist, sync_batch_norm
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.inference import predict_logits
-from tinycnn.metrics import error_rates
+from tinycnn.metrics import clearly_below_chance, error_rates
 from tinycnn.models import create_model, init_weights, model_options, scale_classifier
 from tinycnn.optim import build_optimizer, cycle_ends
 from tinycnn.run_folder import METRICS, STEPS, append_line, read_metrics, read_steps
@@ -257,6 +258,7 @@ class Session:
             "train_pflop": self.flops_done / PFLOP,
             "input_size": self.input_size_at(max(self.iteration - 1, 0)),
         }
+        counts = {"train": self.accum.seen}  # images behind each error, for the chance check
         for name, (images, labels) in self.eval_sets.items():
             logits = predict_logits(
                 self.ema if self.ema is not None else self.model,
@@ -269,6 +271,7 @@ class Session:
                 progress=f"evaluate {name}" if progress else None,
             )
             rates = error_rates(logits, labels)
+            counts[name] = rates["count"]
             row.update(
                 {
                     f"{name}_loss": rates["loss"],
@@ -299,7 +302,7 @@ class Session:
         if is_best and self.dist.main:
             copy_file(path, self.checkpoints / "best.pt")
         pause_point("best", self.iteration)
-        self._log(row, progress)
+        self._log(row, progress, counts)
         pause_point("logged", self.iteration)
         return row
 
@@ -332,7 +335,7 @@ class Session:
             for key in ("train_loss", "train_top1_error", "lr"):
                 self.writer.add_scalar(f"steps/{key}", row[key], self.iteration)
 
-    def _log(self, row: dict, progress: bool) -> None:
+    def _log(self, row: dict, progress: bool, counts: dict[str, int]) -> None:
         if self.dist.main:
             append_line(self.out / "metrics.jsonl", json.dumps(row))
         self.metrics.append(row)
@@ -349,8 +352,9 @@ class Session:
                 f"({row['seconds'] or 0:.0f} s)",
                 flush=True,
             )
-            if row["epoch"] == 1 and at_chance(row["train_loss"], self.cache.num_classes):
-                print(chance_advice(row["train_loss"], self.cache.num_classes), flush=True)
+            classes = self.cache.num_classes
+            if row["epoch"] == 1 and not learning(row, counts, classes):
+                print(not_learning_advice(row, counts, self.cfg, classes), flush=True)
 
     def _epoch_text(self, iteration: int) -> str:
         """Epochs done at an iteration, for people: "12", or "12.09" when the run ended mid-epoch
@@ -401,6 +405,8 @@ def load_session(
     """
     dist = dist or Dist()
     cache = load_cache(cfg.data.cache)
+    image_side = cache.manifest.get("image_size", 64)
+    cfg = fit_crop(cfg, image_side, cache.num_classes)  # unset: 7/8 of the side, as train has it
     train_rows, tune_rows = training_rows(cfg, cache)
     images, labels = _load_rows(cache, "train", train_rows)
     if runtime.device.type == "cuda":  # the uint8 split lives on the GPU: no copy per batch
@@ -408,7 +414,7 @@ def load_session(
     eval_sets = {"val": _load_rows(cache, "val", None)}
     if len(tune_rows):
         eval_sets["tune"] = _load_rows(cache, "train", tune_rows)
-    eval_size = cfg.augment.crop or cache.manifest.get("image_size", 64)
+    eval_size = cfg.augment.crop or image_side
     model = build_model(cfg, cache.num_classes, eval_size)
     if cfg.train.sync_batch_norm and dist.active:  # before the optimiser: new parameters
         model = sync_batch_norm(model, runtime.device)
@@ -644,17 +650,46 @@ def _tensorboard(out: Path):
     return tensorboard_writer_class()(str(out / "tensorboard"))
 
 
-def at_chance(loss: float, num_classes: int) -> bool:
-    """True when a loss is within 1% of ln(classes): the model still guesses uniformly."""
-    return abs(loss - math.log(num_classes)) <= 0.01 * math.log(num_classes)
+def learning(row: dict, counts: dict[str, int], num_classes: int) -> bool:
+    """True when an epoch shows learning: its training error, or an evaluation's error at its
+    end, is clearly below chance (metrics.clearly_below_chance).
+
+    Not the loss: a healthy first epoch behind warm-up and label smoothing can end with a
+    training loss within 1% of ln(classes) and a val loss above it, while its errors are far
+    below chance. counts: images behind each error, by split name ("train", "val", "tune").
+    """
+    return any(
+        clearly_below_chance(row[f"{name}_top1_error"], count, num_classes)
+        for name, count in counts.items()
+    )
 
 
-def chance_advice(loss: float, num_classes: int) -> str:
+def not_learning_advice(row: dict, counts: dict[str, int], cfg: RunConfig, classes: int) -> str:
+    """The warning for an epoch that shows no learning: its errors against chance, and what to
+    try among what the config does not already set."""
+    chance = 1 - 1 / classes
+    errors = ", ".join(
+        f"{name} top-1 error {row[f'{name}_top1_error']:.1%} ({count:,} images)"
+        for name, count in counts.items()
+    )
+    tries = []
+    if {**model_options(cfg.model.name), **cfg.model.options}.get("batch_norm") is False:
+        tries.append("batch norm (--set model.batch_norm=true)")
+    if cfg.model.init != "kaiming":
+        tries.append("kaiming init (--set model.init=kaiming)")
+    if not cfg.schedule.warmup_epochs:
+        tries.append("warm-up (--set schedule.warmup_epochs=1)")
+    val_loss = row.get("val_loss", math.nan)
+    if val_loss > 2 * math.log(classes):  # confidently wrong, not guessing: steps too large
+        tries.append(
+            f"a lower optim.lr (it is {cfg.optim.lr:g}; val loss {val_loss:.3g}, far above "
+            f"ln {classes} = {math.log(classes):.3f})"
+        )
+    else:
+        tries.append(f"a higher optim.lr (it is {cfg.optim.lr:g})")
     return (
-        f"warning: after an epoch the training loss {loss:.3f} is still at chance "
-        f"(ln {num_classes} = {math.log(num_classes):.3f}): the model is not learning yet. "
-        "Try batch norm (--set model.batch_norm=true), kaiming init, a higher optim.lr with "
-        "warm-up (schedule.warmup_epochs)"
+        f"warning: after an epoch the model is not learning yet: {errors}; none clearly below "
+        f"the {chance:.1%} of guessing among {classes} classes. Try {', '.join(tries)}"
     )
 
 

@@ -23,6 +23,7 @@ from tinycnn.analysis.experiments import PAPER_ENSEMBLE, identify_preset, paper_
 from tinycnn.atomic import write_text
 from tinycnn.compute import PFLOP, training_flops_per_image
 from tinycnn.config import RunConfig, config_to_dict, load_config
+from tinycnn.crops import fit_crop
 from tinycnn.data.cache import load_cache
 from tinycnn.ensembles import DEFAULT_PROB_CACHE, ensemble
 from tinycnn.errors import ConfigError, Interrupted, TinycnnError
@@ -153,7 +154,8 @@ def scale_to_budget(cfg: RunConfig, pflop: float) -> RunConfig:
     A config whose full schedule costs no more than the budget is returned unchanged.
     """
     cache = load_cache(cfg.data.cache)
-    crop = cfg.augment.crop or cache.manifest.get("image_size", 64)
+    image_side = cache.manifest.get("image_size", 64)
+    crop = fit_crop(cfg, image_side, cache.num_classes).augment.crop or image_side
     with torch.device("meta"):
         model = build_model(cfg, cache.num_classes, crop, initialise=False)
     batch = cfg.train.batch_size  # an epoch is whole batches, at least one (as Session has it)

@@ -27,6 +27,7 @@ from tinycnn.atomic import remove_stale_temporaries, write_text
 from tinycnn.checkpoint import check_state, load_checkpoint
 from tinycnn.compute import training_flops_per_image
 from tinycnn.config import RunConfig, config_from_dict, to_toml
+from tinycnn.crops import fit_crop
 from tinycnn.data.augment import augment_batch, resize_views
 from tinycnn.data.cache import load_cache, verify_cache
 from tinycnn.data.mixing import mix_batch
@@ -127,7 +128,7 @@ def train(
             init_from = Path(init_from).expanduser().resolve()
             cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
         # Every check before the run folder is made: a failed start leaves nothing behind.
-        rt, flops = _preflight(cfg, init_from)
+        cfg, rt, flops = _preflight(cfg, init_from)
     # Under torchrun, rank 0 holds the run folder's lock and writes it; the others read.
     main = distributed.from_env().main
     with run_lock(out) if main else contextlib.nullcontext():
@@ -136,7 +137,7 @@ def train(
             # A run with no checkpoint yet starts afresh: from its init checkpoint, if any.
             resume = (out / "checkpoints" / "last.pt").is_file()
             init_from = None if resume else cfg.train.init_from or None
-            rt, flops = _preflight(cfg, init_from)
+            cfg, rt, flops = _preflight(cfg, init_from)
         elif main:
             _new_run_dir(out, cfg, flops)
             pause_point("started", 0)
@@ -194,10 +195,13 @@ def banner(s: Session) -> str:
     )
 
 
-def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, dict[int, float]]:
+def _preflight(
+    cfg: RunConfig, init_from: str | Path | None
+) -> tuple[RunConfig, Runtime, dict[int, float]]:
     """Check the data, model, device, held-out split and init checkpoint.
 
-    Returns the runtime and the FLOPs of one training step per image at each input side.
+    Returns cfg with its crop fitted to the cache and the model (crops.fit_crop), the runtime,
+    and the FLOPs of one training step per image at each input side.
     """
     if not cfg.data.cache:
         raise ConfigError("data.cache is not set: pass --data CACHE (a tinycnn prepare folder)")
@@ -205,7 +209,9 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, d
     verify_cache(cache, splits=("train", "val"))  # never train on damaged data (~1 s per GB)
     distributed.check_batch(cfg.train.batch_size, distributed.from_env())
     training_rows(cfg, cache)  # the held-out split and data.exclude are possible
-    size = cfg.augment.crop or cache.manifest.get("image_size", 64)  # as load_session has it
+    image_side = cache.manifest.get("image_size", 64)
+    cfg = fit_crop(cfg, image_side, cache.num_classes)  # the number config.toml will hold
+    size = cfg.augment.crop or image_side  # as load_session has it
     with torch.device("meta"):  # checks the model options without allocating anything
         model = build_model(cfg, cache.num_classes, size, initialise=False)
     if cfg.augment.sizes and "input_size" in model_options(cfg.model.name):
@@ -223,7 +229,7 @@ def _preflight(cfg: RunConfig, init_from: str | Path | None) -> tuple[Runtime, d
     t = cfg.train
     runtime = make_runtime(t.device, t.precision, t.channels_last, t.threads, t.deterministic)
     sides = sorted({size, *cfg.augment.sizes})
-    return runtime, {side: training_flops_per_image(model, side) for side in sides}
+    return cfg, runtime, {side: training_flops_per_image(model, side) for side in sides}
 
 
 def _new_run_dir(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:

@@ -49,7 +49,10 @@ View = tuple[int, int, bool]
 class AugmentConfig:
     """Random training augmentation; the defaults are the paper's 56x56 crops and mirrors."""
 
-    crop: int = 56  # square random crop side in pixels; 0 = the (padded) image size
+    # Square random crop side in pixels; 0 = the image size (shifted within the padding).
+    # None (unset): default_crop of the images' side, the paper's 56 on 64x64 images; train
+    # lowers it to a side the model takes (crops.fit_crop) and writes that into the run's config.
+    crop: int | None = None
     flip: bool = True  # horizontal mirror with probability 1/2
     tint: float = 0.0  # per-image, per-channel additive constant ~ U[-tint, tint], 0-255 scale
     contrast: float = 0.0  # per-image multiplier ~ U[1 - contrast, 1 + contrast]
@@ -71,6 +74,8 @@ class AugmentConfig:
         """Raise ConfigError for impossible values; also check against ``image_size`` (H, W)."""
         for name in ("crop", "pad"):
             value = getattr(self, name)
+            if name == "crop" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"AugmentConfig.{name} must be an integer >= 0, got {value!r}")
         for name in ("flip", "sizes_per_cycle"):
@@ -144,7 +149,7 @@ class AugmentConfig:
         if self.pad >= side:
             # Reflection cannot reach further than the image is wide.
             raise ConfigError(f"AugmentConfig.pad must be < image side {side}, got {self.pad!r}")
-        if self.crop > side + 2 * self.pad:
+        if self.crop is not None and self.crop > side + 2 * self.pad:
             raise ConfigError(
                 f"AugmentConfig.crop must be <= image side + 2 * pad = {side + 2 * self.pad}, "
                 f"got {self.crop!r}"
@@ -152,7 +157,14 @@ class AugmentConfig:
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of the augmented images for inputs of ``height`` x ``width`` pixels."""
-        return (self.crop, self.crop) if self.crop else (height, width)
+        crop = default_crop(min(height, width)) if self.crop is None else self.crop
+        return (crop, crop) if crop else (height, width)
+
+
+def default_crop(side: int) -> int:
+    """The crop side of an unset AugmentConfig.crop: 7/8 of the image side, rounded down, as
+    the paper's 56x56 crops of 64x64 images."""
+    return max(1, side * 7 // 8)
 
 
 @dataclass(frozen=True, eq=False)

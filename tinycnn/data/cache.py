@@ -5,7 +5,8 @@ Layout of a cache folder (format 1; S = image_size, 64 unless prepared with --si
     manifest.json           written last: a folder without it is not a cache
     {split}_images.npy      (N, S, S, 3) uint8 RGB, split in {train, val, test} (test optional)
     {split}_labels.npy      (N,) int16 class index = position in manifest["classes"]
-    {split}_boxes.npy       (N, 4) int16 x0, y0, x1, y1 inclusive, -1 unknown (official layout)
+    {split}_boxes.npy       (N, 4) int16 x0, y0, x1, y1 inclusive, in the cached S x S image's
+                            pixels; -1 unknown (official layout)
     {split}_files.txt       the source file of each row, relative to the dataset folder
     mean_image.npy          (S, S, 3) float32 mean training image, 0-255 scale
 
@@ -321,6 +322,11 @@ def standard_difference(manifest: dict) -> str:
         got = manifest["splits"].get(name, {}).get("count", 0)
         if not reasons and got != expected:
             reasons.append(f"{name} has {got:,} images, not {expected:,}")
+    if extra and not missing:  # a copy with classes appended (202 wnids): say the fix
+        reasons.append(
+            f"to keep only its 200 classes (dropping the {len(extra)} others), prepare again "
+            "with --classes official"
+        )
     return "NOT the standard 200-class Tiny ImageNet: " + "; ".join(reasons) if reasons else ""
 
 

@@ -58,6 +58,8 @@ class ChunkResult:
     grayscale: list[int] = field(default_factory=list)
     cmyk: list[int] = field(default_factory=list)
     resized: list[int] = field(default_factory=list)
+    # (row, width, height) of each image decoded at another size: its boxes are fitted to it
+    original_sizes: list[tuple[int, int, int]] = field(default_factory=list)
     wrong_size: tuple[int, str] | None = None  # (row, message) of an image to be --resize'd
     pixel_sum: np.ndarray | None = None  # (64, 64, 3) uint64: sum over the chunk's images
     pixel_sq_sum: np.ndarray | None = None  # (64, 64, 3) uint64: sum of squared values
@@ -120,6 +122,7 @@ class _Worker:
                         f"--resize to centre-crop and resize such images to {size}x{size})"
                     )
                 # JPEG: decode at 1/2, 1/4 or 1/8 scale when that still covers size x size.
+                result.original_sizes.append((row, *image.size))
                 image.draft(image.mode, (size, size))
                 result.resized.append(row)
             image.load()  # decode now: a truncated file fails here, not later
@@ -148,6 +151,44 @@ def _decode_fast(raw: bytes, out: np.ndarray, row: int, result: ChunkResult, siz
     if colorspace == "Gray":
         result.grayscale.append(row)
     return True
+
+
+def fit_boxes(
+    boxes: np.ndarray, original_sizes: list[tuple[int, int, int]], size: int
+) -> np.ndarray:
+    """Boxes moved onto the cached images: (N, 4) int16 x0, y0, x1, y1 inclusive, -1 unknown.
+
+    boxes: in each original image's pixels. original_sizes: (row, width, height) of the rows
+    decoded at another size; they were cropped to their centre square and resized to size x
+    size (``_decode``), and their boxes go the same way: each new box covers every cached pixel
+    the original box overlaps. A box wholly outside the kept square becomes unknown (-1). The
+    other rows' images were size x size already: their boxes stay. (Pillow may decode a large
+    JPEG at 1/2, 1/4 or 1/8 scale first, which can move an edge by a pixel.)
+    """
+    out = boxes.copy()
+    known = [(row, width, height) for row, width, height in original_sizes if boxes[row, 0] >= 0]
+    if not known:
+        return out
+    rows, widths, heights = (np.array(v, np.int64) for v in zip(*known, strict=True))
+    side = np.minimum(widths, heights).astype(np.float64)
+    scale = size / side
+    left, top = (widths - side) / 2, (heights - side) / 2  # as ImageOps.fit centres the crop
+    x0, y0, x1, y1 = (boxes[rows, k].astype(np.float64) for k in range(4))
+    eps = 1e-9  # k / side * size in floating point: keep an exact edge where it is
+    new = np.stack(
+        [
+            np.floor((x0 - left) * scale + eps),
+            np.floor((y0 - top) * scale + eps),
+            np.ceil((x1 + 1 - left) * scale - eps) - 1,  # pixel x1 ends at x1 + 1
+            np.ceil((y1 + 1 - top) * scale - eps) - 1,
+        ],
+        axis=1,
+    )
+    outside = (new[:, 2] < 0) | (new[:, 3] < 0) | (new[:, 0] >= size) | (new[:, 1] >= size)
+    new = np.clip(new, 0, size - 1)
+    new[outside] = -1
+    out[rows] = new.astype(out.dtype)
+    return out
 
 
 class WrongSizeError(Exception):

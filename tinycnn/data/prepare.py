@@ -41,7 +41,14 @@ from tinycnn.data.cache import (
     read_manifest,
     verify_cache,
 )
-from tinycnn.data.decode import IMAGE_SIZE, Chunk, ChunkResult, init_worker, run_chunk
+from tinycnn.data.decode import (
+    IMAGE_SIZE,
+    Chunk,
+    ChunkResult,
+    fit_boxes,
+    init_worker,
+    run_chunk,
+)
 from tinycnn.data.folders import is_folder_layout, read_folder_layout
 from tinycnn.data.layout import Layout, read_class_list
 from tinycnn.data.sources import Source, open_source
@@ -101,6 +108,8 @@ def prepare(
         "classes": None if class_list is None else str(classes),
         "class_list": None if class_list is None else _digest(class_list),
     }
+    if resize or size != IMAGE_SIZE:  # older caches made so kept the original images' boxes
+        options["boxes"] = "fitted"
     fingerprint = source.fingerprint()
     if force:
         reason = "--force"
@@ -181,7 +190,10 @@ def _current_manifest(out: Path, fingerprint: dict, options: dict) -> tuple[dict
 
     if identity(manifest.get("source", {})) != identity(fingerprint):
         return None, "the source changed"
-    if manifest.get("options") != options:
+    old_options = manifest.get("options", {})
+    if old_options != options:
+        if {**old_options, "boxes": options.get("boxes")} == options:
+            return None, "its boxes are in the original images' pixels (an older tinycnn)"
         return None, "other options"
     if not manifest.get("checksums"):
         return None, "the old cache has no checksums (prepared by an older tinycnn)"
@@ -288,6 +300,8 @@ def _build(
     for name, split in layout.splits.items():
         result = totals[name]
         bad_rows = sorted(row for row, _ in result.failures)
+        if split.boxes is not None:  # in the original images' pixels: onto the cached ones
+            split.boxes = fit_boxes(split.boxes, result.original_sizes, size)
         _write_split(tmp, split, bad_rows)
         if split.files and len(split.files) == len(bad_rows):
             raise DataError(
@@ -405,6 +419,7 @@ def _merge(total: ChunkResult, result: ChunkResult) -> None:
     total.grayscale += result.grayscale
     total.cmyk += result.cmyk
     total.resized += result.resized
+    total.original_sizes += result.original_sizes
     for field_name in ("pixel_sum", "pixel_sq_sum"):
         value = getattr(result, field_name)
         if value is not None:

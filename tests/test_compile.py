@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tinycnn.config import load_config
@@ -12,6 +13,7 @@ from tinycnn.data.prepare import prepare
 from tinycnn.training import train
 
 
+@pytest.mark.slow
 def test_a_compiled_run_trains_the_weights_of_an_eager_one(
     synth_sources: dict[str, Path], tmp_path: Path
 ) -> None:

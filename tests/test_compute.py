@@ -372,6 +372,7 @@ def test_the_time_probe_leaves_the_runs_model_untouched(
     assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_a_time_fitted_run_ends_its_schedule_on_the_budget_and_resumes_on_it(
     synth_sources: dict[str, Path], tmp_path: Path
 ) -> None:

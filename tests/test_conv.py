@@ -204,6 +204,7 @@ def _counting(apply, calls: list):
     return counted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16", [False, True])
 def test_torch_compile_traces_the_matmuls(bf16: bool) -> None:
     torch.manual_seed(0)

@@ -101,6 +101,7 @@ def _metrics(run: Path) -> list[dict]:
     return _lines(run, METRICS)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_weights_of_one(cache: Path, tmp_path: Path) -> None:
     settings = ("--set", "train.epochs=2", "--set", "train.log_every=2")
     _one(cache, tmp_path / "one", *settings)
@@ -127,6 +128,7 @@ def test_two_processes_train_the_weights_of_one(cache: Path, tmp_path: Path) -> 
     assert two.stdout.count("finished:") == 1
 
 
+@pytest.mark.slow
 def test_the_recipe_s_techniques_run_alike_in_two_processes(cache: Path, tmp_path: Path) -> None:
     # fastnet with progressive resizing, mixup, cutmix, label smoothing and an EMA of the
     # weights, batch norm over the global batch: the same run as in one process.
@@ -149,6 +151,7 @@ def test_the_recipe_s_techniques_run_alike_in_two_processes(cache: Path, tmp_pat
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_sync_batch_norm_trains_the_weights_of_one_process(cache: Path, tmp_path: Path) -> None:
     bn = ("--set", "model.batch_norm=true", "--set", "train.epochs=1")
     _one(cache, tmp_path / "one", *bn)
@@ -170,6 +173,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_on_loopback(cache: Path, tmp_path: Path) -> None:
     _one(cache, tmp_path / "one", "--set", "train.epochs=1")
     port = _free_port()
@@ -208,6 +212,7 @@ def _wait_for(path: Path, what: str) -> str:
     raise AssertionError(f"{what} never came")
 
 
+@pytest.mark.slow
 def test_a_killed_rank_stops_the_job_and_resume_completes_it(cache: Path, tmp_path: Path) -> None:
     epochs = ("--set", "train.epochs=3")
     _run(_torchrun(*_train_args(cache, tmp_path / "whole", *epochs)))
@@ -233,6 +238,7 @@ def _untimed(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in timed} for r in rows]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_rank_stops_every_rank_with_a_checkpoint(
     cache: Path, tmp_path: Path
 ) -> None:
@@ -270,6 +276,7 @@ def _without_timing(value):
     return value
 
 
+@pytest.mark.slow
 def test_evaluate_ensemble_and_report_shard_the_images_and_agree_with_one_process(
     cache: Path, tmp_path: Path
 ) -> None:
@@ -317,6 +324,7 @@ def test_evaluate_ensemble_and_report_shard_the_images_and_agree_with_one_proces
 TINY_PRESET = SMALL_PRESET.replace("epochs = 4", "epochs = 1\ndeterministic = true")
 
 
+@pytest.mark.slow
 def test_experiment_under_torchrun_trains_tabulates_and_reports_once(
     cache: Path, tmp_path: Path
 ) -> None:

@@ -142,6 +142,7 @@ def _wait_for_build(out: Path, process: subprocess.Popen) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_prepare_leaves_no_cache(mini_archive: Path, tmp_path: Path, sig) -> None:
     out = tmp_path / "cache"

@@ -187,6 +187,7 @@ def test_every_checkpoint_remembers_the_best_error_including_its_own(
     assert uninterrupted["checkpoints"]["best.pt"]["iteration"] == best_row["iteration"]
 
 
+@pytest.mark.slow
 def test_a_torn_metrics_line_is_rebuilt_on_resume(
     cache: Path, tmp_path: Path, uninterrupted: dict
 ) -> None:
@@ -251,6 +252,7 @@ def test_a_failed_start_leaves_no_run_folder(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_sigterm_at_start_up_then_resume_starts_afresh(
     cache: Path, tmp_path: Path, uninterrupted: dict
 ) -> None:
@@ -667,6 +669,7 @@ def test_an_iteration_snapshot_keeps_its_epochs_step_time(
     assert saved["accumulator"]["seconds"] >= 0.5  # mid-epoch 1: its two steps, the slow one
 
 
+@pytest.mark.slow
 def test_an_epoch_evaluated_after_a_kill_reports_its_step_time(cache: Path, tmp_path: Path) -> None:
     # Killed after epoch 1's closing snapshot, before its evaluation: the resume evaluates it.
     out = tmp_path / "run"

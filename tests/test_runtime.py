@@ -61,6 +61,7 @@ def test_a_cpu_runtime_serves_large_tensors_from_the_heap() -> None:
     assert mmapped["runtime"] == 0  # after make_runtime: the heap, reused step after step
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_the_users_own_glibc_malloc_settings_win() -> None:
     assert _probe(MALLOC_MMAP_MAX_="65536")["runtime"] >= 64 << 20

@@ -105,6 +105,7 @@ def _hand_ensemble_error(checkpoints: list[Path], cache: Path) -> float:
     return (probs.argmax(dim=1).numpy() != val.labels).mean()
 
 
+@pytest.mark.slow
 def test_the_paper_table_by_one_command_at_a_small_budget(
     cache: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -161,6 +162,7 @@ def test_the_paper_table_by_one_command_at_a_small_budget(
     assert again[nine]["val_top1_error"] == rows[nine]["val_top1_error"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_whole_study_not_just_its_current_run(
     cache: Path, tmp_path: Path
 ) -> None:

@@ -296,6 +296,7 @@ def test_cli_train_then_refuse_to_overwrite(cache: Path, tmp_path: Path, capsys)
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_finishes(cache: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     argv = _argv(cache, out, "--set", "train.epochs=40")

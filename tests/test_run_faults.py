@@ -312,7 +312,7 @@ def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
     assert not [p for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
 
 
-def test_a_full_disk_while_copying_a_snapshot_to_last_names_last(
+def test_a_full_disk_while_copying_a_snapshot_to_best_names_best(
     cache: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     if not getattr(shutil, "_USE_CP_SENDFILE", False):
@@ -323,11 +323,11 @@ def test_a_full_disk_while_copying_a_snapshot_to_last_names_last(
 
     monkeypatch.setattr(os, "sendfile", sendfile)
     out = tmp_path / "run"
-    assert main(_train_argv(cache, out, "--set", "train.snapshot_every=1")) == 1
+    assert main(_train_argv(cache, out)) == 1  # epoch 1's snapshot is the best so far
     err = capsys.readouterr().err.strip()
-    last = out / "checkpoints" / "last.pt"
-    assert err.startswith(f"tinycnn: error: {last}: cannot write (disk full); "), err
-    assert "iter-" not in err and "\n" not in err, err  # not the snapshot it copies from
+    best = out / "checkpoints" / "best.pt"
+    assert err.startswith(f"tinycnn: error: {best}: cannot write (disk full); "), err
+    assert "epoch-" not in err and "\n" not in err, err  # not the snapshot it copies from
 
 
 def test_the_time_budget_includes_the_evaluations(cache: Path, tmp_path: Path, monkeypatch) -> None:

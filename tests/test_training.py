@@ -23,6 +23,7 @@ from tinycnn.config import ScheduleConfig, load_config
 from tinycnn.data.prepare import prepare
 from tinycnn.data.splits import holdout_split
 from tinycnn.errors import ConfigError
+from tinycnn.evaluation import evaluate
 from tinycnn.models import create_model
 from tinycnn.optim import ClassicalMomentumSGD, lr_at
 from tinycnn.session import TrainingDivergedError
@@ -429,3 +430,28 @@ def test_a_run_stores_absolute_paths_and_resumes_where_its_cache_moved(
     assert main([*resume, str(tmp_path / "moved")]) == 0
     assert load_config(work / "run" / "config.toml").data.cache == str(tmp_path / "moved")
     assert read_metrics(work / "run")[-1]["iteration"] == 6  # 2 epochs of 3: finished
+
+
+def test_snapshots_hold_the_model_and_last_the_whole_resume_state(
+    cache: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(cache, "train.epochs=2", "train.ema_decay=0.9", "train.snapshot_every=2")
+    result = train(cfg, tmp_path / "run", progress=False)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    last = load_checkpoint(checkpoints / "last.pt")
+    assert {"optimizer", "train_state", "accumulator"} <= set(last)
+    names = ["epoch-001.pt", "epoch-002.pt", "iter-0000002.pt", "iter-0000004.pt", "best.pt"]
+    for name in names:
+        snapshot = load_checkpoint(checkpoints / name)
+        assert "optimizer" not in snapshot and "train_state" not in snapshot, name
+        assert set(last) - set(snapshot) == {"optimizer", "train_state"}, name
+    # The final snapshot's model is the run's EMA, and evaluates to the logged numbers.
+    final = load_checkpoint(checkpoints / "epoch-002.pt")["model"]["state"]
+    for key, tensor in last["model"]["state"].items():
+        assert torch.equal(final[key], tensor), key
+    (evaluation,) = evaluate(checkpoints / "epoch-002.pt", cache)
+    assert evaluation.top1_error == result.metrics[-1]["val_top1_error"]
+    # A snapshot is smaller by the momentum buffers and the raw weights: about two models.
+    weights = sum(t.numel() * t.element_size() for t in final.values())
+    saved = (checkpoints / "last.pt").stat().st_size - (checkpoints / "epoch-002.pt").stat().st_size
+    assert saved > 1.5 * weights

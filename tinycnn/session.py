@@ -218,13 +218,21 @@ class Session:
         }
 
     def save(self, name: str, elapsed: float, metrics: dict | None = None) -> Path:
-        """Write checkpoints/NAME.pt and make it the resume point (last.pt); rank 0 only."""
+        """Write checkpoints/NAME.pt and make this point the resume point (last.pt); rank 0.
+
+        A snapshot (epoch-NNN, iter-N, cycle-NN: kept for evaluation and ensembles) holds the
+        model (the EMA's weights, when on) without the optimiser state and raw weights that
+        only a resume reads, from last.pt: half the size or less. It is written first: a kill
+        before last.pt resumes from the previous point and writes it again.
+        """
         path = self.checkpoints / f"{name}.pt"
         if not self.dist.main:  # every rank holds the same state: one writes it
             return path
-        save_checkpoint(path, self.payload(elapsed, metrics))
+        payload = self.payload(elapsed, metrics)
         if name != "last":
-            copy_file(path, self.checkpoints / "last.pt")
+            save_checkpoint(path, {k: v for k, v in payload.items() if k not in RESUME_ONLY})
+        save_checkpoint(self.checkpoints / "last.pt", payload)
+        if name != "last":
             self._apply_retention()
         return path
 
@@ -527,6 +535,10 @@ def _normalization(cfg: RunConfig, cache: Cache) -> Normalization | None:
     if cfg.data.normalization == "channel":
         return Normalization.channel(cache.channel_mean, cache.channel_std, scale)
     return None if scale == 1.0 else Normalization("none", scale=scale)
+
+
+# What only a resume reads (from last.pt); snapshots and best.pt leave it out.
+RESUME_ONLY = ("optimizer", "train_state")
 
 
 def check_classes(payload: dict, cache: Cache, path: Path) -> None:

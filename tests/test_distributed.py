@@ -170,18 +170,17 @@ def test_the_recipe_s_techniques_run_alike_in_two_processes(cache: Path, tmp_pat
 
 @pytest.mark.slow
 def test_sync_batch_norm_trains_the_weights_of_one_process(cache: Path, tmp_path: Path) -> None:
+    # In float64, as the recipe test: in fp32 a rounding difference now and then flips a
+    # near-tie and the runs part (seed 3: 9.4e-4 against the old 1e-3 bound).
     bn = ("--set", "model.batch_norm=true", "--set", "train.epochs=1")
-    _one(cache, tmp_path / "one", *bn)
-    _run(
-        _torchrun(
-            *_train_args(cache, tmp_path / "sync", *bn, "--set", "train.sync_batch_norm=true")
-        )
-    )
-    _run(_torchrun(*_train_args(cache, tmp_path / "local", *bn)))
+    _one(cache, tmp_path / "one", *bn, entry=FLOAT64)
+    sync = ("--set", "train.sync_batch_norm=true")
+    _run(_torchrun(*_train_args(cache, tmp_path / "sync", *bn, *sync), entry=FLOAT64))
+    _run(_torchrun(*_train_args(cache, tmp_path / "local", *bn), entry=FLOAT64))
     synced = _max_difference(tmp_path / "one", tmp_path / "sync")
     local = _max_difference(tmp_path / "one", tmp_path / "local")
-    # Per-share statistics make another run; global ones the same run, up to float noise.
-    assert synced < 1e-3 and local > 30 * synced, (synced, local)
+    # Per-share statistics make another run; global ones the same run, up to float64 noise.
+    assert synced < 1e-9 and local > 1e-3, (synced, local)
 
 
 def _free_port() -> int:

@@ -21,16 +21,12 @@ from torch import nn
 from tinycnn import __version__
 from tinycnn.atomic import save_buffer
 from tinycnn.data.augment import Normalization
-from tinycnn.errors import TinycnnError
+from tinycnn.errors import CheckpointError, TinycnnError
 
 FORMAT = 1
 # What inference needs from a checkpoint (training also reads optimizer, accumulator, ...).
 INFERENCE_FIELDS = ("model", "classes", "names", "normalization", "input_size", "config")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class CheckpointError(TinycnnError):
-    """A checkpoint is missing, unreadable, or not a tinycnn checkpoint."""
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:

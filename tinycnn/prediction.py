@@ -21,7 +21,7 @@ from tinycnn.atomic import write_text
 from tinycnn.data.cache import load_cache
 from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.ensembles import load_predictor
-from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.errors import ConfigError, ImageTooLargeError
 from tinycnn.inference import LoadedModel, Predictor, model_predictor, predict_batches
 
 IMAGE_SIZE = 64
@@ -36,10 +36,6 @@ _WHITE = (255, 255, 255, 255)
 # 8000x6000 48-megapixel phone photo fits) stays within a few hundred MB, where a 12000x12000 PNG
 # of 17 KB, under Pillow's own bomb limit, would take over 1 GB. 0: no limit but Pillow's.
 MAX_PIXELS = 50_000_000
-
-
-class ImageTooLargeError(TinycnnError):
-    """An image has more pixels than the limit; it was not decoded."""
 
 
 Models = Predictor | LoadedModel | str | Path | list[str | Path]

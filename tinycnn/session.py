@@ -29,17 +29,13 @@ from tinycnn.data.augment import Normalization
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.data.splits import holdout_split
 from tinycnn.distributed import Dist, sync_batch_norm
-from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.errors import ConfigError, TrainingDivergedError
 from tinycnn.inference import predict_logits
 from tinycnn.metrics import clearly_below_chance, error_rates
 from tinycnn.models import create_model, init_weights, model_options, scale_classifier
 from tinycnn.optim import build_optimizer, cycle_ends
 from tinycnn.run_folder import METRICS, STEPS, append_line, read_metrics, read_steps
 from tinycnn.runtime import Runtime, describe_hardware, keep_precision
-
-
-class TrainingDivergedError(TinycnnError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def pause_point(phase: str, iteration: int) -> None:

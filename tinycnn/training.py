@@ -31,14 +31,13 @@ from tinycnn.crops import fit_crop
 from tinycnn.data.augment import augment_batch, resize_views
 from tinycnn.data.cache import load_cache, verify_cache
 from tinycnn.data.mixing import mix_batch
-from tinycnn.errors import ConfigError, Interrupted
+from tinycnn.errors import ConfigError, Interrupted, TrainingDivergedError
 from tinycnn.models import model_options
 from tinycnn.optim import cycle_ends, lr_at, set_lr
 from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
 from tinycnn.runtime import Runtime, agree_precision, make_runtime
 from tinycnn.session import (
     Session,
-    TrainingDivergedError,
     build_model,
     check_classes,
     largest_fitting,

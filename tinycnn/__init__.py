@@ -28,7 +28,7 @@ from importlib import import_module
 
 from tinycnn.errors import CacheError, ConfigError, DataError, DownloadError, TinycnnError
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it from here
 
 # Public name -> the module that defines it (imported on first use).
 _LAZY = {

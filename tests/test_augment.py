@@ -16,7 +16,6 @@ from torch import Tensor
 from tinycnn.data.augment import (
     AugmentConfig,
     AugmentParams,
-    Normalization,
     apply_augment,
     augment_batch,
     center_crop,
@@ -24,6 +23,7 @@ from tinycnn.data.augment import (
     sample_params,
     ten_crop,
 )
+from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -8,7 +8,8 @@ above, not even inside a function (tests/test_newcomer.py fails on any import cy
 
 1. errors, atomic, paths                 one error family; atomic writes; where caches live
 2. data/                                 files -> cache: sources, layouts, decode, prepare, cache,
-                                         splits, synthetic data, fetch; batched augmentation
+                                         splits, synthetic data, fetch; batched augmentation and
+                                         normalisation
 3. config, models/, distributed,         typed configs; the model registry; torchrun's process
    runtime, compute                      group, shares and gathers; device and precision;
                                          training FLOPs

@@ -20,7 +20,7 @@ from torch import nn
 
 from tinycnn import __version__
 from tinycnn.atomic import save_buffer
-from tinycnn.data.augment import Normalization
+from tinycnn.data.normalization import Normalization
 from tinycnn.errors import CheckpointError, TinycnnError
 
 FORMAT = 1

@@ -41,8 +41,9 @@ from torch import Tensor, nn
 
 from tinycnn import __version__
 from tinycnn.atomic import atomic_path, write_into
-from tinycnn.data.augment import Normalization, resize_matrix
+from tinycnn.data.augment import resize_matrix
 from tinycnn.data.decode import IMAGE_SIZE
+from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError, ExportError
 from tinycnn.inference import LoadedModel, load_model
 from tinycnn.members import resolve_checkpoint

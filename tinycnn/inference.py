@@ -17,13 +17,8 @@ from tqdm import tqdm
 
 from tinycnn import distributed
 from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normalization_from_payload
-from tinycnn.data.augment import (
-    Normalization,
-    center_crop,
-    flip_views,
-    resize_views,
-    ten_crop,
-)
+from tinycnn.data.augment import center_crop, flip_views, resize_views, ten_crop
+from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.runtime import Runtime, make_runtime
 

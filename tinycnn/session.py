@@ -25,8 +25,8 @@ from tinycnn.checkpoint import (
 from tinycnn.compute import PFLOP
 from tinycnn.config import RunConfig, config_to_dict
 from tinycnn.crops import fit_crop
-from tinycnn.data.augment import Normalization
 from tinycnn.data.cache import Cache, load_cache
+from tinycnn.data.normalization import Normalization
 from tinycnn.data.splits import holdout_split
 from tinycnn.distributed import Dist, sync_batch_norm
 from tinycnn.errors import ConfigError, TrainingDivergedError

@@ -413,6 +413,8 @@ def load_session(
     cfg = fit_crop(cfg, image_side, cache.num_classes)  # unset: 7/8 of the side, as train has it
     train_rows, tune_rows = training_rows(cfg, cache)
     images, labels = _load_rows(cache, "train", train_rows)
+    # Checked once here, for these images: every training step then augments without a check.
+    cfg.augment.validate(tuple(images.shape[1:3]))
     if runtime.device.type == "cuda":  # the uint8 split lives on the GPU: no copy per batch
         images, labels = images.to(runtime.device), labels.to(runtime.device)
     eval_sets = {"val": _load_rows(cache, "val", None)}

@@ -640,7 +640,7 @@ def _step(s: Session, rows: torch.Tensor) -> torch.Tensor:
     generator = s.aug_generator.manual_seed(step_seed)
     images = s.train_images[rows].to(rt.device, non_blocking=True)
     labels = s.train_labels[rows].to(rt.device, non_blocking=True)
-    x = augment_batch(images, cfg.augment, generator, s.norm)
+    x = augment_batch(images, cfg.augment, generator, s.norm, checked=True)  # by load_session
     size = s.input_size_at(s.iteration)
     x = resize_views(x, size)  # progressive resizing (or a no-op)
     s.flops_done += len(rows) * s.flops_by_size.get(size, 0.0)

@@ -245,6 +245,13 @@ def sample_params(
     batch, height, width: shape of the uint8 batch that ``apply_augment`` will receive.
     """
     cfg.validate((height, width))
+    return _sample_params(cfg, batch, height, width, generator)
+
+
+def _sample_params(
+    cfg: AugmentConfig, batch: int, height: int, width: int, generator: torch.Generator
+) -> AugmentParams:
+    """sample_params for a cfg already validated for images of height x width."""
     crop_h, crop_w = cfg.output_size(height, width)
     device = generator.device
     draw = dict(generator=generator, device=device)
@@ -303,10 +310,22 @@ def apply_augment(
     """
     batch, height, width = _check_images(images_u8)
     cfg.validate((height, width))
-    device = images_u8.device
-    _check_generator(generator, device)
+    _check_generator(generator, images_u8.device)
     if params.offset_y.shape != (batch,):
         raise ConfigError(f"params are for {params.offset_y.shape[0]} images, got {batch}")
+    return _apply_augment(images_u8, params, cfg, generator, norm)
+
+
+def _apply_augment(
+    images_u8: Tensor,
+    params: AugmentParams,
+    cfg: AugmentConfig,
+    generator: torch.Generator,
+    norm: Normalization | None,
+) -> Tensor:
+    """apply_augment for checked images, generator and params, and a cfg valid for the images."""
+    batch, height, width, _ = images_u8.shape
+    device = images_u8.device
     crop_h, crop_w = cfg.output_size(height, width)
     rows = _source_index(params.offset_y, crop_h, height, cfg.pad, None)  # (B, h)
     cols = _source_index(params.offset_x, crop_w, width, cfg.pad, params.flipped)  # (B, w)
@@ -326,16 +345,22 @@ def augment_batch(
     cfg: AugmentConfig,
     generator: torch.Generator,
     norm: Normalization | None = None,
+    *,
+    checked: bool = False,
 ) -> Tensor:
     """One random training view per image: ``sample_params`` then ``apply_augment``.
 
     images_u8: (B, H, W, 3) uint8 on any device; generator: seeded, on that same device.
+    checked: cfg was validated for images of this size already (``cfg.validate((H, W))``, as
+      training does once, when it loads the run), so it is not checked again for every batch.
     Returns (B, 3, h, w) float32 channels_last, 0-255 scale unless ``norm`` is given.
     """
     batch, height, width = _check_images(images_u8)
     _check_generator(generator, images_u8.device)
-    params = sample_params(cfg, batch, height, width, generator)
-    return apply_augment(images_u8, params, cfg, generator, norm)
+    if not checked:
+        cfg.validate((height, width))
+    params = _sample_params(cfg, batch, height, width, generator)
+    return _apply_augment(images_u8, params, cfg, generator, norm)
 
 
 def _fixed_views(

@@ -5,7 +5,6 @@ Training's evaluations, evaluation, ensembles, prediction and export all run thr
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +22,12 @@ from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.runtime import Runtime, make_runtime
 
 TTA_VIEWS = {"center": 1, "flip": 2, "10crop": 10}
+
+
+def check_tta(tta: str) -> None:
+    """ConfigError unless ``tta`` names test-time views: "center", "flip" or "10crop"."""
+    if tta not in TTA_VIEWS:
+        raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
 
 
 @torch.inference_mode()
@@ -118,8 +123,7 @@ class LoadedModel:
 
         progress: a label for a progress bar (None: no bar).
         """
-        if tta not in TTA_VIEWS:
-            raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
+        check_tta(tta)
         return predict_logits(
             self.model,
             images_u8,
@@ -176,19 +180,8 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
     )
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (checkpoint identity for caches of predictions)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def images_tensor(array) -> Tensor:
     """A (N, 64, 64, 3) uint8 numpy array or memory map as a torch tensor (one copy at most)."""
-    import numpy as np
-
     array = np.asarray(array)
     if not array.flags.writeable or not array.flags.c_contiguous:  # e.g. a read-only memmap
         array = np.array(array)
@@ -227,8 +220,7 @@ class ModelPredictor:
 
 def model_predictor(loaded: LoadedModel, tta: str = "center") -> ModelPredictor:
     """Wrap a loaded model as a Predictor; tta: one of "center", "flip", "10crop"."""
-    if tta not in TTA_VIEWS:  # fail before any image is read, not at the first batch
-        raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
+    check_tta(tta)  # before any image is read, not at the first batch
     return ModelPredictor(loaded, tta)
 
 

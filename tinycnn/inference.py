@@ -15,7 +15,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from tinycnn import distributed
-from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normalization_from_payload
+from tinycnn.checkpoint import (
+    check_classes,
+    load_checkpoint,
+    model_from_checkpoint,
+    normalization_from_payload,
+)
 from tinycnn.data.augment import center_crop, flip_views, resize_views, ten_crop
 from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError, TinycnnError
@@ -148,16 +153,7 @@ class LoadedModel:
 
     def check_classes(self, classes: list[str], where: str) -> None:
         """A clear error when the data's class list is not the one the model was trained on."""
-        if classes != self.classes:
-            detail = (
-                f"{len(self.classes)} classes vs {len(classes)}"
-                if len(classes) != len(self.classes)
-                else "same classes, different order"
-            )
-            raise ConfigError(
-                f"{self.path}: trained on a different class list than {where} "
-                f"({detail}); evaluate on data prepared from the same dataset"
-            )
+        check_classes(self.classes, classes, self.path, where)
 
 
 def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tinycnn.atomic import write_text
+from tinycnn.checkpoint import class_difference
 from tinycnn.data.cache import load_cache
 from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.ensembles import load_predictor
@@ -84,19 +85,12 @@ def write_submission(
 
 def check_classes(predictor_classes: list[str], data_classes: list[str], where: str) -> None:
     """ConfigError when the data's class list (wnids, in order) is not the predictor's."""
-    if predictor_classes == data_classes:
-        return
-    if len(predictor_classes) != len(data_classes):
-        detail = f"{len(predictor_classes)} classes vs {len(data_classes)}"
-    elif set(predictor_classes) == set(data_classes):
-        detail = "same classes, different order"
-    else:
-        missing = sorted(set(data_classes) - set(predictor_classes))
-        detail = f"{len(missing)} classes differ, e.g. {missing[0]}"
-    raise ConfigError(
-        f"{where}: its class list differs from the model's ({detail}); predict with models "
-        "trained on data prepared from the same dataset"
-    )
+    difference = class_difference(predictor_classes, data_classes)
+    if difference:
+        raise ConfigError(
+            f"{where}: its class list differs from the model's ({difference}); predict with "
+            "models trained on data prepared from the same dataset"
+        )
 
 
 def load_images(

@@ -17,6 +17,7 @@ from torch import nn
 
 from tinycnn.atomic import copy_file, write_text
 from tinycnn.checkpoint import (
+    check_classes,
     check_state,
     load_checkpoint,
     normalization_payload,
@@ -539,17 +540,9 @@ def _normalization(cfg: RunConfig, cache: Cache) -> Normalization | None:
 RESUME_ONLY = ("optimizer", "train_state")
 
 
-def check_classes(payload: dict, cache: Cache, path: Path) -> None:
-    if payload["classes"] != cache.classes:
-        raise ConfigError(
-            f"{path}: trained on a different class list ({len(payload['classes'])} "
-            f"classes) than {cache.path} ({cache.num_classes})"
-        )
-
-
 def _restore(s: Session, path: Path) -> None:
     payload = load_checkpoint(path)
-    check_classes(payload, s.cache, path)
+    check_classes(payload["classes"], s.cache.classes, path, str(s.cache.path))
     if payload.get("data_id", s.cache.content_id) != s.cache.content_id:
         raise ConfigError(
             f"{s.cache.path}: not the data {path} was trained on (same classes, other "
@@ -640,7 +633,7 @@ def selection_key(row: dict) -> str:
 
 def _load_weights(s: Session, path: Path) -> None:
     payload = load_checkpoint(path)
-    check_classes(payload, s.cache, path)
+    check_classes(payload["classes"], s.cache.classes, path, str(s.cache.path))
     check_state(s.model, payload["model"]["state"], str(path))
     s.model.load_state_dict(payload["model"]["state"])
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from tinycnn import distributed
 from tinycnn.atomic import remove_stale_temporaries, write_text
-from tinycnn.checkpoint import check_state, load_checkpoint
+from tinycnn.checkpoint import check_classes, check_state, load_checkpoint
 from tinycnn.compute import training_flops_per_image
 from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.crops import fit_crop
@@ -39,7 +39,6 @@ from tinycnn.runtime import Runtime, agree_precision, make_runtime
 from tinycnn.session import (
     Session,
     build_model,
-    check_classes,
     largest_fitting,
     load_session,
     pause_point,
@@ -221,7 +220,7 @@ def _preflight(
         )
     if init_from is not None:
         payload = load_checkpoint(init_from)
-        check_classes(payload, cache, Path(init_from))
+        check_classes(payload["classes"], cache.classes, init_from, str(cache.path))
         check_state(model, payload["model"]["state"], str(init_from))
     if cfg.train.tensorboard:
         tensorboard_writer_class()

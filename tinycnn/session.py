@@ -58,7 +58,10 @@ def pause_point(phase: str, iteration: int) -> None:
 
 
 @dataclass
-class EpochAccumulator:
+class TrainingSums:
+    """Training loss, wrong top-1 predictions and images summed over a span of steps: the epoch
+    so far (Session.accum), or the steps since the last steps.jsonl line (Session.window)."""
+
     loss_sum: float = 0.0  # summed over images
     wrong: int = 0
     seen: int = 0
@@ -68,7 +71,7 @@ class EpochAccumulator:
     seconds: float | None = 0.0
 
     @classmethod
-    def from_payload(cls, saved: dict) -> EpochAccumulator:
+    def from_payload(cls, saved: dict) -> TrainingSums:
         known = {k: v for k, v in saved.items() if k in {f.name for f in fields(cls)}}
         return cls(**{"seconds": None, **known})
 
@@ -93,8 +96,8 @@ class Session:
     eval_size: int
     iteration: int = 0
     elapsed_before: float = 0.0  # training seconds before a resume
-    accum: EpochAccumulator = field(default_factory=EpochAccumulator)
-    window: EpochAccumulator = field(default_factory=EpochAccumulator)  # since the last step line
+    accum: TrainingSums = field(default_factory=TrainingSums)  # the epoch's steps so far
+    window: TrainingSums = field(default_factory=TrainingSums)  # since the last step line
     metrics: list[dict] = field(default_factory=list)
     best_error: float = math.inf
     evaluation_pending: bool = False  # resumed at an epoch end whose evaluation was not saved
@@ -294,7 +297,7 @@ class Session:
             schedule_done=self.iteration >= self.total_iters,  # the run's last evaluation
         )
         if not partial:  # a time-budget stop's sums stay: a resume continues the epoch
-            self.accum = EpochAccumulator()
+            self.accum = TrainingSums()
         # The checkpoint carries the best error including its own evaluation: a resume from it
         # must not forget that this epoch was the best so far.
         is_best = row[selection_key(row)] < self.best_error
@@ -322,7 +325,7 @@ class Session:
         Dropout and augmentation are on, as in the epoch's train_loss; the window's sums are kept
         in checkpoints, so a resumed run writes the lines of an uninterrupted one.
         """
-        window, self.window = self.window, EpochAccumulator()
+        window, self.window = self.window, TrainingSums()
         if not self.dist.main or not window.seen:
             return
         row = {
@@ -559,8 +562,8 @@ def _restore(s: Session, path: Path) -> None:
     s.runtime = keep_precision(s.runtime, payload.get("precision"), s.cfg.train.precision)
     s.flops_done = payload.get("flops_done", s.flops_until(s.iteration) if s.flops_by_size else 0)
     s.elapsed_before = payload["elapsed_seconds"]
-    s.accum = EpochAccumulator.from_payload(payload["accumulator"])
-    s.window = EpochAccumulator.from_payload(payload.get("step_window", {}))
+    s.accum = TrainingSums.from_payload(payload["accumulator"])
+    s.window = TrainingSums.from_payload(payload.get("step_window", {}))
     s.metrics = _sync_metrics(s.out, payload, write=s.dist.main)
     _sync_best(s, payload)
     # An iteration snapshot at an epoch's (or the run's) end, saved before its evaluation.

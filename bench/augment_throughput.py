@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from tinycnn.data.augment import AugmentConfig, Normalization, augment_batch, center_crop
+from tinycnn.data.augment import AugmentConfig, augment_batch, center_crop
+from tinycnn.data.normalization import Normalization
 
 IMAGE_SIDE = 64  # Tiny ImageNet pixels
 CROP = 56  # the paper's training crop

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,22 @@ def test_import_does_not_load_torch() -> None:
     code = "import sys, tinycnn; tinycnn.prepare; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))}
+
+
+def test_every_error_class_is_defined_in_errors_py() -> None:
+    root = Path(tinycnn.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "__main__.py":  # runs the command line
+            continue
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        importlib.import_module(module.removesuffix(".__init__"))
+    homes = {cls.__name__: cls.__module__ for cls in _subclasses(tinycnn.TinycnnError)}
+    assert {name: home for name, home in homes.items() if home != "tinycnn.errors"} == {}
+    # Documented where it is raised: training's __all__ names it.
+    assert importlib.import_module("tinycnn.training").TrainingDivergedError.__module__ == (
+        "tinycnn.errors"
+    )

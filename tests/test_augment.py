@@ -16,7 +16,6 @@ from torch import Tensor
 from tinycnn.data.augment import (
     AugmentConfig,
     AugmentParams,
-    Normalization,
     apply_augment,
     augment_batch,
     center_crop,
@@ -24,6 +23,7 @@ from tinycnn.data.augment import (
     sample_params,
     ten_crop,
 )
+from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -360,6 +360,21 @@ def test_config_too_big_for_the_images(cfg: AugmentConfig, field: str) -> None:
     cfg.validate()  # fine in itself
     with pytest.raises(ConfigError, match=rf"AugmentConfig\.{field}"):
         augment_batch(_images(2, 64, 64), cfg, _gen())
+
+
+@pytest.mark.parametrize("entry", ["augment_batch", "sample_params", "apply_augment"])
+def test_each_entry_point_refuses_an_invalid_config(entry: str) -> None:
+    # Built in Python, so no load_config checked it: the function it is passed to does.
+    bad, good, images = AugmentConfig(crop=4, tint=-1.0), AugmentConfig(crop=4), _images(2, 8, 8)
+    calls = {
+        "augment_batch": lambda: augment_batch(images, bad, _gen()),
+        "sample_params": lambda: sample_params(bad, 2, 8, 8, _gen()),
+        "apply_augment": lambda: apply_augment(
+            images, sample_params(good, 2, 8, 8, _gen()), bad, _gen()
+        ),
+    }
+    with pytest.raises(ConfigError, match=r"AugmentConfig\.tint must be a number >= 0, got -1.0"):
+        calls[entry]()
 
 
 def test_largest_padded_crop_is_allowed() -> None:

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from tests.test_training import SMALL
-from tinycnn.checkpoint import CheckpointError, load_checkpoint
+from tinycnn.checkpoint import CheckpointError, check_classes, load_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.data.prepare import prepare
+from tinycnn.errors import ConfigError
 from tinycnn.evaluation import evaluate
 from tinycnn.inference import load_model
 from tinycnn.training import train
@@ -129,3 +130,24 @@ def test_sound_checkpoints_load_and_unchecksummed_ones_are_not_refused(
     with zipfile.ZipFile(plain) as archive:
         assert {info.CRC for info in archive.infolist() if info.file_size} == {0}
     assert load_checkpoint(plain)["iteration"] == 3
+
+
+@pytest.mark.parametrize(
+    ("classes", "difference"),
+    [
+        (["n03", "n02", "n01"], "same classes, different order"),
+        (["n01", "n02"], "3 classes vs 2"),
+        (["n01", "n02", "n09"], "1 classes differ, e.g. n09"),
+    ],
+)
+def test_a_class_list_other_than_the_checkpoints_is_refused_saying_how(
+    classes: list[str], difference: str
+) -> None:
+    trained = ["n01", "n02", "n03"]
+    check_classes(trained, list(trained), "run/last.pt", "data/tiny")  # the same: no error
+    with pytest.raises(ConfigError) as caught:
+        check_classes(trained, classes, "run/last.pt", "data/tiny")
+    assert str(caught.value) == (
+        f"run/last.pt: trained on a different class list than data/tiny ({difference}); use "
+        "data prepared from the same dataset"
+    )

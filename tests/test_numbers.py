@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tinycnn.config import ScheduleConfig
-from tinycnn.data.augment import Normalization, center_crop, ten_crop
+from tinycnn.data.augment import center_crop, ten_crop
+from tinycnn.data.normalization import Normalization
 from tinycnn.ensembles import average, greedy_select
 from tinycnn.errors import ConfigError
 from tinycnn.metrics import error_rates, per_class_accuracy

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from tinycnn.compute import training_flops_per_image
 from tinycnn.config import load_config
-from tinycnn.data.augment import AugmentConfig, Normalization, center_crop, resize_matrix
+from tinycnn.data.augment import AugmentConfig, center_crop, resize_matrix
 from tinycnn.data.cache import load_cache
+from tinycnn.data.normalization import Normalization
 from tinycnn.data.prepare import prepare
 from tinycnn.errors import ConfigError
 from tinycnn.evaluation import evaluate

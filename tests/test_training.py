@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tinycnn.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import ScheduleConfig, load_config
+from tinycnn.data.augment import AugmentConfig
 from tinycnn.data.prepare import prepare
 from tinycnn.data.splits import holdout_split
 from tinycnn.errors import ConfigError
@@ -287,6 +288,27 @@ def test_bad_train_arguments_fail_before_any_work(
     err = capsys.readouterr().err.strip()
     assert err.startswith("tinycnn: error:") and message in err and "\n" not in err
     assert not out.exists()
+
+
+def test_augment_config_is_checked_once_at_load_not_per_step(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    cfg = _cfg(cache, "train.epochs=2")  # 6 steps
+    bad = _cfg(cache, "train.epochs=1")
+    bad.augment.tint = -1.0  # set in Python after load_config checked the config
+    checked = []
+    validate = AugmentConfig.validate
+
+    def counted(self: AugmentConfig, image_size: tuple[int, int] | None = None) -> None:
+        checked.append(image_size)
+        validate(self, image_size)
+
+    monkeypatch.setattr(AugmentConfig, "validate", counted)
+    train(cfg, tmp_path / "run", progress=False)
+    assert checked == [(64, 64)]  # load_session, for the cache's images
+    with pytest.raises(ConfigError, match=r"AugmentConfig\.tint must be a number >= 0, got -1.0"):
+        train(bad, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad" / "checkpoints" / "last.pt").exists()
 
 
 def test_cli_train_then_refuse_to_overwrite(cache: Path, tmp_path: Path, capsys) -> None:

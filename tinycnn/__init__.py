@@ -8,7 +8,8 @@ above, not even inside a function (tests/test_newcomer.py fails on any import cy
 
 1. errors, atomic, paths                 one error family; atomic writes; where caches live
 2. data/                                 files -> cache: sources, layouts, decode, prepare, cache,
-                                         splits, synthetic data, fetch; batched augmentation
+                                         splits, synthetic data, fetch; batched augmentation and
+                                         normalisation
 3. config, models/, distributed,         typed configs; the model registry; torchrun's process
    runtime, compute                      group, shares and gathers; device and precision;
                                          training FLOPs
@@ -28,7 +29,7 @@ from importlib import import_module
 
 from tinycnn.errors import CacheError, ConfigError, DataError, DownloadError, TinycnnError
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it from here
 
 # Public name -> the module that defines it (imported on first use).
 _LAZY = {

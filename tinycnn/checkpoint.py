@@ -20,17 +20,13 @@ from torch import nn
 
 from tinycnn import __version__
 from tinycnn.atomic import save_buffer
-from tinycnn.data.augment import Normalization
-from tinycnn.errors import TinycnnError
+from tinycnn.data.normalization import Normalization
+from tinycnn.errors import CheckpointError, ConfigError, TinycnnError
 
 FORMAT = 1
 # What inference needs from a checkpoint (training also reads optimizer, accumulator, ...).
 INFERENCE_FIELDS = ("model", "classes", "names", "normalization", "input_size", "config")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class CheckpointError(TinycnnError):
-    """A checkpoint is missing, unreadable, or not a tinycnn checkpoint."""
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
@@ -158,6 +154,29 @@ def check_state(model: nn.Module, state: dict[str, Any], where: str) -> None:
     if problems:
         listed = "; ".join(problems)
         raise CheckpointError(f"{where}: its weights do not fit model {name}: {listed}")
+
+
+def check_classes(trained: list[str], classes: list[str], path: str | Path, where: str) -> None:
+    """ConfigError when the data's class list is not the one the checkpoint at ``path`` was
+    trained on; ``trained``, ``classes``: wnids in order; ``where`` names the data."""
+    difference = class_difference(trained, classes)
+    if difference:
+        raise ConfigError(
+            f"{path}: trained on a different class list than {where} ({difference}); use data "
+            "prepared from the same dataset"
+        )
+
+
+def class_difference(trained: list[str], classes: list[str]) -> str:
+    """How a model's class list differs from the data's (wnids, in order), in words; "" if not."""
+    if trained == classes:
+        return ""
+    if len(trained) != len(classes):
+        return f"{len(trained)} classes vs {len(classes)}"
+    if set(trained) == set(classes):
+        return "same classes, different order"
+    differ = sorted(set(classes) - set(trained))
+    return f"{len(differ)} classes differ, e.g. {differ[0]}"
 
 
 def _shape(value: Any) -> tuple[int, ...] | str:

@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 
 from tinycnn.atomic import atomic_path, save_npy, write_into
-from tinycnn.data.cache import Cache, load_cache
+from tinycnn.data.cache import Cache, file_sha256, load_cache
 from tinycnn.errors import CacheError, ConfigError, OutputError
 from tinycnn.evaluation import labelled_split, split_rows
-from tinycnn.inference import file_digest, load_model, model_predictor
+from tinycnn.inference import load_model, model_predictor
 from tinycnn.members import resolve_members
 from tinycnn.metrics import error_rates
 from tinycnn.paths import PROB_CACHE
@@ -99,7 +99,7 @@ class ProbabilityCache:
         """32 hex digits naming one member's probabilities on one split of one dataset."""
         rows_id = "all" if rows is None else hashlib.sha256(np.asarray(rows, np.int64)).hexdigest()
         parts = {
-            "checkpoint": file_digest(checkpoint),
+            "checkpoint": file_sha256(checkpoint),
             "data": cache.content_id,
             "split": split,
             "rows": rows_id,

@@ -27,6 +27,26 @@ class OutputError(TinycnnError):
     """An output file cannot be written (disk full, permission denied, read-only file system)."""
 
 
+class CheckpointError(TinycnnError):
+    """A checkpoint is missing, unreadable, or not a tinycnn checkpoint."""
+
+
+class RunFolderError(TinycnnError):
+    """A run folder is in use by another process, or one of its files is damaged."""
+
+
+class TrainingDivergedError(TinycnnError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ExportError(TinycnnError):
+    """An export failed, or the exported model disagrees with tinycnn's evaluation."""
+
+
+class ImageTooLargeError(TinycnnError):
+    """An image has more pixels than the limit; it was not decoded."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM stopped a command; the CLI exits 128 + the signal number."""
 

@@ -41,9 +41,10 @@ from torch import Tensor, nn
 
 from tinycnn import __version__
 from tinycnn.atomic import atomic_path, write_into
-from tinycnn.data.augment import Normalization, resize_matrix
+from tinycnn.data.augment import resize_matrix
 from tinycnn.data.decode import IMAGE_SIZE
-from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.data.normalization import Normalization
+from tinycnn.errors import ConfigError, ExportError
 from tinycnn.inference import LoadedModel, load_model
 from tinycnn.members import resolve_checkpoint
 from tinycnn.runtime import make_runtime
@@ -55,10 +56,6 @@ RELATIVE_TOLERANCE = 1e-3
 CHECK_IMAGES = 8  # random images checked when the caller gives none
 CHECK_BATCH = 500  # images per forward pass in the check, as evaluation's default
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-
-
-class ExportError(TinycnnError):
-    """An export failed, or the exported model disagrees with tinycnn's evaluation."""
 
 
 @dataclass

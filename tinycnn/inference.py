@@ -5,7 +5,6 @@ Training's evaluations, evaluation, ensembles, prediction and export all run thr
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,18 +15,24 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from tinycnn import distributed
-from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normalization_from_payload
-from tinycnn.data.augment import (
-    Normalization,
-    center_crop,
-    flip_views,
-    resize_views,
-    ten_crop,
+from tinycnn.checkpoint import (
+    check_classes,
+    load_checkpoint,
+    model_from_checkpoint,
+    normalization_from_payload,
 )
+from tinycnn.data.augment import center_crop, flip_views, resize_views, ten_crop
+from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.runtime import Runtime, make_runtime
 
 TTA_VIEWS = {"center": 1, "flip": 2, "10crop": 10}
+
+
+def check_tta(tta: str) -> None:
+    """ConfigError unless ``tta`` names test-time views: "center", "flip" or "10crop"."""
+    if tta not in TTA_VIEWS:
+        raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
 
 
 @torch.inference_mode()
@@ -123,8 +128,7 @@ class LoadedModel:
 
         progress: a label for a progress bar (None: no bar).
         """
-        if tta not in TTA_VIEWS:
-            raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
+        check_tta(tta)
         return predict_logits(
             self.model,
             images_u8,
@@ -149,16 +153,7 @@ class LoadedModel:
 
     def check_classes(self, classes: list[str], where: str) -> None:
         """A clear error when the data's class list is not the one the model was trained on."""
-        if classes != self.classes:
-            detail = (
-                f"{len(self.classes)} classes vs {len(classes)}"
-                if len(classes) != len(self.classes)
-                else "same classes, different order"
-            )
-            raise ConfigError(
-                f"{self.path}: trained on a different class list than {where} "
-                f"({detail}); evaluate on data prepared from the same dataset"
-            )
+        check_classes(self.classes, classes, self.path, where)
 
 
 def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
@@ -181,19 +176,8 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
     )
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (checkpoint identity for caches of predictions)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def images_tensor(array) -> Tensor:
     """A (N, 64, 64, 3) uint8 numpy array or memory map as a torch tensor (one copy at most)."""
-    import numpy as np
-
     array = np.asarray(array)
     if not array.flags.writeable or not array.flags.c_contiguous:  # e.g. a read-only memmap
         array = np.array(array)
@@ -232,8 +216,7 @@ class ModelPredictor:
 
 def model_predictor(loaded: LoadedModel, tta: str = "center") -> ModelPredictor:
     """Wrap a loaded model as a Predictor; tta: one of "center", "flip", "10crop"."""
-    if tta not in TTA_VIEWS:  # fail before any image is read, not at the first batch
-        raise ConfigError(f"--tta {tta!r}: expected one of {', '.join(TTA_VIEWS)}")
+    check_tta(tta)  # before any image is read, not at the first batch
     return ModelPredictor(loaded, tta)
 
 

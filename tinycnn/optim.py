@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from tinycnn.config import OptimConfig, ScheduleConfig
 
@@ -133,11 +133,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's learning rate to lr times its ``lr_scale`` (1 where it has none)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
-def topk_errors(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
-    """Count of samples whose label is not among the top-k logits, for each k."""
-    k_max = min(max(ks), logits.shape[1])
-    top = logits.topk(k_max, dim=1).indices
-    hits = top == labels[:, None]
-    return [(~hits[:, : min(k, k_max)].any(dim=1)).sum() for k in ks]

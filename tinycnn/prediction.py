@@ -18,10 +18,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tinycnn.atomic import write_text
+from tinycnn.checkpoint import class_difference
 from tinycnn.data.cache import load_cache
 from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.ensembles import load_predictor
-from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.errors import ConfigError, ImageTooLargeError
 from tinycnn.inference import LoadedModel, Predictor, model_predictor, predict_batches
 
 IMAGE_SIZE = 64
@@ -36,10 +37,6 @@ _WHITE = (255, 255, 255, 255)
 # 8000x6000 48-megapixel phone photo fits) stays within a few hundred MB, where a 12000x12000 PNG
 # of 17 KB, under Pillow's own bomb limit, would take over 1 GB. 0: no limit but Pillow's.
 MAX_PIXELS = 50_000_000
-
-
-class ImageTooLargeError(TinycnnError):
-    """An image has more pixels than the limit; it was not decoded."""
 
 
 Models = Predictor | LoadedModel | str | Path | list[str | Path]
@@ -88,19 +85,12 @@ def write_submission(
 
 def check_classes(predictor_classes: list[str], data_classes: list[str], where: str) -> None:
     """ConfigError when the data's class list (wnids, in order) is not the predictor's."""
-    if predictor_classes == data_classes:
-        return
-    if len(predictor_classes) != len(data_classes):
-        detail = f"{len(predictor_classes)} classes vs {len(data_classes)}"
-    elif set(predictor_classes) == set(data_classes):
-        detail = "same classes, different order"
-    else:
-        missing = sorted(set(data_classes) - set(predictor_classes))
-        detail = f"{len(missing)} classes differ, e.g. {missing[0]}"
-    raise ConfigError(
-        f"{where}: its class list differs from the model's ({detail}); predict with models "
-        "trained on data prepared from the same dataset"
-    )
+    difference = class_difference(predictor_classes, data_classes)
+    if difference:
+        raise ConfigError(
+            f"{where}: its class list differs from the model's ({difference}); predict with "
+            "models trained on data prepared from the same dataset"
+        )
 
 
 def load_images(

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tinycnn.atomic import output_error
-from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.errors import ConfigError, RunFolderError
 
 try:
     import fcntl
@@ -27,10 +27,6 @@ except ImportError:  # Windows: no advisory locks; runs are not protected agains
 LOCK = ".lock"
 METRICS = "metrics.jsonl"
 STEPS = "steps.jsonl"  # train.log_every: the training loss every N iterations
-
-
-class RunFolderError(TinycnnError):
-    """A run folder is in use by another process, or one of its files is damaged."""
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from torch import nn
 
 from tinycnn.atomic import copy_file, write_text
 from tinycnn.checkpoint import (
+    check_classes,
     check_state,
     load_checkpoint,
     normalization_payload,
@@ -25,21 +26,17 @@ from tinycnn.checkpoint import (
 from tinycnn.compute import PFLOP
 from tinycnn.config import RunConfig, config_to_dict
 from tinycnn.crops import fit_crop
-from tinycnn.data.augment import Normalization
 from tinycnn.data.cache import Cache, load_cache
+from tinycnn.data.normalization import Normalization
 from tinycnn.data.splits import holdout_split
 from tinycnn.distributed import Dist, sync_batch_norm
-from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.errors import ConfigError, TrainingDivergedError
 from tinycnn.inference import predict_logits
 from tinycnn.metrics import clearly_below_chance, error_rates
 from tinycnn.models import create_model, init_weights, model_options, scale_classifier
 from tinycnn.optim import build_optimizer, cycle_ends
 from tinycnn.run_folder import METRICS, STEPS, append_line, read_metrics, read_steps
 from tinycnn.runtime import Runtime, describe_hardware, keep_precision
-
-
-class TrainingDivergedError(TinycnnError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def pause_point(phase: str, iteration: int) -> None:
@@ -61,7 +58,10 @@ def pause_point(phase: str, iteration: int) -> None:
 
 
 @dataclass
-class EpochAccumulator:
+class TrainingSums:
+    """Training loss, wrong top-1 predictions and images summed over a span of steps: the epoch
+    so far (Session.accum), or the steps since the last steps.jsonl line (Session.window)."""
+
     loss_sum: float = 0.0  # summed over images
     wrong: int = 0
     seen: int = 0
@@ -71,7 +71,7 @@ class EpochAccumulator:
     seconds: float | None = 0.0
 
     @classmethod
-    def from_payload(cls, saved: dict) -> EpochAccumulator:
+    def from_payload(cls, saved: dict) -> TrainingSums:
         known = {k: v for k, v in saved.items() if k in {f.name for f in fields(cls)}}
         return cls(**{"seconds": None, **known})
 
@@ -96,8 +96,8 @@ class Session:
     eval_size: int
     iteration: int = 0
     elapsed_before: float = 0.0  # training seconds before a resume
-    accum: EpochAccumulator = field(default_factory=EpochAccumulator)
-    window: EpochAccumulator = field(default_factory=EpochAccumulator)  # since the last step line
+    accum: TrainingSums = field(default_factory=TrainingSums)  # the epoch's steps so far
+    window: TrainingSums = field(default_factory=TrainingSums)  # since the last step line
     metrics: list[dict] = field(default_factory=list)
     best_error: float = math.inf
     evaluation_pending: bool = False  # resumed at an epoch end whose evaluation was not saved
@@ -297,7 +297,7 @@ class Session:
             schedule_done=self.iteration >= self.total_iters,  # the run's last evaluation
         )
         if not partial:  # a time-budget stop's sums stay: a resume continues the epoch
-            self.accum = EpochAccumulator()
+            self.accum = TrainingSums()
         # The checkpoint carries the best error including its own evaluation: a resume from it
         # must not forget that this epoch was the best so far.
         is_best = row[selection_key(row)] < self.best_error
@@ -325,7 +325,7 @@ class Session:
         Dropout and augmentation are on, as in the epoch's train_loss; the window's sums are kept
         in checkpoints, so a resumed run writes the lines of an uninterrupted one.
         """
-        window, self.window = self.window, EpochAccumulator()
+        window, self.window = self.window, TrainingSums()
         if not self.dist.main or not window.seen:
             return
         row = {
@@ -417,6 +417,8 @@ def load_session(
     cfg = fit_crop(cfg, image_side, cache.num_classes)  # unset: 7/8 of the side, as train has it
     train_rows, tune_rows = training_rows(cfg, cache)
     images, labels = _load_rows(cache, "train", train_rows)
+    # Checked once here, for these images: every training step then augments without a check.
+    cfg.augment.validate(tuple(images.shape[1:3]))
     if runtime.device.type == "cuda":  # the uint8 split lives on the GPU: no copy per batch
         images, labels = images.to(runtime.device), labels.to(runtime.device)
     eval_sets = {"val": _load_rows(cache, "val", None)}
@@ -541,17 +543,9 @@ def _normalization(cfg: RunConfig, cache: Cache) -> Normalization | None:
 RESUME_ONLY = ("optimizer", "train_state")
 
 
-def check_classes(payload: dict, cache: Cache, path: Path) -> None:
-    if payload["classes"] != cache.classes:
-        raise ConfigError(
-            f"{path}: trained on a different class list ({len(payload['classes'])} "
-            f"classes) than {cache.path} ({cache.num_classes})"
-        )
-
-
 def _restore(s: Session, path: Path) -> None:
     payload = load_checkpoint(path)
-    check_classes(payload, s.cache, path)
+    check_classes(payload["classes"], s.cache.classes, path, str(s.cache.path))
     if payload.get("data_id", s.cache.content_id) != s.cache.content_id:
         raise ConfigError(
             f"{s.cache.path}: not the data {path} was trained on (same classes, other "
@@ -568,8 +562,8 @@ def _restore(s: Session, path: Path) -> None:
     s.runtime = keep_precision(s.runtime, payload.get("precision"), s.cfg.train.precision)
     s.flops_done = payload.get("flops_done", s.flops_until(s.iteration) if s.flops_by_size else 0)
     s.elapsed_before = payload["elapsed_seconds"]
-    s.accum = EpochAccumulator.from_payload(payload["accumulator"])
-    s.window = EpochAccumulator.from_payload(payload.get("step_window", {}))
+    s.accum = TrainingSums.from_payload(payload["accumulator"])
+    s.window = TrainingSums.from_payload(payload.get("step_window", {}))
     s.metrics = _sync_metrics(s.out, payload, write=s.dist.main)
     _sync_best(s, payload)
     # An iteration snapshot at an epoch's (or the run's) end, saved before its evaluation.
@@ -642,7 +636,7 @@ def selection_key(row: dict) -> str:
 
 def _load_weights(s: Session, path: Path) -> None:
     payload = load_checkpoint(path)
-    check_classes(payload, s.cache, path)
+    check_classes(payload["classes"], s.cache.classes, path, str(s.cache.path))
     check_state(s.model, payload["model"]["state"], str(path))
     s.model.load_state_dict(payload["model"]["state"])
 

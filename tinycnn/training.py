@@ -24,23 +24,21 @@ from tqdm import tqdm
 
 from tinycnn import distributed
 from tinycnn.atomic import remove_stale_temporaries, write_text
-from tinycnn.checkpoint import check_state, load_checkpoint
+from tinycnn.checkpoint import check_classes, check_state, load_checkpoint
 from tinycnn.compute import training_flops_per_image
 from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.crops import fit_crop
 from tinycnn.data.augment import augment_batch, resize_views
 from tinycnn.data.cache import load_cache, verify_cache
 from tinycnn.data.mixing import mix_batch
-from tinycnn.errors import ConfigError, Interrupted
+from tinycnn.errors import ConfigError, Interrupted, TrainingDivergedError
 from tinycnn.models import model_options
 from tinycnn.optim import cycle_ends, lr_at, set_lr
 from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
 from tinycnn.runtime import Runtime, agree_precision, make_runtime
 from tinycnn.session import (
     Session,
-    TrainingDivergedError,
     build_model,
-    check_classes,
     largest_fitting,
     load_session,
     pause_point,
@@ -222,7 +220,7 @@ def _preflight(
         )
     if init_from is not None:
         payload = load_checkpoint(init_from)
-        check_classes(payload, cache, Path(init_from))
+        check_classes(payload["classes"], cache.classes, init_from, str(cache.path))
         check_state(model, payload["model"]["state"], str(init_from))
     if cfg.train.tensorboard:
         tensorboard_writer_class()
@@ -271,15 +269,17 @@ def _resumed_config(out: Path, data: str | Path | None) -> RunConfig:
 def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> RunResult:
     cfg = s.cfg
     ipe = s.iters_per_epoch
-    clock = _Budget(cfg.train.max_minutes, started - s.elapsed_before, s)
-    fit = _TimeFit(s, clock, progress) if cfg.train.fit_to_time and s.fitted_total is None else None
+    budget = _Budget(cfg.train.max_minutes, started - s.elapsed_before, s)
+    fit = (
+        _TimeFit(s, budget, progress) if cfg.train.fit_to_time and s.fitted_total is None else None
+    )
     model = s.model
     model.train()
-    sync = _Sync(s, stop, clock)
+    sync = _Sync(s, stop, budget)
     if s.evaluation_pending:  # killed between an epoch-end snapshot and its evaluation
-        clock.evaluating()
-        s.end_epoch(clock.elapsed(), s.accum.seconds, progress)  # its steps' time: saved
-        clock.evaluated()
+        budget.evaluating()
+        s.end_epoch(budget.elapsed(), s.accum.seconds, progress)  # its steps' time: saved
+        budget.evaluated()
     while s.iteration < s.total_iters:
         epoch = s.iteration // ipe
         # On the split's device: a batch's rows are a slice there, no copy per step.
@@ -308,7 +308,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                 bar.set_postfix(
                     loss=f"{sync.last_loss:.3f}",
                     img_s=f"{rate:.0f}",
-                    run_eta=clock.remaining(seconds / (s.iteration - first)),
+                    run_eta=budget.remaining(seconds / (s.iteration - first)),
                     refresh=False,
                 )
                 bar.update()
@@ -318,16 +318,16 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                 if snapshots:
                     _clock_epoch(s, before, epoch_start)
                     for name in snapshots:
-                        s.save(name, clock.elapsed())
+                        s.save(name, budget.elapsed())
                     pause_point("snapshot", s.iteration)
                 # At an epoch's or the schedule's end, stop after its evaluation.
                 if reason and s.iteration % ipe and s.iteration < s.total_iters:
                     _clock_epoch(s, before, epoch_start)
-                    return _stop(s, reason, clock, stop, progress)
+                    return _stop(s, reason, budget, stop, progress)
         seconds = _clock_epoch(s, before, epoch_start)
-        clock.evaluating()
-        s.end_epoch(clock.elapsed(), seconds, progress)
-        clock.evaluated()
+        budget.evaluating()
+        s.end_epoch(budget.elapsed(), seconds, progress)
+        budget.evaluated()
         reason = sync.flush()  # nothing pending: only the agreement on a stop
         if reason and s.iteration < s.total_iters:
             s.close()  # end_epoch has just saved the resume point
@@ -422,14 +422,14 @@ class _TimeFit:
     TIMED = 20  # steps timed to measure the training FLOP rate
     MARGIN = 0.95  # of the time left: room for noise and the checkpoints
 
-    def __init__(self, session: Session, clock: _Budget, progress: bool) -> None:
-        self.s, self.clock, self.progress = session, clock, progress
+    def __init__(self, session: Session, budget: _Budget, progress: bool) -> None:
+        self.session, self.budget, self.progress = session, budget, progress
         self.first = session.iteration
         self.start: tuple[float, float] | None = None  # (time, flops_done) after warm-up
 
     def measure(self) -> bool:
         """Call after each step; True once the schedule is fitted."""
-        s, done = self.s, self.s.iteration - self.first
+        s, done = self.session, self.session.iteration - self.first
         if done in (self.WARM_UP, self.WARM_UP + self.TIMED) and s.runtime.device.type == "cuda":
             torch.cuda.synchronize(s.runtime.device)  # twice a run: time the work, not queueing
         if done == self.WARM_UP:
@@ -444,10 +444,10 @@ class _TimeFit:
         others = {size or s.eval_size for _, size in s.size_phases()}
         if others - {measured}:
             step_seconds = step_seconds_by_size(step_seconds, probe_step_seconds(s, others))
-        left = (self.clock.seconds - self.clock.elapsed()) * self.MARGIN
+        left = (self.budget.seconds - self.budget.elapsed()) * self.MARGIN
         # Every rank takes rank 0's length: one schedule for the whole job.
         s.fitted_total = distributed.broadcast_int(fit_total_to_time(s, step_seconds, left))
-        self.clock.step_seconds = step_seconds
+        self.budget.step_seconds = step_seconds
         if self.progress:
             rates = ", ".join(
                 f"{s.cfg.train.batch_size * s.flops_by_size[size] / sec / 1e9:.0f} at {size}"
@@ -543,9 +543,9 @@ class _Sync:
 
     SYNC_EVERY_CUDA = 25
 
-    def __init__(self, s: Session, stop: _StopRequest, clock: _Budget) -> None:
-        self.s, self.stop, self.clock = s, stop, clock
-        self.every = self.SYNC_EVERY_CUDA if s.runtime.device.type == "cuda" else 1
+    def __init__(self, session: Session, stop: _StopRequest, budget: _Budget) -> None:
+        self.session, self.stop, self.budget = session, stop, budget
+        self.every = self.SYNC_EVERY_CUDA if session.runtime.device.type == "cuda" else 1
         self.pending: list[torch.Tensor] = []
         self.images = 0
         self.last_loss = math.nan
@@ -556,16 +556,16 @@ class _Sync:
         self.images += images
 
     def due(self) -> bool:
-        s = self.s
+        s = self.session
         end = s.iteration % s.iters_per_epoch == 0 or s.iteration >= s.total_iters
         return end or s.iteration % self.every == 0
 
     def flush(self) -> str | None:
         """Add the pending steps to the epoch's sums; the stop all ranks agree on, if any."""
-        s, stop = self.s, self.stop
+        s, stop = self.session, self.stop
         if stop.at_iteration is not None and s.iteration >= stop.at_iteration:
             stop.reason = "interrupted"
-        flags = [float(stop.reason == "interrupted"), float(self.clock.exhausted())]
+        flags = [float(stop.reason == "interrupted"), float(self.budget.exhausted())]
         device = s.runtime.device
         local = torch.stack(self.pending).sum(0) if self.pending else torch.zeros(2, device=device)
         numbers = torch.cat([local.double(), torch.tensor(flags, device=device).double()])
@@ -578,19 +578,21 @@ class _Sync:
                 s.diverged(self.last_loss)
         every, steps = s.cfg.train.log_every, len(self.pending)
         if every and s.iteration // every > (s.iteration - steps) // every:
-            s.log_step(self.clock.elapsed())  # a multiple of log_every was passed
+            s.log_step(self.budget.elapsed())  # a multiple of log_every was passed
         self.pending, self.images = [], 0
         if interrupted:
             return "interrupted"
         return "time budget" if out_of_time else None
 
 
-def _stop(s: Session, reason: str, clock: _Budget, stop: _StopRequest, progress: bool) -> RunResult:
+def _stop(
+    s: Session, reason: str, budget: _Budget, stop: _StopRequest, progress: bool
+) -> RunResult:
     """Save the resume point mid-epoch; at a time budget also evaluate: that is the result."""
     if reason == "time budget":
-        s.end_epoch(clock.elapsed(), s.accum.seconds, progress, partial=True)
+        s.end_epoch(budget.elapsed(), s.accum.seconds, progress, partial=True)
     else:
-        s.save("last", clock.elapsed())
+        s.save("last", budget.elapsed())
     s.close()
     return RunResult(s.out, s.model, s.metrics, reason, s.iteration, stop.signal)
 
@@ -641,7 +643,7 @@ def _step(s: Session, rows: torch.Tensor) -> torch.Tensor:
     generator = s.aug_generator.manual_seed(step_seed)
     images = s.train_images[rows].to(rt.device, non_blocking=True)
     labels = s.train_labels[rows].to(rt.device, non_blocking=True)
-    x = augment_batch(images, cfg.augment, generator, s.norm)
+    x = augment_batch(images, cfg.augment, generator, s.norm, checked=True)  # by load_session
     size = s.input_size_at(s.iteration)
     x = resize_views(x, size)  # progressive resizing (or a no-op)
     s.flops_done += len(rows) * s.flops_by_size.get(size, 0.0)

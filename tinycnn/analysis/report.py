@@ -173,9 +173,9 @@ def _ensemble_row(rows: list[dict], combined: dict) -> dict:
     return row
 
 
-def _tsne_section(model: LoadedModel, count: int, w: _Job) -> dict:
+def _tsne_section(model: LoadedModel, count: int, job: _Job) -> dict:
     start = time.perf_counter()
-    cache, seed = w.cache, w.seed
+    cache, seed = job.cache, job.seed
     val = cache.split("val")
     rows = tsne.sample_rows(val.labels, count, seed)
     images = np.asarray(val.images[rows])
@@ -192,8 +192,8 @@ def _tsne_section(model: LoadedModel, count: int, w: _Job) -> dict:
     info.update(
         model=str(model.path),
         layer=tsne.classifier_layer(model.model)[0],
-        scatter=w.write("figures/tsne.png", figures.tsne_scatter(points, labels, cache.names)),
-        image_map=w.write(
+        scatter=job.write("figures/tsne.png", figures.tsne_scatter(points, labels, cache.names)),
+        image_map=job.write(
             "figures/tsne_images.png", figures.png_of(figures.image_map(images, layout, side, cell))
         ),
         grid=side,
@@ -206,7 +206,7 @@ def _tsne_section(model: LoadedModel, count: int, w: _Job) -> dict:
     return info
 
 
-def _filters_section(model: LoadedModel, w: _Job) -> dict:
+def _filters_section(model: LoadedModel, job: _Job) -> dict:
     conv = next(
         ((name, m) for name, m in model.model.named_modules() if isinstance(m, torch.nn.Conv2d)),
         None,
@@ -219,13 +219,13 @@ def _filters_section(model: LoadedModel, w: _Job) -> dict:
     return {
         "layer": name,
         "shape": list(weight.shape),
-        "figure": w.write("figures/filters.png", figures.png_of(grid)),
+        "figure": job.write("figures/filters.png", figures.png_of(grid)),
     }
 
 
-def _class_sections(probs, labels, w: _Job) -> dict:
+def _class_sections(probs, labels, job: _Job) -> dict:
     """Per-class table, best and worst classes with examples, confused pairs, confusion image."""
-    cache, seed = w.cache, w.seed
+    cache, seed = job.cache, job.seed
     names = cache.names
     predicted = probs.argmax(axis=1)
     table = cls.per_class_table(probs, labels, cache.classes, names)
@@ -233,7 +233,7 @@ def _class_sections(probs, labels, w: _Job) -> dict:
 
     def examples(row: dict) -> dict:
         chosen = cls.class_examples(predicted, labels, row["class"], EXAMPLES_PER_CLASS, seed)
-        shown = [_example(w, "val", r, labels, predicted, names) for r in chosen]
+        shown = [_example(job, "val", r, labels, predicted, names) for r in chosen]
         return {**row, "examples": shown}
 
     matrix = cls.confusion_matrix(predicted, labels, len(cache.classes))
@@ -247,7 +247,7 @@ def _class_sections(probs, labels, w: _Job) -> dict:
                     "true": cls.short_name(names[true]),
                     "predicted": cls.short_name(names[guess]),
                     "count": int(matrix[true, guess]),
-                    "examples": [_example(w, "val", r, labels, predicted, names) for r in rows],
+                    "examples": [_example(job, "val", r, labels, predicted, names) for r in rows],
                 }
             )
         pairs.append({"total": int(matrix[a, b] + matrix[b, a]), "directions": directions})
@@ -260,43 +260,43 @@ def _class_sections(probs, labels, w: _Job) -> dict:
         "confusion": {
             "order": [cache.classes[i] for i in order],
             "matrix": matrix.tolist(),
-            "figure": w.write(
+            "figure": job.write(
                 "figures/confusion.png", figures.confusion_figure(matrix, order, names)
             ),
         },
     }
 
 
-def _example(w: _Job, split: str, row: int, labels, predicted, names) -> dict:
+def _example(job: _Job, split: str, row: int, labels, predicted, names) -> dict:
     return {
-        "image": w.thumbnail(split, row),
-        "file": w.cache.split(split).files[row],
+        "image": job.thumbnail(split, row),
+        "file": job.cache.split(split).files[row],
         "label": cls.short_name(names[labels[row]]),
         "predicted": cls.short_name(names[predicted[row]]),
         "correct": bool(labels[row] == predicted[row]),
     }
 
 
-def _ambiguous_section(model: LoadedModel, count: int, scan: int, w: _Job) -> dict:
+def _ambiguous_section(model: LoadedModel, count: int, scan: int, job: _Job) -> dict:
     """The training images with the highest loss under a model, among those it trained on.
 
     scan: how many of them to score (0: all), a seeded sample spread evenly over the classes.
     """
     start = time.perf_counter()
-    cache = w.cache
+    cache = job.cache
     labels = np.asarray(cache.split("train").labels, np.int64)
     held_out = split_rows(cache, "tune", model.config)[1] if _holdout(model.config)[0] else []
     rows = np.setdiff1d(np.arange(len(labels)), held_out)
     if scan and scan < len(rows):
-        rows = rows[tsne.sample_rows(labels[rows], scan, w.seed)]
+        rows = rows[tsne.sample_rows(labels[rows], scan, job.seed)]
     probs = np.zeros((len(labels), len(cache.classes)), np.float32)  # scored rows filled in
-    probs[rows] = _train_probabilities(model, w, rows)
+    probs[rows] = _train_probabilities(model, job, rows)
     worst = cls.highest_loss(probs, labels, rows, count)
     files = cache.split("train").files
     predicted = probs.argmax(axis=1)
     images = []
     for row in worst:
-        item = _example(w, "train", int(row), labels, predicted, cache.names)
+        item = _example(job, "train", int(row), labels, predicted, cache.names)
         item.update(
             loss=float(-np.log(max(probs[row, labels[row]], 1e-12))),
             label_probability=float(probs[row, labels[row]]),
@@ -307,7 +307,7 @@ def _ambiguous_section(model: LoadedModel, count: int, scan: int, w: _Job) -> di
         "model": str(model.path),
         "scanned": len(rows),
         "training_images": len(labels) - len(held_out),
-        "list": w.write("ambiguous.txt", text.encode("utf-8")),
+        "list": job.write("ambiguous.txt", text.encode("utf-8")),
         "images": images,
         "seconds": time.perf_counter() - start,
     }
@@ -320,15 +320,15 @@ def _timed(timings: dict, name: str, work):
     return result
 
 
-def _summary(members: list[str], found: list[Member], rows: list[dict], combined, w: _Job):
+def _summary(members: list[str], found: list[Member], rows: list[dict], combined, job: _Job):
     """report.json's first part: what was reported on, the experiments table, the curves."""
     ensemble_row = _ensemble_row(rows, combined)
     data = {
         "tinycnn_version": __version__,
         "created": datetime.now().isoformat(timespec="seconds"),
-        "data": str(w.cache.path),
-        "classes": len(w.cache.classes),
-        "val_images": len(w.cache.split("val")),
+        "data": str(job.cache.path),
+        "classes": len(job.cache.classes),
+        "val_images": len(job.cache.split("val")),
         "members": list(members),
         "experiments": rows,
         "ensemble": ensemble_row,
@@ -337,9 +337,11 @@ def _summary(members: list[str], found: list[Member], rows: list[dict], combined
         "curves_figure": None,
     }
     if any(data["curves"].values()):
-        data["curves_figure"] = w.write("figures/curves.png", figures.curves_figure(data["curves"]))
+        data["curves_figure"] = job.write(
+            "figures/curves.png", figures.curves_figure(data["curves"])
+        )
     if len(rows) > 1:
-        data["ensemble_figure"] = w.write(
+        data["ensemble_figure"] = job.write(
             "figures/ensemble.png", figures.ensemble_figure(rows, ensemble_row)
         )
     return data
@@ -379,8 +381,8 @@ def build_report(
     runtime = runtime or make_runtime()
     # Built beside out and moved in at the end: a failure (a full disk) leaves nothing there.
     with FolderBuild(out) as build:
-        w = _Job(build.tmp, load_cache(cache_dir), ProbabilityCache(prob_cache), seed, progress)
-        data = _sections(members, runtime, tsne_images, ambiguous, scan_train, w)
+        job = _Job(build.tmp, load_cache(cache_dir), ProbabilityCache(prob_cache), seed, progress)
+        data = _sections(members, runtime, tsne_images, ambiguous, scan_train, job)
         data["timings"]["total"] = round(time.perf_counter() - start, 3)
         if distributed.current().main:  # the other ranks' passes are shared, nothing to write
             write_text(build.tmp / "report.json", json.dumps(data, indent=1) + "\n")
@@ -395,20 +397,20 @@ def _sections(
     tsne_images: int,
     ambiguous: int,
     scan_train: int,
-    w: _Job,
+    job: _Job,
 ) -> dict:
-    """Every section's data, its files written through w; timings per section."""
+    """Every section's data, its files written through job; timings per section."""
     timings: dict[str, float] = {}
     members, study = expand_study(members)
     found = _timed(timings, "load", lambda: load_members(members))
-    rows, combined, best = _timed(timings, "predict", lambda: _score_members(found, runtime, w))
-    data = _summary(members, found, rows, combined, w)
+    rows, combined, best = _timed(timings, "predict", lambda: _score_members(found, runtime, job))
+    data = _summary(members, found, rows, combined, job)
     data["study"] = study
-    data["tsne"] = _timed(timings, "tsne", lambda: _tsne_section(best, tsne_images, w))
-    data["filters"] = _timed(timings, "filters", lambda: _filters_section(best, w))
-    data.update(_timed(timings, "classes", lambda: _class_sections(*combined["val"], w)))
+    data["tsne"] = _timed(timings, "tsne", lambda: _tsne_section(best, tsne_images, job))
+    data["filters"] = _timed(timings, "filters", lambda: _filters_section(best, job))
+    data.update(_timed(timings, "classes", lambda: _class_sections(*combined["val"], job)))
     data["ambiguous"] = _timed(
-        timings, "ambiguous", lambda: _ambiguous_section(best, ambiguous, scan_train, w)
+        timings, "ambiguous", lambda: _ambiguous_section(best, ambiguous, scan_train, job)
     )
     data["timings"] = timings
     return data

@@ -13,33 +13,31 @@ never waits on the host, and a seed fixes the result (bit-identical on one devic
 ``augment_batch`` is ``sample_params`` then ``apply_augment``; call the two yourself to see or
 reuse the per-sample choices.
 
-Normalisation, and why it is exact: pixels are centred after the 0-255 clamp, the same way for
-training and evaluation views. ``Normalization.channel`` subtracts a per-channel mean and divides
-by a per-channel std, which commutes with cropping. ``Normalization.from_mean_image`` follows
-Caffe, which subtracts the full mean image *before* cropping (and mirrors afterwards): here the
-mean image is gathered with the very indices used for the pixels (crop offset, reflect padding,
-mirror), so the result equals "subtract the mean image from the full image, then pad, crop and
-flip" exactly, at the cost of one small gather instead of a full-size subtraction.
+Normalisation (a ``Normalization``, data/normalization.py), and why it is exact: pixels are
+centred after the 0-255 clamp, the same way for training and evaluation views.
+``Normalization.channel`` subtracts a per-channel mean and divides by a per-channel std, which
+commutes with cropping. ``Normalization.from_mean_image`` follows Caffe, which subtracts the full
+mean image *before* cropping (and mirrors afterwards): here the mean image is gathered with the
+very indices used for the pixels (crop offset, reflect padding, mirror), so the result equals
+"subtract the mean image from the full image, then pad, crop and flip" exactly, at the cost of
+one small gather instead of a full-size subtraction.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tinycnn.data.normalization import CHANNELS, OUTPUT_DTYPE, Normalization
 from tinycnn.errors import ConfigError
 
-CHANNELS = 3  # RGB, the last axis of the uint8 dataset
 PIXEL_MAX = 255.0  # uint8 scale: augmented pixels are clamped to [0, PIXEL_MAX]
-OUTPUT_DTYPE = torch.float32  # what the model consumes; uint8 -> float happens once, here
-NORMALIZATION_KINDS = ("none", "channel", "mean_image")
 
 # A view of an image: (top row, left column, mirrored), in unpadded pixel coordinates.
 View = tuple[int, int, bool]
@@ -184,114 +182,6 @@ class AugmentParams:
     tint: Tensor | None
 
 
-@dataclass(frozen=True, eq=False)
-class Normalization:
-    """How pixels are centred after augmentation (see the module docstring).
-
-    kind: "none"; "channel" with channel_mean, channel_std (3 values each, 0-255 scale); or
-    "mean_image" with mean_image (H, W, 3), 0-255 scale (the cache's mean_image.npy). Values are
-    stored as float32 tensors; ``channel`` and ``from_mean_image`` are the short spellings.
-    scale: a factor applied after the centring, as Caffe's ``transform_param { scale }``
-    (1/255 puts 0-255 pixels on a 0-1 scale); 1 leaves the values as they are.
-    """
-
-    kind: str = "none"
-    mean_image: Tensor | np.ndarray | None = None
-    channel_mean: Tensor | Sequence[float] | None = None
-    channel_std: Tensor | Sequence[float] | None = None
-    scale: float = 1.0
-
-    @classmethod
-    def channel(
-        cls, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, scale: float = 1.0
-    ) -> Normalization:
-        """(x - mean) / std per RGB channel; mean, std: 3 values on the 0-255 scale."""
-        return cls("channel", channel_mean=mean, channel_std=std, scale=scale)
-
-    @classmethod
-    def from_mean_image(cls, mean_image: np.ndarray | Tensor, scale: float = 1.0) -> Normalization:
-        """x - mean_image at each pixel's source position (Caffe); mean_image: (H, W, 3) 0-255."""
-        return cls("mean_image", mean_image=mean_image, scale=scale)
-
-    def __post_init__(self) -> None:
-        if self.kind not in NORMALIZATION_KINDS:
-            raise ConfigError(
-                f"Normalization.kind must be one of {NORMALIZATION_KINDS}, got {self.kind!r}"
-            )
-        scale = self.scale
-        if (
-            isinstance(scale, bool)
-            or not isinstance(scale, int | float)
-            or not 0 < scale < math.inf
-        ):
-            raise ConfigError(f"Normalization.scale must be a finite number > 0, got {scale!r}")
-        object.__setattr__(self, "scale", float(scale))
-        needed = {"channel": ("channel_mean", "channel_std"), "mean_image": ("mean_image",)}
-        for name in needed.get(self.kind, ()):
-            value = getattr(self, name)
-            if value is None:
-                raise ConfigError(f"Normalization kind {self.kind!r} needs {name}, got None")
-            try:
-                if isinstance(value, np.ndarray):  # a copy: the cache's arrays are read-only maps
-                    value = np.array(value, dtype=np.float32)
-                value = torch.as_tensor(value, dtype=OUTPUT_DTYPE)
-            except (TypeError, ValueError, RuntimeError) as error:
-                raise ConfigError(f"Normalization.{name} must be numbers, got {value!r}") from error
-            object.__setattr__(self, name, value)
-        if self.kind == "channel":
-            self._check_channel_values()
-        if self.kind == "mean_image" and (
-            self.mean_image.dim() != 3 or self.mean_image.shape[-1] != CHANNELS
-        ):
-            shape = tuple(self.mean_image.shape)
-            raise ConfigError(f"Normalization.mean_image must have shape (H, W, 3), got {shape}")
-
-    def _check_channel_values(self) -> None:
-        for name in ("channel_mean", "channel_std"):
-            value = getattr(self, name)
-            if value.shape != (CHANNELS,) or not bool(torch.isfinite(value).all()):
-                raise ConfigError(
-                    f"Normalization.{name} must be 3 finite numbers, got {value.tolist()}"
-                )
-        if not bool((self.channel_std > 0).all()):
-            raise ConfigError(
-                f"Normalization.channel_std must be > 0, got {self.channel_std.tolist()}"
-            )
-
-    def to(self, device: torch.device | str) -> Normalization:
-        """A copy with its tensors on ``device``: do this once, not per batch."""
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, Tensor):
-                moved[name] = value.to(device)
-        return Normalization(**moved)
-
-    def _check_fits(self, height: int, width: int) -> None:
-        """Raise ConfigError unless a mean image matches images of ``height`` x ``width``."""
-        if self.kind == "mean_image" and tuple(self.mean_image.shape[:2]) != (height, width):
-            raise ConfigError(
-                f"Normalization.mean_image is {tuple(self.mean_image.shape[:2])} pixels, "
-                f"but the images are {(height, width)}"
-            )
-
-    def _apply_(self, rows: Tensor, select: Callable[[Tensor], Tensor]) -> None:
-        """Normalise image rows in place.
-
-        rows: (..., w * 3) float32, RGB-interleaved pixels of image rows.
-        select: maps the (H, W, 3) mean image to the pixels' source positions, shaped as rows.
-        """
-        if self.kind == "channel":
-            # Repeat the 3 channel values along the row: a long inner dimension vectorises.
-            pixels_per_row = rows.shape[-1] // CHANNELS
-            mean = self.channel_mean.to(rows.device).repeat(pixels_per_row)
-            std = self.channel_std.to(rows.device).repeat(pixels_per_row)
-            rows.sub_(mean).div_(std)
-        elif self.kind == "mean_image":
-            rows.sub_(select(self.mean_image.to(rows.device)))
-        if self.scale != 1.0:
-            rows.mul_(self.scale)
-
-
 def _check_images(images_u8: Tensor) -> tuple[int, int, int]:
     """(B, H, W) of a uint8 (B, H, W, 3) batch, or ConfigError."""
     if not isinstance(images_u8, Tensor) or images_u8.dtype != torch.uint8:
@@ -355,6 +245,13 @@ def sample_params(
     batch, height, width: shape of the uint8 batch that ``apply_augment`` will receive.
     """
     cfg.validate((height, width))
+    return _sample_params(cfg, batch, height, width, generator)
+
+
+def _sample_params(
+    cfg: AugmentConfig, batch: int, height: int, width: int, generator: torch.Generator
+) -> AugmentParams:
+    """sample_params for a cfg already validated for images of height x width."""
     crop_h, crop_w = cfg.output_size(height, width)
     device = generator.device
     draw = dict(generator=generator, device=device)
@@ -413,10 +310,22 @@ def apply_augment(
     """
     batch, height, width = _check_images(images_u8)
     cfg.validate((height, width))
-    device = images_u8.device
-    _check_generator(generator, device)
+    _check_generator(generator, images_u8.device)
     if params.offset_y.shape != (batch,):
         raise ConfigError(f"params are for {params.offset_y.shape[0]} images, got {batch}")
+    return _apply_augment(images_u8, params, cfg, generator, norm)
+
+
+def _apply_augment(
+    images_u8: Tensor,
+    params: AugmentParams,
+    cfg: AugmentConfig,
+    generator: torch.Generator,
+    norm: Normalization | None,
+) -> Tensor:
+    """apply_augment for checked images, generator and params, and a cfg valid for the images."""
+    batch, height, width, _ = images_u8.shape
+    device = images_u8.device
     crop_h, crop_w = cfg.output_size(height, width)
     rows = _source_index(params.offset_y, crop_h, height, cfg.pad, None)  # (B, h)
     cols = _source_index(params.offset_x, crop_w, width, cfg.pad, params.flipped)  # (B, w)
@@ -436,16 +345,22 @@ def augment_batch(
     cfg: AugmentConfig,
     generator: torch.Generator,
     norm: Normalization | None = None,
+    *,
+    checked: bool = False,
 ) -> Tensor:
     """One random training view per image: ``sample_params`` then ``apply_augment``.
 
     images_u8: (B, H, W, 3) uint8 on any device; generator: seeded, on that same device.
+    checked: cfg was validated for images of this size already (``cfg.validate((H, W))``, as
+      training does once, when it loads the run), so it is not checked again for every batch.
     Returns (B, 3, h, w) float32 channels_last, 0-255 scale unless ``norm`` is given.
     """
     batch, height, width = _check_images(images_u8)
     _check_generator(generator, images_u8.device)
-    params = sample_params(cfg, batch, height, width, generator)
-    return apply_augment(images_u8, params, cfg, generator, norm)
+    if not checked:
+        cfg.validate((height, width))
+    params = _sample_params(cfg, batch, height, width, generator)
+    return _apply_augment(images_u8, params, cfg, generator, norm)
 
 
 def _fixed_views(

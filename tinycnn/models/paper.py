@@ -14,6 +14,7 @@ applies the paper's scheme with ``tinycnn.models.init_weights``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -193,102 +194,41 @@ def _check_pool_after(pool_after: Sequence[int], conv_channels: list[int]) -> se
     return set(pool_after)
 
 
-@register_model(
+# The paper's models are PaperCNN with their own defaults: a partial's signature is PaperCNN's
+# with these defaults, so the registry lists, checks and fills in their options as for any factory.
+
+# [[conv-relu]x2 - pool]x2 - conv-relu-pool - fc 400 - fc 400 - fc; 3,343,720 parameters.
+paper8 = partial(
+    PaperCNN,
+    conv_channels=(128, 128, 128, 128, 128),
+    pool_after=(1, 3, 4),
+    fc_widths=(400, 400),
+    dropout=0.5,
+)
+register_model(
     "paper8",
     default_input=56,
     description="the paper's final 8-layer CNN: 5 conv x128, 3 pools, fc 400-400",
+)(paper8)
+
+# [conv-relu-pool]x3 - fc 400 - fc: 5 weight layers, 32 filters; 727,192 parameters. Three pools
+# as in paper8 (56 -> 7), so the fc 400 takes 32*7*7 = 1568 inputs. No dropout by default: the
+# paper lists dropout only for the 8-layer model.
+cnn5 = partial(
+    PaperCNN, conv_channels=(32, 32, 32), pool_after=(0, 1, 2), fc_widths=(400,), dropout=0.0
 )
-def paper8(
-    num_classes: int = 200,
-    *,
-    conv_channels: Sequence[int] = (128, 128, 128, 128, 128),
-    pool_after: Sequence[int] = (1, 3, 4),
-    fc_widths: Sequence[int] = (400, 400),
-    dropout: float = 0.5,
-    activation: str = "relu",
-    batch_norm: bool = False,
-    input_size: int = 56,
-    in_channels: int = 3,
-) -> PaperCNN:
-    """[[conv-relu]x2 - pool]x2 - conv-relu-pool - fc 400 - fc 400 - fc; 3,343,720 parameters."""
-    return PaperCNN(
-        num_classes,
-        conv_channels=conv_channels,
-        pool_after=pool_after,
-        fc_widths=fc_widths,
-        dropout=dropout,
-        activation=activation,
-        batch_norm=batch_norm,
-        input_size=input_size,
-        in_channels=in_channels,
-    )
-
-
-@register_model(
+register_model(
     "cnn5",
     default_input=56,
     description="our reading of the paper's 5 layer CNN: 3 conv x32, fc 400",
-)
-def cnn5(
-    num_classes: int = 200,
-    *,
-    conv_channels: Sequence[int] = (32, 32, 32),
-    pool_after: Sequence[int] = (0, 1, 2),
-    fc_widths: Sequence[int] = (400,),
-    dropout: float = 0.0,
-    activation: str = "relu",
-    batch_norm: bool = False,
-    input_size: int = 56,
-    in_channels: int = 3,
-) -> PaperCNN:
-    """[conv-relu-pool]x3 - fc 400 - fc: 5 weight layers, 32 filters; 727,192 parameters.
+)(cnn5)
 
-    Three pools as in paper8 (56 -> 7), so the fc 400 takes 32*7*7 = 1568 inputs. No dropout by
-    default: the paper lists dropout only for the 8-layer model.
-    """
-    return PaperCNN(
-        num_classes,
-        conv_channels=conv_channels,
-        pool_after=pool_after,
-        fc_widths=fc_widths,
-        dropout=dropout,
-        activation=activation,
-        batch_norm=batch_norm,
-        input_size=input_size,
-        in_channels=in_channels,
-    )
-
-
-@register_model(
+# [conv-relu-pool]x2 - fc: 3 weight layers, 32 filters; 1,264,744 parameters. The output layer
+# reads the 32*14*14 = 6272 pooled features directly, so dropout (fc layers only) has nothing to
+# act on unless fc_widths adds hidden layers.
+shallow = partial(PaperCNN, conv_channels=(32, 32), pool_after=(0, 1), fc_widths=(), dropout=0.0)
+register_model(
     "shallow",
     default_input=56,
     description="our reading of the paper's shallow model: 2 conv x32, no hidden fc",
-)
-def shallow(
-    num_classes: int = 200,
-    *,
-    conv_channels: Sequence[int] = (32, 32),
-    pool_after: Sequence[int] = (0, 1),
-    fc_widths: Sequence[int] = (),
-    dropout: float = 0.0,
-    activation: str = "relu",
-    batch_norm: bool = False,
-    input_size: int = 56,
-    in_channels: int = 3,
-) -> PaperCNN:
-    """[conv-relu-pool]x2 - fc: 3 weight layers, 32 filters; 1,264,744 parameters.
-
-    The output layer reads the 32*14*14 = 6272 pooled features directly, so dropout (fc layers
-    only) has nothing to act on unless ``fc_widths`` adds hidden layers.
-    """
-    return PaperCNN(
-        num_classes,
-        conv_channels=conv_channels,
-        pool_after=pool_after,
-        fc_widths=fc_widths,
-        dropout=dropout,
-        activation=activation,
-        batch_norm=batch_norm,
-        input_size=input_size,
-        in_channels=in_channels,
-    )
+)(shallow)

@@ -606,20 +606,3 @@ def test_a_full_disk_is_one_line_and_the_old_cache_survives(
     assert f"{out}: cannot write (disk full" in err and "nothing was written" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no build left behind
-
-
-def test_a_failed_build_kills_its_workers_rather_than_waiting_for_them(
-    synth_sources: dict[str, Path],
-) -> None:
-    # A worker busy for 90 s (as one stuck on a queue lock that a killed worker held, forever):
-    # a failure in the parent must not wait for it.
-    from tinycnn.data.prepare import _decode_pool
-
-    started = time.monotonic()
-    source = open_source(synth_sources["folder"])
-    with pytest.raises(RuntimeError, match="the build failed"), _decode_pool(source, 2, 64) as pool:
-        busy = pool.submit(time.sleep, 90)
-        while not busy.running():
-            time.sleep(0.01)
-        raise RuntimeError("the build failed")
-    assert time.monotonic() - started < 60, "waited for the busy worker"

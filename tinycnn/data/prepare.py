@@ -8,7 +8,6 @@ archive once to list it and once to feed the workers.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -238,22 +237,14 @@ def _decode_pool(source: Source, workers: int, size: int) -> Iterator[ProcessPoo
         initializer=init_worker,
         initargs=(source, "train", size, os.getpid()),
     )
-    finished = False
     try:
         for _ in range(workers):
             pool.submit(int)  # start every worker now, before the parent grows
         yield pool
-        finished = True
     finally:
-        if not finished:
-            # A failure or Ctrl-C/SIGTERM: the build is discarded, so its workers are killed,
-            # not waited for. A worker that a group SIGTERM killed inside the task queue's
-            # lock would otherwise leave the others waiting on that lock, and shutdown with
-            # them, forever (seen: 1 in ~40 SIGTERMs). Killed workers join at once.
-            for process in list((pool._processes or {}).values()):  # no public handle
-                with contextlib.suppress(OSError, ValueError):
-                    process.kill()
-        # A parent killed outright takes its workers with it (decode.py).
+        # Waits for the chunks in flight (terminating a worker could leave the pool's queue
+        # locks held, or a result half-written in its pipe, and hang); a parent killed outright
+        # takes its workers with it (decode.py).
         pool.shutdown(wait=True, cancel_futures=True)
 
 

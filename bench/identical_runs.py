@@ -66,7 +66,7 @@ RUNS: dict[str, tuple[str, list[str], int]] = {
         "configs/fast/fastnet-0.5pflop.toml",
         [
             "model.options={width=16}",
-            "schedule.name=\"cyclic\"",
+            'schedule.name="cyclic"',
             "schedule.cycles=2",
             "augment.sizes_per_cycle=true",
             "train.max_pflop=0.001",

@@ -37,7 +37,7 @@ from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normaliza
 from tinycnn.crops import fit_crop
 from tinycnn.data.augment import center_crop
 from tinycnn.data.cache import load_cache
-from tinycnn.optim import lr_at
+from tinycnn.schedule import lr_at
 from tinycnn.session import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

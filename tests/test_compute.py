@@ -253,67 +253,6 @@ def test_a_resumed_run_continues_the_same_ema(
         assert torch.equal(cut["train_state"][name], tensor), name
 
 
-def test_a_schedule_fitted_to_the_time_left_by_hand(
-    synth_sources: dict[str, Path], tmp_path: Path
-) -> None:
-    from tinycnn.runtime import make_runtime
-    from tinycnn.session import load_session
-    from tinycnn.training import fit_total_to_time
-
-    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
-    cfg = _small_cfg(cache, "train.epochs=10", "train.max_minutes=1", "train.fit_to_time=true")
-    step, image = 16 * 1e9, 1e9  # FLOPs of a training step (16 images) and of one image
-    runtime = make_runtime("cpu", "fp32")
-    session = load_session(cfg, tmp_path / "run", runtime, flops_by_size={56: image})
-    session.iteration = 4  # 3 iterations an epoch (60 images, batch 16): epoch 2 is under way
-    evaluation = 20 * image / 3  # the 20 val images' forward passes, a third of a step each
-    # At 1e9 FLOP/s, a total of T costs (T - 4) steps plus an evaluation at each epoch end
-    # after iteration 4 and one at T if T is mid-epoch: T = 9 -> 5 steps, evaluations at 6, 9.
-    rate = 1e9
-
-    def by_hand(total: int) -> float:
-        ends = len([e for e in range(5, total + 1) if e % 3 == 0]) + (total % 3 != 0)
-        return ((total - 4) * step + ends * evaluation) / rate
-
-    assert by_hand(9) == pytest.approx(5 * 16 + 2 * 20 / 3)
-    seconds = {56: step / rate}  # a step's seconds at the one input side
-    for total in range(5, 30):  # exactly the time of T steps and evaluations fits T, not T + 1
-        assert fit_total_to_time(session, seconds, by_hand(total) * (1 + 1e-9)) == total
-        if total > 5:
-            assert fit_total_to_time(session, seconds, by_hand(total) * (1 - 1e-9)) == total - 1
-    assert fit_total_to_time(session, seconds, 1e9) == 30  # train.epochs is the ceiling
-    assert fit_total_to_time(session, seconds, 0.0) == 5  # at least one more step
-
-
-def test_a_schedule_fitted_to_the_time_left_with_progressive_resizing_by_hand(
-    synth_sources: dict[str, Path], tmp_path: Path
-) -> None:
-    """Each resizing phase's steps at their own side's step time; the evaluations at the last."""
-    from tinycnn.runtime import make_runtime
-    from tinycnn.session import load_session
-    from tinycnn.training import fit_total_to_time
-
-    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
-    sizes = ("augment.sizes=[32, 48]", "augment.size_until=[0.5]", "train.epochs=20")
-    cfg = _small_cfg(cache, *sizes, "train.max_minutes=1", "train.fit_to_time=true")
-    runtime = make_runtime("cpu", "fp32")
-    session = load_session(cfg, tmp_path / "run", runtime, flops_by_size={32: 1.0, 48: 2.0})
-    session.iteration = 4  # 3 iterations an epoch (60 images, batch 16)
-    seconds = {32: 1.0, 48: 3.0}  # not in the FLOPs' ratio: the time is what counts
-
-    def by_hand(total: int) -> float:
-        small = round(0.5 * total)  # the first half of the steps at 32, the rest at 48
-        steps = max(small - 4, 0) * 1.0 + (total - max(small, 4)) * 3.0
-        ends = len([e for e in range(5, total + 1) if e % 3 == 0]) + (total % 3 != 0)
-        return steps + ends * 20 * 3.0 / 16 / 3  # 20 val images, a third of a step's at 48
-
-    assert by_hand(12) == pytest.approx(2 * 1.0 + 6 * 3.0 + 3 * 20 / 16)
-    for total in range(5, 60):
-        assert fit_total_to_time(session, seconds, by_hand(total) * (1 + 1e-9)) == total
-        if total > 5:
-            assert fit_total_to_time(session, seconds, by_hand(total) * (1 - 1e-9)) == total - 1
-
-
 def test_the_time_to_go_counts_each_sides_step_time_once_fitted(
     synth_sources: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -334,15 +273,6 @@ def test_the_time_to_go_counts_each_sides_step_time_once_fitted(
     assert clock.remaining(2.0) == "00:02:52"
     clock.step_seconds = {32: 1.0, 48: 3.0}  # the fit timed each side: steps now run 2x slower
     assert clock.remaining(2.0) == time.strftime("%H:%M:%S", time.gmtime((26 + 30 * 3) * 2))
-
-
-def test_step_times_of_other_sides_add_the_probes_difference() -> None:
-    from tinycnn.training import step_seconds_by_size
-
-    probe = {32: 0.5, 48: 1.25, 64: 2.0}  # forward + backward alone
-    # The measured step at 32 took 0.8 s: 0.3 s of side-independent work beside the probe's.
-    assert step_seconds_by_size({32: 0.8}, probe) == pytest.approx({32: 0.8, 48: 1.55, 64: 2.3})
-    assert step_seconds_by_size({64: 2.0}, {32: 1.5, 64: 1.0})[32] > 0  # never zero or less
 
 
 def test_the_time_probe_leaves_the_runs_model_untouched(
@@ -376,7 +306,7 @@ def test_the_time_probe_leaves_the_runs_model_untouched(
 def test_a_time_fitted_run_ends_its_schedule_on_the_budget_and_resumes_on_it(
     synth_sources: dict[str, Path], tmp_path: Path
 ) -> None:
-    from tinycnn.optim import lr_at
+    from tinycnn.schedule import lr_at
 
     cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
     fitted = ("train.epochs=10000", "train.max_minutes=0.4", "train.fit_to_time=true")

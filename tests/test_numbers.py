@@ -17,7 +17,7 @@ from tinycnn.data.normalization import Normalization
 from tinycnn.ensembles import average, greedy_select
 from tinycnn.errors import ConfigError
 from tinycnn.metrics import error_rates, per_class_accuracy
-from tinycnn.optim import cycle_ends, lr_at
+from tinycnn.schedule import cycle_ends, lr_at
 
 # (schedule options, iteration, iterations per epoch, total iterations, expected lr for lr 1.0)
 SCHEDULES = [

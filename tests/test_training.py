@@ -26,7 +26,8 @@ from tinycnn.data.splits import holdout_split
 from tinycnn.errors import ConfigError
 from tinycnn.evaluation import evaluate
 from tinycnn.models import create_model
-from tinycnn.optim import ClassicalMomentumSGD, lr_at
+from tinycnn.optim import ClassicalMomentumSGD
+from tinycnn.schedule import lr_at
 from tinycnn.session import TrainingDivergedError
 from tinycnn.training import read_metrics, train
 

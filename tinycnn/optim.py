@@ -1,17 +1,13 @@
-"""Optimisers (the paper's classical momentum, Nesterov, AdaGrad, AdamW) and LR schedules.
-
-Schedules are plain functions of the iteration number, so resuming mid-epoch reproduces the
-learning rate exactly with no scheduler state to save.
-"""
+"""Optimisers: the paper's classical momentum, Nesterov, AdaGrad, AdamW, and their parameter
+groups; the learning rate each step sets comes from schedule.py (a function of the iteration,
+so resuming mid-epoch reproduces it with no scheduler state to save)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
-from tinycnn.config import OptimConfig, ScheduleConfig
+from tinycnn.config import OptimConfig
 
 
 class ClassicalMomentumSGD(torch.optim.Optimizer):
@@ -88,45 +84,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
-
-
-def lr_at(
-    iteration: int, iters_per_epoch: int, total_iters: int, base_lr: float, cfg: ScheduleConfig
-) -> float:
-    """Learning rate for one iteration (0-based) of a run of total_iters iterations."""
-    warmup = round(cfg.warmup_epochs * iters_per_epoch)
-    if iteration < warmup:
-        return base_lr * (iteration + 1) / warmup
-    if cfg.name == "constant":
-        return base_lr
-    if cfg.name == "step":
-        step = max(1, round(cfg.step_epochs * iters_per_epoch))
-        return base_lr * cfg.gamma ** (iteration // step)
-    floor = base_lr * cfg.final_lr_fraction
-    if cfg.name == "cyclic":
-        start = warmup
-        for end in cycle_ends(iters_per_epoch, total_iters, cfg):
-            if iteration < end:
-                break
-            start = end
-        progress = min(1.0, (iteration - start) / max(1, end - start))
-        return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    progress = min(1.0, (iteration - warmup) / max(1, total_iters - warmup))
-    if cfg.name == "cosine":
-        return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return floor + (base_lr - floor) * (1 - progress)  # onecycle: warm-up, then linear to floor
-
-
-def cycle_ends(iters_per_epoch: int, total_iters: int, cfg: ScheduleConfig) -> list[int]:
-    """Iteration counts at which a cyclic schedule's cycles end (the last is total_iters).
-
-    The iterations after the warm-up are split into cfg.cycles cycles as evenly as whole
-    iterations allow; a schedule that is not cyclic is one cycle. Snapshots are taken once an
-    end's iteration is done.
-    """
-    warmup = min(round(cfg.warmup_epochs * iters_per_epoch), total_iters)
-    cycles = cfg.cycles if cfg.name == "cyclic" else 1
-    return [warmup + round((k + 1) * (total_iters - warmup) / cycles) for k in range(cycles)]
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

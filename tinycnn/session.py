@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import os
@@ -34,9 +33,10 @@ from tinycnn.errors import ConfigError, TrainingDivergedError
 from tinycnn.inference import predict_logits
 from tinycnn.metrics import clearly_below_chance, error_rates
 from tinycnn.models import create_model, init_weights, model_options, scale_classifier
-from tinycnn.optim import build_optimizer, cycle_ends
+from tinycnn.optim import build_optimizer
 from tinycnn.run_folder import METRICS, STEPS, append_line, read_metrics, read_steps
 from tinycnn.runtime import Runtime, describe_hardware, keep_precision
+from tinycnn.schedule import Schedule
 
 
 def pause_point(phase: str, iteration: int) -> None:
@@ -101,9 +101,8 @@ class Session:
     metrics: list[dict] = field(default_factory=list)
     best_error: float = math.inf
     evaluation_pending: bool = False  # resumed at an epoch end whose evaluation was not saved
-    # FLOPs of one training step (forward + backward) per image, by model input side: the crop's
-    # side, or each size of progressive resizing (compute.py).
-    flops_by_size: dict[int, float] = field(default_factory=dict)
+    # iteration -> lr, input side, FLOPs (schedule.py); set by load_session
+    schedule: Schedule | None = None
     flops_done: float = 0.0  # training FLOPs of the steps taken so far (train_pflop)
     fitted_total: int | None = None  # the schedule's length once fitted to train.max_minutes
     dist: Dist = field(default_factory=Dist)  # this process in a torchrun job (rank 0 of 1)
@@ -121,62 +120,10 @@ class Session:
         # Whole batches only: every step sees batch_size images; a new order each epoch.
         return max(1, len(self.train_labels) // self.cfg.train.batch_size)
 
-    @property
-    def flops_per_image(self) -> float:
-        """One training step's FLOPs per image at the final input size (0 if not counted)."""
-        return self.flops_by_size.get(self.input_size_at(self.total_iters - 1), 0.0)
-
-    @property
-    def total_iters(self) -> int:
-        """train.epochs of iterations, or fewer where train.max_pflop runs out first, or the
-        length fitted to the time budget (train.fit_to_time)."""
-        return self.fitted_total if self.fitted_total is not None else self._budget_total
-
-    @functools.cached_property
-    def _budget_total(self) -> int:
-        total = self.iters_per_epoch * self.cfg.train.epochs
-        budget = self.cfg.train.max_pflop * PFLOP
-        if not budget or not self.flops_by_size:
-            return total
-        # The most iterations whose schedule (sizes included) fits the budget (at least one).
-        return largest_fitting(1, total, lambda n: self.flops_until(n, n) <= budget)
-
-    def input_size_at(self, iteration: int, total: int | None = None) -> int:
-        """The model's input side at this iteration of a ``total``-iteration run (default: this
-        run's), by progressive resizing, else the crop's."""
-        total = self.total_iters if total is None else total
-        size = self.cfg.augment.input_size_at(iteration, total, self._size_spans(total))
-        return self.eval_size if size is None else size
-
-    def size_phases(self, total: int | None = None) -> list[tuple[int, int]]:
-        """(iterations, side) of each resizing phase of a ``total``-iteration run (default:
-        this run's); side 0: the crop's own."""
-        total = self.total_iters if total is None else total
-        return self.cfg.augment.phases(total, self._size_spans(total))
-
-    def _size_spans(self, total: int) -> list[int] | None:
-        """Where the sizes start again: each cycle's end (augment.sizes_per_cycle), else None."""
-        if not self.cfg.augment.sizes_per_cycle:
-            return None
-        return cycle_ends(self.iters_per_epoch, total, self.cfg.schedule)
-
-    def flops_until(self, iteration: int, total: int | None = None) -> float:
-        """Training FLOPs of the first ``iteration`` steps of a run of ``total`` (default: this
-        run's) iterations: each step's batch at the input side of its resizing phase."""
-        total = self.total_iters if total is None else total
-        batch = self.cfg.train.batch_size
-        return self.phase_sum(
-            iteration, total, {k: batch * v for k, v in self.flops_by_size.items()}
-        )
-
-    def phase_sum(self, iteration: int, total: int, per_step: dict[int, float]) -> float:
-        """The sum of ``per_step[side]`` (a step's FLOPs, seconds...) over the first
-        ``iteration`` steps of a ``total``-iteration run, each at its resizing phase's side."""
-        result, done = 0.0, 0
-        for steps, size in self.size_phases(total):
-            result += min(steps, max(iteration - done, 0)) * per_step[size or self.eval_size]
-            done += steps
-        return result
+    def fit_schedule(self, total: int) -> None:
+        """Fix the run's length (train.fit_to_time); saved with every checkpoint."""
+        self.fitted_total = total
+        self.schedule = self.schedule.with_total(total)
 
     @property
     def checkpoints(self) -> Path:
@@ -205,8 +152,8 @@ class Session:
             "epoch": self.iteration // self.iters_per_epoch,
             "iteration": self.iteration,
             "elapsed_seconds": elapsed,
-            "flops_per_image": self.flops_per_image,
-            "flops_by_size": {str(k): v for k, v in sorted(self.flops_by_size.items())},
+            "flops_per_image": self.schedule.flops_per_image,
+            "flops_by_size": {str(k): v for k, v in sorted(self.schedule.flops_by_size.items())},
             "flops_done": self.flops_done,
             "fitted_total": self.fitted_total,
             "precision": self.runtime.precision,  # a resume goes on in it (keep_precision)
@@ -264,7 +211,7 @@ class Session:
             "train_top1_error": self.accum.wrong / max(self.accum.seen, 1),
             # Cumulative training compute (PFLOP = 1e15): every step sees batch_size images.
             "train_pflop": self.flops_done / PFLOP,
-            "input_size": self.input_size_at(max(self.iteration - 1, 0)),
+            "input_size": self.schedule.input_size_at(max(self.iteration - 1, 0)),
         }
         counts = {"train": self.accum.seen}  # images behind each error, for the chance check
         for name, (images, labels) in self.eval_sets.items():
@@ -294,7 +241,7 @@ class Session:
             precision=self.runtime.precision,
             hardware=describe_hardware(self.runtime),
             partial_epoch=partial,
-            schedule_done=self.iteration >= self.total_iters,  # the run's last evaluation
+            schedule_done=self.iteration >= self.schedule.total,  # the run's last evaluation
         )
         if not partial:  # a time-budget stop's sums stay: a resume continues the epoch
             self.accum = TrainingSums()
@@ -316,8 +263,7 @@ class Session:
 
     def _resize(self) -> int | None:
         """The side the crop is resized to for the model now: that of the last step, if any."""
-        size = self.input_size_at(max(self.iteration - 1, 0))
-        return None if size == self.eval_size else size
+        return self.schedule.resize_at(max(self.iteration - 1, 0))
 
     def log_step(self, elapsed: float) -> None:
         """One steps.jsonl line: the training loss and error since the last one (train.log_every).
@@ -385,15 +331,6 @@ class Session:
             self.writer.close()
 
 
-def largest_fitting(low: int, high: int, fits) -> int:
-    """The largest n in [low, high] with fits(n), for a fits that holds up to some n and not
-    after (a cost that rises with n, under a budget); low when none fits."""
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if fits(mid) else (low, mid - 1)
-    return low
-
-
 def load_session(
     cfg: RunConfig,
     out: Path,
@@ -443,7 +380,7 @@ def load_session(
         eval_sets,
         eval_size,
     )
-    session.flops_by_size = dict(flops_by_size or {})
+    session.schedule = Schedule.build(cfg, session.iters_per_epoch, eval_size, flops_by_size or {})
     session.dist = dist
     if cfg.train.ema_decay:
         session.ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -558,9 +495,10 @@ def _restore(s: Session, path: Path) -> None:
         s.ema.load_state_dict(payload["model"]["state"])
     s.optimizer.load_state_dict(payload["optimizer"])
     s.iteration = payload["iteration"]
-    s.fitted_total = payload.get("fitted_total")
+    if payload.get("fitted_total") is not None:
+        s.fit_schedule(payload["fitted_total"])
     s.runtime = keep_precision(s.runtime, payload.get("precision"), s.cfg.train.precision)
-    s.flops_done = payload.get("flops_done", s.flops_until(s.iteration) if s.flops_by_size else 0)
+    s.flops_done = payload.get("flops_done", s.schedule.flops_until(s.iteration))
     s.elapsed_before = payload["elapsed_seconds"]
     s.accum = TrainingSums.from_payload(payload["accumulator"])
     s.window = TrainingSums.from_payload(payload.get("step_window", {}))
@@ -568,7 +506,7 @@ def _restore(s: Session, path: Path) -> None:
     _sync_best(s, payload)
     # An iteration snapshot at an epoch's (or the run's) end, saved before its evaluation.
     s.evaluation_pending = payload["metrics"] is None and (
-        s.iteration % s.iters_per_epoch == 0 or s.iteration == s.total_iters
+        s.iteration % s.iters_per_epoch == 0 or s.iteration == s.schedule.total
     )
 
 

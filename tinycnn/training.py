@@ -33,13 +33,13 @@ from tinycnn.data.cache import load_cache, verify_cache
 from tinycnn.data.mixing import mix_batch
 from tinycnn.errors import ConfigError, Interrupted, TrainingDivergedError
 from tinycnn.models import model_options
-from tinycnn.optim import cycle_ends, lr_at, set_lr
+from tinycnn.optim import set_lr
 from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
 from tinycnn.runtime import Runtime, agree_precision, make_runtime
+from tinycnn.schedule import fit_total_to_time, step_seconds_by_size
 from tinycnn.session import (
     Session,
     build_model,
-    largest_fitting,
     load_session,
     pause_point,
     tensorboard_writer_class,
@@ -173,13 +173,14 @@ def banner(s: Session) -> str:
     threads = f", {n} thread{'s' * (n > 1)}" if rt.device.type == "cpu" else ""
     layout = ", channels_last" if rt.channels_last else ""
     where = "resuming at iteration " + f"{s.iteration:,} " if s.iteration else ""
-    gflop = f"{s.flops_per_image / 1e9:.2f} GFLOP per training image"
+    gflop = f"{s.schedule.flops_per_image / 1e9:.2f} GFLOP per training image"
     if cfg.augment.sizes:  # progressive resizing: each phase's cost
-        costs = (f"{s.flops_by_size[side] / 1e9:.2f} at {side}" for side in cfg.augment.sizes)
+        per_image = s.schedule.flops_by_size
+        costs = (f"{per_image[side] / 1e9:.2f} at {side}" for side in cfg.augment.sizes)
         sides = ", ".join(costs)
         gflop = f"GFLOP per training image {sides}"
     budget = ""
-    if s.total_iters < s.iters_per_epoch * cfg.train.epochs:
+    if s.schedule.total < s.iters_per_epoch * cfg.train.epochs:
         budget = f" (train.max_pflop = {cfg.train.max_pflop:g} ends the schedule there)"
     if cfg.train.fit_to_time and s.fitted_total is None:
         budget += (
@@ -189,7 +190,7 @@ def banner(s: Session) -> str:
         f"train {cfg.model.name} ({params:,} parameters, {gflop}) "
         f"on {rt.device}{threads}, {why}{layout}; "
         f"{len(s.train_labels):,} images an epoch, {s.iters_per_epoch:,} iterations x "
-        f"{cfg.train.epochs} epochs = {s.total_iters:,}{budget}; {where}run folder {s.out}"
+        f"{cfg.train.epochs} epochs = {s.schedule.total:,}{budget}; {where}run folder {s.out}"
     )
 
 
@@ -280,7 +281,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
         budget.evaluating()
         s.end_epoch(budget.elapsed(), s.accum.seconds, progress)  # its steps' time: saved
         budget.evaluated()
-    while s.iteration < s.total_iters:
+    while s.iteration < s.schedule.total:
         epoch = s.iteration // ipe
         # On the split's device: a batch's rows are a slice there, no copy per step.
         perm = _epoch_order(cfg.train.seed, epoch, len(s.train_labels)).to(s.train_images.device)
@@ -295,7 +296,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
         )
         epoch_start, first, before = time.perf_counter(), s.iteration, s.accum.seconds
         with bar:
-            while s.iteration < min((epoch + 1) * ipe, s.total_iters):  # a budget may end it
+            while s.iteration < min((epoch + 1) * ipe, s.schedule.total):  # a budget may end it
                 pos = s.iteration % ipe
                 rows = perm[pos * cfg.train.batch_size : (pos + 1) * cfg.train.batch_size]
                 sync.add(_step(s, rows), len(rows))
@@ -321,7 +322,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
                         s.save(name, budget.elapsed())
                     pause_point("snapshot", s.iteration)
                 # At an epoch's or the schedule's end, stop after its evaluation.
-                if reason and s.iteration % ipe and s.iteration < s.total_iters:
+                if reason and s.iteration % ipe and s.iteration < s.schedule.total:
                     _clock_epoch(s, before, epoch_start)
                     return _stop(s, reason, budget, stop, progress)
         seconds = _clock_epoch(s, before, epoch_start)
@@ -329,7 +330,7 @@ def _loop(s: Session, stop: _StopRequest, progress: bool, started: float) -> Run
         s.end_epoch(budget.elapsed(), seconds, progress)
         budget.evaluated()
         reason = sync.flush()  # nothing pending: only the agreement on a stop
-        if reason and s.iteration < s.total_iters:
+        if reason and s.iteration < s.schedule.total:
             s.close()  # end_epoch has just saved the resume point
             return RunResult(s.out, model, s.metrics, reason, s.iteration, stop.signal)
     s.close()
@@ -383,16 +384,17 @@ class _Budget:
         timed each side (step_seconds), by those times scaled to the current rate.
         """
         s = self.session
-        steps = (s.total_iters - s.iteration) * seconds_per_iteration
-        size = s.input_size_at(max(s.iteration - 1, 0))
-        step_flops = s.flops_by_size.get(size, 0.0)
+        schedule = s.schedule
+        steps = (schedule.total - s.iteration) * seconds_per_iteration
+        size = schedule.input_size_at(max(s.iteration - 1, 0))
+        step_flops = schedule.flops_by_size.get(size, 0.0)
         if self.step_seconds and size in self.step_seconds:  # each side's time, from the fit
-            to_come = steps_seconds(s, s.iteration, s.total_iters, self.step_seconds)
+            to_come = schedule.steps_seconds(s.iteration, self.step_seconds)
             steps = to_come * seconds_per_iteration / self.step_seconds[size]
         elif step_flops:
-            flops_left = s.flops_until(s.total_iters) - s.flops_until(s.iteration)
+            flops_left = schedule.flops_until(schedule.total) - schedule.flops_until(s.iteration)
             steps = flops_left / (step_flops * s.cfg.train.batch_size) * seconds_per_iteration
-        evaluations = -(-(s.total_iters - s.iteration) // s.iters_per_epoch)
+        evaluations = -(-(schedule.total - s.iteration) // s.iters_per_epoch)
         left = steps + evaluations * (self.eval_seconds or 0.0)
         if self.seconds:
             left = min(left, max(self.seconds - self.elapsed(), 0.0))
@@ -438,19 +440,22 @@ class _TimeFit:
             return False
         seconds = time.perf_counter() - self.start[0]
         rate = (s.flops_done - self.start[1]) / max(seconds, 1e-9)  # training FLOP/s
-        measured = s.input_size_at(s.iteration - 1)
-        step_seconds = {measured: s.cfg.train.batch_size * s.flops_by_size[measured] / rate}
+        per_image = s.schedule.flops_by_size
+        measured = s.schedule.input_size_at(s.iteration - 1)
+        step_seconds = {measured: s.cfg.train.batch_size * per_image[measured] / rate}
         # The sizes still to come (progressive resizing) run at other rates: a probe times them.
-        others = {size or s.eval_size for _, size in s.size_phases()}
+        others = {size for _, size in s.schedule.phases()}
         if others - {measured}:
             step_seconds = step_seconds_by_size(step_seconds, probe_step_seconds(s, others))
         left = (self.budget.seconds - self.budget.elapsed()) * self.MARGIN
         # Every rank takes rank 0's length: one schedule for the whole job.
-        s.fitted_total = distributed.broadcast_int(fit_total_to_time(s, step_seconds, left))
+        images = sum(len(labels) for _, labels in s.eval_sets.values())
+        total = fit_total_to_time(s.schedule, s.iteration, step_seconds, left, images)
+        s.fit_schedule(distributed.broadcast_int(total))
         self.budget.step_seconds = step_seconds
         if self.progress:
             rates = ", ".join(
-                f"{s.cfg.train.batch_size * s.flops_by_size[size] / sec / 1e9:.0f} at {size}"
+                f"{s.cfg.train.batch_size * per_image[size] / sec / 1e9:.0f} at {size}"
                 for size, sec in sorted(step_seconds.items())
             )
             print(
@@ -492,46 +497,6 @@ def probe_step_seconds(s: Session, sizes: set[int], repeats: int = 2) -> dict[in
     return seconds
 
 
-def step_seconds_by_size(measured: dict[int, float], probe: dict[int, float]) -> dict[int, float]:
-    """A training step's seconds at each probed side, from the one measured side's real steps.
-
-    A step is its forward and backward pass plus work whose cost hardly depends on the side
-    (augmenting the full-size batch, the optimiser, the bookkeeping), so the probe's difference
-    between two sides is added to the measured step's time (a ratio would scale that fixed part
-    too, and overstate the larger sides' time).
-    """
-    (size, step), floor = next(iter(measured.items())), 1e-3
-    return {other: max(step + probe[other] - probe[size], floor * step) for other in probe}
-
-
-def fit_total_to_time(s: Session, step_seconds: dict[int, float], seconds_left: float) -> int:
-    """The most iterations (at least the ones done, at most train.epochs' or the compute
-    budget's) whose remaining steps and evaluations take seconds_left, a step at side ``n``
-    taking ``step_seconds[n]``.
-
-    An evaluation's forward pass is counted as a third of a training step per image, at the
-    run's final side.
-    """
-    done, ceiling = s.iteration, s.total_iters
-    batch = s.cfg.train.batch_size
-    images = sum(len(labels) for _, labels in s.eval_sets.values())
-
-    def seconds(total: int) -> float:
-        steps = steps_seconds(s, done, total, step_seconds)
-        size = s.input_size_at(total - 1, total)
-        evaluations = total // s.iters_per_epoch - done // s.iters_per_epoch
-        evaluations += bool(total % s.iters_per_epoch)  # the closing one
-        return steps + evaluations * images * step_seconds[size] / batch / 3
-
-    return largest_fitting(done + 1, ceiling, lambda total: seconds(total) <= seconds_left)
-
-
-def steps_seconds(s: Session, done: int, total: int, step_seconds: dict[int, float]) -> float:
-    """Seconds of the steps after the first ``done`` of a ``total``-iteration schedule, each at
-    its resizing phase's side."""
-    return s.phase_sum(total, total, step_seconds) - s.phase_sum(done, total, step_seconds)
-
-
 class _Sync:
     """Brings the steps' loss and error counts to the host, summed over ranks, every few steps.
 
@@ -557,7 +522,7 @@ class _Sync:
 
     def due(self) -> bool:
         s = self.session
-        end = s.iteration % s.iters_per_epoch == 0 or s.iteration >= s.total_iters
+        end = s.iteration % s.iters_per_epoch == 0 or s.iteration >= s.schedule.total
         return end or s.iteration % self.every == 0
 
     def flush(self) -> str | None:
@@ -614,7 +579,7 @@ def _snapshot_names(s: Session) -> list[str]:
     if every and s.iteration % every == 0:
         names.append(f"iter-{s.iteration:07d}")
     if s.cfg.schedule.name == "cyclic":
-        ends = cycle_ends(s.iters_per_epoch, s.total_iters, s.cfg.schedule)
+        ends = s.schedule.cycle_ends()
         if s.iteration in ends:
             names.append(f"cycle-{ends.index(s.iteration) + 1:02d}")
     return names
@@ -633,10 +598,7 @@ def _step(s: Session, rows: torch.Tensor) -> torch.Tensor:
     views as one process would make) and trains on its own share of it.
     """
     cfg, rt = s.cfg, s.runtime
-    set_lr(
-        s.optimizer,
-        lr_at(s.iteration, s.iters_per_epoch, s.total_iters, cfg.optim.lr, cfg.schedule),
-    )
+    set_lr(s.optimizer, s.schedule.lr_at(s.iteration))
     # Everything random in this step derives from (seed, iteration): exact resume, no RNG state.
     step_seed = (cfg.train.seed * 1_000_003 + s.iteration) % (2**63)
     torch.manual_seed(step_seed)
@@ -644,9 +606,9 @@ def _step(s: Session, rows: torch.Tensor) -> torch.Tensor:
     images = s.train_images[rows].to(rt.device, non_blocking=True)
     labels = s.train_labels[rows].to(rt.device, non_blocking=True)
     x = augment_batch(images, cfg.augment, generator, s.norm, checked=True)  # by load_session
-    size = s.input_size_at(s.iteration)
+    size = s.schedule.input_size_at(s.iteration)
     x = resize_views(x, size)  # progressive resizing (or a no-op)
-    s.flops_done += len(rows) * s.flops_by_size.get(size, 0.0)
+    s.flops_done += len(rows) * s.schedule.flops_by_size.get(size, 0.0)
     targets = labels
     if cfg.augment.mixup or cfg.augment.cutmix:
         x, targets, _ = mix_batch(

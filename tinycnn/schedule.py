@@ -1,0 +1,215 @@
+"""A run's schedule: iteration -> learning rate, model input side, training FLOPs so far.
+
+One frozen value built once from the config and the model's FLOPs per image at each side
+(Schedule.build), and rebuilt once when train.fit_to_time fixes the run's length
+(fit_total_to_time, then Schedule.with_total). Everything here is pure arithmetic on it: the
+training loop, the banner, the time to go and the checkpoints all read the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from tinycnn.compute import PFLOP
+from tinycnn.config import RunConfig, ScheduleConfig
+from tinycnn.data.augment import AugmentConfig
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The whole run's plan, iteration by iteration (iterations are 0-based steps).
+
+    total: the run's iterations: train.epochs' worth, or fewer where train.max_pflop runs out
+      first, or the length fitted to train.max_minutes.
+    flops_by_size: one training step's FLOPs per image (forward + backward, compute.py) at each
+      model input side the run uses; empty when not counted.
+    """
+
+    total: int
+    iters_per_epoch: int
+    batch_size: int
+    lr: float  # the peak learning rate, per batch of batch_size
+    shape: ScheduleConfig
+    augment: AugmentConfig  # its sizes and size_until: progressive resizing
+    eval_size: int  # the crop's side: the model's input without resizing
+    flops_by_size: Mapping[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        cfg: RunConfig,
+        iters_per_epoch: int,
+        eval_size: int,
+        flops_by_size: Mapping[int, float],
+        total: int | None = None,
+    ) -> Schedule:
+        """The schedule of cfg's run; ``total`` given (a fitted length): that many iterations,
+        else train.epochs of iterations cut to the most that fit train.max_pflop."""
+        epochs = iters_per_epoch * cfg.train.epochs
+        schedule = cls(
+            total=epochs if total is None else total,
+            iters_per_epoch=iters_per_epoch,
+            batch_size=cfg.train.batch_size,
+            lr=cfg.optim.lr,
+            shape=cfg.schedule,
+            augment=cfg.augment,
+            eval_size=eval_size,
+            flops_by_size=dict(flops_by_size),
+        )
+        budget = cfg.train.max_pflop * PFLOP
+        if total is not None or not budget or not flops_by_size:
+            return schedule
+        # The most iterations whose schedule (sizes included) fits the budget (at least one).
+        fits = largest_fitting(1, epochs, lambda n: schedule.with_total(n).flops_until(n) <= budget)
+        return schedule.with_total(fits)
+
+    def with_total(self, total: int) -> Schedule:
+        """The same schedule stretched or cut to ``total`` iterations."""
+        return replace(self, total=total)
+
+    def lr_at(self, iteration: int) -> float:
+        return lr_at(iteration, self.iters_per_epoch, self.total, self.lr, self.shape)
+
+    def cycle_ends(self) -> list[int]:
+        return cycle_ends(self.iters_per_epoch, self.total, self.shape)
+
+    def phases(self) -> list[tuple[int, int]]:
+        """(iterations, model input side) of each progressive-resizing phase, in order; one
+        phase at the crop's side without resizing."""
+        ends = self.cycle_ends() if self.augment.sizes_per_cycle else None
+        phases = self.augment.phases(self.total, ends)
+        return [(steps, size or self.eval_size) for steps, size in phases]
+
+    def input_size_at(self, iteration: int) -> int:
+        """The model's input side at this iteration (by progressive resizing, else the crop's);
+        past the end, the last phase's."""
+        done = 0
+        phases = self.phases()
+        for steps, size in phases:
+            done += steps
+            if iteration < done:
+                return size
+        return phases[-1][1]
+
+    def resize_at(self, iteration: int) -> int | None:
+        """The side the crop is resized to at this iteration; None when it is the crop's own."""
+        size = self.input_size_at(iteration)
+        return None if size == self.eval_size else size
+
+    def phase_sum(self, iteration: int, per_step: Mapping[int, float]) -> float:
+        """The sum of ``per_step[side]`` (a step's FLOPs, seconds...) over the first
+        ``iteration`` steps, each at its resizing phase's side."""
+        result, done = 0.0, 0
+        for steps, size in self.phases():
+            result += min(steps, max(iteration - done, 0)) * per_step[size]
+            done += steps
+        return result
+
+    def flops_until(self, iteration: int) -> float:
+        """Training FLOPs of the first ``iteration`` steps: each step's batch at its side (0 when
+        the FLOPs are not counted)."""
+        if not self.flops_by_size:
+            return 0.0
+        batch = self.batch_size
+        return self.phase_sum(iteration, {k: batch * v for k, v in self.flops_by_size.items()})
+
+    @property
+    def flops_per_image(self) -> float:
+        """One training step's FLOPs per image at the final input side (0 if not counted)."""
+        return self.flops_by_size.get(self.input_size_at(self.total - 1), 0.0)
+
+    def steps_seconds(self, done: int, step_seconds: Mapping[int, float]) -> float:
+        """Seconds of the steps after the first ``done``, a step at side n taking
+        ``step_seconds[n]``."""
+        return self.phase_sum(self.total, step_seconds) - self.phase_sum(done, step_seconds)
+
+
+def lr_at(
+    iteration: int, iters_per_epoch: int, total_iters: int, base_lr: float, cfg: ScheduleConfig
+) -> float:
+    """Learning rate for one iteration (0-based) of a run of total_iters iterations."""
+    warmup = round(cfg.warmup_epochs * iters_per_epoch)
+    if iteration < warmup:
+        return base_lr * (iteration + 1) / warmup
+    if cfg.name == "constant":
+        return base_lr
+    if cfg.name == "step":
+        step = max(1, round(cfg.step_epochs * iters_per_epoch))
+        return base_lr * cfg.gamma ** (iteration // step)
+    floor = base_lr * cfg.final_lr_fraction
+    if cfg.name == "cyclic":
+        start = warmup
+        for end in cycle_ends(iters_per_epoch, total_iters, cfg):
+            if iteration < end:
+                break
+            start = end
+        progress = min(1.0, (iteration - start) / max(1, end - start))
+        return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    progress = min(1.0, (iteration - warmup) / max(1, total_iters - warmup))
+    if cfg.name == "cosine":
+        return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (base_lr - floor) * (1 - progress)  # onecycle: warm-up, then linear to floor
+
+
+def cycle_ends(iters_per_epoch: int, total_iters: int, cfg: ScheduleConfig) -> list[int]:
+    """Iteration counts at which a cyclic schedule's cycles end (the last is total_iters).
+
+    The iterations after the warm-up are split into cfg.cycles cycles as evenly as whole
+    iterations allow; a schedule that is not cyclic is one cycle. Snapshots are taken once an
+    end's iteration is done.
+    """
+    warmup = min(round(cfg.warmup_epochs * iters_per_epoch), total_iters)
+    cycles = cfg.cycles if cfg.name == "cyclic" else 1
+    return [warmup + round((k + 1) * (total_iters - warmup) / cycles) for k in range(cycles)]
+
+
+def largest_fitting(low: int, high: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in [low, high] with fits(n), for a fits that holds up to some n and not
+    after (a cost that rises with n, under a budget); low when none fits."""
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
+def fit_total_to_time(
+    schedule: Schedule,
+    done: int,
+    step_seconds: Mapping[int, float],
+    seconds_left: float,
+    eval_images: int,
+) -> int:
+    """The most iterations (at least done + 1, at most the schedule's own total) whose steps
+    after the first ``done`` and evaluations take ``seconds_left``, a step at side n taking
+    ``step_seconds[n]``.
+
+    eval_images: the images of one evaluation (every split evaluated at an epoch's end); its
+    forward passes are counted as a third of a training step per image, at the final side.
+    """
+    per_epoch, batch = schedule.iters_per_epoch, schedule.batch_size
+
+    def seconds(total: int) -> float:
+        fitted = schedule.with_total(total)
+        steps = fitted.steps_seconds(done, step_seconds)
+        size = fitted.input_size_at(total - 1)
+        evaluations = total // per_epoch - done // per_epoch
+        evaluations += bool(total % per_epoch)  # the closing one
+        return steps + evaluations * eval_images * step_seconds[size] / batch / 3
+
+    return largest_fitting(done + 1, schedule.total, lambda total: seconds(total) <= seconds_left)
+
+
+def step_seconds_by_size(
+    measured: Mapping[int, float], probe: Mapping[int, float]
+) -> dict[int, float]:
+    """A training step's seconds at each probed side, from the one measured side's real steps.
+
+    A step is its forward and backward pass plus work whose cost hardly depends on the side
+    (augmenting the full-size batch, the optimiser, the bookkeeping), so the probe's difference
+    between two sides is added to the measured step's time (a ratio would scale that fixed part
+    too, and overstate the larger sides' time).
+    """
+    (size, step), floor = next(iter(measured.items())), 1e-3
+    return {other: max(step + probe[other] - probe[size], floor * step) for other in probe}

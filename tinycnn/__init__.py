@@ -4,15 +4,16 @@ The public API is listed in ``__all__``. Heavy modules (torch) are imported lazi
 ``import tinycnn`` and the data tools stay fast.
 
 Layers, lowest first; a module imports only from its own layer or those below it, never from
-above, not even inside a function (tests/test_newcomer.py fails on any import cycle):
+above, not even inside a function (tests/test_newcomer.py fails on any import cycle). This is the
+one list of the layers (README.md and CONTRIBUTING.md point here): a new module goes into it.
 
 1. errors, atomic, paths                 one error family; atomic writes; where caches live
 2. data/                                 files -> cache: sources, layouts, decode, prepare, cache,
                                          splits, synthetic data, fetch; batched augmentation and
                                          normalisation
 3. config, models/, distributed,         typed configs; the model registry; torchrun's process
-   runtime, compute                      group, shares and gathers; device and precision;
-                                         training FLOPs
+   runtime, compute, crops               group, shares and gathers; device and precision;
+                                         training FLOPs; the training crop fitted to data and model
 4. checkpoint, run_folder                self-describing checkpoints; a run folder's lock and logs
 5. inference, metrics                    a loaded model, batched logits and TTA views, Predictor;
                                          error rates, per-class accuracy

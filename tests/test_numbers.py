@@ -1,6 +1,6 @@
 """Reported numbers from small hand-made cases: schedules, ensemble averages, greedy selection.
 
-Fast (no training): these are the tests the mutation run (README, Contributing) leans on.
+Fast (no training): these are the tests the mutation run (CONTRIBUTING.md) leans on.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint, normaliza
 from tinycnn.crops import fit_crop
 from tinycnn.data.augment import center_crop
 from tinycnn.data.cache import load_cache
+from tinycnn.run_plan import build_model
 from tinycnn.schedule import lr_at
-from tinycnn.session import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER8 = ROOT / "configs" / "paper" / "as-written" / "paper8_l2_5e-4.toml"  # as the paper wrote it

@@ -31,6 +31,7 @@ import os
 import tarfile
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -133,11 +134,10 @@ def tinycnn_steps(
     extra: more config overrides (train.compile=true). The device is the default one (a GPU if
     there is one). The first next() yields the FLOPs of one training step per image instead.
     """
-    from tinycnn.compute import training_flops_per_image
     from tinycnn.config import load_config
-    from tinycnn.data.cache import load_cache
+    from tinycnn.run_plan import plan_run
     from tinycnn.runtime import make_runtime
-    from tinycnn.session import build_model, load_session
+    from tinycnn.session import load_session
     from tinycnn.training import _step
 
     overrides = [f"data.cache={json.dumps(str(cache))}", 'data.normalization="channel"']
@@ -146,11 +146,10 @@ def tinycnn_steps(
     fixed = ["data.holdout_per_class=0", "train.max_pflop=0", *extra]
     cfg = load_config(config, [*overrides, *fixed])
     runtime = make_runtime(precision="auto" if fast else "fp32", channels_last=fast)
-    side = size or cfg.augment.crop or 64
-    classes = load_cache(cache).num_classes
-    with torch.device("meta"):
-        flops = training_flops_per_image(build_model(cfg, classes, side, initialise=False), side)
-    session = load_session(cfg, run_dir, runtime, flops_by_size={side: flops})
+    plan = replace(plan_run(cfg), runtime=runtime)  # the FLOPs counted at the preset's sides
+    side = size or plan.eval_size
+    flops = plan.flops_by_size[side]
+    session = load_session(plan, run_dir)
     order = torch.randperm(len(session.train_labels))
     yield flops
     while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -258,15 +259,21 @@ def test_the_time_to_go_counts_each_sides_step_time_once_fitted(
 ) -> None:
     import time
 
+    from tinycnn.run_plan import plan_run
     from tinycnn.runtime import make_runtime
     from tinycnn.session import load_session
     from tinycnn.training import _Budget
 
     cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
     sizes = ("augment.sizes=[32, 48]", "augment.size_until=[0.5]", "train.epochs=20")
-    cfg = _small_cfg(cache, *sizes)
+    cfg = load_config(  # a model that pools globally: progressive resizing
+        None,
+        [f"data.cache={json.dumps(str(cache))}", "model.name=fastnet", "model.width=4", *sizes]
+        + ["train.batch_size=16"],
+    )
     runtime = make_runtime("cpu", "fp32")
-    session = load_session(cfg, tmp_path / "run", runtime, flops_by_size={32: 1.0, 48: 2.0})
+    plan = replace(plan_run(cfg), runtime=runtime, flops_by_size={32: 1.0, 48: 2.0})
+    session = load_session(plan, tmp_path / "run")
     session.iteration = 4  # of 60: 30 at 32, then 30 at 48
     clock = _Budget(0, time.perf_counter(), session)
     # By FLOPs at 2 s a step now: 26 steps of 1 FLOP-unit and 30 of 2, 2 s per unit: 172 s.
@@ -278,6 +285,7 @@ def test_the_time_to_go_counts_each_sides_step_time_once_fitted(
 def test_the_time_probe_leaves_the_runs_model_untouched(
     synth_sources: dict[str, Path], tmp_path: Path
 ) -> None:
+    from tinycnn.run_plan import plan_run
     from tinycnn.runtime import make_runtime
     from tinycnn.session import load_session
     from tinycnn.training import probe_step_seconds
@@ -289,7 +297,8 @@ def test_the_time_probe_leaves_the_runs_model_untouched(
         [f"data.cache={json.dumps(str(cache))}", "model.name=fastnet", "model.width=4", *sizes],
     )
     runtime = make_runtime("cpu", "fp32")
-    session = load_session(cfg, tmp_path / "run", runtime, flops_by_size={32: 1.0, 64: 4.0})
+    plan = replace(plan_run(cfg), runtime=runtime, flops_by_size={32: 1.0, 64: 4.0})
+    session = load_session(plan, tmp_path / "run")
     model = session.model.train()
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from tinycnn.config import load_config
 from tinycnn.data.prepare import prepare
 from tinycnn.evaluation import evaluate
+from tinycnn.run_plan import plan_run
 from tinycnn.runtime import make_runtime
 from tinycnn.session import load_session
 from tinycnn.training import _step, train
@@ -54,7 +56,8 @@ def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
 
 def test_the_inner_loop_never_waits_for_the_gpu(cache: Path, tmp_path: Path) -> None:
     cfg = _cfg(cache, "train.epochs=2")
-    session = load_session(cfg, tmp_path / "run", make_runtime("cuda"), flops_by_size={32: 1.0})
+    plan = replace(plan_run(cfg), runtime=make_runtime("cuda"), flops_by_size={32: 1.0})
+    session = load_session(plan, tmp_path / "run")
     assert session.train_images.device.type == "cuda"  # the uint8 split lives on the GPU
     order = torch.arange(len(session.train_labels), device="cuda")
     _step(session, order[:16])  # first call: allocations, kernel choice

@@ -535,7 +535,7 @@ def test_fastnet_layout() -> None:
 
 def _paper8_built(scale: float) -> nn.Module:
     from tinycnn.config import load_config
-    from tinycnn.session import build_model
+    from tinycnn.run_plan import build_model
 
     cfg = load_config(None, [f"model.classifier_init_scale={scale}", "train.seed=3"])
     return build_model(cfg, num_classes=200, input_size=56)

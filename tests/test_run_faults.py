@@ -527,7 +527,7 @@ def test_exclude_drops_the_listed_training_images(cache: Path, tmp_path: Path, c
     assert f'exclude = "{listed}"' in config
     from tinycnn.config import config_from_dict
     from tinycnn.run_folder import read_resolved_config
-    from tinycnn.session import training_rows
+    from tinycnn.run_plan import training_rows
 
     cfg = config_from_dict(read_resolved_config(out))
     train_rows, tune_rows = training_rows(cfg, load_cache(cache))

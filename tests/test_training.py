@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(
 
 
 def test_init_from_applies_new_hyperparameters(cache: Path, tmp_path: Path) -> None:
+    from tinycnn.run_plan import plan_run
     from tinycnn.runtime import make_runtime
     from tinycnn.session import load_session
 
@@ -165,7 +167,8 @@ def test_init_from_applies_new_hyperparameters(cache: Path, tmp_path: Path) -> N
         "model.dropout=0.1",
         'model.init="default"',
     )
-    session = load_session(cfg, tmp_path / "b", make_runtime(threads=1), init_from=snapshot)
+    plan = replace(plan_run(cfg, init_from=snapshot), runtime=make_runtime(threads=1))
+    session = load_session(plan, tmp_path / "b")
     saved = load_checkpoint(snapshot)["model"]["state"]
     for name, tensor in session.model.state_dict().items():
         assert torch.equal(tensor, saved[name]), "starts from the snapshot's weights"

@@ -17,7 +17,8 @@ one list of the layers (README.md and CONTRIBUTING.md point here): a new module 
 4. checkpoint, run_folder                self-describing checkpoints; a run folder's lock and logs
 5. inference, metrics                    a loaded model, batched logits and TTA views, Predictor;
                                          error rates, per-class accuracy
-6. optim, session -> training            optimisers and schedules; a run's state; train()
+6. optim, schedule, run_plan ->          optimisers; iteration -> lr, input side, FLOPs; the checked
+   session -> training                   plan of a run; a run's state; train()
 7. members -> evaluation -> ensembles    member specs; evaluate(); ensemble(), probability cache
 8. prediction, export, analysis/         submissions and image files; ONNX/TorchScript; the report;
    studies                               tinycnn experiment: presets trained and tabulated

@@ -24,17 +24,16 @@ from tinycnn.checkpoint import (
 )
 from tinycnn.compute import PFLOP
 from tinycnn.config import RunConfig, config_to_dict
-from tinycnn.crops import fit_crop
-from tinycnn.data.cache import Cache, load_cache
+from tinycnn.data.cache import Cache
 from tinycnn.data.normalization import Normalization
-from tinycnn.data.splits import holdout_split
 from tinycnn.distributed import Dist, sync_batch_norm
 from tinycnn.errors import ConfigError, TrainingDivergedError
 from tinycnn.inference import predict_logits
 from tinycnn.metrics import clearly_below_chance, error_rates
-from tinycnn.models import create_model, init_weights, model_options, scale_classifier
+from tinycnn.models import model_options
 from tinycnn.optim import build_optimizer
 from tinycnn.run_folder import METRICS, STEPS, append_line, read_metrics, read_steps
+from tinycnn.run_plan import RunPlan, build_model, normalization_of, tensorboard_writer_class
 from tinycnn.runtime import Runtime, describe_hardware, keep_precision
 from tinycnn.schedule import Schedule
 
@@ -332,37 +331,25 @@ class Session:
 
 
 def load_session(
-    cfg: RunConfig,
-    out: Path,
-    runtime: Runtime,
-    *,
-    init_from=None,
-    resume: bool = False,
-    flops_by_size: dict[int, float] | None = None,
-    dist: Dist | None = None,
+    plan: RunPlan, out: Path, *, resume: bool = False, dist: Dist | None = None
 ) -> Session:
-    """Load data, build model and optimiser, and restore a resume point or initial weights.
+    """Load the plan's data into memory, build model and optimiser, and restore the resume
+    point (resume) or the plan's initial weights.
 
-    flops_by_size: one training step's FLOPs per image (compute.py) at each model input side
-    the run uses, for train_pflop and train.max_pflop.
     dist: this process in a torchrun job (distributed.init): the model is wrapped in DDP, and
     only rank 0 writes to the run folder.
     """
     dist = dist or Dist()
-    cache = load_cache(cfg.data.cache)
-    image_side = cache.manifest.get("image_size", 64)
-    cfg = fit_crop(cfg, image_side, cache.num_classes)  # unset: 7/8 of the side, as train has it
-    train_rows, tune_rows = training_rows(cfg, cache)
-    images, labels = _load_rows(cache, "train", train_rows)
+    cfg, cache, runtime = plan.cfg, plan.cache, plan.runtime
+    images, labels = _load_rows(cache, "train", plan.train_rows)
     # Checked once here, for these images: every training step then augments without a check.
     cfg.augment.validate(tuple(images.shape[1:3]))
     if runtime.device.type == "cuda":  # the uint8 split lives on the GPU: no copy per batch
         images, labels = images.to(runtime.device), labels.to(runtime.device)
     eval_sets = {"val": _load_rows(cache, "val", None)}
-    if len(tune_rows):
-        eval_sets["tune"] = _load_rows(cache, "train", tune_rows)
-    eval_size = cfg.augment.crop or image_side
-    model = build_model(cfg, cache.num_classes, eval_size)
+    if len(plan.tune_rows):
+        eval_sets["tune"] = _load_rows(cache, "train", plan.tune_rows)
+    model = build_model(cfg, cache.num_classes, plan.eval_size)
     if cfg.train.sync_batch_norm and dist.active:  # before the optimiser: new parameters
         model = sync_batch_norm(model, runtime.device)
     model = runtime.prepare_model(model)
@@ -374,13 +361,15 @@ def load_session(
         cache,
         model,
         optimizer,
-        _normalization(cfg, cache),
+        normalization_of(cfg, cache),
         images,
         labels,
         eval_sets,
-        eval_size,
+        plan.eval_size,
     )
-    session.schedule = Schedule.build(cfg, session.iters_per_epoch, eval_size, flops_by_size or {})
+    session.schedule = Schedule.build(
+        cfg, session.iters_per_epoch, plan.eval_size, plan.flops_by_size
+    )
     session.dist = dist
     if cfg.train.ema_decay:
         session.ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -388,12 +377,12 @@ def load_session(
         _restore(session, out / "checkpoints" / "last.pt")
     if dist.main:  # step lines past the resume point (0 on a fresh start) are written again
         _sync_steps(out, session.iteration)
-    if not resume and init_from is not None:
-        _load_weights(session, Path(init_from))
+    if not resume and plan.init is not None:  # checked against model and cache by plan_run
+        session.model.load_state_dict(plan.init["model"]["state"])
         if session.ema is not None:
             session.ema.load_state_dict(session.model.state_dict())
     if cfg.train.tensorboard and dist.main:
-        session.writer = _tensorboard(out)
+        session.writer = tensorboard_writer_class()(str(out / "tensorboard"))
     if dist.active:  # after the weights are in place; DDP starts from rank 0's anyway
         from torch.nn.parallel import DistributedDataParallel
 
@@ -405,75 +394,11 @@ def load_session(
     return session
 
 
-def build_model(
-    cfg: RunConfig, num_classes: int, input_size: int, initialise: bool = True
-) -> nn.Module:
-    """The configured model, initialised; input_size follows the crop unless set explicitly."""
-    options = dict(cfg.model.options)
-    if "input_size" in model_options(cfg.model.name) and "input_size" not in options:
-        options["input_size"] = input_size
-    model = create_model(cfg.model.name, num_classes=num_classes, **options)
-    if initialise and cfg.model.init != "default":
-        torch.manual_seed(cfg.train.seed)
-        init_weights(model, cfg.model.init)
-    if initialise and cfg.model.classifier_init_scale != 1:
-        scale_classifier(model, cfg.model.classifier_init_scale)
-    return model
-
-
-def training_rows(cfg: RunConfig, cache: Cache) -> tuple[np.ndarray, np.ndarray]:
-    """(rows to train on, rows of the tuning split) of the cache's train split.
-
-    The tuning split is drawn first, from every training image, so excluding images never moves
-    it; excluded images (data.exclude) then leave the training rows only.
-    """
-    train = cache.split("train")
-    train_rows, tune_rows = holdout_split(
-        train.labels, cfg.data.holdout_per_class, cfg.data.holdout_seed
-    )
-    if cfg.data.exclude:
-        dropped = excluded_rows(Path(cfg.data.exclude), train.files)
-        train_rows = np.setdiff1d(train_rows, dropped)
-        if not len(train_rows):
-            raise ConfigError(f"data.exclude = {cfg.data.exclude}: leaves no image to train on")
-    return train_rows, tune_rows
-
-
-def excluded_rows(path: Path, files: list[str]) -> np.ndarray:
-    """Rows of the training files named in path (one file name a line, # comments allowed)."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"data.exclude = {path}: cannot read it ({exc})") from None
-    row_of = {name: row for row, name in enumerate(files)}
-    rows = []
-    for lineno, line in enumerate(lines, 1):
-        name = line.split("#", 1)[0].strip()
-        if not name:
-            continue
-        if name not in row_of:
-            raise ConfigError(
-                f"{path} line {lineno}: {name!r} is not a training image of this cache "
-                f"(expected names as in its train_files.txt, e.g. {files[0]!r})"
-            )
-        rows.append(row_of[name])
-    return np.unique(np.asarray(rows, dtype=np.int64))
-
-
 def _load_rows(cache: Cache, split: str, rows: np.ndarray | None):
     data = cache.split(split)
     images = np.array(data.images) if rows is None else data.images[rows]  # into memory
     labels = data.labels if rows is None else data.labels[rows]
     return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64))
-
-
-def _normalization(cfg: RunConfig, cache: Cache) -> Normalization | None:
-    scale = cfg.data.scale
-    if cfg.data.normalization == "mean_image":
-        return Normalization.from_mean_image(cache.mean_image, scale)
-    if cfg.data.normalization == "channel":
-        return Normalization.channel(cache.channel_mean, cache.channel_std, scale)
-    return None if scale == 1.0 else Normalization("none", scale=scale)
 
 
 # What only a resume reads (from last.pt); snapshots and best.pt leave it out.
@@ -570,28 +495,6 @@ def _sync_best(s: Session, payload: dict) -> None:
 def selection_key(row: dict) -> str:
     """The metric that picks best.pt: the tuning split's top-1 error if there is one, else val."""
     return "tune_top1_error" if "tune_top1_error" in row else "val_top1_error"
-
-
-def _load_weights(s: Session, path: Path) -> None:
-    payload = load_checkpoint(path)
-    check_classes(payload["classes"], s.cache.classes, path, str(s.cache.path))
-    check_state(s.model, payload["model"]["state"], str(path))
-    s.model.load_state_dict(payload["model"]["state"])
-
-
-def tensorboard_writer_class():
-    """torch's SummaryWriter; a ConfigError naming the missing package when it is absent."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError(
-            "train.tensorboard = true needs the tensorboard package (pip install tensorboard)"
-        ) from None
-    return SummaryWriter
-
-
-def _tensorboard(out: Path):
-    return tensorboard_writer_class()(str(out / "tensorboard"))
 
 
 def learning(row: dict, counts: dict[str, int], num_classes: int) -> bool:

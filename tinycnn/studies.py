@@ -28,7 +28,7 @@ from tinycnn.data.cache import load_cache
 from tinycnn.ensembles import DEFAULT_PROB_CACHE, ensemble
 from tinycnn.errors import ConfigError, Interrupted, TinycnnError
 from tinycnn.run_folder import read_metrics, read_resolved_config
-from tinycnn.session import build_model, training_rows
+from tinycnn.run_plan import build_model, training_rows
 from tinycnn.training import train
 
 COLUMNS = (

@@ -24,28 +24,17 @@ from tqdm import tqdm
 
 from tinycnn import distributed
 from tinycnn.atomic import remove_stale_temporaries, write_text
-from tinycnn.checkpoint import check_classes, check_state, load_checkpoint
-from tinycnn.compute import training_flops_per_image
+from tinycnn.checkpoint import load_checkpoint
 from tinycnn.config import RunConfig, config_from_dict, to_toml
-from tinycnn.crops import fit_crop
 from tinycnn.data.augment import augment_batch, resize_views
-from tinycnn.data.cache import load_cache, verify_cache
 from tinycnn.data.mixing import mix_batch
 from tinycnn.errors import ConfigError, Interrupted, TrainingDivergedError
-from tinycnn.models import model_options
 from tinycnn.optim import set_lr
 from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
-from tinycnn.runtime import Runtime, agree_precision, make_runtime
+from tinycnn.run_plan import plan_run
+from tinycnn.runtime import agree_precision
 from tinycnn.schedule import fit_total_to_time, step_seconds_by_size
-from tinycnn.session import (
-    Session,
-    build_model,
-    load_session,
-    pause_point,
-    tensorboard_writer_class,
-    training_rows,
-    update_ema,
-)
+from tinycnn.session import Session, load_session, pause_point, update_ema
 
 __all__ = ["RunResult", "TrainingDivergedError", "read_metrics", "read_steps", "train"]
 
@@ -126,7 +115,7 @@ def train(
             init_from = Path(init_from).expanduser().resolve()
             cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
         # Every check before the run folder is made: a failed start leaves nothing behind.
-        cfg, rt, flops = _preflight(cfg, init_from)
+        plan = plan_run(cfg, init_from)
     # Under torchrun, rank 0 holds the run folder's lock and writes it; the others read.
     main = distributed.from_env().main
     with run_lock(out) if main else contextlib.nullcontext():
@@ -135,22 +124,21 @@ def train(
             # A run with no checkpoint yet starts afresh: from its init checkpoint, if any.
             resume = (out / "checkpoints" / "last.pt").is_file()
             init_from = None if resume else cfg.train.init_from or None
-            cfg, rt, flops = _preflight(cfg, init_from)
+            plan = plan_run(cfg, init_from)
         elif main:
-            _new_run_dir(out, cfg, flops)
+            _new_run_dir(out, plan.cfg, plan.flops_by_size)
             pause_point("started", 0)
         if main:  # half-written files of a killed run (kill -9 runs no cleanup): 26 MB in 8 kills
             for folder in (out, out / "checkpoints"):
                 remove_stale_temporaries(folder)
-        d = distributed.init(rt.device)
-        rt = agree_precision(rt)
+        d = distributed.init(plan.runtime.device)
+        plan = plan.with_runtime(agree_precision(plan.runtime))
         distributed.barrier()  # the run folder is ready before any rank reads it
         progress = progress and d.main
-        session = load_session(
-            cfg, out, rt, init_from=init_from, resume=resume, flops_by_size=flops, dist=d
-        )
+        session = load_session(plan, out, resume=resume, dist=d)
+        cfg = plan.cfg
         if data is not None and main:  # the moved cache holds the run's data: remember where
-            _write_config(out, cfg, flops)
+            _write_config(out, cfg, plan.flops_by_size)
         budget = cfg.train.max_minutes * 60
         if resume and budget and session.elapsed_before >= budget:
             raise ConfigError(
@@ -192,43 +180,6 @@ def banner(s: Session) -> str:
         f"{len(s.train_labels):,} images an epoch, {s.iters_per_epoch:,} iterations x "
         f"{cfg.train.epochs} epochs = {s.schedule.total:,}{budget}; {where}run folder {s.out}"
     )
-
-
-def _preflight(
-    cfg: RunConfig, init_from: str | Path | None
-) -> tuple[RunConfig, Runtime, dict[int, float]]:
-    """Check the data, model, device, held-out split and init checkpoint.
-
-    Returns cfg with its crop fitted to the cache and the model (crops.fit_crop), the runtime,
-    and the FLOPs of one training step per image at each input side.
-    """
-    if not cfg.data.cache:
-        raise ConfigError("data.cache is not set: pass --data CACHE (a tinycnn prepare folder)")
-    cache = load_cache(cfg.data.cache)
-    verify_cache(cache, splits=("train", "val"))  # never train on damaged data (~1 s per GB)
-    distributed.check_batch(cfg.train.batch_size, distributed.from_env())
-    training_rows(cfg, cache)  # the held-out split and data.exclude are possible
-    image_side = cache.manifest.get("image_size", 64)
-    cfg = fit_crop(cfg, image_side, cache.num_classes)  # the number config.toml will hold
-    size = cfg.augment.crop or image_side  # as load_session has it
-    with torch.device("meta"):  # checks the model options without allocating anything
-        model = build_model(cfg, cache.num_classes, size, initialise=False)
-    if cfg.augment.sizes and "input_size" in model_options(cfg.model.name):
-        raise ConfigError(
-            f"augment.sizes = {cfg.augment.sizes}: model {cfg.model.name!r} takes one fixed "
-            "input size (its fc layer is sized for it); progressive resizing needs a model that "
-            "pools globally (fastnet, resnet18, preact_resnet18)"
-        )
-    if init_from is not None:
-        payload = load_checkpoint(init_from)
-        check_classes(payload["classes"], cache.classes, init_from, str(cache.path))
-        check_state(model, payload["model"]["state"], str(init_from))
-    if cfg.train.tensorboard:
-        tensorboard_writer_class()
-    t = cfg.train
-    runtime = make_runtime(t.device, t.precision, t.channels_last, t.threads, t.deterministic)
-    sides = sorted({size, *cfg.augment.sizes})
-    return cfg, runtime, {side: training_flops_per_image(model, side) for side in sides}
 
 
 def _new_run_dir(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:

@@ -138,7 +138,7 @@ def tinycnn_steps(
     from tinycnn.run_plan import plan_run
     from tinycnn.runtime import make_runtime
     from tinycnn.session import load_session
-    from tinycnn.training import _step
+    from tinycnn.steps import train_step
 
     overrides = [f"data.cache={json.dumps(str(cache))}", 'data.normalization="channel"']
     if size:
@@ -157,8 +157,8 @@ def tinycnn_steps(
         start = time.perf_counter()
         for _ in range(iters):
             lo = (session.iteration * BATCH) % (len(order) - BATCH)
-            _step(session, order[lo : lo + BATCH])
-            session.iteration += 1
+            train_step(session, order[lo : lo + BATCH])
+            session.advance(BATCH, session.schedule.input_size_at(session.iteration))
         _wait()
         yield iters * BATCH / (time.perf_counter() - start)
 

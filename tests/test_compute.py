@@ -254,41 +254,13 @@ def test_a_resumed_run_continues_the_same_ema(
         assert torch.equal(cut["train_state"][name], tensor), name
 
 
-def test_the_time_to_go_counts_each_sides_step_time_once_fitted(
-    synth_sources: dict[str, Path], tmp_path: Path
-) -> None:
-    import time
-
-    from tinycnn.run_plan import plan_run
-    from tinycnn.runtime import make_runtime
-    from tinycnn.session import load_session
-    from tinycnn.training import _Budget
-
-    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
-    sizes = ("augment.sizes=[32, 48]", "augment.size_until=[0.5]", "train.epochs=20")
-    cfg = load_config(  # a model that pools globally: progressive resizing
-        None,
-        [f"data.cache={json.dumps(str(cache))}", "model.name=fastnet", "model.width=4", *sizes]
-        + ["train.batch_size=16"],
-    )
-    runtime = make_runtime("cpu", "fp32")
-    plan = replace(plan_run(cfg), runtime=runtime, flops_by_size={32: 1.0, 48: 2.0})
-    session = load_session(plan, tmp_path / "run")
-    session.iteration = 4  # of 60: 30 at 32, then 30 at 48
-    clock = _Budget(0, time.perf_counter(), session)
-    # By FLOPs at 2 s a step now: 26 steps of 1 FLOP-unit and 30 of 2, 2 s per unit: 172 s.
-    assert clock.remaining(2.0) == "00:02:52"
-    clock.step_seconds = {32: 1.0, 48: 3.0}  # the fit timed each side: steps now run 2x slower
-    assert clock.remaining(2.0) == time.strftime("%H:%M:%S", time.gmtime((26 + 30 * 3) * 2))
-
-
 def test_the_time_probe_leaves_the_runs_model_untouched(
     synth_sources: dict[str, Path], tmp_path: Path
 ) -> None:
     from tinycnn.run_plan import plan_run
     from tinycnn.runtime import make_runtime
     from tinycnn.session import load_session
-    from tinycnn.training import probe_step_seconds
+    from tinycnn.timing import probe_step_seconds
 
     cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
     sizes = ("augment.sizes=[32, 64]", "augment.size_until=[0.5]")

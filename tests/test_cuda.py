@@ -16,7 +16,8 @@ from tinycnn.evaluation import evaluate
 from tinycnn.run_plan import plan_run
 from tinycnn.runtime import make_runtime
 from tinycnn.session import load_session
-from tinycnn.training import _step, train
+from tinycnn.steps import train_step
+from tinycnn.training import train
 
 pytestmark = [
     pytest.mark.cuda,
@@ -60,12 +61,12 @@ def test_the_inner_loop_never_waits_for_the_gpu(cache: Path, tmp_path: Path) -> 
     session = load_session(plan, tmp_path / "run")
     assert session.train_images.device.type == "cuda"  # the uint8 split lives on the GPU
     order = torch.arange(len(session.train_labels), device="cuda")
-    _step(session, order[:16])  # first call: allocations, kernel choice
+    train_step(session, order[:16])  # first call: allocations, kernel choice
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any host-device sync now raises
     try:
         for i in range(1, 3):
-            _step(session, order[16 * i : 16 * (i + 1)])
+            train_step(session, order[16 * i : 16 * (i + 1)])
             session.iteration += 1
     finally:
         torch.cuda.set_sync_debug_mode("default")

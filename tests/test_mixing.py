@@ -97,11 +97,11 @@ def test_the_mixed_training_loss_is_the_cross_entropy_with_soft_targets(
     # soft targets are built here from the hard labels, keep * own + (1 - keep) * partner's, and
     # the cross-entropy against them must be the logged train_loss.
     import tinycnn.session
-    import tinycnn.training
+    import tinycnn.steps
 
     cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
     steps: list[dict] = []
-    original_mix, original_build = tinycnn.training.mix_batch, tinycnn.session.build_model
+    original_mix, original_build = tinycnn.steps.mix_batch, tinycnn.session.build_model
 
     def watched_mix(images, labels, *args, **kwargs):
         mixed, targets, mix = original_mix(images, labels, *args, **kwargs)
@@ -118,7 +118,7 @@ def test_the_mixed_training_loss_is_the_cross_entropy_with_soft_targets(
         model.register_forward_hook(record)
         return model
 
-    monkeypatch.setattr(tinycnn.training, "mix_batch", watched_mix)
+    monkeypatch.setattr(tinycnn.steps, "mix_batch", watched_mix)
     monkeypatch.setattr(tinycnn.session, "build_model", build_and_watch)
     cfg = load_config(
         None,

@@ -143,17 +143,17 @@ def synth_cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPat
 
 def _record_training_inputs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The input side of every training forward pass, in order (eval passes left out)."""
-    import tinycnn.training as training
+    import tinycnn.steps as steps
 
     sides: list[int] = []
-    original = training.resize_views
+    original = steps.resize_views
 
     def spy(x: torch.Tensor, size: int) -> torch.Tensor:
         out = original(x, size)
         sides.append(out.shape[-1])
         return out
 
-    monkeypatch.setattr(training, "resize_views", spy)
+    monkeypatch.setattr(steps, "resize_views", spy)
     return sides
 
 

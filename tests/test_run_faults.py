@@ -1,7 +1,7 @@
 """Runs survive faults: kill -9 at every phase, torn logs, a second writer, failed starts, signals.
 
 The kill tests run the real CLI in a subprocess. TINYCNN_PAUSE_AT=PHASE@ITERATION makes it wait
-at that exact point of the run (see session.pause_point); the test then kills it with SIGKILL
+at that exact point of the run (see faults.pause_point); the test then kills it with SIGKILL
 from outside, resumes it with ``tinycnn train --resume`` in a fresh process, and compares the
 run folder with an uninterrupted run's: every metrics line, every checkpoint file, its weights,
 and which epoch best.pt holds.
@@ -331,10 +331,10 @@ def test_a_full_disk_while_copying_a_snapshot_to_best_names_best(
 
 
 def test_the_time_budget_includes_the_evaluations(cache: Path, tmp_path: Path, monkeypatch) -> None:
-    import tinycnn.session
-    import tinycnn.training
+    import tinycnn.epochs
+    import tinycnn.steps
 
-    real = tinycnn.session.predict_logits
+    real = tinycnn.epochs.predict_logits
 
     def slow_evaluation(*args, **kwargs):
         time.sleep(1.0)  # stands for the 10,000 val images of a real run
@@ -344,9 +344,9 @@ def test_the_time_budget_includes_the_evaluations(cache: Path, tmp_path: Path, m
         time.sleep(0.05)  # 25 steps an epoch: an epoch takes longer than its evaluation
         return real_augment(*args, **kwargs)
 
-    real_augment = tinycnn.training.augment_batch
-    monkeypatch.setattr(tinycnn.session, "predict_logits", slow_evaluation)
-    monkeypatch.setattr(tinycnn.training, "augment_batch", slow_step)
+    real_augment = tinycnn.steps.augment_batch
+    monkeypatch.setattr(tinycnn.epochs, "predict_logits", slow_evaluation)
+    monkeypatch.setattr(tinycnn.steps, "augment_batch", slow_step)
     cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1000"])
     cfg.train.batch_size = 2
     cfg.train.max_minutes = 0.1  # 6 s; each evaluation (val + tune) takes 2 s
@@ -469,7 +469,7 @@ def test_a_run_at_chance_says_so(cache: Path, tmp_path: Path, capsys) -> None:
 
 
 def _advice(settings: list[str], val_loss: float = 1.6) -> str:
-    from tinycnn.session import not_learning_advice
+    from tinycnn.advice import not_learning_advice
 
     row = {"train_top1_error": 0.79, "val_top1_error": 0.8, "val_loss": val_loss}
     return not_learning_advice(row, {"train": 48, "val": 20}, load_config(None, settings), 5)
@@ -570,14 +570,12 @@ def test_a_kill_before_a_compute_budgets_closing_evaluation_resumes_into_it(
 def test_a_time_budget_stop_then_resume_equals_the_uninterrupted_run(
     cache: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import tinycnn.training
+    import tinycnn.timing
 
     cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN])
     whole = train(cfg, tmp_path / "whole", progress=False)
     # The budget runs out once, at iteration 4 (mid-epoch 2): a partial evaluation, saved.
-    monkeypatch.setattr(
-        tinycnn.training._Budget, "exhausted", lambda self: self.session.iteration == 4
-    )
+    monkeypatch.setattr(tinycnn.timing.Budget, "exhausted", lambda self, iteration: iteration == 4)
     cut = train(cfg, tmp_path / "cut", progress=False)
     assert cut.stopped == "time budget" and cut.metrics[-1]["partial_epoch"]
     partial = cut.metrics[-1]
@@ -624,20 +622,18 @@ def test_resuming_a_run_that_used_its_time_budget_says_how_to_go_on(
 def test_a_resumed_epochs_speed_counts_its_time_before_the_stop(
     cache: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import tinycnn.training
+    import tinycnn.timing
 
     cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN])
-    real_pause = tinycnn.training.pause_point
+    real_pause = tinycnn.faults.pause_point
 
     def slow_step_4(phase: str, iteration: int) -> None:  # epoch 2's first part takes >= 0.5 s
         if (phase, iteration) == ("step", 4):
             time.sleep(0.5)
         real_pause(phase, iteration)
 
-    monkeypatch.setattr(tinycnn.training, "pause_point", slow_step_4)
-    monkeypatch.setattr(
-        tinycnn.training._Budget, "exhausted", lambda self: self.session.iteration == 4
-    )
+    monkeypatch.setattr(tinycnn.faults, "pause_point", slow_step_4)
+    monkeypatch.setattr(tinycnn.timing.Budget, "exhausted", lambda self, iteration: iteration == 4)
     train(cfg, tmp_path / "run", progress=False)
     monkeypatch.undo()
     rows = train(None, tmp_path / "run", resume=True, progress=False).metrics
@@ -650,19 +646,19 @@ def test_a_resumed_epochs_speed_counts_its_time_before_the_stop(
 def test_an_iteration_snapshot_keeps_its_epochs_step_time(
     cache: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import tinycnn.training
+    import tinycnn.timing
 
     cfg = load_config(
         None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.snapshot_every=2"]
     )
-    real_pause = tinycnn.training.pause_point
+    real_pause = tinycnn.faults.pause_point
 
     def slow_step_1(phase: str, iteration: int) -> None:
         if (phase, iteration) == ("step", 1):
             time.sleep(0.5)
         real_pause(phase, iteration)
 
-    monkeypatch.setattr(tinycnn.training, "pause_point", slow_step_1)
+    monkeypatch.setattr(tinycnn.faults, "pause_point", slow_step_1)
     train(cfg, tmp_path / "run", progress=False)
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "iter-0000002.pt")
     assert saved["accumulator"]["seen"] == 32
@@ -682,13 +678,11 @@ def test_an_epoch_evaluated_after_a_kill_reports_its_step_time(cache: Path, tmp_
 def test_an_older_checkpoint_without_step_time_resumes_with_the_speed_unknown(
     cache: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import tinycnn.training
+    import tinycnn.timing
     from tinycnn.checkpoint import save_checkpoint
 
     cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN])
-    monkeypatch.setattr(
-        tinycnn.training._Budget, "exhausted", lambda self: self.session.iteration == 4
-    )
+    monkeypatch.setattr(tinycnn.timing.Budget, "exhausted", lambda self, iteration: iteration == 4)
     train(cfg, tmp_path / "run", progress=False)
     monkeypatch.undo()
     last = tmp_path / "run" / "checkpoints" / "last.pt"

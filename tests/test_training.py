@@ -24,12 +24,11 @@ from tinycnn.config import ScheduleConfig, load_config
 from tinycnn.data.augment import AugmentConfig
 from tinycnn.data.prepare import prepare
 from tinycnn.data.splits import holdout_split
-from tinycnn.errors import ConfigError
+from tinycnn.errors import ConfigError, TrainingDivergedError
 from tinycnn.evaluation import evaluate
 from tinycnn.models import create_model
 from tinycnn.optim import ClassicalMomentumSGD
 from tinycnn.schedule import lr_at
-from tinycnn.session import TrainingDivergedError
 from tinycnn.training import read_metrics, train
 
 # A small, fast model for the generated 5-class data (60 train images: 3 batches of 16).

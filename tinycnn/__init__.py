@@ -7,18 +7,22 @@ Layers, lowest first; a module imports only from its own layer or those below it
 above, not even inside a function (tests/test_newcomer.py fails on any import cycle). This is the
 one list of the layers (README.md and CONTRIBUTING.md point here): a new module goes into it.
 
-1. errors, atomic, paths                 one error family; atomic writes; where caches live
+1. errors, atomic, paths, faults         one error family; atomic writes; where caches live; the
+                                         kill tests' pause points
 2. data/                                 files -> cache: sources, layouts, decode, prepare, cache,
                                          splits, synthetic data, fetch; batched augmentation and
                                          normalisation
 3. config, models/, distributed,         typed configs; the model registry; torchrun's process
-   runtime, compute, crops               group, shares and gathers; device and precision;
-                                         training FLOPs; the training crop fitted to data and model
-4. checkpoint, run_folder                self-describing checkpoints; a run folder's lock and logs
-5. inference, metrics                    a loaded model, batched logits and TTA views, Predictor;
-                                         error rates, per-class accuracy
+   runtime, compute, crops, ema          group, shares and gathers; device and precision;
+                                         training FLOPs; the training crop fitted to data and model;
+                                         the weights' moving average
+4. checkpoint, run_folder, resume        self-describing checkpoints; a run folder's lock and logs;
+                                         a resumed run's folder brought back to its resume point
+5. inference, metrics, advice            a loaded model, batched logits and TTA views, Predictor;
+                                         error rates, per-class accuracy; the not-learning warning
 6. optim, schedule, run_plan ->          optimisers; iteration -> lr, input side, FLOPs; the checked
-   session -> training                   plan of a run; a run's state; train()
+   session -> steps, epochs, timing ->   plan of a run; a run's state; one step, an epoch's end,
+   training                              the wall clock; train(): the loop
 7. members -> evaluation -> ensembles    member specs; evaluate(); ensemble(), probability cache
 8. prediction, export, analysis/         submissions and image files; ONNX/TorchScript; the report;
    studies                               tinycnn experiment: presets trained and tabulated

@@ -1,0 +1,90 @@
+"""A resumed run's folder brought back to its resume point, as the uninterrupted run had it.
+
+The logs may run past the checkpoint a kill left (lines written after it) or miss its own line
+(a kill between the checkpoint and the line); best.pt may lag its copy. These functions make the
+folder say exactly what the run did up to the resume point; rank 0 writes, every rank reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tinycnn.atomic import copy_file, write_text
+from tinycnn.checkpoint import load_checkpoint
+from tinycnn.run_folder import METRICS, STEPS, read_metrics, read_steps
+
+
+def kept_metrics(out: Path, payload: dict, write: bool = True) -> list[dict]:
+    """Metrics lines up to the resume point; the checkpoint's own line if the log missed it.
+
+    Lines of a time-budget stop's partial evaluation are dropped: the resumed run goes on from
+    that point, and an uninterrupted run has no such line. write: also rewrite metrics.jsonl.
+    """
+    rows = [
+        r
+        for r in read_metrics(out)
+        if r["iteration"] <= payload["iteration"] and not r.get("partial_epoch")
+    ]
+    own = payload["metrics"]
+    logged = {r["iteration"] for r in rows}
+    if own and not own.get("partial_epoch") and own["iteration"] not in logged:
+        rows.append(own)
+    if write:
+        _write_rows(out / METRICS, rows)
+    return rows
+
+
+def trim_steps(out: Path, iteration: int) -> None:
+    """steps.jsonl up to ``iteration``: a resumed run writes the later lines again."""
+    if (out / STEPS).exists():
+        _write_rows(out / STEPS, [r for r in read_steps(out) if r["iteration"] <= iteration])
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def selection_key(row: dict) -> str:
+    """The metric that picks best.pt: the tuning split's top-1 error if there is one, else val."""
+    return "tune_top1_error" if "tune_top1_error" in row else "val_top1_error"
+
+
+def best_row(rows: list[dict]) -> dict | None:
+    """The best of the logged whole evaluations; the first of equal errors (a strict <, as the
+    run itself picks best.pt)."""
+    best = None
+    for row in rows:
+        if best is None or row[selection_key(row)] < best[selection_key(best)]:
+            best = row
+    return best
+
+
+def restore_best_copy(checkpoints: Path, best: dict | None, resume_iteration: int) -> None:
+    """best.pt as the uninterrupted run had it at the resume point.
+
+    A time-budget stop's partial evaluation is no longer part of the run once it goes on, so it
+    cannot stay the best; and a kill between a checkpoint and its copy to best.pt leaves the
+    copy to make here.
+    """
+    path = checkpoints / "best.pt"
+    if best is None:
+        path.unlink(missing_ok=True)
+        return
+    if path.exists() and load_checkpoint(path)["iteration"] == best["iteration"]:
+        return
+    if best["iteration"] == resume_iteration:
+        source = checkpoints / "last.pt"
+    else:
+        source = checkpoints / f"epoch-{int(best['epoch']):03d}.pt"
+    copy_file(source, path)
+
+
+def apply_retention(checkpoints: Path, keep: int) -> None:
+    """Keep the newest ``keep`` iteration snapshots (0: all); epoch snapshots always stay (the
+    paper's snapshot-ensemble members)."""
+    if not keep:
+        return
+    snapshots = sorted(checkpoints.glob("iter-*.pt"))  # zero-padded: name order
+    for old in snapshots[:-keep]:
+        old.unlink(missing_ok=True)

@@ -67,6 +67,7 @@ def test_paper_presets_cover_the_results_table() -> None:
     [
         ("[trainer]\nepochs = 3\n", [], "unknown config section [trainer]"),
         ("[train]\nepoch = 3\n", [], "unknown key train.epoch"),
+        ("train = 3\n", [], "[train] must be a table of keys, got 3"),
         ("[train]\nepochs = 'ten'\n", [], "train.epochs = 'ten': expected int, got str"),
         ("[train]\nepochs = 2.5\n", [], "train.epochs = 2.5: expected int"),
         ("[augment]\nflip = 1\n", [], "augment.flip = 1: expected bool"),

@@ -220,9 +220,10 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
             raise ConfigError(f"unknown config section [{name}]; sections: {', '.join(sections)}")
     built = {}
     for name, f in sections.items():
-        values = dict(raw.get(name, {}))
+        values = raw.get(name, {})
         if not isinstance(values, dict):
             raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
+        values = dict(values)
         if name == "model":  # every key that is not a ModelConfig field is a model option
             known = {field.name for field in dataclasses.fields(ModelConfig)}
             options = {

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from tinycnn.choices import PRECISIONS
 from tinycnn.data.augment import AugmentConfig
 from tinycnn.errors import ConfigError
 
@@ -26,7 +27,6 @@ else:  # pragma: no cover - Python 3.10
 NORMALIZATIONS = ("mean_image", "channel", "none")
 OPTIMIZERS = ("sgd", "nesterov", "adagrad", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant", "cyclic")
-PRECISIONS = ("auto", "bf16", "fp32")
 INITS = ("xavier", "caffe_xavier", "gaussian", "kaiming", "default")
 
 

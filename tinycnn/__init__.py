@@ -21,7 +21,8 @@ above, not even inside a function (tests/test_newcomer.py fails on any import cy
 7. members -> evaluation -> ensembles    member specs; evaluate(); ensemble(), probability cache
 8. prediction, export, analysis/         submissions and image files; ONNX/TorchScript; the report;
    studies                               tinycnn experiment: presets trained and tabulated
-9. demo, cli                             the demo; the command line, a thin layer over the above
+9. demo, cli_args -> cli                 the demo; the command line, a thin layer over the above:
+                                         its arguments, then parse and call
 """
 
 from __future__ import annotations

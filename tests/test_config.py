@@ -67,6 +67,7 @@ def test_paper_presets_cover_the_results_table() -> None:
     [
         ("[trainer]\nepochs = 3\n", [], "unknown config section [trainer]"),
         ("[train]\nepoch = 3\n", [], "unknown key train.epoch"),
+        ("train = 3\n", [], "[train] must be a table of keys, got 3"),
         ("[train]\nepochs = 'ten'\n", [], "train.epochs = 'ten': expected int, got str"),
         ("[train]\nepochs = 2.5\n", [], "train.epochs = 2.5: expected int"),
         ("[augment]\nflip = 1\n", [], "augment.flip = 1: expected bool"),
@@ -123,3 +124,82 @@ def test_resolved_toml_writes_every_key() -> None:
         "max_minutes",
     ):
         assert f"\n{key} = " in text
+
+
+# A base config as a checkpoint holds one: every value set, some away from the defaults.
+BASE = [
+    "train.epochs=7",
+    "optim.lr=0.02",
+    "model.dropout=0.25",
+    "augment.crop=48",
+    'data.cache="base-cache"',
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        # Nothing laid over: base's values, and the defaults base kept.
+        (
+            None,
+            [],
+            {
+                "train.epochs": 7,
+                "optim.lr": 0.02,
+                "model.options": {"dropout": 0.25},
+                "augment.crop": 48,
+                "data.cache": "base-cache",
+                "optim.momentum": 0.9,
+                "train.batch_size": 128,
+            },
+        ),
+        (None, ["train.epochs=3"], {"train.epochs": 3, "optim.lr": 0.02}),
+        # A file replaces the keys it sets; the rest of its section stays base's.
+        ("[train]\nbatch_size = 64\n", [], {"train.batch_size": 64, "train.epochs": 7}),
+        ("[train]\nepochs = 5\n", ["train.epochs=2"], {"train.epochs": 2}),  # --set comes last
+        ("[model]\ndropout = 0.5\n", [], {"model.options": {"dropout": 0.5}}),
+        (
+            "[model]\noptions = {dropout = 0.1, fc_widths = [10]}\n",
+            [],
+            {"model.options": {"dropout": 0.1, "fc_widths": [10]}},
+        ),
+        (None, ["model.name=cnn5"], {"model.name": "cnn5", "model.options": {"dropout": 0.25}}),
+        ("[augment]\nflip = false\n", [], {"augment.flip": False, "augment.crop": 48}),
+    ],
+)
+def test_load_config_on_a_base(
+    tmp_path: Path, text: str | None, overrides: list[str], expected: dict
+) -> None:
+    base = load_config(None, BASE)
+    path = None
+    if text is not None:
+        path = tmp_path / "c.toml"
+        path.write_text(text)
+    cfg = load_config(path, overrides, base=base)
+    got = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in expected}
+    assert got == expected
+    assert (base.train.epochs, base.model.options) == (7, {"dropout": 0.25})  # base untouched
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_a_config_on_itself_as_base_is_itself(preset: Path) -> None:
+    cfg = load_config(preset)
+    assert config_to_dict(load_config(base=cfg)) == config_to_dict(cfg)
+    assert load_config(base=RunConfig()) == RunConfig()  # unset keys (augment.crop) stay unset
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("[trainer]\nepochs = 3\n", [], "unknown config section [trainer]"),
+        ("[train]\nepoch = 3\n", [], "unknown key train.epoch"),
+        ("train = 3\n", [], "[train] must be a table"),
+        ("", ["optim.lr=-1"], "optim.lr = -1.0: must be a positive number"),
+    ],
+)
+def test_bad_configs_on_a_base(tmp_path: Path, text: str, overrides: list[str], message: str):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides, base=load_config(None, BASE))
+    assert message in str(info.value)

@@ -18,7 +18,13 @@ from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
 from tinycnn.errors import ConfigError
-from tinycnn.export import ExportError, Preprocessed, export_model, format_report
+from tinycnn.export import (
+    ExportError,
+    Preprocessed,
+    export_model,
+    find_check_images,
+    format_report,
+)
 from tinycnn.inference import load_model
 from tinycnn.runtime import make_runtime
 from tinycnn.training import train
@@ -173,6 +179,42 @@ def test_default_check_uses_random_images(checkpoints, tmp_path: Path) -> None:
     first, second = format_report(report).splitlines()
     assert str(tmp_path / "m.pt") in first and "torchscript" in first
     assert "8 images" in second and "tolerance" in second
+
+
+@pytest.mark.parametrize(
+    ("spec", "data", "count", "expected_count"),
+    [
+        ("file", None, 5, 5),  # the checkpoint's training cache
+        ("run@last", None, 16, 16),
+        ("file", "cache", 3, 3),  # --data: that cache
+        ("file", "cache", 10_000, 500),  # no more than the val split's 500
+    ],
+)
+def test_check_images_are_the_first_val_images(
+    checkpoints, mini_cache: Path, val_images, spec: str, data, count: int, expected_count: int
+) -> None:
+    checkpoint = checkpoints["channel"]
+    spec = f"{checkpoint.parent.parent}@last" if spec == "run@last" else checkpoint
+    images, source = find_check_images(spec, mini_cache if data else None, count)
+    assert images.shape == (expected_count, 64, 64, 3) and images.dtype == np.uint8
+    assert np.array_equal(images[:16], val_images[: min(expected_count, 16)])
+    assert source == f"the first {expected_count} val images of {mini_cache}"
+
+
+@pytest.mark.parametrize("data", ["empty folder", "missing folder", "moved training cache"])
+def test_check_images_without_a_cache_are_random(checkpoints, tmp_path: Path, data: str) -> None:
+    folder = tmp_path / data
+    path = checkpoints["channel"]
+    if data == "empty folder":
+        folder.mkdir()
+    elif data == "moved training cache":  # the checkpoint's data.cache is gone; no --data
+        payload = checkpoint.load_checkpoint(path)
+        payload["config"]["data"]["cache"] = str(folder)
+        path = checkpoint.save_checkpoint(tmp_path / "moved.pt", payload)
+        folder = None
+    images, source = find_check_images(path, folder)
+    assert images is None
+    assert source == "8 random images (no cache found: pass --data CACHE to check on real ones)"
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "ONNX", "", "onnx "])

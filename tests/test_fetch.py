@@ -302,3 +302,17 @@ def test_fetch_command_downloads_resumes_and_prepares(
     )
     assert rc == 1 and "sha256" in capsys.readouterr().err
     assert not (bad / "cache").exists() and not (bad / "tiny.zip").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (fetch.OFFICIAL_URL, "/data/tiny-imagenet-200.zip"),
+        ("https://example.org/a/b/set.tar.gz", "/data/set.tar.gz"),
+        ("https://example.org/a/folder/", "/data/folder"),
+        ("file:///tmp/x.zip", "/data/x.zip"),
+        ("", "/data/download.zip"),
+    ],
+)
+def test_archive_path_is_beside_the_cache_named_as_the_url(url: str, expected: str) -> None:
+    assert fetch.archive_path(url, "/data") == Path(expected)

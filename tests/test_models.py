@@ -16,6 +16,7 @@ from tinycnn.models import (
     ModelInfo,
     PaperCNN,
     create_model,
+    format_models,
     init_weights,
     list_models,
     register_model,
@@ -371,6 +372,27 @@ def test_models_command_fits_a_long_name_and_a_huge_count(
         return nn.Linear(2, num_classes)
 
     _assert_models_columns_line_up(capsys)
+
+
+@pytest.mark.parametrize(
+    ("models", "expected"),
+    [
+        (
+            [ModelInfo("a", "one", 56, 1234)],
+            ["name params  input  description", "a     1,234     56  one"],
+        ),
+        (
+            [ModelInfo("a_long_name", "x", 64, 5), ModelInfo("b", "y z", 8, 2_000_020_000)],
+            [
+                "name               params  input  description",
+                "a_long_name             5     64  x",
+                "b           2,000,020,000      8  y z",
+            ],
+        ),
+    ],
+)
+def test_format_models_lines_up_the_columns(models: list[ModelInfo], expected: list[str]) -> None:
+    assert format_models(models).splitlines() == expected
 
 
 # --- initialisation ------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ Layers, lowest first; a module imports only from its own layer or those below it
 above, not even inside a function (tests/test_newcomer.py fails on any import cycle). This is the
 one list of the layers (README.md and CONTRIBUTING.md point here): a new module goes into it.
 
-1. errors, atomic, paths, faults         one error family; atomic writes; where caches live; the
-                                         kill tests' pause points
+1. errors, atomic, paths, choices,       one error family; atomic writes; where caches live;
+   faults                                the names a user picks from (TTA views, precisions);
+                                         the kill tests' pause points
 2. data/                                 files -> cache: sources, layouts, decode, prepare, cache,
                                          splits, synthetic data, fetch; batched augmentation and
                                          normalisation
@@ -26,7 +27,8 @@ one list of the layers (README.md and CONTRIBUTING.md point here): a new module 
 7. members -> evaluation -> ensembles    member specs; evaluate(); ensemble(), probability cache
 8. prediction, export, analysis/         submissions and image files; ONNX/TorchScript; the report;
    studies                               tinycnn experiment: presets trained and tabulated
-9. demo, cli                             the demo; the command line, a thin layer over the above
+9. demo, cli_args -> cli                 the demo; the command line, a thin layer over the above:
+                                         its arguments, then parse and call
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tinycnn import __version__
+from tinycnn import cli_args
 from tinycnn.errors import ConfigError, Interrupted, TinycnnError
 
 
@@ -73,15 +73,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from tinycnn.data.cache import summarize
-    from tinycnn.data.fetch import download
+    from tinycnn.data.fetch import archive_path, download
     from tinycnn.data.prepare import prepare
 
     out = Path(args.out)
-    archive = (
-        Path(args.archive)
-        if args.archive
-        else out.parent / (args.url.rstrip("/").rsplit("/", 1)[-1] or "download.zip")
-    )
+    archive = Path(args.archive) if args.archive else archive_path(args.url, out.parent)
     got = download(
         args.url, archive, sha256=args.sha256, md5=args.md5, size=args.size, progress=not args.quiet
     )
@@ -120,11 +116,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides.insert(0, f"data.cache={json.dumps(args.data)}")
         if args.exclude:
             overrides.append(f"data.exclude={json.dumps(str(Path(args.exclude).resolve()))}")
-        if args.config or not args.init_from:
-            cfg = load_config(args.config, overrides)
-        else:  # --init-from without --config: the checkpoint's settings, with --set changes
-            base = checkpoint_config(args.init_from)
-            cfg = load_config(None, _as_overrides(base) + overrides)
+        # --init-from without --config: the checkpoint's settings, with --set changes
+        base = checkpoint_config(args.init_from) if args.init_from and not args.config else None
+        cfg = load_config(args.config, overrides, base=base)
         result = train(
             cfg,
             args.out,
@@ -147,39 +141,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _iteration_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of iterations >= 1")
-    return value
-
-
-def _as_overrides(cfg) -> list[str]:
-    from tinycnn.config import _toml_value, config_to_dict
-
-    return [
-        f"{section}.{key}={_toml_value(value)}"
-        for section, values in config_to_dict(cfg).items()
-        for key, value in values.items()
-    ]
-
-
 def _cmd_models(args: argparse.Namespace) -> int:
-    from tinycnn.models import list_models
+    from tinycnn.models import format_models, list_models
 
-    models = list_models()
-    # Columns as wide as their widest entry, so that no name or count pushes the rest along.
-    name_width = max(len("name"), *(len(info.name) for info in models))
-    params_width = max(len("params"), *(len(f"{info.params:,}") for info in models))
-    print(f"{'name':<{name_width}} {'params':>{params_width}}  {'input':>5}  description")
-    for info in models:
-        print(
-            f"{info.name:<{name_width}} {info.params:>{params_width},}  "
-            f"{info.default_input:>5}  {info.description}"
-        )
+    print(format_models(list_models()))
     return 0
 
 
@@ -214,14 +179,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_ensemble(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _cache_warnings_in_one_line() -> Iterator[None]:
+    """The probability cache's warnings (e.g. an unwritable cache) printed after the block, one
+    line each as errors are, instead of Python's two."""
     import warnings
 
-    from tinycnn.ensembles import ProbabilityCacheWarning, ensemble, format_result, save_result
+    from tinycnn.ensembles import ProbabilityCacheWarning
 
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProbabilityCacheWarning)
+        yield
+    for warning in caught:
+        print(f"tinycnn: warning: {warning.message}", file=sys.stderr)
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from tinycnn.ensembles import ensemble, format_result, save_result
+
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    with _cache_warnings_in_one_line():
         result = ensemble(
             args.members,
             args.data,
@@ -234,8 +211,6 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
             prob_cache=None if args.no_cache else Path(args.prob_cache),
             progress=not (args.json or args.quiet),
         )
-    for warning in caught:  # one line each, as errors are, instead of Python's two
-        print(f"tinycnn: warning: {warning.message}", file=sys.stderr)
     # Files only where the user asked (--out): like evaluate, a look at the numbers writes
     # nothing, and never replaces an earlier ensemble's files in the working folder.
     out = save_result(result, args.out) if args.out else None
@@ -279,54 +254,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tinycnn.export import export_model, format_report
+    from tinycnn.export import export_model, find_check_images, format_report
 
-    images, source = _check_images(args)
+    images, source = find_check_images(args.checkpoint, args.data, args.check_count)
     print(format_report(export_model(args.checkpoint, args.format, args.out, check_images=images)))
     print(f"check images: {source}")
     return 0
 
 
-def _check_images(args: argparse.Namespace):
-    """Real images to check an export on: --data's val split, else the training cache's."""
-    from tinycnn.checkpoint import load_checkpoint
-    from tinycnn.data.cache import load_cache
-    from tinycnn.members import resolve_checkpoint
-
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    # A damaged checkpoint without these fields is reported by export_model, in one line.
-    config = load_checkpoint(checkpoint).get("config") if not args.data else {}
-    cache_dir = args.data or (config or {}).get("data", {}).get("cache")
-    if not cache_dir or not (Path(cache_dir) / "manifest.json").is_file():
-        return None, "8 random images (no cache found: pass --data CACHE to check on real ones)"
-    val = load_cache(cache_dir).split("val")
-    count = min(args.check_count, len(val))
-    return val.images[:count], f"the first {count} val images of {cache_dir}"
-
-
-def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="prepared cache folder")
-    p.add_argument("--split", default="val", help="val (default), train or tune")
-    p.add_argument(
-        "--tta",
-        default="center",
-        choices=["center", "flip", "10crop"],
-        help="test-time views: centre crop, + its mirror, or Caffe's 10 crops",
-    )
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
-    import warnings
-
     from tinycnn.analysis import build_report
-    from tinycnn.ensembles import ProbabilityCacheWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ProbabilityCacheWarning)
+    with _cache_warnings_in_one_line():
         report = build_report(
             args.members,
             args.data,
@@ -339,8 +278,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
             prob_cache=None if args.no_cache else Path(args.prob_cache),
             progress=not args.quiet,
         )
-    for warning in caught:
-        print(f"tinycnn: warning: {warning.message}", file=sys.stderr)
     print(f"report written in {report.seconds:.0f} s: {report.index}")
     return 0
 
@@ -373,258 +310,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tinycnn",
-        description=("Train, ensemble and analyse CNN classifiers on Tiny ImageNet."),
+    """The ``tinycnn`` parser, each command bound to its handler above."""
+    return cli_args.build_parser(
+        {
+            "prepare": _cmd_prepare,
+            "info": _cmd_info,
+            "fetch": _cmd_fetch,
+            "train": _cmd_train,
+            "evaluate": _cmd_evaluate,
+            "ensemble": _cmd_ensemble,
+            "predict": _cmd_predict,
+            "export": _cmd_export,
+            "experiment": _cmd_experiment,
+            "models": _cmd_models,
+            "demo": _cmd_demo,
+            "report": _cmd_report,
+        }
     )
-    parser.add_argument("--version", action="version", version=f"tinycnn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("prepare", help="decode a dataset once into a memory-mapped cache")
-    p.add_argument(
-        "src",
-        help="Tiny ImageNet folder, .zip or .tar.gz, or your own train/CLASS/*.jpg + "
-        "val/CLASS/*.jpg folder or archive",
-    )
-    p.add_argument("--out", required=True, help="cache folder to create or refresh")
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores)")
-    p.add_argument(
-        "--resize",
-        action="store_true",
-        help="centre-crop and resize images that are not SIZE x SIZE (always on for your own "
-        "class-per-folder data)",
-    )
-    p.add_argument("--size", type=int, default=64, help="side of the cached images (default 64)")
-    p.add_argument(
-        "--classes",
-        metavar="FILE|official",
-        help="keep only these classes (a file of class ids, one per line, or 'official': the "
-        "200 of Tiny ImageNet); the rest are dropped and counted",
-    )
-    p.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="skip unreadable images (each is listed in the manifest)",
-    )
-    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    p.set_defaults(func=_cmd_prepare)
-
-    p = sub.add_parser("info", help="summarise a prepared cache")
-    p.add_argument("cache", help="cache folder")
-    p.add_argument("--json", action="store_true", help="print the raw manifest")
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="check every file's sha256 against the manifest (reads the whole cache)",
-    )
-    p.set_defaults(func=_cmd_info)
-
-    from tinycnn.data.fetch import OFFICIAL_URL
-
-    p = sub.add_parser("fetch", help="download the official zip (resumable, verified), prepare it")
-    p.add_argument("--url", default=OFFICIAL_URL, help=f"archive URL (default {OFFICIAL_URL})")
-    p.add_argument("--out", required=True, help="cache folder to create")
-    p.add_argument("--archive", help="where to keep the download (default: beside --out)")
-    p.add_argument("--sha256", help="expected sha256 of the archive")
-    p.add_argument("--md5", help="expected md5 (the official zip's is checked by default)")
-    p.add_argument("--size", type=int, help="expected size in bytes")
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_fetch)
-
-    p = sub.add_parser("train", help="train a model (config TOML + --set overrides)")
-    p.add_argument(
-        "--data", help="prepared cache folder (sets data.cache; with --resume: where it moved)"
-    )
-    p.add_argument("--config", help="TOML config, e.g. configs/paper/paper8_l2_5e-4.toml")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.epochs=10 (repeatable)",
-    )
-    p.add_argument("--out", help="run folder to create")
-    p.add_argument(
-        "--exclude",
-        metavar="FILE",
-        help="leave out the training images listed in FILE (e.g. a report's ambiguous.txt)",
-    )
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
-    p.add_argument(
-        "--stop-at",
-        type=_iteration_count,
-        metavar="ITERATIONS",
-        help="pause once the run has done this many iterations in all (at the next progress "
-        "update): a checkpoint as after Ctrl-C, exit status 0; --resume continues it",
-    )
-    p.add_argument(
-        "--init-from",
-        metavar="CHECKPOINT",
-        help="start from a checkpoint's weights with new hyperparameters",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("evaluate", help="error rates, per-class accuracy, confusion")
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT|RUN_DIR[@SELECTION]")
-    _add_inference_options(p)
-    p.add_argument("--batch-size", type=int, default=500)
-    p.set_defaults(func=_cmd_evaluate)
-
-    from tinycnn.paths import PROB_CACHE
-
-    p = sub.add_parser("ensemble", help="average the probabilities of models and snapshots")
-    p.add_argument(
-        "members",
-        nargs="+",
-        metavar="CHECKPOINT|RUN_DIR[@SELECTION]",
-        help="e.g. run1@last:3 run2@every:10000 model.pt",
-    )
-    _add_inference_options(p)
-    p.add_argument("--weights", help="comma-separated member weights (default: equal)")
-    p.add_argument(
-        "--greedy",
-        action="store_true",
-        help="choose members greedily (with replacement) on --select-on",
-    )
-    p.add_argument("--select-on", default="tune", help="split for --greedy (default: tune)")
-    p.add_argument(
-        "--out",
-        metavar="DIR",
-        help="save probabilities.npy and ensemble.json in DIR (default: nothing is written)",
-    )
-    p.add_argument(
-        "--prob-cache",
-        default=str(PROB_CACHE),
-        help="where member probabilities are cached (by checkpoint sha256 and data content; "
-        "TINYCNN_CACHE moves the default; if unwritable: a warning, no caching)",
-    )
-    p.add_argument("--no-cache", action="store_true", help="do not cache member probabilities")
-    p.set_defaults(func=_cmd_ensemble)
-
-    p = sub.add_parser("predict", help="a test-split submission, or top-5 for image files")
-    p.add_argument(
-        "members",
-        nargs="+",
-        metavar="CHECKPOINT|RUN_DIR[@SELECTION]",
-        help="one model, or several (their probabilities are averaged)",
-    )
-    p.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("--submission", metavar="FILE", help="write test_K.JPEG<TAB>wnid lines")
-    p.add_argument("--data", help="prepared cache whose test split --submission predicts")
-    p.add_argument("--tta", default="center", choices=["center", "flip", "10crop"])
-    p.add_argument("--weights", help="comma-separated member weights (default: equal)")
-    p.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=50_000_000,
-        help="refuse larger images before decoding them, reported as not predicted (default "
-        "50000000: 50 megapixels, a few hundred MB to decode; 0: no limit but Pillow's)",
-    )
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_predict)
-
-    p = sub.add_parser("export", help="ONNX or TorchScript with the preprocessing built in")
-    p.add_argument("checkpoint", help="checkpoint file, or a run folder (its best.pt), RUN@last")
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
-    p.add_argument("--out", required=True, help="file to write")
-    p.add_argument(
-        "--data",
-        help="cache whose val images check the export (default: the checkpoint's training cache)",
-    )
-    p.add_argument("--check-count", type=int, default=100, help="images to check (default 100)")
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("experiment", help="train several presets (resumable), tabulate them")
-    p.add_argument(
-        "configs", nargs="+", metavar="CONFIG", help="TOML presets, e.g. configs/paper/*.toml"
-    )
-    p.add_argument("--data", required=True, help="prepared cache folder")
-    p.add_argument("--out", required=True, help="study folder: one run folder per config")
-    p.add_argument(
-        "--epochs-scale",
-        type=float,
-        default=1.0,
-        help="multiply every preset's epochs (quick studies)",
-    )
-    p.add_argument(
-        "--budget-pflop",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="shrink every preset's whole schedule (epochs, lr steps, warm-up, snapshots) to P "
-        "PFLOP of training",
-    )
-    p.add_argument(
-        "--holdout-per-class",
-        type=int,
-        metavar="N",
-        help="hold out N training images per class as every run's tuning split (the paper's "
-        "val; default: each preset's own)",
-    )
-    p.add_argument("--no-report", action="store_true", help="skip the analysis report")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_experiment)
-
-    p = sub.add_parser("models", help="list the registered models")
-    p.set_defaults(func=_cmd_models)
-
-    p = sub.add_parser("demo", help="the whole job on generated demo data")
-    p.add_argument("--out", default="tinycnn-demo", help="output folder (default ./tinycnn-demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("report", help="the paper's figures and tables as one HTML page")
-    p.add_argument(
-        "members",
-        nargs="+",
-        metavar="CHECKPOINT|RUN_DIR[@SELECTION]",
-        help="runs or snapshots as for ensemble; several are also reported as their ensemble",
-    )
-    p.add_argument("--data", required=True, help="prepared cache folder (its val split)")
-    p.add_argument("--out", required=True, help="folder for index.html, report.json, figures")
-    p.add_argument(
-        "--tsne-images",
-        type=int,
-        default=2000,
-        metavar="N",
-        help="val images embedded by t-SNE (default 2000: about half a minute on 2 cores)",
-    )
-    p.add_argument(
-        "--ambiguous",
-        type=int,
-        default=100,
-        metavar="K",
-        help="highest-loss training images listed in ambiguous.txt (default 100)",
-    )
-    p.add_argument(
-        "--scan-train",
-        type=int,
-        default=0,
-        metavar="N",
-        help="training images scored for ambiguous.txt: 0 (default) all of them (on a CPU, "
-        "minutes: 100,000 took 7.5 min for configs/quick.toml's model on 2 cores), else a "
-        "seeded sample of N spread over the classes",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the t-SNE and example choices")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument(
-        "--prob-cache",
-        default=str(PROB_CACHE),
-        help="where member probabilities are cached (as for ensemble)",
-    )
-    p.add_argument("--no-cache", action="store_true", help="do not cache member probabilities")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_report)
-    return parser
 
 
 def _raise_interrupt(signum: int, _frame) -> None:
@@ -635,27 +337,37 @@ def _raise_interrupt(signum: int, _frame) -> None:
 SHARDED = ("evaluate", "ensemble", "predict", "report")
 
 
+def _sharded(command: str) -> bool:
+    """Whether this is a sharded command under torchrun with more than one rank."""
+    return command in SHARDED and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
 @contextlib.contextmanager
-def _as_rank(args: argparse.Namespace) -> Iterator[None]:
-    """Under torchrun, a sharded command's ranks other than 0 compute their shares and write
-    nothing the user sees: their output files go to a temporary folder, their stdout nowhere.
-    Every rank computes every member afresh (no probability cache): a cache hit on one rank
-    and not another would leave the others waiting in a gather."""
+def _rank_scratch(sharded: bool) -> Iterator[Path | None]:
+    """Yields, on a sharded command's ranks other than 0, a temporary folder for their output
+    files, with their stdout silenced: they write nothing the user sees. Else None."""
     rank = os.environ.get("RANK", "0")
-    if args.command not in SHARDED or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        yield
+    if not sharded or rank == "0":
+        yield None
         return
-    if "no_cache" in vars(args):
-        args.no_cache = True
-    if rank == "0":
-        yield
-        return
-    with tempfile.TemporaryDirectory(prefix=f"tinycnn-rank{rank}-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"tinycnn-rank{rank}-") as scratch,
+        open(os.devnull, "w") as devnull,
+        contextlib.redirect_stdout(devnull),
+    ):
+        yield Path(scratch)
+
+
+def _rank_args(args: argparse.Namespace, scratch: Path | None) -> argparse.Namespace:
+    """A copy of args as one rank of a sharded command runs it: output files in scratch (if
+    any), and no probability cache: every rank computes every member afresh, since a cache hit
+    on one rank and not another would leave the others waiting in a gather."""
+    changes: dict[str, object] = {"no_cache": True} if "no_cache" in vars(args) else {}
+    if scratch is not None:
         for name in ("out", "submission"):
             if getattr(args, name, None):
-                setattr(args, name, str(Path(scratch) / Path(getattr(args, name)).name))
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            yield
+                changes[name] = str(scratch / Path(getattr(args, name)).name)
+    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -664,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so cleanup code (temporary folders, checkpoints) runs.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with _as_rank(args):
-            return args.func(args)
+        sharded = _sharded(args.command)
+        with _rank_scratch(sharded) as scratch:
+            return args.func(_rank_args(args, scratch) if sharded else args)
     except TinycnnError as exc:
         print(f"tinycnn: error: {exc}", file=sys.stderr)
         return 1

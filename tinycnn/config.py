@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from tinycnn.choices import PRECISIONS
 from tinycnn.data.augment import AugmentConfig
 from tinycnn.errors import ConfigError
 
@@ -26,7 +27,6 @@ else:  # pragma: no cover - Python 3.10
 NORMALIZATIONS = ("mean_image", "channel", "none")
 OPTIMIZERS = ("sgd", "nesterov", "adagrad", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant", "cyclic")
-PRECISIONS = ("auto", "bf16", "fp32")
 INITS = ("xavier", "caffe_xavier", "gaussian", "kaiming", "default")
 
 
@@ -184,20 +184,48 @@ def _fraction(key: str, value: float) -> None:
         raise ConfigError(f"{key} = {value!r}: must be in [0, 1)")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Returns the RunConfig of a TOML file (or the defaults) with section.key=value overrides."""
-    raw: dict[str, Any] = {}
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = (), *, base: RunConfig | None = None
+) -> RunConfig:
+    """Returns the RunConfig of a TOML file with section.key=value overrides.
+
+    Args:
+        path: a TOML config; None: no file.
+        overrides: "section.key=value" strings (TOML values; a bare word is a string), applied
+            after the file.
+        base: the config the file and overrides change (e.g. a checkpoint's, for --init-from);
+            None: the defaults. A key the file or an override sets replaces base's value.
+    """
+    # Unset keys (None, e.g. augment.crop) stay unset, as in a resolved config.toml.
+    raw: dict[str, Any] = {
+        section: {key: value for key, value in values.items() if value is not None}
+        for section, values in (config_to_dict(base) if base is not None else {}).items()
+    }
     if path is not None:
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            loaded = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        _lay_over(raw, loaded)
     for item in overrides:
         _apply_override(raw, item)
     return config_from_dict(raw).validate()
+
+
+def _lay_over(raw: dict[str, Any], loaded: dict[str, Any]) -> None:
+    """Lay a TOML file's sections over raw (a base config's), key by key."""
+    for section, values in loaded.items():
+        if not isinstance(values, dict) or not isinstance(raw.get(section), dict):
+            raw[section] = values  # nothing to merge with; config_from_dict checks it
+            continue
+        if section == "model" and isinstance(values.get("options"), dict):
+            # Base's options are flat [model] keys, which config_from_dict ranks above an
+            # options table: flatten the file's too, so that the file wins.
+            values = {**values["options"], **{k: v for k, v in values.items() if k != "options"}}
+        raw[section] = {**raw[section], **values}
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
@@ -220,9 +248,10 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
             raise ConfigError(f"unknown config section [{name}]; sections: {', '.join(sections)}")
     built = {}
     for name, f in sections.items():
-        values = dict(raw.get(name, {}))
+        values = raw.get(name, {})
         if not isinstance(values, dict):
             raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
+        values = dict(values)
         if name == "model":  # every key that is not a ModelConfig field is a model option
             known = {field.name for field in dataclasses.fields(ModelConfig)}
             options = {

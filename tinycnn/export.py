@@ -41,7 +41,9 @@ from torch import Tensor, nn
 
 from tinycnn import __version__
 from tinycnn.atomic import atomic_path, write_into
+from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.augment import resize_matrix
+from tinycnn.data.cache import load_cache
 from tinycnn.data.decode import IMAGE_SIZE
 from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError, ExportError
@@ -185,6 +187,30 @@ def format_report(report: ExportReport) -> str:
         f"checked on {report.images_checked} images: max |logit diff| vs PyTorch fp32 "
         f"{report.max_abs_logit_diff:.2e} (tolerance {report.tolerance:.1e})"
     )
+
+
+def find_check_images(
+    checkpoint: str | Path, data: str | Path | None = None, count: int = 100
+) -> tuple[np.ndarray | None, str]:
+    """Real images to check an export on, and a line saying which they are.
+
+    Args:
+        checkpoint: as for export_model.
+        data: a prepared cache whose val split to use; None: the checkpoint's training cache.
+        count: how many val images at most (the first ones).
+    Returns: (the images, (N, S, S, 3) uint8, or None where no cache is found: export_model's
+        random ones), and where they come from.
+    """
+    checkpoint = resolve_checkpoint(checkpoint)
+    # A damaged checkpoint without these fields is reported by export_model, in one line.
+    config = load_checkpoint(checkpoint).get("config") if not data else {}
+    cache_dir = data or (config or {}).get("data", {}).get("cache")
+    if not cache_dir or not (Path(cache_dir) / "manifest.json").is_file():
+        no_cache = "no cache found: pass --data CACHE to check on real ones"
+        return None, f"{CHECK_IMAGES} random images ({no_cache})"
+    val = load_cache(cache_dir).split("val")
+    count = min(count, len(val))
+    return val.images[:count], f"the first {count} val images of {cache_dir}"
 
 
 def _require_onnx() -> None:

@@ -21,12 +21,11 @@ from tinycnn.checkpoint import (
     model_from_checkpoint,
     normalization_from_payload,
 )
+from tinycnn.choices import TTA_VIEWS
 from tinycnn.data.augment import center_crop, flip_views, resize_views, ten_crop
 from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.runtime import Runtime, make_runtime
-
-TTA_VIEWS = {"center": 1, "flip": 2, "10crop": 10}
 
 
 def check_tta(tta: str) -> None:

@@ -49,6 +49,11 @@ class Downloaded:
     resumed_from: int
 
 
+def archive_path(url: str, folder: str | Path) -> Path:
+    """Where a download of ``url`` is kept unless told: in folder, named as the URL's last part."""
+    return Path(folder) / (url.rstrip("/").rsplit("/", 1)[-1] or "download.zip")
+
+
 def download(
     url: str,
     dest: str | Path,

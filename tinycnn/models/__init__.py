@@ -13,6 +13,7 @@ from tinycnn.models.paper import PaperCNN
 from tinycnn.models.registry import (
     ModelInfo,
     create_model,
+    format_models,
     list_models,
     model_options,
     register_model,
@@ -22,6 +23,7 @@ __all__ = [
     "ModelInfo",
     "PaperCNN",
     "create_model",
+    "format_models",
     "init_weights",
     "list_models",
     "model_options",

@@ -162,6 +162,20 @@ def list_models() -> list[ModelInfo]:
     ]
 
 
+def format_models(models: list[ModelInfo]) -> str:
+    """A table for ``tinycnn models``: name, params, input side, description; a row each."""
+    # Columns as wide as their widest entry, so that no name or count pushes the rest along.
+    name_width = max(len("name"), *(len(info.name) for info in models))
+    params_width = max(len("params"), *(len(f"{info.params:,}") for info in models))
+    lines = [f"{'name':<{name_width}} {'params':>{params_width}}  {'input':>5}  description"]
+    lines.extend(
+        f"{info.name:<{name_width}} {info.params:>{params_width},}  "
+        f"{info.default_input:>5}  {info.description}"
+        for info in models
+    )
+    return "\n".join(lines)
+
+
 def model_options(name: str) -> dict[str, Any]:
     """The options of model ``name`` with their default values (num_classes excluded)."""
     params = inspect.signature(_entry(name).factory).parameters

@@ -6,7 +6,8 @@ The public API is listed in ``__all__``. Heavy modules (torch) are imported lazi
 Layers, lowest first; a module imports only from its own layer or those below it, never from
 above, not even inside a function (tests/test_newcomer.py fails on any import cycle):
 
-1. errors, atomic, paths                 one error family; atomic writes; where caches live
+1. errors, atomic, paths, cores          one error family; atomic writes; where caches live;
+                                         the CPU cores this process may use
 2. data/                                 files -> cache: sources, layouts, decode, prepare, cache,
                                          splits, synthetic data, fetch; batched augmentation and
                                          normalisation

@@ -32,6 +32,7 @@ from tinycnn.atomic import (
     write_failure,
     write_json,
 )
+from tinycnn.cores import usable_cores
 from tinycnn.data.cache import (
     FORMAT,
     MANIFEST,
@@ -122,7 +123,7 @@ def prepare(
         tmp.mkdir(parents=True)
         # The pool starts before the source is read: forked workers then share none of the
         # parent's memory (a .tar.gz's kept bytes), and start while the layout is checked.
-        with _decode_pool(source, workers or _usable_cores(), size) as pool:
+        with _decode_pool(source, workers or usable_cores(), size) as pool:
             layout = read_dataset(source, class_list)
             if classes is not None:
                 layout.notes["classes_from"] = f"--classes {classes}"
@@ -460,10 +461,3 @@ def _write_stats(tmp: Path, train: ChunkResult, count: int, size: int) -> dict:
         "channel_mean": [round(float(v), 4) for v in channel_mean],
         "channel_std": [round(float(v), 4) for v in channel_std],
     }
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (its affinity: taskset, a container's cpuset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1

@@ -8,8 +8,9 @@ above, not even inside a function (tests/test_newcomer.py fails on any import cy
 
 1. errors, atomic, paths, cores          one error family; atomic writes; where caches live;
                                          the CPU cores this process may use
-2. data/                                 files -> cache: sources, layouts, decode, prepare, cache,
-                                         splits, synthetic data, fetch; batched augmentation and
+2. data/                                 files -> cache: sources, layouts, decode (the workers)
+                                         and decode_pool (their pool), prepare, cache, splits,
+                                         synthetic data, fetch; batched augmentation and
                                          normalisation
 3. config, models/, distributed,         typed configs; the model registry; torchrun's process
    runtime, compute                      group, shares and gathers; device and precision;

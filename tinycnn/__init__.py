@@ -10,9 +10,9 @@ above, not even inside a function (tests/test_newcomer.py fails on any import cy
                                          the CPU cores this process may use
 2. data/                                 files -> cache: sources, layouts, decode (the workers)
                                          and decode_pool (their pool), prepare, cache, splits,
-                                         synthetic data, fetch; batched augmentation (its
-                                         settings and size schedule: augment_config) and
-                                         normalisation
+                                         synthetic data (synthetic_images draws it), fetch;
+                                         batched augmentation (its settings and size schedule:
+                                         augment_config) and normalisation
 3. config, models/, distributed,         typed configs; the model registry; torchrun's process
    runtime, compute                      group, shares and gathers; device and precision;
                                          training FLOPs

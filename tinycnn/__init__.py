@@ -8,11 +8,14 @@ above, not even inside a function (tests/test_newcomer.py fails on any import cy
 one list of the layers (README.md and CONTRIBUTING.md point here): a new module goes into it.
 
 1. errors, atomic, paths, choices,       one error family; atomic writes; where caches live;
-   faults                                the names a user picks from (TTA views, precisions);
-                                         the kill tests' pause points
-2. data/                                 files -> cache: sources, layouts, decode, prepare, cache,
-                                         splits, synthetic data, fetch; batched augmentation and
-                                         normalisation
+   faults, cores                         the names a user picks from (TTA views, precisions);
+                                         the kill tests' pause points; the CPU cores this process
+                                         may use
+2. data/                                 files -> cache: sources, layouts, decode (the workers)
+                                         and decode_pool (their pool), prepare, cache, splits,
+                                         synthetic data (synthetic_images draws it), fetch;
+                                         batched augmentation (its settings and size schedule:
+                                         augment_config) and normalisation
 3. config, models/, distributed,         typed configs; the model registry; torchrun's process
    runtime, compute, crops, ema          group, shares and gathers; device and precision;
                                          training FLOPs; the training crop fitted to data and model;

@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 
 from tinycnn.config import RunConfig
-from tinycnn.data.augment import default_crop
+from tinycnn.data.augment_config import default_crop
 from tinycnn.errors import ConfigError
 from tinycnn.models import create_model, model_options
 

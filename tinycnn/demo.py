@@ -48,18 +48,7 @@ def run_demo(
     """
     start = time.perf_counter()
     out = Path(out)
-    data = out / "data" / DEMO_TOP
-    if not (data / "wnids.txt").is_file():
-        say(f"generating 10 classes of 64x64 images in the official layout: {data}")
-        make_synthetic(
-            out / "data",
-            classes=10,
-            train_per_class=100,
-            val_per_class=20,
-            test_count=50,
-            seed=seed,
-            top_folder=DEMO_TOP,
-        )
+    data = _generate(out, seed, say)
     prepared = prepare(data, out / "cache", progress=progress)
     counts = {name: split["count"] for name, split in prepared.manifest["splits"].items()}
     state = "prepared" if prepared.rebuilt else "up to date"
@@ -68,20 +57,7 @@ def run_demo(
         f"{counts.get('test', 0):,} test images"
     )
     run = out / "run"
-    cfg = load_config(
-        None, [f"data.cache={json.dumps(str(out / 'cache'))}", *DEMO_TRAINING, f"train.seed={seed}"]
-    )
-    done = read_metrics(run)
-    result = None
-    if not done:
-        result = train(cfg, run, progress=progress)
-    elif len(done) < cfg.train.epochs:
-        result = train(None, run, resume=True, progress=progress)
-    else:
-        say(f"run {run}: already trained ({len(done)} epochs)")
-    if result is not None and result.stopped != "finished":
-        # Saved and resumable: the next `tinycnn demo` continues where this one stopped.
-        raise KeyboardInterrupt("demo training stopped; run the demo again to resume it")
+    _train_run(run, out / "cache", seed, progress, say)
     report = _report(run, out / "cache", out / "report")
     final = read_metrics(run)[-1]
     chance = 1 - 1 / len(prepared.manifest["classes"])
@@ -108,6 +84,41 @@ def run_demo(
         "seconds": seconds,
         "paths": {name: folder for name, (folder, _) in paths.items()},
     }
+
+
+def _generate(out: Path, seed: int, say) -> Path:
+    """The demo dataset's folder, generated unless a complete one is there."""
+    data = out / "data" / DEMO_TOP
+    if not (data / "wnids.txt").is_file():
+        say(f"generating 10 classes of 64x64 images in the official layout: {data}")
+        make_synthetic(
+            out / "data",
+            classes=10,
+            train_per_class=100,
+            val_per_class=20,
+            test_count=50,
+            seed=seed,
+            top_folder=DEMO_TOP,
+        )
+    return data
+
+
+def _train_run(run: Path, cache: Path, seed: int, progress: bool, say) -> None:
+    """Train the demo's run, resume an unfinished one, or say that it is already trained."""
+    cfg = load_config(
+        None, [f"data.cache={json.dumps(str(cache))}", *DEMO_TRAINING, f"train.seed={seed}"]
+    )
+    done = read_metrics(run)
+    result = None
+    if not done:
+        result = train(cfg, run, progress=progress)
+    elif len(done) < cfg.train.epochs:
+        result = train(None, run, resume=True, progress=progress)
+    else:
+        say(f"run {run}: already trained ({len(done)} epochs)")
+    if result is not None and result.stopped != "finished":
+        # Saved and resumable: the next `tinycnn demo` continues where this one stopped.
+        raise KeyboardInterrupt("demo training stopped; run the demo again to resume it")
 
 
 NEXT_STEPS = """next, on the real data (1.4 GB of disk for the cache):

@@ -244,25 +244,50 @@ def ensemble(
     )
     selection = None
     if greedy:
-        tune_probs, tune_labels = member_probabilities(
-            paths,
-            cache,
-            select_on,
-            tta,
-            runtime,
-            store,
-            progress=progress,
-            option="--greedy chooses members on --select-on",
+        weights, selection = _greedy_weights(
+            paths, cache, select_on, tta, runtime, store, rounds, progress
         )
-        counts = greedy_select(tune_probs, tune_labels, rounds or max(10, 2 * len(paths)))
-        weights = [float(c) for c in counts]
-        chosen = average(tune_probs, weights)
-        selection = {
-            "split": select_on,
-            "counts": counts,
-            f"{select_on}_top1_error": _rates(chosen, tune_labels)["top1_error"],
-        }
     weights = weights or [1.0] * len(paths)
+    members = _member_rows(paths, probs, weights, labels)
+    combined = average(probs, weights)
+    rates = _rates(combined, labels)
+    best_member = min(m["top1_error"] for m in members if m["weight"] > 0)
+    return EnsembleResult(
+        split, tta, members, rates, best_member - rates["top1_error"], combined, selection
+    )
+
+
+def _greedy_weights(
+    paths: list[Path],
+    cache: Cache,
+    select_on: str,
+    tta: str,
+    runtime: Runtime,
+    store: ProbabilityCache,
+    rounds: int,
+    progress: bool,
+) -> tuple[list[float], dict]:
+    """Greedy selection on select_on: each member's weight (how often it was chosen), and the
+    selection's record for EnsembleResult.selection."""
+    option = "--greedy chooses members on --select-on"
+    tune_probs, tune_labels = member_probabilities(
+        paths, cache, select_on, tta, runtime, store, progress=progress, option=option
+    )
+    counts = greedy_select(tune_probs, tune_labels, rounds or max(10, 2 * len(paths)))
+    weights = [float(c) for c in counts]
+    chosen = average(tune_probs, weights)
+    selection = {
+        "split": select_on,
+        "counts": counts,
+        f"{select_on}_top1_error": _rates(chosen, tune_labels)["top1_error"],
+    }
+    return weights, selection
+
+
+def _member_rows(
+    paths: list[Path], probs: list[np.ndarray], weights: list[float], labels: Tensor
+) -> list[dict]:
+    """Each member's checkpoint, weight and errors on the split, for EnsembleResult.members."""
     members = []
     for path, p, w in zip(paths, probs, weights, strict=True):
         r = _rates(p, labels)
@@ -275,12 +300,7 @@ def ensemble(
                 "loss": r["loss"],
             }
         )
-    combined = average(probs, weights)
-    rates = _rates(combined, labels)
-    best_member = min(m["top1_error"] for m in members if m["weight"] > 0)
-    return EnsembleResult(
-        split, tta, members, rates, best_member - rates["top1_error"], combined, selection
-    )
+    return members
 
 
 def save_result(result: EnsembleResult, out: str | Path) -> Path:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tinycnn import distributed
+from tinycnn.cores import usable_cores
 from tinycnn.errors import ConfigError
 
 
@@ -138,14 +139,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine")
     return device
-
-
-def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset),
-    not every core of the machine, which os.cpu_count() counts."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def make_runtime(

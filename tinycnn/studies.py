@@ -29,7 +29,7 @@ from tinycnn.ensembles import DEFAULT_PROB_CACHE, ensemble
 from tinycnn.errors import ConfigError, Interrupted, TinycnnError
 from tinycnn.run_folder import read_metrics, read_resolved_config
 from tinycnn.run_plan import build_model, training_rows
-from tinycnn.training import train
+from tinycnn.training import RunResult, train
 
 COLUMNS = (
     "name",
@@ -69,12 +69,7 @@ def run_experiments(
     """
     out = Path(out)
     names = [Path(c).stem for c in configs]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"two configs share a name ({', '.join(names)}); rename one")
-    if epochs_scale <= 0:
-        raise ConfigError(f"--epochs-scale {epochs_scale}: must be a positive number")
-    if budget_pflop < 0:
-        raise ConfigError(f"--budget-pflop {budget_pflop}: must be a positive number (or 0)")
+    _check_study(names, epochs_scale, budget_pflop)
     overrides = [f"data.cache={json.dumps(str(cache))}"]
     if holdout_per_class is not None:
         overrides.append(f"data.holdout_per_class={holdout_per_class}")
@@ -95,16 +90,7 @@ def run_experiments(
         else:
             cfg = _study_config(config, overrides, epochs_scale, budget_pflop)
             result = train(cfg, run, progress=progress)
-        # Ctrl-C or SIGTERM stops the study, not just this run.
-        if result is not None and result.signal is not None:
-            if main:
-                print(
-                    f"{name}: stopped at iteration {result.iteration}, checkpoint kept; run the "
-                    "same command to resume the study",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            raise Interrupted(result.signal)
+        _stop_if_interrupted(name, result, main)
         distributed.barrier()  # rank 0 has written the run's last metrics line
         rows.append(table_row(name, Path(config), run))
     # No probability cache under torchrun: a hit on one rank only would leave the others
@@ -118,6 +104,30 @@ def run_experiments(
     if report:
         _study_report(out, cache, prob_cache, main, say)
     return rows
+
+
+def _check_study(names: list[str], epochs_scale: float, budget_pflop: float) -> None:
+    """ConfigError for two configs of one name, or a scale or budget out of range."""
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two configs share a name ({', '.join(names)}); rename one")
+    if epochs_scale <= 0:
+        raise ConfigError(f"--epochs-scale {epochs_scale}: must be a positive number")
+    if budget_pflop < 0:
+        raise ConfigError(f"--budget-pflop {budget_pflop}: must be a positive number (or 0)")
+
+
+def _stop_if_interrupted(name: str, result: RunResult | None, main: bool) -> None:
+    """Raise Interrupted when Ctrl-C or SIGTERM stopped the run: it stops the study, not just
+    this run (rank 0 says where, and how to resume)."""
+    if result is not None and result.signal is not None:
+        if main:
+            print(
+                f"{name}: stopped at iteration {result.iteration}, checkpoint kept; run the "
+                "same command to resume the study",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise Interrupted(result.signal)
 
 
 def _study_config(

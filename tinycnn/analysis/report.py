@@ -18,21 +18,14 @@ import torch
 from tinycnn import __version__, distributed
 from tinycnn.analysis import classes as cls
 from tinycnn.analysis import figures, html, tsne
-from tinycnn.analysis.experiments import (
-    Member,
-    ensemble_paper_figure,
-    expand_study,
-    experiment_row,
-    load_members,
-    training_curves,
-)
+from tinycnn.analysis.experiments import Member, expand_study, load_members, training_curves
+from tinycnn.analysis.scores import ensemble_row, holdout, score_members, train_probabilities
 from tinycnn.atomic import FolderBuild, write_bytes, write_text
 from tinycnn.data.cache import Cache, load_cache
-from tinycnn.ensembles import DEFAULT_PROB_CACHE, ProbabilityCache, average
+from tinycnn.ensembles import DEFAULT_PROB_CACHE, ProbabilityCache
 from tinycnn.errors import ConfigError
-from tinycnn.evaluation import labelled_split, split_rows
-from tinycnn.inference import LoadedModel, images_tensor, load_model
-from tinycnn.metrics import error_rates
+from tinycnn.evaluation import split_rows
+from tinycnn.inference import LoadedModel
 from tinycnn.runtime import Runtime, make_runtime
 
 # About 35 s of t-SNE on 2 CPU cores (scikit-learn Barnes-Hut), plus the forward pass.
@@ -83,94 +76,6 @@ class _Job:
                 self._images[split] = self.cache.split(split).images
             self.write(name, figures.png_of(np.asarray(self._images[split][row])))
         return name
-
-
-def _probabilities(
-    loaded: LoadedModel, job: _Job, split: str, label: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) probabilities of a model on a labelled split (cached), and the split's labels."""
-    name, rows = split_rows(job.cache, split, loaded.config)
-    labels = job.cache.split(name).labels
-    labels = np.asarray(labels if rows is None else labels[rows], np.int64)
-
-    def compute() -> np.ndarray:
-        images, _ = labelled_split(job.cache, split, loaded.config)
-        return loaded.logits(images, progress=job.bar(f"{split} {label}")).softmax(1).numpy()
-
-    precision = loaded.runtime.precision
-    probs = job.store.get(loaded.path, job.cache, split, "center", rows, precision, compute)
-    return probs, labels
-
-
-def _train_probabilities(loaded: LoadedModel, job: _Job, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), C) probabilities of a model on some training rows (cached under them)."""
-
-    def compute() -> np.ndarray:
-        images = images_tensor(job.cache.split("train").images[rows])
-        bar = job.bar(f"train images {Path(loaded.path).name}")
-        return loaded.logits(images, progress=bar).softmax(1).numpy()
-
-    precision = loaded.runtime.precision
-    return job.store.get(loaded.path, job.cache, "train", "center", rows, precision, compute)
-
-
-def _rates(probs: np.ndarray, labels: np.ndarray, prefix: str) -> dict:
-    rates = error_rates(torch.from_numpy(probs).clamp_min(1e-12).log(), torch.from_numpy(labels))
-    return {f"{prefix}_{k}": rates[k] for k in ("top1_error", "top5_error", "loss")}
-
-
-def _holdout(config: dict) -> tuple[int, int]:
-    data = config.get("data", {})
-    return int(data.get("holdout_per_class", 0)), int(data.get("holdout_seed", 0))
-
-
-def _score_members(members, runtime, job: _Job) -> tuple[list[dict], dict, LoadedModel]:
-    """Experiment rows with each member's errors, the ensemble's probabilities, the best model.
-
-    Returns (rows, {"val": (probs, labels), "tune": (probs, labels) or None}, the member with
-    the lowest val top-1 error, which the t-SNE, filter and ambiguity sections look inside).
-    """
-    rows, val, tune, best = [], [], [], None
-    for member in members:
-        loaded = load_model(member.checkpoint, runtime)
-        loaded.check_classes(job.cache.classes, str(job.cache.path))
-        row = experiment_row(member, sum(p.numel() for p in loaded.model.parameters()))
-        probs, labels = _probabilities(loaded, job, "val", member.label)
-        row.update(_rates(probs, labels, "val"))
-        val.append(probs)
-        if _holdout(loaded.config)[0]:
-            tune_probs, tune_labels = _probabilities(loaded, job, "tune", member.label)
-            row.update(_rates(tune_probs, tune_labels, "tune"))
-            tune.append((tune_probs, tune_labels, _holdout(loaded.config)))
-        rows.append(row)
-        if best is None or row["val_top1_error"] < best[0]:
-            best = (row["val_top1_error"], loaded)  # the others are freed as we go
-    combined = {"val": (average(val, [1.0] * len(val)), labels), "tune": None}
-    if len(tune) == len(members) and len({t[2] for t in tune}) == 1:  # one shared tuning split
-        combined["tune"] = (average([t[0] for t in tune], [1.0] * len(tune)), tune[0][1])
-    return rows, combined, best[1]
-
-
-def _run_key(row: dict) -> str:
-    return row["run"] or row["checkpoint"]
-
-
-def _ensemble_row(rows: list[dict], combined: dict) -> dict:
-    row = {
-        "label": f"ensemble of {len(rows)}" if len(rows) > 1 else "the model alone",
-        "model": "ensemble",
-        "params": sum(r["params"] for r in rows),
-        # Snapshots of one run share its training: count each run's longest once.
-        "training_seconds": sum(
-            max(r["training_seconds"] or 0 for r in rows if _run_key(r) == run)
-            for run in {_run_key(r) for r in rows}
-        ),
-        "paper": ensemble_paper_figure(rows),
-    }
-    row.update(_rates(*combined["val"], "val"))
-    if combined["tune"] is not None:
-        row.update(_rates(*combined["tune"], "tune"))
-    return row
 
 
 def _tsne_section(model: LoadedModel, count: int, job: _Job) -> dict:
@@ -285,12 +190,12 @@ def _ambiguous_section(model: LoadedModel, count: int, scan: int, job: _Job) -> 
     start = time.perf_counter()
     cache = job.cache
     labels = np.asarray(cache.split("train").labels, np.int64)
-    held_out = split_rows(cache, "tune", model.config)[1] if _holdout(model.config)[0] else []
+    held_out = split_rows(cache, "tune", model.config)[1] if holdout(model.config)[0] else []
     rows = np.setdiff1d(np.arange(len(labels)), held_out)
     if scan and scan < len(rows):
         rows = rows[tsne.sample_rows(labels[rows], scan, job.seed)]
     probs = np.zeros((len(labels), len(cache.classes)), np.float32)  # scored rows filled in
-    probs[rows] = _train_probabilities(model, job, rows)
+    probs[rows] = train_probabilities(model, cache, job.store, rows, job.progress)
     worst = cls.highest_loss(probs, labels, rows, count)
     files = cache.split("train").files
     predicted = probs.argmax(axis=1)
@@ -322,7 +227,7 @@ def _timed(timings: dict, name: str, work):
 
 def _summary(members: list[str], found: list[Member], rows: list[dict], combined, job: _Job):
     """report.json's first part: what was reported on, the experiments table, the curves."""
-    ensemble_row = _ensemble_row(rows, combined)
+    ensemble = ensemble_row(rows, combined)
     data = {
         "tinycnn_version": __version__,
         "created": datetime.now().isoformat(timespec="seconds"),
@@ -331,8 +236,8 @@ def _summary(members: list[str], found: list[Member], rows: list[dict], combined
         "val_images": len(job.cache.split("val")),
         "members": list(members),
         "experiments": rows,
-        "ensemble": ensemble_row,
-        "ensemble_gain": (min(r["val_top1_error"] for r in rows) - ensemble_row["val_top1_error"]),
+        "ensemble": ensemble,
+        "ensemble_gain": (min(r["val_top1_error"] for r in rows) - ensemble["val_top1_error"]),
         "curves": training_curves(found),
         "curves_figure": None,
     }
@@ -342,7 +247,7 @@ def _summary(members: list[str], found: list[Member], rows: list[dict], combined
         )
     if len(rows) > 1:
         data["ensemble_figure"] = job.write(
-            "figures/ensemble.png", figures.ensemble_figure(rows, ensemble_row)
+            "figures/ensemble.png", figures.ensemble_figure(rows, ensemble)
         )
     return data
 
@@ -403,7 +308,11 @@ def _sections(
     timings: dict[str, float] = {}
     members, study = expand_study(members)
     found = _timed(timings, "load", lambda: load_members(members))
-    rows, combined, best = _timed(timings, "predict", lambda: _score_members(found, runtime, job))
+    rows, combined, best = _timed(
+        timings,
+        "predict",
+        lambda: score_members(found, runtime, job.cache, job.store, job.progress),
+    )
     data = _summary(members, found, rows, combined, job)
     data["study"] = study
     data["tsne"] = _timed(timings, "tsne", lambda: _tsne_section(best, tsne_images, job))

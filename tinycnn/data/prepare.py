@@ -8,15 +8,14 @@ archive once to list it and once to feed the workers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ from tinycnn.atomic import (
     write_failure,
     write_json,
 )
+from tinycnn.cores import usable_cores
 from tinycnn.data.cache import (
     FORMAT,
     MANIFEST,
@@ -40,21 +40,13 @@ from tinycnn.data.cache import (
     read_manifest,
     verify_cache,
 )
-from tinycnn.data.decode import (
-    IMAGE_SIZE,
-    Chunk,
-    ChunkResult,
-    fit_boxes,
-    init_worker,
-    run_chunk,
-)
+from tinycnn.data.decode import IMAGE_SIZE, Chunk, ChunkResult, fit_boxes
+from tinycnn.data.decode_pool import chunk_layout, decode_pool, run_chunks
 from tinycnn.data.folders import is_folder_layout, read_folder_layout
-from tinycnn.data.layout import Layout, read_class_list
+from tinycnn.data.layout import Layout, SplitLayout, read_class_list
 from tinycnn.data.sources import Source, open_source
 from tinycnn.data.tiny_imagenet import read_layout
 from tinycnn.errors import CacheError, DataError
-
-CHUNK_IMAGES = 256  # per task: big enough to amortise IPC, small enough to balance 2 workers
 
 
 @dataclass
@@ -95,53 +87,27 @@ def prepare(
     """
     start = time.perf_counter()
     out = Path(out).expanduser()
-    _check_out(out)
-    if size < 8:
-        raise DataError(f"--size {size}: images must be at least 8 pixels wide")
+    _check_args(out, size)
     class_list = None if classes is None else read_class_list(classes)
     source = open_source(src)
-    options = {
-        "resize": resize,
-        "skip_bad": skip_bad,
-        "image_size": size,
-        "classes": None if class_list is None else str(classes),
-        "class_list": None if class_list is None else _digest(class_list),
-    }
-    if resize or size != IMAGE_SIZE:  # older caches made so kept the original images' boxes
-        options["boxes"] = "fitted"
+    options = _options(resize, skip_bad, size, classes, class_list)
     fingerprint = source.fingerprint()
-    if force:
-        reason = "--force"
-    else:
-        current, reason = _current_manifest(out, fingerprint, options)
-        if current is not None:
-            return PrepareResult(out, current, False, time.perf_counter() - start)
+    current, reason = (None, "--force") if force else _current_manifest(out, fingerprint, options)
+    if current is not None:
+        return PrepareResult(out, current, False, time.perf_counter() - start)
     _remove_stale_builds(out)
     tmp = temporary_path(out)
     try:
         tmp.mkdir(parents=True)
         # The pool starts before the source is read: forked workers then share none of the
         # parent's memory (a .tar.gz's kept bytes), and start while the layout is checked.
-        with _decode_pool(source, workers or _usable_cores(), size) as pool:
+        with decode_pool(source, workers or usable_cores(), size) as pool:
             layout = read_dataset(source, class_list)
             if classes is not None:
                 layout.notes["classes_from"] = f"--classes {classes}"
             resize_all = resize or layout.kind == "folders"
             manifest = _build(pool, source, layout, tmp, skip_bad, progress, size, resize_all)
-        manifest.update(
-            format=FORMAT,
-            tinycnn_version=__version__,
-            source=fingerprint,
-            options=options,
-            created=datetime.now(timezone.utc).isoformat(),
-            seconds=round(time.perf_counter() - start, 3),
-        )
-        files = sorted(tmp.iterdir())
-        manifest["files"] = {p.name: p.stat().st_size for p in files}
-        # Read back from the page cache just after writing: ~1 s per GB, see verify_cache.
-        manifest["checksums"] = dict(sorted(checksum_files(files).items()))
-        manifest["digest"] = manifest_digest(manifest)  # the manifest's own meaning, last
-        write_json(tmp / MANIFEST, manifest)  # last: its presence marks completeness
+        _write_manifest(tmp, manifest, fingerprint, options, start)
         _swap_in(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -151,6 +117,46 @@ def prepare(
             raise output_error(out, failure) from None
         raise
     return PrepareResult(out, manifest, True, time.perf_counter() - start, reason)
+
+
+def _options(
+    resize: bool,
+    skip_bad: bool,
+    size: int,
+    classes: str | Path | None,
+    class_list: list[str] | None,
+) -> dict:
+    """The options a cache records: one built with others is rebuilt (_current_manifest)."""
+    options = {
+        "resize": resize,
+        "skip_bad": skip_bad,
+        "image_size": size,
+        "classes": None if class_list is None else str(classes),
+        "class_list": None if class_list is None else _digest(class_list),
+    }
+    if resize or size != IMAGE_SIZE:  # older caches made so kept the original images' boxes
+        options["boxes"] = "fitted"
+    return options
+
+
+def _write_manifest(
+    tmp: Path, manifest: dict, fingerprint: dict, options: dict, start: float
+) -> None:
+    """Complete the manifest (provenance, file sizes, checksums, digest) and write it into tmp."""
+    manifest.update(
+        format=FORMAT,
+        tinycnn_version=__version__,
+        source=fingerprint,
+        options=options,
+        created=datetime.now(timezone.utc).isoformat(),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    files = sorted(tmp.iterdir())
+    manifest["files"] = {p.name: p.stat().st_size for p in files}
+    # Read back from the page cache just after writing: ~1 s per GB, see verify_cache.
+    manifest["checksums"] = dict(sorted(checksum_files(files).items()))
+    manifest["digest"] = manifest_digest(manifest)  # the manifest's own meaning, last
+    write_json(tmp / MANIFEST, manifest)  # last: its presence marks completeness
 
 
 def read_dataset(source: Source, classes: list[str] | None = None) -> Layout:
@@ -165,13 +171,16 @@ def _digest(lines: list[str]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def _check_out(out: Path) -> None:
+def _check_args(out: Path, size: int) -> None:
+    """Raise for an --out that cannot take a cache, or a --size too small to be an image."""
     if out.exists() and not out.is_dir():
         raise CacheError(f"{out}: exists and is a file; --out must be a folder for the cache")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
         raise CacheError(
             f"{out}: a non-empty folder that is not a tinycnn cache; choose a new or empty folder"
         )
+    if size < 8:
+        raise DataError(f"--size {size}: images must be at least 8 pixels wide")
 
 
 def _current_manifest(out: Path, fingerprint: dict, options: dict) -> tuple[dict | None, str]:
@@ -223,31 +232,6 @@ def _swap_in(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-@contextmanager
-def _decode_pool(source: Source, workers: int, size: int) -> Iterator[ProcessPoolExecutor]:
-    """Worker processes, started now; pending work is cancelled if the caller fails."""
-    # fork: workers need no re-import of the caller's __main__ (which fails for notebooks and
-    # stdin scripts under spawn/forkserver) and start in milliseconds; they never touch torch.
-    context = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    )
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=context,
-        initializer=init_worker,
-        initargs=(source, "train", size, os.getpid()),
-    )
-    try:
-        for _ in range(workers):
-            pool.submit(int)  # start every worker now, before the parent grows
-        yield pool
-    finally:
-        # Waits for the chunks in flight (terminating a worker could leave the pool's queue
-        # locks held, or a result half-written in its pipe, and hang); a parent killed outright
-        # takes its workers with it (decode.py).
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _build(
     pool: ProcessPoolExecutor,
     source: Source,
@@ -258,60 +242,20 @@ def _build(
     size: int,
     resize: bool,
 ) -> dict:
+    """Decode every split into tmp and write its other files; returns the manifest's content."""
     targets = {
         name: (str(tmp / f"{name}_images.npy"), _create_npy(tmp, name, len(split.files), size))
         for name, split in layout.splits.items()
     }
     totals = {name: ChunkResult(name) for name in layout.splits}
-    total = sum(len(s.files) for s in layout.splits.values())
-
-    def fail_on_bad(result: ChunkResult) -> None:
-        if result.wrong_size is not None:
-            row, why = result.wrong_size
-            raise DataError(f"{source.display(layout.splits[result.split].files[row])}: {why}")
-        if result.failures and not skip_bad:
-            row, why = min(result.failures)
-            raise DataError(
-                f"{source.display(layout.splits[result.split].files[row])}: {why} (use "
-                "--skip-bad to skip unreadable images; each is listed in the manifest)"
-            )
-
-    with tqdm(total=total, unit="img", desc="prepare", disable=not progress) as bar:
-        chunks = _chunks(source, layout, targets, resize)
-        try:
-            _run_chunks(pool, chunks, totals, fail_on_bad, bar)
-        except BrokenProcessPool:
-            # Killed from outside: the kernel's out-of-memory killer, or a signal to the worker.
-            raise CacheError(
-                f"{source.path}: a decode worker process died (killed by a signal or for lack "
-                "of memory), so nothing was prepared; run prepare again (with fewer --workers "
-                "if memory is short)"
-            ) from None
-    splits = {}
-    for name, split in layout.splits.items():
-        result = totals[name]
-        bad_rows = sorted(row for row, _ in result.failures)
-        if split.boxes is not None:  # in the original images' pixels: onto the cached ones
-            split.boxes = fit_boxes(split.boxes, result.original_sizes, size)
-        _write_split(tmp, split, bad_rows)
-        if split.files and len(split.files) == len(bad_rows):
-            raise DataError(
-                f"{source.display(name)}: every image of the {name} split is unreadable"
-            )
-        splits[name] = {
-            "count": len(split.files) - len(bad_rows),
-            "grayscale": len(result.grayscale),
-            "cmyk": len(result.cmyk),
-            "resized": len(result.resized),
-            "labelled": split.labels is not None,
-            "boxes": split.boxes is not None,
-            "boxes_unknown": 0
-            if split.boxes is None
-            else int(np.sum(np.delete(split.boxes[:, 0], bad_rows) < 0)),
-            "skipped": [
-                {"file": split.files[row], "reason": why} for row, why in sorted(result.failures)
-            ],
-        }
+    images = sum(len(s.files) for s in layout.splits.values())
+    chunks = chunk_layout(source, layout, targets, resize)
+    fail_on_bad = functools.partial(_check_result, source, layout, skip_bad)
+    _decode(pool, source, chunks, totals, fail_on_bad, progress, images)
+    splits = {
+        name: _finish_split(tmp, source, name, split, totals[name], size)
+        for name, split in layout.splits.items()
+    }
     stats = _write_stats(tmp, totals["train"], splits["train"]["count"], size)
     return {
         "classes": layout.wnids,
@@ -320,6 +264,68 @@ def _build(
         "splits": splits,
         "stats": stats,
         "dataset": {"layout": layout.kind, **layout.notes},
+    }
+
+
+def _check_result(source: Source, layout: Layout, skip_bad: bool, result: ChunkResult) -> None:
+    """Raise DataError for a chunk's wrong-size image, or its first unreadable one (unless
+    skip_bad), naming the file."""
+    if result.wrong_size is not None:
+        row, why = result.wrong_size
+        raise DataError(f"{source.display(layout.splits[result.split].files[row])}: {why}")
+    if result.failures and not skip_bad:
+        row, why = min(result.failures)
+        raise DataError(
+            f"{source.display(layout.splits[result.split].files[row])}: {why} (use "
+            "--skip-bad to skip unreadable images; each is listed in the manifest)"
+        )
+
+
+def _decode(
+    pool: ProcessPoolExecutor,
+    source: Source,
+    chunks: Iterator[Chunk],
+    totals: dict[str, ChunkResult],
+    fail_on_bad: Callable[[ChunkResult], None],
+    progress: bool,
+    images: int,
+) -> None:
+    """Decode the chunks on the pool under a progress bar, merging into totals."""
+    with tqdm(total=images, unit="img", desc="prepare", disable=not progress) as bar:
+        try:
+            run_chunks(pool, chunks, totals, fail_on_bad, bar)
+        except BrokenProcessPool:
+            # Killed from outside: the kernel's out-of-memory killer, or a signal to the worker.
+            raise CacheError(
+                f"{source.path}: a decode worker process died (killed by a signal or for lack "
+                "of memory), so nothing was prepared; run prepare again (with fewer --workers "
+                "if memory is short)"
+            ) from None
+
+
+def _finish_split(
+    tmp: Path, source: Source, name: str, split: SplitLayout, result: ChunkResult, size: int
+) -> dict:
+    """Write a decoded split's other files (its bad rows dropped); returns its manifest entry."""
+    bad_rows = sorted(row for row, _ in result.failures)
+    if split.boxes is not None:  # in the original images' pixels: onto the cached ones
+        split.boxes = fit_boxes(split.boxes, result.original_sizes, size)
+    _write_split(tmp, split, bad_rows)
+    if split.files and len(split.files) == len(bad_rows):
+        raise DataError(f"{source.display(name)}: every image of the {name} split is unreadable")
+    return {
+        "count": len(split.files) - len(bad_rows),
+        "grayscale": len(result.grayscale),
+        "cmyk": len(result.cmyk),
+        "resized": len(result.resized),
+        "labelled": split.labels is not None,
+        "boxes": split.boxes is not None,
+        "boxes_unknown": 0
+        if split.boxes is None
+        else int(np.sum(np.delete(split.boxes[:, 0], bad_rows) < 0)),
+        "skipped": [
+            {"file": split.files[row], "reason": why} for row, why in sorted(result.failures)
+        ],
     }
 
 
@@ -334,88 +340,6 @@ def _create_npy(tmp: Path, split: str, count: int, size: int) -> int:
     offset = array.offset
     del array
     return offset
-
-
-def _chunks(source: Source, layout: Layout, targets: dict[str, tuple[str, int]], resize: bool):
-    """Tasks of CHUNK_IMAGES rows; bytes attached when the source can only be streamed."""
-
-    def empty(name: str, streamed: bool) -> Chunk:
-        data = [] if streamed else None
-        return Chunk(name, *targets[name], rows=[], files=[], data=data, resize=resize)
-
-    if source.random_access:
-        for name, split in layout.splits.items():
-            for lo in range(0, len(split.files), CHUNK_IMAGES):
-                chunk = empty(name, streamed=False)
-                chunk.rows = list(range(lo, min(lo + CHUNK_IMAGES, len(split.files))))
-                chunk.files = split.files[lo : lo + CHUNK_IMAGES]
-                yield chunk
-        return
-    where = {
-        rel: (name, row)
-        for name, split in layout.splits.items()
-        for row, rel in enumerate(split.files)
-    }
-    pending = {name: empty(name, streamed=True) for name in layout.splits}
-    found = 0
-    for rel, data in source.stream(where):
-        found += 1
-        name, row = where[rel]
-        chunk = pending[name]
-        chunk.rows.append(row)
-        chunk.files.append(rel)
-        chunk.data.append(data)
-        if len(chunk.rows) == CHUNK_IMAGES:
-            yield chunk
-            pending[name] = empty(name, streamed=True)
-    yield from (chunk for chunk in pending.values() if chunk.rows)
-    if found < len(where):
-        raise DataError(
-            f"{source.path}: {len(where) - found} listed files were not found on the "
-            "second read of the archive (did it change during prepare?)"
-        )
-
-
-def _run_chunks(
-    pool: ProcessPoolExecutor,
-    chunks,
-    totals: dict[str, ChunkResult],
-    fail_on_bad: Callable[[ChunkResult], None],
-    bar: tqdm,
-) -> None:
-    """Feed chunks with a bounded number in flight (memory stays flat for a streamed archive)."""
-    in_flight: set[Future] = set()
-    limit = 3 * pool._max_workers
-
-    def collect(block_until: str) -> None:
-        nonlocal in_flight
-        done, in_flight = wait(in_flight, return_when=block_until)
-        for future in done:
-            result = future.result()
-            fail_on_bad(result)
-            _merge(totals[result.split], result)
-            bar.update(result.done + len(result.failures))
-
-    for chunk in chunks:
-        in_flight.add(pool.submit(run_chunk, chunk))
-        if len(in_flight) >= limit:
-            collect(FIRST_COMPLETED)
-    while in_flight:
-        collect(FIRST_COMPLETED)
-
-
-def _merge(total: ChunkResult, result: ChunkResult) -> None:
-    total.done += result.done
-    total.failures += result.failures
-    total.grayscale += result.grayscale
-    total.cmyk += result.cmyk
-    total.resized += result.resized
-    total.original_sizes += result.original_sizes
-    for field_name in ("pixel_sum", "pixel_sq_sum"):
-        value = getattr(result, field_name)
-        if value is not None:
-            current = getattr(total, field_name)
-            setattr(total, field_name, value if current is None else current + value)
 
 
 def _write_split(tmp: Path, split, bad_rows: list[int]) -> None:
@@ -460,10 +384,3 @@ def _write_stats(tmp: Path, train: ChunkResult, count: int, size: int) -> dict:
         "channel_mean": [round(float(v), 4) for v in channel_mean],
         "channel_std": [round(float(v), 4) for v in channel_std],
     }
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (its affinity: taskset, a container's cpuset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1

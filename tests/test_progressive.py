@@ -27,27 +27,7 @@ from tinycnn.training import train
 FAST = {"width": 8}  # a small fastnet: the schedule is what is tested, not the net
 
 
-def test_each_size_runs_from_its_fraction_of_the_run() -> None:
-    cfg = AugmentConfig(sizes=[32, 48, 64], size_until=[0.25, 0.6])
-    cfg.validate()
-    # 10 iterations: round(2.5) = 2 (banker's rounding, as Python's round) and round(6) = 6.
-    assert [cfg.input_size_at(i, 10) for i in range(10)] == [32] * 2 + [48] * 4 + [64] * 4
-    assert cfg.phases(10) == [(2, 32), (4, 48), (4, 64)]
-    assert AugmentConfig().input_size_at(5, 10) is None and AugmentConfig().phases(7) == [(7, 0)]
-
-
-def test_the_sizes_start_again_in_each_span_by_hand() -> None:
-    cfg = AugmentConfig(sizes=[32, 64], size_until=[0.5], sizes_per_cycle=True)
-    cfg.validate()
-    # Spans of 4 and 6 iterations (ends 4, 10): half of each at 32, then 64.
-    assert cfg.phases(10, [4, 10]) == [(2, 32), (2, 64), (3, 32), (3, 64)]
-    expected = [32, 32, 64, 64, 32, 32, 32, 64, 64, 64]
-    assert [cfg.input_size_at(i, 10, [4, 10]) for i in range(10)] == expected
-    # Three sizes, spans of 5 and 5: round(1.25) = 1 and round(3.0) = 3 in each.
-    three = AugmentConfig(sizes=[32, 48, 64], size_until=[0.25, 0.6])
-    assert three.phases(10, [5, 10]) == [(1, 32), (2, 48), (2, 64)] * 2
-    # No ends: one pass over the run, as before.
-    assert three.phases(10) == three.phases(10, [10]) == [(2, 32), (4, 48), (4, 64)]
+def test_sizes_per_cycle_must_be_a_boolean() -> None:
     with pytest.raises(ConfigError, match=r"AugmentConfig\.sizes_per_cycle must be true or false"):
         AugmentConfig(sizes=[32, 64], size_until=[0.5], sizes_per_cycle=1).validate()
 
@@ -189,10 +169,9 @@ def test_the_compute_budget_fits_the_whole_size_schedule(
     sides = _record_training_inputs(monkeypatch)
     model = create_model("fastnet", num_classes=5, **FAST)
     per_image = {side: training_flops_per_image(model, side) for side in (32, 56)}
-    sizes = AugmentConfig(sizes=[32, 56], size_until=[0.5])
 
-    def cost(total: int) -> float:  # brute force: every step at its own size
-        return sum(16 * per_image[sizes.input_size_at(i, total)] for i in range(total))
+    def cost(total: int) -> float:  # brute force: every step at its own size, 32 for the first half
+        return sum(16 * per_image[32 if i < round(0.5 * total) else 56] for i in range(total))
 
     budget = (cost(7) + cost(8)) / 2  # room for a 7-step schedule, not an 8-step one
     assert cost(7) <= budget < cost(8)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tinycnn.config import load_config
-from tinycnn.schedule import Schedule, fit_total_to_time, step_seconds_by_size
+from tinycnn.schedule import Schedule, fit_total_to_time, size_phases, step_seconds_by_size
 
 
 def _schedule(
@@ -142,3 +142,18 @@ def test_step_times_of_other_sides_add_the_probes_difference() -> None:
     # The measured step at 32 took 0.8 s: 0.3 s of side-independent work beside the probe's.
     assert step_seconds_by_size({32: 0.8}, probe) == pytest.approx({32: 0.8, 48: 1.55, 64: 2.3})
     assert step_seconds_by_size({64: 2.0}, {32: 1.5, 64: 1.0})[32] > 0  # never zero or less
+
+
+def test_each_size_runs_from_its_fraction_of_the_run() -> None:
+    # 10 iterations: round(2.5) = 2 (banker's rounding, as Python's round) and round(6) = 6.
+    assert size_phases([32, 48, 64], [0.25, 0.6], [10]) == [(2, 32), (4, 48), (4, 64)]
+    schedule = _schedule("augment.sizes=[32, 48, 64]", "augment.size_until=[0.25, 0.6]", total=10)
+    assert [schedule.input_size_at(i) for i in range(10)] == [32] * 2 + [48] * 4 + [64] * 4
+
+
+def test_the_sizes_start_again_in_each_span_by_hand() -> None:
+    # Spans of 4 and 6 iterations (ends 4, 10): half of each at 32, then 64.
+    assert size_phases([32, 64], [0.5], [4, 10]) == [(2, 32), (2, 64), (3, 32), (3, 64)]
+    # Three sizes, spans of 5 and 5: round(1.25) = 1 and round(3.0) = 3 in each.
+    three = size_phases([32, 48, 64], [0.25, 0.6], [5, 10])
+    assert three == [(1, 32), (2, 48), (2, 64)] * 2

@@ -14,8 +14,8 @@ one list of the layers (README.md and CONTRIBUTING.md point here): a new module 
 2. data/                                 files -> cache: sources, layouts, decode (the workers)
                                          and decode_pool (their pool), prepare, cache, splits,
                                          synthetic data (synthetic_images draws it), fetch;
-                                         batched augmentation (its settings and size schedule:
-                                         augment_config) and normalisation
+                                         batched augmentation (its settings: augment_config)
+                                         and normalisation
 3. config, models/, distributed,         typed configs; the model registry; torchrun's process
    runtime, compute, crops, ema          group, shares and gathers; device and precision;
                                          training FLOPs; the training crop fitted to data and model;

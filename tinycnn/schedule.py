@@ -78,9 +78,11 @@ class Schedule:
     def phases(self) -> list[tuple[int, int]]:
         """(iterations, model input side) of each progressive-resizing phase, in order; one
         phase at the crop's side without resizing."""
-        ends = self.cycle_ends() if self.augment.sizes_per_cycle else None
-        phases = self.augment.phases(self.total, ends)
-        return [(steps, size or self.eval_size) for steps, size in phases]
+        augment = self.augment
+        if not augment.sizes:
+            return [(self.total, self.eval_size)]
+        ends = self.cycle_ends() if augment.sizes_per_cycle else [self.total]
+        return size_phases(augment.sizes, augment.size_until, ends)
 
     def input_size_at(self, iteration: int) -> int:
         """The model's input side at this iteration (by progressive resizing, else the crop's);
@@ -124,6 +126,25 @@ class Schedule:
         """Seconds of the steps after the first ``done``, a step at side n taking
         ``step_seconds[n]``."""
         return self.phase_sum(self.total, step_seconds) - self.phase_sum(done, step_seconds)
+
+
+def size_phases(
+    sizes: list[int], size_until: list[float], ends: list[int]
+) -> list[tuple[int, int]]:
+    """(iterations, input side) of each progressive-resizing phase, in order.
+
+    The sizes run once in each span between ``ends`` (the iterations at which they start again,
+    the last being the run's total: a cyclic schedule's cycle ends, else the total alone); size
+    k runs from round(size_until[k-1] * span) on within a span.
+    """
+    result, start = [], 0
+    for end in ends:
+        span = end - start
+        bounds = [0, *(round(u * span) for u in size_until), span]
+        pairs = zip(bounds[:-1], bounds[1:], sizes, strict=True)
+        result += [(stop - begin, size) for begin, stop, size in pairs]
+        start = end
+    return result
 
 
 def lr_at(

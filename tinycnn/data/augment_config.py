@@ -76,41 +76,6 @@ class AugmentConfig:
                 f"AugmentConfig.size_until = {until!r}: fractions must rise strictly within (0, 1)"
             )
 
-    def input_size_at(
-        self, iteration: int, total: int, ends: list[int] | None = None
-    ) -> int | None:
-        """The model input side for this iteration (0-based) of ``total``; None: the crop's own.
-
-        Size k is used from iteration round(size_until[k-1] * total) on; with ``ends`` (see
-        phases), from that fraction of each span on.
-        """
-        if not self.sizes:
-            return None
-        done = 0
-        for steps, size in self.phases(total, ends):
-            done += steps
-            if iteration < done:
-                return size
-        return self.sizes[-1]
-
-    def phases(self, total: int, ends: list[int] | None = None) -> list[tuple[int, int]]:
-        """(iterations, input side) of each progressive-resizing phase of a ``total``-iteration
-        run, in order (one phase of the crop's side, 0 here, when sizes is empty).
-
-        ``ends``: the iterations at which the sizes start again, the last being ``total`` (a
-        cyclic schedule's cycle ends); default: one pass over the whole run.
-        """
-        if not self.sizes:
-            return [(total, 0)]
-        result, start = [], 0
-        for end in ends or [total]:
-            span = end - start
-            bounds = [0, *(round(u * span) for u in self.size_until), span]
-            pairs = zip(bounds[:-1], bounds[1:], self.sizes, strict=True)
-            result += [(stop - begin, size) for begin, stop, size in pairs]
-            start = end
-        return result
-
     def _validate_size(self, height: int, width: int) -> None:
         side = min(height, width)
         if self.pad >= side:

@@ -14,9 +14,11 @@ rate (bench/train_throughput.py's "conv kernel": 3x3, 128 channels, 56x56, batch
 training step also has batch norm, activations, pooling, the data pipeline and the optimiser, so
 this fraction bounds what a whole step can reach.
 
+The kernels taken are the machine's timed choices (models/kernel_choice.py: timed here on first
+use and kept under TINYCNN_CACHE), or the static rules of models/conv.py for larger maps.
 With --compare-taps, each stride-1 3x3 layer's kernels are timed both ways, oneDNN's and the
-matmuls, whatever the rules say: the measurement the rules come from, to re-check them on
-another machine.
+matmuls, whatever was chosen, and the last lines say how much slower than the better of the two
+the kernels taken are (train.autotune's target: at most 5% on every layer).
 """
 
 from __future__ import annotations
@@ -35,13 +37,8 @@ from tinycnn.models.conv import (
 )
 from tinycnn.runtime import make_runtime
 
-# The label's mark by (matmul forward and input gradient, matmul weight gradient).
-MARKS = {
-    (True, True): " (matmuls)",
-    (True, False): " (matmul conv)",
-    (False, True): " (matmul wgrad)",
-    (False, False): "",
-}
+# The label's mark by (matmul forward, matmul input gradient, matmul weight gradient).
+PASS_MARKS = ("fwd", "dinput", "wgrad")
 
 
 def _seconds(fn, iters: int) -> float:
@@ -69,13 +66,21 @@ def conv_inputs(
     return found
 
 
-def tap_paths(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype) -> tuple[bool, bool]:
-    """Whether training (bf16 by autocast where dtype is bf16) computes this layer's (forward and
-    input gradient, weight gradient) as Conv3x3's nine matmuls."""
+def tap_paths(
+    conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype, first: bool
+) -> tuple[bool, bool, bool]:
+    """Whether training (bf16 by autocast where dtype is bf16) computes this layer's (forward,
+    input gradient, weight gradient) as Conv3x3's nine matmuls: as the machine's timed choices
+    say (models/kernel_choice.py; timed here if not yet known), else by the static rules."""
     if not isinstance(conv, Conv3x3):
-        return False, False
+        return False, False, False
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        return conv.train().tap_paths(torch.empty(shape))
+        return conv.train().tap_paths(torch.empty(shape, requires_grad=not first))
+
+
+def _mark(paths: tuple[bool, bool, bool]) -> str:
+    taken = [name for name, taps in zip(PASS_MARKS, paths, strict=True) if taps]
+    return f" (matmul {'+'.join(taken)})" if taken else ""
 
 
 def kernel_seconds(conv: torch.nn.Conv2d, shape: tuple, dtype: torch.dtype, iters: int,
@@ -136,17 +141,22 @@ def main() -> None:
         f"{'forward':>8} {'d input':>8} {'d weight':>9}"
     )
     total_seconds = total_flops = forward_seconds = forward_flops = 0.0
+    worst = (1.0, "", None, None)
     for index, (conv, shape) in enumerate(layers):
         first = index == 0
         seconds, flops = kernel_seconds(conv, shape, dtype, args.iters, first)
-        taps_conv, taps_grad = tap_paths(conv, shape, dtype)
+        paths = tap_paths(conv, shape, dtype, first)
         taken = {
             kind: seconds.get((kind, "taps" if taps else "onednn"), 0.0)
-            for kind, taps in (("forward", taps_conv), ("data", taps_conv), ("weight", taps_grad))
+            for kind, taps in zip(("forward", "data", "weight"), paths, strict=True)
         }
+        for kind, chosen in taken.items():  # the chosen kernel against the better of the two
+            both = [seconds.get((kind, k)) for k in ("onednn", "taps")]
+            if chosen and all(both):
+                worst = max(worst, (chosen / min(both), kind, conv, shape), key=lambda w: w[0])
         label = f"{conv.in_channels:>4} -> {conv.out_channels:<4} at {shape[-1]:>2}x{shape[-1]:<2}"
         label += " stride 2" if conv.stride[0] == 2 else ""
-        label += MARKS[taps_conv, taps_grad]
+        label += _mark(paths)
         if args.compare_taps:
             cells = [
                 f"{_rate(flops, seconds.get((kind, 'onednn'))):>6}/"
@@ -160,6 +170,13 @@ def main() -> None:
         total_flops += flops * (2 if first else 3)
         forward_seconds += taken["forward"]
         forward_flops += flops
+    if args.compare_taps and worst[2] is not None:
+        ratio, kind, conv, shape = worst
+        print(
+            f"the kernels taken are at most {ratio - 1:.1%} slower than the better of the two "
+            f"(worst: {kind} of {conv.in_channels} -> {conv.out_channels} at {shape[-1]}x"
+            f"{shape[-1]})"
+        )
     kernel = _kernel_rate(dtype, args.iters)
     step = total_flops / total_seconds / 1e9
     print(f"forward convolutions alone: {forward_flops / forward_seconds / 1e9:.1f} GFLOP/s")

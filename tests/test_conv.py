@@ -18,6 +18,16 @@ from tinycnn.models.conv import (
     uses_tap_gradient,
 )
 
+
+@pytest.fixture(autouse=True)
+def static_rules():
+    """These tests pin the static rules (train.autotune = false); the timed choices are
+    tests/test_kernel_choice.py's."""
+    conv_module.CHOICES.reset(enabled=False)
+    yield
+    conv_module.CHOICES.reset(enabled=True)
+
+
 # One 2x2 image and the weights 1..9 (row by row): the cases worked by hand below.
 X = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
 W = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
@@ -136,25 +146,28 @@ def test_bf16_products_add_up_in_fp32_rounded_once() -> None:
 def test_only_cpu_fp32_or_bf16_without_a_trace_takes_the_matmuls() -> None:
     small, wide = Conv3x3(128, 128), Conv3x3(512, 512)
     x, x_wide = torch.randn(2, 128, 2, 2), torch.randn(2, 512, 2, 2)
-    assert small.tap_paths(x) == (False, True)  # 128 channels: only the weight gradient
-    assert wide.tap_paths(x_wide) == (True, True)
+    # (forward, input gradient, weight gradient); x needs no gradient of its own
+    assert small.tap_paths(x) == (False, False, True)  # 128 channels: only the weight gradient
+    assert wide.tap_paths(x_wide) == (True, False, True)
+    assert wide.tap_paths(x_wide.requires_grad_()) == (True, True, True)
+    x_wide = x_wide.detach()
     assert type(small(x).grad_fn).__name__ == "_TapConvBackward"
     with torch.no_grad():  # evaluation: the matmul forward where it is the faster, no gradients
-        assert small.tap_paths(x) == (False, False)
-        assert wide.tap_paths(x_wide) == (True, False)
+        assert small.tap_paths(x) == (False, False, False)
+        assert wide.tap_paths(x_wide) == (True, False, False)
         assert wide(x_wide).grad_fn is None
     wide.weight.requires_grad_(False)
-    assert wide.tap_paths(x_wide) == (True, False)
+    assert wide.tap_paths(x_wide) == (True, False, False)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16's own rules
-        assert wide.tap_paths(x_wide) == (True, False)
-        assert small.tap_paths(x) == (False, False)
+        assert wide.tap_paths(x_wide) == (True, False, False)
+        assert small.tap_paths(x) == (False, False, False)
         assert type(small(x).grad_fn).__name__ != "_TapConvBackward"
     with torch.autocast("cpu", dtype=torch.float16):
-        assert wide.tap_paths(x_wide) == (False, False)
-    assert Conv3x3(512, 512, stride=2).tap_paths(x_wide) == (False, False)
-    assert wide.bfloat16().tap_paths(x_wide.bfloat16()) == (True, False)
-    assert wide.half().tap_paths(x_wide.half()) == (False, False)
-    assert wide.float().tap_paths(x_wide.double()) == (False, False)  # mixed dtypes
+        assert wide.tap_paths(x_wide) == (False, False, False)
+    assert Conv3x3(512, 512, stride=2).tap_paths(x_wide) == (False, False, False)
+    assert wide.bfloat16().tap_paths(x_wide.bfloat16()) == (True, False, False)
+    assert wide.half().tap_paths(x_wide.half()) == (False, False, False)
+    assert wide.float().tap_paths(x_wide.double()) == (False, False, False)  # mixed dtypes
     assert list(small.state_dict()) == list(torch.nn.Conv2d(128, 128, 3, bias=False).state_dict())
 
 
@@ -187,7 +200,7 @@ def test_a_fastnet_step_has_the_plain_convolutions_gradients(monkeypatch) -> Non
     fast = step()
     # The matmul forward: the residual block's two 512-channel convs at 2x2; the matmul weight
     # gradient: those and the 256 -> 512 conv at 4x4.
-    assert sorted(calls) == [(False, True), (True, True), (True, True)]
+    assert sorted(calls) == [(False, False, True), (True, True, True), (True, True, True)]
     monkeypatch.setattr(conv_module, "uses_tap_conv", lambda *shape: False)
     monkeypatch.setattr(conv_module, "uses_tap_gradient", lambda *shape: False)
     plain = step()
@@ -198,7 +211,7 @@ def test_a_fastnet_step_has_the_plain_convolutions_gradients(monkeypatch) -> Non
 
 def _counting(apply, calls: list):
     def counted(*args):
-        calls.append(args[-2:])  # (taps_conv, taps_grad)
+        calls.append(args[-3:])  # (taps_forward, taps_input, taps_grad)
         return apply(*args)
 
     return counted
@@ -214,7 +227,7 @@ def test_torch_compile_traces_the_matmuls(bf16: bool) -> None:
 
     def grads(step) -> tuple:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            assert model[0].tap_paths(x) == (True, True)
+            assert model[0].tap_paths(x) == (True, True, True)
             out = step(x)
         return torch.autograd.grad(out.float().square().sum(), params)
 
@@ -275,7 +288,7 @@ def test_bf16_autocast_is_as_close_to_the_exact_result_as_onednn(
     grad_out = torch.randn(16, c_out, side, side)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         taps = conv.tap_paths(x)
-        assert taps[1] and taps[0] is (side == 2)  # 512 -> 1024 at 4x4: only the weight gradient
+        assert taps[2] and taps[0] is taps[1] is (side == 2)  # 512 -> 1024 at 4x4: weights only
         out = conv(x)
         plain = F.conv2d(x, conv.weight, None, 1, 1)
     assert type(out.grad_fn).__name__ == "_TapConvBackward"

@@ -149,7 +149,7 @@ def test_paper8_parameter_count(paper8: PaperCNN) -> None:
 
 
 def test_paper8_layer_order(paper8: PaperCNN) -> None:
-    conv_relu = ["Conv2d", "ReLU"]
+    conv_relu = ["Conv3x3", "ReLU"]  # nn.Conv2d(c_in, c_out, 3, padding=1): models/conv.py
     fc_relu_drop = ["Linear", "ReLU", "Dropout"]
     expected = (
         conv_relu * 2 + ["MaxPool2d"] + conv_relu * 2 + ["MaxPool2d"] + conv_relu + ["MaxPool2d"]
@@ -207,7 +207,7 @@ def test_batch_norm_adds_bn_before_each_activation() -> None:
     assert [bn.num_features for bn in _layers(model, nn.BatchNorm2d)] == [4, 8]
     assert [bn.num_features for bn in _layers(model, nn.BatchNorm1d)] == [16]
     order = _forward_order(model, _images(size=16))
-    assert order[:4] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert order[:4] == ["Conv3x3", "BatchNorm2d", "ReLU", "MaxPool2d"]
     assert order[-5:] == ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
     # BN's shift replaces the biases of the layers it follows; the output layer keeps its own.
     assert all(layer.bias is None for layer in _layers(model, nn.Conv2d))

@@ -16,8 +16,9 @@ one list of the layers (README.md and CONTRIBUTING.md point here): a new module 
                                          synthetic data (synthetic_images draws it), fetch;
                                          batched augmentation (its settings: augment_config)
                                          and normalisation
-3. config, models/, distributed,         typed configs; the model registry; torchrun's process
-   runtime, compute, crops, ema          group, shares and gathers; device and precision;
+3. config, models/, distributed,         typed configs; the model registry (and Conv3x3's kernels,
+   runtime, compute, crops, ema          timed per machine: models/kernel_choice); torchrun's
+                                         process group, shares and gathers; device and precision;
                                          training FLOPs; the training crop fitted to data and model;
                                          the weights' moving average
 4. checkpoint, run_folder, resume        self-describing checkpoints; a run folder's lock and logs;

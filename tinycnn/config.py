@@ -95,6 +95,9 @@ class TrainConfig:
     fit_to_time: bool = False  # fit the schedule's length to max_minutes (measured at the start)
     sync_batch_norm: bool = False  # under torchrun: batch norm over the global batch, not a share
     compile: bool = False  # torch.compile the training step's model (measure it: bench/)
+    # Time Conv3x3's two kernels (oneDNN's, nine matmuls) per small layer shape on this machine
+    # and keep the faster (models/kernel_choice.py); false: the static rules of models/conv.py.
+    autotune: bool = True
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999), evaluated and saved; 0 = off
     tensorboard: bool = False  # also write TensorBoard logs (needs the tensorboard package)
     init_from: str = ""  # the checkpoint whose weights the run started from ("": initialised)

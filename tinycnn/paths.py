@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# tinycnn's own caches; TINYCNN_CACHE moves them. Optional: unwritable means uncached.
+CACHE_ROOT = Path(os.environ.get("TINYCNN_CACHE", Path.home() / ".cache" / "tinycnn"))
 # Member probabilities of ensembles, keyed by checkpoint sha256 and the data's content (see
-# ensemble.ProbabilityCache); TINYCNN_CACHE moves it. Optional: unwritable means uncached.
-PROB_CACHE = Path(os.environ.get("TINYCNN_CACHE", Path.home() / ".cache" / "tinycnn")) / "probs"
+# ensemble.ProbabilityCache).
+PROB_CACHE = CACHE_ROOT / "probs"
+# The conv kernels timed fastest per layer shape on this machine (models/kernel_choice.py).
+KERNEL_CACHE = CACHE_ROOT / "kernels"

@@ -25,6 +25,7 @@ from tinycnn.data.normalization import Normalization
 from tinycnn.distributed import Dist, sync_batch_norm
 from tinycnn.ema import make_ema
 from tinycnn.errors import ConfigError
+from tinycnn.models.conv import CHOICES
 from tinycnn.optim import build_optimizer
 from tinycnn.resume import (
     apply_retention,
@@ -185,6 +186,8 @@ class Session:
             "flops_done": self.flops_done,
             "fitted_total": self.fitted_total,
             "precision": self.runtime.precision,  # a resume goes on in it (keep_precision)
+            # The conv kernels timed fastest on this machine: a resume computes with the same.
+            "conv_kernels": CHOICES.used() if self.cfg.train.autotune else {},
             "optimizer": self.optimizer.state_dict(),
             "accumulator": vars(self.accum).copy(),
             "step_window": vars(self.window).copy(),
@@ -226,6 +229,10 @@ class Session:
         if self.ema is not None:
             self.ema.load_state_dict(payload["model"]["state"])
         self.optimizer.load_state_dict(payload["optimizer"])
+        if "conv_kernels" in payload:
+            CHOICES.pin(payload["conv_kernels"])
+        else:  # saved before autotuning: the static rules, as the run had them
+            CHOICES.reset(enabled=False)
         self.iteration = payload["iteration"]
         if payload.get("fitted_total") is not None:
             self.fit_schedule(payload["fitted_total"])
@@ -263,6 +270,7 @@ def load_session(
     """
     dist = dist or Dist()
     cfg, cache, runtime = plan.cfg, plan.cache, plan.runtime
+    CHOICES.reset(enabled=cfg.train.autotune)
     images, labels = _load_rows(cache, "train", plan.train_rows)
     # Checked once here, for these images: every training step then augments without a check.
     cfg.augment.validate(tuple(images.shape[1:3]))

@@ -27,6 +27,7 @@ from tinycnn.checkpoint import load_checkpoint
 from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.epochs import diverged, end_epoch, log_step
 from tinycnn.errors import ConfigError, TrainingDivergedError
+from tinycnn.models.conv import CHOICES
 from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
 from tinycnn.run_plan import RunPlan, plan_run
 from tinycnn.runtime import agree_precision
@@ -273,6 +274,8 @@ def train_one_epoch(
             bar.update()
             if fit is not None:
                 fit.measure(s)
+            if progress and (timed := CHOICES.take_report()):
+                tqdm.write(timed)  # the first step at each new input side times its conv shapes
             faults.pause_point("step", s.iteration)
             if snapshots:
                 s.clock_epoch(before, time.perf_counter() - start)

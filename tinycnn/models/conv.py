@@ -41,6 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tinycnn.models.kernel_choice import MAX_TIMED_POSITIONS, KernelChoices, machine_file, shape_key
+from tinycnn.models.kernel_choice import measure_pass as _measure_pass
+
 # Where the nine matmuls are the faster kernels, by the dtype they run in: (narrowest channel
 # count, most positions per map) pairs, either of which selects the layer. Measured on the two
 # 2-core machines above, batch 128; with many cores the matmuls' rows (batch x positions) may
@@ -135,16 +138,18 @@ def _overlap(offset: int, side: int) -> tuple[slice, slice]:
 
 
 class _TapConv(torch.autograd.Function):
-    """A 3x3 conv whose forward and input gradient (taps_conv) and weight gradient
+    """A 3x3 conv whose forward (taps_forward), input gradient (taps_input) and weight gradient
     (taps_grad) are the nine matmuls, each where it is the faster."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, taps_conv: bool,
-                taps_grad: bool) -> Tensor:  # fmt: skip
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, taps_forward: bool,
+                taps_input: bool, taps_grad: bool) -> Tensor:  # fmt: skip
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        ctx.taps_conv, ctx.taps_grad = taps_conv, taps_grad
-        return tap_convolution(x, weight, bias) if taps_conv else F.conv2d(x, weight, bias, 1, 1)
+        ctx.taps_input, ctx.taps_grad = taps_input, taps_grad
+        if taps_forward:
+            return tap_convolution(x, weight, bias)
+        return F.conv2d(x, weight, bias, 1, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # no double backward: a clear error if asked
@@ -152,7 +157,7 @@ class _TapConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0] and ctx.taps_conv:
+        if ctx.needs_input_grad[0] and ctx.taps_input:
             grad_x = tap_input_gradient(grad_out, weight)
         elif ctx.needs_input_grad[0]:
             grad_x = _onednn(grad_out, x, weight, 0)
@@ -161,7 +166,7 @@ class _TapConv(torch.autograd.Function):
         elif ctx.needs_input_grad[1]:
             grad_w = _onednn(grad_out, x, weight, 1)
         grad_b = grad_out.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def _onednn(grad_out: Tensor, x: Tensor, weight: Tensor, which: int) -> Tensor:
@@ -182,25 +187,41 @@ class Conv3x3(nn.Conv2d):
         super().__init__(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        taps_conv, taps_grad = self.tap_paths(x)
-        if not (taps_conv or taps_grad):
+        paths = self.tap_paths(x)
+        if not any(paths):
             return super().forward(x)
         weight, bias = self.weight, self.bias
         if torch.is_autocast_enabled("cpu"):  # autocast's casts, done here: differentiable
             x, weight = x.to(torch.bfloat16), weight.to(torch.bfloat16)
             bias = None if bias is None else bias.to(torch.bfloat16)
         with torch.autocast("cpu", enabled=False):
-            return _TapConv.apply(x, weight, bias, taps_conv, taps_grad)
+            return _TapConv.apply(x, weight, bias, *paths)
 
-    def tap_paths(self, x: Tensor) -> tuple[bool, bool]:
-        """Whether this call on x computes (its forward and input gradient, its weight
-        gradient) as the nine matmuls."""
+    def tap_paths(self, x: Tensor) -> tuple[bool, bool, bool]:
+        """Whether this call on x computes (its forward, its input gradient, its weight
+        gradient) as the nine matmuls: as timed on this machine (CHOICES) where autotuning is
+        on and the map is small, else by the static rules."""
         dtype = self._compute_dtype(x)
         if self.stride != (1, 1) or x.device.type != "cpu" or dtype is None or _tracing():
-            return False, False
-        shape = (self.in_channels, self.out_channels, *x.shape[-2:], dtype)
-        weight_grad = torch.is_grad_enabled() and self.weight.requires_grad
-        return uses_tap_conv(*shape), weight_grad and uses_tap_gradient(*shape)
+            return False, False, False
+        c_in, c_out, (height, width) = self.in_channels, self.out_channels, x.shape[-2:]
+        shape = (c_in, c_out, height, width, dtype)
+        grad = torch.is_grad_enabled()
+        needed = {"forward": True, "input_grad": grad and x.requires_grad}
+        needed["weight_grad"] = grad and self.weight.requires_grad
+        rules = {"forward": uses_tap_conv(*shape), "input_grad": uses_tap_conv(*shape)}
+        rules["weight_grad"] = uses_tap_gradient(*shape)
+        chosen = None
+        if dtype in TIMED_DTYPES and height * width <= MAX_TIMED_POSITIONS:
+            passes = tuple(name for name, need in needed.items() if need)
+
+            def measure(name: str) -> tuple[float, float]:
+                return _measure_pass(name, *shape, batch=x.shape[0], kernels=_KERNELS)
+
+            timing = not torch.compiler.is_compiling()  # a compiled graph takes what is known
+            chosen = CHOICES.choose(shape_key(*shape), passes, measure if timing else None)
+        chosen = chosen or {}
+        return tuple(need and chosen.get(name, rules[name]) for name, need in needed.items())
 
     def _compute_dtype(self, x: Tensor) -> torch.dtype | None:
         """The dtype the convolution computes in, or None where the matmuls don't apply."""
@@ -210,6 +231,23 @@ class Conv3x3(nn.Conv2d):
             return torch.bfloat16 if cast and floats else None
         supported = (torch.float32, torch.float64, torch.bfloat16)
         return x.dtype if x.dtype in supported and self.weight.dtype == x.dtype else None
+
+
+# The dtypes whose kernels are timed; others (float64: tests' exact references) keep the rules.
+TIMED_DTYPES = (torch.float32, torch.bfloat16)
+
+# This machine's choices (models/kernel_choice.py); a run sets whether it times (train.autotune).
+CHOICES = KernelChoices(machine_file())
+
+# Each pass's kernels, oneDNN's and the matmuls', as f(x, weight, grad_out) for the timing.
+_KERNELS = {
+    "forward": (lambda x, w, g: F.conv2d(x, w, None, 1, 1), lambda x, w, g: tap_convolution(x, w)),
+    "input_grad": (lambda x, w, g: _onednn(g, x, w, 0), lambda x, w, g: tap_input_gradient(g, w)),
+    "weight_grad": (
+        lambda x, w, g: _onednn(g, x, w, 1),
+        lambda x, w, g: tap_weight_gradient(x, g),
+    ),
+}
 
 
 def _tracing() -> bool:

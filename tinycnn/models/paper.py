@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tinycnn.errors import ConfigError
+from tinycnn.models.conv import Conv3x3
 from tinycnn.models.registry import register_model
 
 ACTIVATIONS = ("relu", "prelu")
@@ -131,7 +132,8 @@ class PaperCNN(nn.Module):
         width = in_channels
         for index, channels in enumerate(conv_channels):
             # BN's shift makes the conv bias redundant.
-            features.append(nn.Conv2d(width, channels, 3, padding=1, bias=not batch_norm))
+            # nn.Conv2d(width, channels, 3, padding=1): its two kernels timed on small maps
+            features.append(Conv3x3(width, channels, bias=not batch_norm))
             if batch_norm:
                 features.append(nn.BatchNorm2d(channels))
             features.append(_activation(activation, channels))

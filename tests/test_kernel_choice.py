@@ -1,0 +1,214 @@
+"""Conv3x3's kernels chosen by timing on the machine (tinycnn/models/kernel_choice.py): the
+faster kept, remembered per machine, never read from a damaged file, pinned by a resume, the
+results equal to the plain convolution's whichever is chosen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tinycnn.models.conv as conv_module
+from tinycnn.models.conv import Conv3x3
+from tinycnn.models.kernel_choice import KernelChoices, machine_file, measure_pass, shape_key
+
+KEY = shape_key(512, 512, 2, 2, torch.float32)
+
+
+def _timer(seconds: dict[str, tuple[float, float]], calls: list[str]):
+    def measure(name: str) -> tuple[float, float]:
+        calls.append(name)
+        return seconds[name]
+
+    return measure
+
+
+@pytest.mark.parametrize(
+    ("onednn", "taps", "chosen"),
+    [
+        (1.0, 0.5, True),  # the matmuls twice as fast
+        (1.0, 0.94, True),  # 6% faster: past the margin
+        (1.0, 0.96, False),  # 4% faster: a near-tie stays on oneDNN
+        (1.0, 1.5, False),
+    ],
+)
+def test_the_faster_kernel_is_kept_near_ties_stay_on_onednn(onednn, taps, chosen) -> None:
+    choices = KernelChoices(path=None)
+    calls: list[str] = []
+    got = choices.choose(KEY, ("forward",), _timer({"forward": (onednn, taps)}, calls))
+    assert got == {"forward": chosen} and calls == ["forward"]
+
+
+def test_each_pass_is_timed_once_and_remembered_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "kernels" / "this-machine.json"
+    seconds = {"forward": (1.0, 2.0), "input_grad": (1.0, 0.5), "weight_grad": (2.0, 1.0)}
+    calls: list[str] = []
+    first = KernelChoices(path)
+    assert first.choose(KEY, ("forward",), _timer(seconds, calls)) == {"forward": False}
+    passes = ("forward", "input_grad", "weight_grad")
+    expected = {"forward": False, "input_grad": True, "weight_grad": True}
+    assert first.choose(KEY, passes, _timer(seconds, calls)) == expected
+    assert calls == ["forward", "input_grad", "weight_grad"]  # the forward not timed again
+    assert json.loads(path.read_text()) == {KEY: expected}
+    assert "1 layer shape" in first.take_report() and first.take_report() is None
+    # Another process on this machine: the file's choices, no timing.
+    second = KernelChoices(path)
+    assert second.choose(KEY, passes, _timer(seconds, calls)) == expected
+    assert len(calls) == 3 and second.take_report() is None
+
+
+def test_two_processes_keep_each_others_shapes(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    one, two = KernelChoices(path), KernelChoices(path)
+    other = shape_key(768, 768, 4, 4, torch.bfloat16)
+    one.choose(KEY, ("forward",), _timer({"forward": (1.0, 0.1)}, []))
+    two.choose(other, ("forward",), _timer({"forward": (0.1, 1.0)}, []))  # read before one wrote
+    assert json.loads(path.read_text()) == {KEY: {"forward": True}, other: {"forward": False}}
+
+
+@pytest.mark.parametrize("text", ["{not json", '["a list"]', '{"k": {"forward": "yes"}}', ""])
+def test_a_damaged_file_is_timed_again_and_rewritten(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(text)
+    calls: list[str] = []
+    choices = KernelChoices(path)
+    assert choices.choose(KEY, ("forward",), _timer({"forward": (1.0, 0.2)}, calls)) == {
+        "forward": True
+    }
+    assert calls == ["forward"]
+    assert json.loads(path.read_text())[KEY] == {"forward": True}
+
+
+def test_off_means_the_rules_and_a_resume_pins_its_own_choices(tmp_path: Path) -> None:
+    choices = KernelChoices(tmp_path / "m.json", enabled=False)
+    calls: list[str] = []
+    assert choices.choose(KEY, ("forward",), _timer({"forward": (1.0, 0.1)}, calls)) is None
+    choices.pin({KEY: {"forward": False, "weight_grad": True}})
+    assert choices.choose(KEY, ("forward",), _timer({"forward": (1.0, 0.1)}, calls)) == {
+        "forward": False,
+        "weight_grad": True,
+    }
+    assert calls == [] and choices.used() == {KEY: {"forward": False, "weight_grad": True}}
+    choices.reset(enabled=True)
+    assert choices.choose(KEY, ("forward",), _timer({"forward": (1.0, 0.1)}, calls)) == {
+        "forward": True
+    }
+
+
+def test_the_file_is_per_cpu_model_and_torch_version(tmp_path: Path) -> None:
+    path = machine_file(tmp_path)
+    assert path.parent == tmp_path and path.suffix == ".json"
+    assert torch.__version__.replace(".", "-").replace("+", "-") in path.name
+    assert torch.backends.cpu.get_cpu_capability() in path.name
+
+
+def test_the_timing_leaves_the_runs_random_streams_alone() -> None:
+    kernels = {"forward": (lambda x, w, g: x + 1, lambda x, w, g: x * 2)}
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    onednn, taps = measure_pass("forward", 4, 4, 2, 2, torch.float32, 8, kernels)
+    assert onednn > 0 and taps > 0
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("forward", [False, True])
+@pytest.mark.parametrize("input_grad", [False, True])
+@pytest.mark.parametrize("weight_grad", [False, True])
+def test_every_timed_choice_gives_the_plain_convolutions_results(
+    forward: bool, input_grad: bool, weight_grad: bool, monkeypatch
+) -> None:
+    choices = KernelChoices(path=None)
+    choices.pin(
+        {
+            shape_key(64, 96, 4, 4, torch.float32): {
+                "forward": forward,
+                "input_grad": input_grad,
+                "weight_grad": weight_grad,
+            }
+        }
+    )
+    monkeypatch.setattr(conv_module, "CHOICES", choices)
+    torch.manual_seed(0)
+    conv = Conv3x3(64, 96)
+    x = torch.randn(8, 64, 4, 4, requires_grad=True)
+    assert conv.tap_paths(x) == (forward, input_grad, weight_grad)
+    out = conv(x)
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, conv.weight], grad_out)
+    x64 = x.detach().double().requires_grad_()
+    w64 = conv.weight.detach().double().requires_grad_()
+    exact = F.conv2d(x64, w64, None, 1, 1)
+    want = torch.autograd.grad(exact, [x64, w64], grad_out.double())
+    torch.testing.assert_close(out.double(), exact, rtol=1e-4, atol=1e-4)
+    for have, truth in zip(got, want, strict=True):
+        torch.testing.assert_close(have.double(), truth, rtol=1e-4, atol=1e-3)
+
+
+def test_a_large_map_or_float64_keeps_the_rules_untimed(monkeypatch) -> None:
+    choices = KernelChoices(path=None)
+    monkeypatch.setattr(conv_module, "CHOICES", choices)
+    conv = Conv3x3(16, 16)
+    with torch.no_grad():
+        conv(torch.randn(2, 16, 32, 32))  # 1,024 positions: over the timed maps
+        conv.double()(torch.randn(2, 16, 4, 4, dtype=torch.float64))
+    assert choices.used() == {}
+    with torch.no_grad():
+        conv.float()(torch.randn(2, 16, 4, 4))
+    assert list(choices.used()) == [shape_key(16, 16, 4, 4, torch.float32)]
+
+
+def _run_cfg(cache: Path, *extra: str):
+    from tinycnn.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"data.cache={json.dumps(str(cache))}",
+            "model.name=cnn5",
+            "model.conv_channels=[8, 8, 8]",  # maps of 56, 28 and 14: the last is timed
+            "model.fc_widths=[16]",
+            'data.normalization="channel"',
+            "train.batch_size=16",
+            "train.threads=1",
+            "train.epochs=2",
+            *extra,
+        ],
+    )
+
+
+def test_a_run_keeps_its_choices_and_a_resume_computes_with_them(
+    synth_sources: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    from tinycnn.checkpoint import load_checkpoint
+    from tinycnn.data.prepare import prepare
+    from tinycnn.training import train
+
+    choices = conv_module.CHOICES
+    monkeypatch.setattr(choices, "path", tmp_path / "kernels.json")
+    monkeypatch.setattr(choices, "table", {})
+    monkeypatch.setattr(choices, "_loaded", False)
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    run = tmp_path / "run"
+    train(_run_cfg(cache), run, progress=False, stop_at_iteration=2)
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")["conv_kernels"]
+    key = next(k for k in saved if k.startswith("8x8@14x14:"))  # fp32 or bf16, by the machine
+    assert set(saved[key]) == {"forward", "input_grad", "weight_grad"}
+    assert json.loads((tmp_path / "kernels.json").read_text())[key] == saved[key]
+    # The machine's file changes (another timing, another process): the resume keeps its own.
+    flipped = {key: {name: not chosen for name, chosen in saved[key].items()}}
+    (tmp_path / "kernels.json").write_text(json.dumps(flipped))
+    monkeypatch.setattr(choices, "table", {})
+    monkeypatch.setattr(choices, "_loaded", False)
+    train(None, run, resume=True, progress=False)
+    assert choices.pinned[key] == saved[key]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["conv_kernels"][key] == saved[key]
+    # Off: the static rules, nothing timed or saved.
+    off = tmp_path / "off"
+    train(_run_cfg(cache, "train.autotune=false"), off, progress=False, stop_at_iteration=1)
+    assert not choices.enabled
+    assert load_checkpoint(off / "checkpoints" / "last.pt")["conv_kernels"] == {}
+    choices.reset(enabled=True)

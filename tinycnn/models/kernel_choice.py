@@ -1,0 +1,206 @@
+"""Which kernel each pass of a Conv3x3 layer runs, chosen by timing both on the machine at hand.
+
+Conv3x3 (conv.py) can compute each of its three passes (forward, input gradient, weight
+gradient) with oneDNN's convolution or as nine matmuls; which is faster depends on the shape,
+the dtype and the CPU (AMX, AVX512-BF16, AVX2 rank them differently). As cudnn.benchmark does on
+a GPU, the first call of a layer shape times both kernels of each pass once, on random tensors of
+that shape, and keeps the faster. The choices are remembered per CPU model, torch version and
+dtype in a JSON file under TINYCNN_CACHE (written atomically; two processes at worst both time a
+shape), so later runs on the same machine take them without timing; a run's checkpoints carry
+the choices it used, so a resume computes exactly as before (KernelChoices.pin).
+
+Only small maps are timed (at most MAX_TIMED_POSITIONS positions): on larger ones oneDNN's kernels
+win on every machine measured (conv.py's docstring), and the static rules keep them. With
+autotuning off (train.autotune = false) the static rules decide every shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tinycnn.atomic import write_json
+from tinycnn.paths import KERNEL_CACHE
+
+PASSES = ("forward", "input_grad", "weight_grad")
+MAX_TIMED_POSITIONS = 16 * 16  # maps of at most 16x16 are timed; larger ones keep the rules
+TIMED_BATCH = 128  # images per timing call: a training batch's worth of rows at most
+# Timed calls per kernel, after one warm-up: at least MIN_CALLS and MIN_SECONDS in all (at most
+# MAX_CALLS); the fastest is kept, the call least disturbed by other work on the machine.
+MIN_CALLS, MIN_SECONDS, MAX_CALLS = 3, 0.05, 50
+MARGIN = 0.95  # the matmuls are chosen where they take under 95% of oneDNN's time
+
+
+def shape_key(c_in: int, c_out: int, height: int, width: int, dtype: torch.dtype) -> str:
+    return f"{c_in}x{c_out}@{height}x{width}:{str(dtype).removeprefix('torch.')}"
+
+
+class KernelChoices:
+    """Per layer shape, whether each pass runs as nine matmuls (True) or on oneDNN (False).
+
+    enabled: time the shapes not yet known; False: the static rules decide (the caller's).
+    path: the machine's file of choices (None: keep them in memory only).
+    """
+
+    def __init__(self, path: Path | None = None, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+        self.table: dict[str, dict[str, bool]] = {}
+        self.pinned: dict[str, dict[str, bool]] = {}  # a resumed run's own choices
+        self.timed_keys: set[str] = set()  # shapes timed since the last report
+        self.timed_seconds = 0.0
+        self._loaded = False
+
+    def choose(
+        self,
+        key: str,
+        passes: tuple[str, ...],
+        measure: Callable[[str], tuple[float, float]] | None,
+    ) -> dict[str, bool] | None:
+        """The choice for each of ``passes`` of a shape, timing (``measure(pass)``: oneDNN's and
+        the matmuls' seconds) those not yet known, unless measure is None; None when
+        autotuning is off."""
+        if key in self.pinned:
+            return self.pinned[key]
+        if not self.enabled:
+            return None
+        self._load()
+        known = self.table.setdefault(key, {})
+        missing = [p for p in passes if p not in known]
+        if missing and measure is not None:
+            start = time.perf_counter()
+            for name in missing:
+                onednn, taps = measure(name)
+                # Near-ties stay on oneDNN: a noisy timing cannot flip them from run to run.
+                known[name] = taps < MARGIN * onednn
+            self.timed_seconds += time.perf_counter() - start
+            self.timed_keys.add(key)
+            self._save(key)
+        return known
+
+    def used(self) -> dict[str, dict[str, bool]]:
+        """Every choice this process has made or read, for a checkpoint."""
+        return {**self.table, **self.pinned}
+
+    def pin(self, choices: dict[str, dict[str, bool]]) -> None:
+        """Take a run's saved choices as they are (a resume), whatever the file says now."""
+        self.pinned = {key: dict(value) for key, value in choices.items()}
+
+    def reset(self, enabled: bool) -> None:
+        """A new run in this process: its setting, no pinned choices."""
+        self.enabled, self.pinned = enabled, {}
+        self.timed_keys, self.timed_seconds = set(), 0.0
+
+    def take_report(self) -> str | None:
+        """One line on the timing done since the last report, or None."""
+        shapes = len(self.timed_keys)
+        if not shapes:
+            return None
+        where = f" (kept in {self.path})" if self.path else ""
+        line = (
+            f"conv kernels: timed oneDNN against matmuls for {shapes} layer "
+            f"shape{'s' * (shapes > 1)} in {self.timed_seconds:.1f} s{where}"
+        )
+        self.timed_keys, self.timed_seconds = set(), 0.0
+        return line
+
+    def _load(self) -> None:
+        if self._loaded or self.path is None:
+            return
+        self._loaded = True
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # none yet, or unreadable: time again
+            return
+        if isinstance(saved, dict):
+            for key, value in saved.items():
+                if isinstance(value, dict):
+                    known = {p: v for p, v in value.items() if p in PASSES and isinstance(v, bool)}
+                    self.table.setdefault(key, {}).update(known)
+
+    def _save(self, key: str) -> None:
+        """Add this shape's choices to the file, keeping what other processes wrote meanwhile."""
+        if self.path is None:
+            return
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            saved = saved if isinstance(saved, dict) else {}
+        except (OSError, ValueError):
+            saved = {}
+        saved[key] = {**saved.get(key, {}), **self.table[key]}
+        with contextlib.suppress(OSError):  # an unwritable cache costs the timing next time
+            write_json(self.path, saved)
+
+
+def machine_file(root: Path = KERNEL_CACHE) -> Path:
+    """The file of choices for this CPU model and torch version."""
+    ident = f"{_cpu_identity()} {torch.backends.cpu.get_cpu_capability()} torch {torch.__version__}"
+    name = "".join(c if c.isalnum() else "-" for c in ident).strip("-")
+    return root / f"{name[:150]}.json"
+
+
+def _cpu_identity() -> str:
+    """The CPU's model name, family and model number (the name alone can be generic)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name in ("model name", "cpu family", "model") and name not in fields:
+                    fields[name] = value.strip()
+                if not line.strip() and fields:
+                    break
+    except OSError:
+        pass
+    if not fields:
+        return os.uname().machine
+    return f"{fields.get('model name', '')} family {fields.get('cpu family', '')} model " + (
+        fields.get("model", "")
+    )
+
+
+def measure_pass(
+    name: str,
+    c_in: int,
+    c_out: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    batch: int,
+    kernels: dict[str, tuple[Callable, Callable]],
+) -> tuple[float, float]:
+    """Seconds of one pass of this shape, (oneDNN's, the matmuls'): each the fastest of its
+    timed calls after a warm-up, on random channels_last tensors, gradients off.
+
+    kernels: pass name -> (oneDNN's, the matmuls'), each called as f(x, weight, grad_out).
+    """
+    batch = min(batch, TIMED_BATCH)
+    layout = torch.channels_last
+    # A generator of its own: the run's random streams (dropout) must not see the timing.
+    generator = torch.Generator().manual_seed(0)
+
+    def noise(*shape: int) -> torch.Tensor:
+        values = torch.randn(*shape, generator=generator).to(dtype)
+        return values.contiguous(memory_format=layout)
+
+    x, weight = noise(batch, c_in, height, width), noise(c_out, c_in, 3, 3)
+    grad_out = noise(batch, c_out, height, width)
+    onednn, taps = kernels[name]
+    seconds = []
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        for kernel in (onednn, taps):
+            kernel(x, weight, grad_out)  # warm-up: allocations, oneDNN's primitive
+            times: list[float] = []
+            while len(times) < MAX_CALLS and (len(times) < MIN_CALLS or sum(times) < MIN_SECONDS):
+                start = time.perf_counter()
+                kernel(x, weight, grad_out)
+                times.append(time.perf_counter() - start)
+            seconds.append(min(times))
+    return seconds[0], seconds[1]

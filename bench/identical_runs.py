@@ -81,12 +81,14 @@ def _tinycnn(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "tinycnn", *args, "-q"], check=True)
 
 
-def train_all(cache: Path, out: Path) -> None:
-    """Trains every run of RUNS into out/NAME and writes out/summary.json."""
+def train_all(cache: Path, out: Path, extra: list[str]) -> None:
+    """Trains every run of RUNS into out/NAME and writes out/summary.json; extra: more
+    overrides for every run (a new option set to its old behaviour)."""
     summary = {}
     for name, (config, overrides, stop_at) in RUNS.items():
         run = out / name
-        sets = [a for o in ["train.threads=1", "train.seed=3", *overrides] for a in ("--set", o)]
+        settings = ["train.threads=1", "train.seed=3", *overrides, *extra]
+        sets = [a for o in settings for a in ("--set", o)]
         common = ["--data", str(cache), "--config", str(ROOT / config), *sets]
         if stop_at:
             _tinycnn("train", *common, "--out", str(run), "--stop-at", str(stop_at))
@@ -179,12 +181,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="prepared mini cache")
     parser.add_argument("--out", type=Path, help="folder for the runs and summary.json")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="for every run"
+    )
     args = parser.parse_args()
     if args.compare:
         sys.exit(1 if compare(*args.compare) else 0)
     if not (args.data and args.out):
         parser.error("--data and --out (or --compare BEFORE AFTER)")
-    train_all(args.data, args.out)
+    train_all(args.data, args.out, args.set)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,7 @@ def _reason(exc: Exception) -> str:
 
 
 _WORKER: _Worker | None = None
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def init_worker(source: Source, stats_split: str, size: int = IMAGE_SIZE, parent: int = 0) -> None:
@@ -217,6 +218,8 @@ def init_worker(source: Source, stats_split: str, size: int = IMAGE_SIZE, parent
     # than raising the parent's KeyboardInterrupt handler, inherited through fork, mid-task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):  # born with them blocked (decode_pool): a SIGTERM
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # sent meanwhile kills now
     if parent:
         _die_with_parent(parent)
     _WORKER = _Worker(source, stats_split, size)

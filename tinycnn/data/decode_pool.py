@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 
 from tqdm import tqdm
 
-from tinycnn.data.decode import Chunk, ChunkResult, init_worker, run_chunk
+from tinycnn.data.decode import STOP_SIGNALS, Chunk, ChunkResult, init_worker, run_chunk
 from tinycnn.data.layout import Layout
 from tinycnn.data.sources import Source
 from tinycnn.errors import DataError
@@ -35,14 +36,34 @@ def decode_pool(source: Source, workers: int, size: int) -> Iterator[ProcessPool
         initargs=(source, "train", size, os.getpid()),
     )
     try:
-        for _ in range(workers):
-            pool.submit(int)  # start every worker now, before the parent grows
+        # Every worker starts now, before the parent grows, with Ctrl-C and SIGTERM blocked
+        # until init_worker has set its own handlers: a signal that reaches a worker born with
+        # the parent's Python handler would be caught by it and then dropped once the handler
+        # is replaced, leaving a worker that outlives a SIGTERM (seen: ~1 group SIGTERM in 10
+        # under load hung prepare, a surviving worker waiting on a queue lock a killed one held).
+        with signals_blocked():
+            for _ in range(workers):
+                pool.submit(int)
         yield pool
     finally:
         # Waits for the chunks in flight (terminating a worker could leave the pool's queue
         # locks held, or a result half-written in its pipe, and hang); a parent killed outright
         # takes its workers with it (decode.py).
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM held back in this thread (and the processes and threads it starts)
+    for the block; delivered after it. A no-op where the platform has no signal masks."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def chunk_layout(

@@ -1,8 +1,7 @@
-"""What a newcomer meets first: the Python API, the README code, the CLI feedback, the layers."""
+"""What a newcomer meets first: the Python API, the README code, the CLI feedback."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -89,51 +88,6 @@ def test_the_readme_from_python_section_runs(tmp_path: Path, monkeypatch) -> Non
     namespace: dict = {}
     exec(compile("\n".join(blocks), "README.md", "exec"), namespace)
     assert 0 <= namespace["result"].top1_error <= 1
-
-
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """The tinycnn modules a file imports, at module level or inside functions."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            while name and name not in modules:
-                name = name.rpartition(".")[0]
-            if name and name != "tinycnn":
-                found.add(name)
-    return found
-
-
-def test_the_package_has_no_import_cycle() -> None:
-    files = {}
-    for path in (ROOT / "tinycnn").rglob("*.py"):
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-        files[name.removesuffix(".__init__")] = path
-    graph = {m: _imports(p, set(files)) - {m} for m, p in files.items()}
-    graph = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph.items()}
-    cycles = []
-
-    def visit(module: str, stack: list[str], state: dict[str, int]) -> None:
-        state[module] = 1
-        stack.append(module)
-        for target in sorted(graph[module]):
-            if state.get(target) == 1:
-                cycles.append(" -> ".join([*stack[stack.index(target) :], target]))
-            elif target not in state:
-                visit(target, stack, state)
-        stack.pop()
-        state[module] = 2
-
-    state: dict[str, int] = {}
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [], state)
-    print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports, cycles: {cycles}")
-    assert not cycles
 
 
 def test_no_module_shares_a_name_with_a_public_function() -> None:

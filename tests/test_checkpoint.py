@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_training import SMALL
+from tests.helpers import SMALL
 from tinycnn.checkpoint import CheckpointError, check_classes, load_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_training import SMALL
+from tests.helpers import FP32, SMALL, numbers_by_hand, reference_probabilities
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config
@@ -32,27 +32,6 @@ from tinycnn.members import resolve_members
 from tinycnn.metrics import error_rates, per_class_accuracy
 from tinycnn.runtime import make_runtime
 from tinycnn.training import read_metrics, train
-
-FP32 = make_runtime(precision="fp32", channels_last=False, threads=1)
-
-
-@pytest.fixture(scope="module")
-def run(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    """A 4-epoch run with iteration snapshots, on the generated data; returns (cache, run)."""
-    root = tmp_path_factory.mktemp("evalrun")
-    cache = prepare(synth_sources["folder"], root / "cache", progress=False).path
-    cfg = load_config(
-        None,
-        [
-            f"data.cache={json.dumps(str(cache))}",
-            *SMALL,
-            "train.epochs=4",
-            "train.snapshot_every=4",
-            "data.holdout_per_class=2",
-        ],
-    )
-    train(cfg, root / "run", progress=False)
-    return cache, root / "run"
 
 
 def test_error_rates_by_hand() -> None:
@@ -125,8 +104,8 @@ def test_evaluate_matches_the_training_log(run) -> None:
     assert tune.count == 10  # 2 held out per class, rebuilt from the run's config
     # In fp32, every number against the centre crop's probabilities computed here.
     labels = torch.from_numpy(load_cache(cache).split("val").labels.astype(np.int64))
-    probs = _reference_probabilities(cache, folder / "checkpoints" / "last.pt", "center")
-    by_hand = _numbers_by_hand(probs, labels)
+    probs = reference_probabilities(cache, folder / "checkpoints" / "last.pt", "center")
+    by_hand = numbers_by_hand(probs, labels)
     assert result.top1_error == pytest.approx(by_hand["top1"])
     assert result.top5_error == pytest.approx(by_hand["top5"])
     assert result.loss == pytest.approx(by_hand["loss"], rel=1e-5)
@@ -148,12 +127,12 @@ def test_ten_crop_and_flip_tta_run(run) -> None:
     cache, folder = run
     labels = torch.from_numpy(load_cache(cache).split("val").labels.astype(np.int64))
     checkpoint = folder / "checkpoints" / "last.pt"
-    center = _numbers_by_hand(_reference_probabilities(cache, checkpoint, "center"), labels)
+    center = numbers_by_hand(reference_probabilities(cache, checkpoint, "center"), labels)
     for tta in ("flip", "10crop"):
         (result,) = evaluate([f"{folder}@last"], cache, tta=tta, runtime=FP32)
         assert 0 <= result.top1_error <= 1 and result.tta == tta
         # Each image's views, cut and averaged here: the numbers must be those of this TTA.
-        by_hand = _numbers_by_hand(_reference_probabilities(cache, checkpoint, tta), labels)
+        by_hand = numbers_by_hand(reference_probabilities(cache, checkpoint, tta), labels)
         assert abs(by_hand["loss"] - center["loss"]) > 1e-3, "the views must change the loss"
         assert result.top1_error == pytest.approx(by_hand["top1"]), tta
         assert result.top5_error == pytest.approx(by_hand["top5"]), tta
@@ -445,51 +424,6 @@ def test_a_worse_ensemble_has_a_negative_gain(run, monkeypatch) -> None:
     )
 
 
-def _reference_views(images: torch.Tensor, tta: str) -> list[tuple[int, int, bool]]:
-    """(top, left, mirrored) of each TTA view of a 64x64 image for a 56x56 model, by hand."""
-    assert images.shape[1:3] == (64, 64)
-    corners = [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)]  # TL, TR, BL, BR, centre (floor of 8/2)
-    return {
-        "center": [(4, 4, False)],
-        "flip": [(4, 4, False), (4, 4, True)],
-        "10crop": [(y, x, m) for m in (False, True) for y, x in corners],
-    }[tta]
-
-
-def _reference_probabilities(cache: Path, checkpoint: Path, tta: str) -> torch.Tensor:
-    """(N, C) fp32 probabilities of a checkpoint on the val images, each image's TTA views
-    cut, mirrored and normalised here (the run's "channel" setting) and averaged."""
-    data = load_cache(cache)
-    images = torch.from_numpy(np.array(data.split("val").images))
-    model = load_model(checkpoint, FP32).model
-    mean = torch.tensor(data.channel_mean, dtype=torch.float32)
-    std = torch.tensor(data.channel_std, dtype=torch.float32)
-    probs = []
-    for top, left, mirrored in _reference_views(images, tta):
-        crop = images[:, top : top + 56, left : left + 56, :].float()
-        crop = crop.flip(2) if mirrored else crop  # mirror = reversed columns
-        x = ((crop - mean) / std).permute(0, 3, 1, 2).contiguous()
-        with torch.no_grad():
-            probs.append(model(x).softmax(dim=1))
-    return torch.stack(probs).mean(dim=0)  # (N, C): each image's own views only
-
-
-def _numbers_by_hand(probs: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Top-1 and top-5 error, mean -log p(label) and the confusion (rows true), by loops."""
-    rows = probs.tolist()
-    top1 = top5 = 0
-    loss = 0.0
-    confusion = [[0] * len(rows[0]) for _ in rows[0]]
-    for p, label in zip(rows, labels.tolist(), strict=True):
-        guess = max(range(len(p)), key=p.__getitem__)
-        confusion[label][guess] += 1
-        top1 += guess != label
-        top5 += sum(q > p[label] for q in p) >= 5  # 5 classes above it: not in the top 5
-        loss -= math.log(p[label])
-    n = len(rows)
-    return {"top1": top1 / n, "top5": top5 / n, "loss": loss / n, "confusion": confusion}
-
-
 @pytest.mark.parametrize("tta", ["center", "flip", "10crop"])
 def test_tta_is_the_mean_of_each_images_own_views(run, tta: str) -> None:
     cache, folder = run
@@ -497,7 +431,7 @@ def test_tta_is_the_mean_of_each_images_own_views(run, tta: str) -> None:
     images = torch.from_numpy(np.array(data.split("val").images))
     labels = torch.from_numpy(data.split("val").labels.astype(np.int64))
     loaded = load_model(folder / "checkpoints" / "last.pt", FP32)
-    expected = _reference_probabilities(cache, folder / "checkpoints" / "last.pt", tta)
+    expected = reference_probabilities(cache, folder / "checkpoints" / "last.pt", tta)
     # A batch size that splits the 20 images unevenly: views must not cross images or batches.
     got = loaded.probabilities(images, tta, batch_size=7)
     assert torch.allclose(got, expected, atol=1e-5)

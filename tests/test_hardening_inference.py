@@ -9,12 +9,10 @@ or ``os.fsync`` fails (as a full NFS or quota-limited disk reports it).
 
 from __future__ import annotations
 
-import builtins
 import errno
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,16 +20,15 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import Small, assert_one_line_error, fail_fsync, fail_writes, run_cli
 from tests.test_checkpoint import damage_largest_tensor
-from tests.test_training import SMALL
 from tinycnn import atomic
 from tinycnn.atomic import save_npy, write_json, write_text
 from tinycnn.checkpoint import save_checkpoint
-from tinycnn.cli import build_parser, main
+from tinycnn.cli import build_parser
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
-from tinycnn.data.synthetic import make_synthetic
 from tinycnn.ensembles import ProbabilityCache, ProbabilityCacheWarning, ensemble
 from tinycnn.errors import ConfigError, OutputError
 from tinycnn.inference import load_model
@@ -45,54 +42,6 @@ WRITE_FAILURES = [
     (errno.EROFS, "Read-only file system", "read-only file system"),
     (errno.EACCES, "Permission denied", "permission denied"),
 ]
-
-
-class _FailingFile:
-    """A real file whose writes fail with an errno after the first 10 bytes (half-written)."""
-
-    def __init__(self, file, code: int, text: str) -> None:
-        self.file, self.code, self.text = file, code, text
-
-    def write(self, data) -> int:
-        self.file.write(bytes(data)[:10])
-        self.file.flush()
-        raise OSError(self.code, self.text)
-
-    def __getattr__(self, name):
-        return getattr(self.file, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()
-
-
-def fail_writes(
-    monkeypatch: pytest.MonkeyPatch, code: int, text: str, under: Path | None = None
-) -> None:
-    """Files tinycnn.atomic opens for writing (under a folder) fail part-way with OSError(code)."""
-
-    def failing_open(path, mode="r", *args, **kwargs):
-        file = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 (closed by the caller)
-        hit = "w" in mode and (under is None or Path(path).is_relative_to(under))
-        return _FailingFile(file, code, text) if hit else file
-
-    monkeypatch.setattr(atomic, "open", failing_open, raising=False)
-
-
-def fail_fsync(
-    monkeypatch: pytest.MonkeyPatch, code: int, text: str, under: Path | None = None
-) -> None:
-    """os.fsync of files (under a folder) fails with OSError(code), as a full disk reports it."""
-    real_fsync = os.fsync
-
-    def failing_fsync(fd: int) -> None:
-        if under is None or Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(under):
-            raise OSError(code, text)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", failing_fsync)
 
 
 WRITERS = {
@@ -142,50 +91,6 @@ def test_other_errors_pass_through(tmp_path: Path) -> None:
         tmp.write_text("half")
         1 / 0  # noqa: B018
     assert list(tmp_path.iterdir()) == []
-
-
-# --- the commands that write files: export, ensemble --out, predict --submission ---------------
-
-
-@dataclass
-class Small:
-    dataset: Path  # generated dataset folder
-    cache: Path
-    run: Path
-    checkpoint: Path  # run/checkpoints/last.pt, two iterations of a tiny cnn5
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Small:
-    """A tiny model stopped after two iterations on generated data (5 classes, a tune split)."""
-    from tinycnn.training import train
-
-    root = tmp_path_factory.mktemp("hardening")
-    dataset = make_synthetic(
-        root / "data", classes=5, train_per_class=12, val_per_class=4, test_count=6, seed=3
-    )
-    cache = prepare(dataset, root / "cache", workers=1, progress=False).path
-    overrides = [f"data.cache={json.dumps(str(cache))}", *SMALL, "data.holdout_per_class=2"]
-    train(load_config(None, overrides), root / "run", progress=False, stop_at_iteration=2)
-    return Small(dataset, cache, root / "run", root / "run" / "checkpoints" / "last.pt")
-
-
-def run_cli(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of ``tinycnn ARGV`` run in-process."""
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
-    """The CLI failed with exit 1 and one "tinycnn: error:" line holding each fragment."""
-    assert code == 1, err
-    assert "Traceback" not in err and "\x1b" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tinycnn: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 WRITING_COMMANDS = {

@@ -13,25 +13,10 @@ import numpy as np
 import pytest
 
 import tinycnn
+from tests.helpers import QUICK
 from tinycnn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = [
-    "model.name=cnn5",
-    "model.conv_channels=[8, 8, 8]",
-    "model.fc_widths=[32]",
-    'data.normalization="channel"',
-    "train.batch_size=16",
-    "train.threads=1",
-    "train.epochs=2",
-]
-
-
-@pytest.fixture(scope="module")
-def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tinycnn.prepare(
-        synth_sources["folder"], tmp_path_factory.mktemp("c") / "cache", progress=False
-    ).path
 
 
 def test_every_public_function_is_callable_after_the_others_ran(

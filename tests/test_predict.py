@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_training import SMALL as TRAIN_SMALL
+from tests.helpers import SMALL as TRAIN_SMALL
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 import tinycnn.data.cache as cache_module
+from tests.helpers import save_image
 from tinycnn.cli import main
 from tinycnn.data import decode
 from tinycnn.data.cache import load_cache
@@ -32,11 +33,6 @@ EXTRA = ["n90000001", "n90000002"]  # appended classes, as in a 202-line wnids.t
 
 def _wnids(root: Path) -> list[str]:
     return (root / "wnids.txt").read_text().split()
-
-
-def _save(path: Path, colour: tuple[int, int, int], size: tuple[int, int], fmt: str = "JPEG"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path, fmt, **({"quality": 100} if fmt == "JPEG" else {}))
 
 
 def _add_extra_classes(root: Path, per_class: int = 3) -> dict[str, int]:
@@ -216,7 +212,9 @@ def full_archive() -> Path:
 def test_every_layout_problem_in_one_message(synth_copy: Path, tmp_path: Path, capsys) -> None:
     wnids = _wnids(synth_copy)
     shutil.rmtree(synth_copy / "train" / wnids[1])  # 1: a class folder missing
-    _save(synth_copy / "train" / "n99999999" / "images" / "n99999999_0.JPEG", (0, 0, 0), (64, 64))
+    save_image(
+        synth_copy / "train" / "n99999999" / "images" / "n99999999_0.JPEG", (0, 0, 0), (64, 64)
+    )
     ann = synth_copy / "val" / "val_annotations.txt"
     lines = ann.read_text().splitlines()
     lines[2] = lines[2].replace(lines[2].split("\t")[1], "n00000001")  # 3: an unknown class
@@ -292,7 +290,7 @@ def test_wrong_size_with_skip_bad_fails_at_once_pointing_at_resize(
     synth_copy: Path, tmp_path: Path, capsys
 ) -> None:
     for image in (synth_copy / "train").rglob("*.JPEG"):  # a 32x32 copy of the train split
-        _save(image, (10, 20, 30), (32, 32))
+        save_image(image, (10, 20, 30), (32, 32))
     out = tmp_path / "cache"
     assert main(["prepare", str(synth_copy), "--out", str(out), "-q", "--skip-bad"]) == 1
     err = capsys.readouterr().err.strip()
@@ -302,7 +300,7 @@ def test_wrong_size_with_skip_bad_fails_at_once_pointing_at_resize(
 
 
 def test_wrong_size_message_does_not_suggest_skip_bad(synth_copy: Path, tmp_path: Path, capsys):
-    _save(synth_copy / "test" / "images" / "test_1.JPEG", (1, 2, 3), (48, 40))
+    save_image(synth_copy / "test" / "images" / "test_1.JPEG", (1, 2, 3), (48, 40))
     assert main(["prepare", str(synth_copy), "--out", str(tmp_path / "c"), "-q"]) == 1
     err = capsys.readouterr().err
     assert "test/images/test_1.JPEG: image is 48x40, not 64x64 (pass --resize" in err
@@ -312,7 +310,7 @@ def test_wrong_size_message_does_not_suggest_skip_bad(synth_copy: Path, tmp_path
 def test_a_worker_stops_its_chunk_at_the_first_wrong_size(tmp_path: Path) -> None:
     root = tmp_path / "tree"
     for name, size in [("a.png", 64), ("b.png", 32), ("c.png", 64)]:
-        _save(root / name, (9, 9, 9), (size, size), "PNG")
+        save_image(root / name, (9, 9, 9), (size, size), "PNG")
     target = tmp_path / "rows.bin"
     target.write_bytes(bytes(3 * 64 * 64 * 3))
 
@@ -411,15 +409,15 @@ def _own_dataset(root: Path, val_only: str | None = None) -> Path:
         for i in range(4):
             size = [(64, 64), (100, 80), (30, 50), (256, 256)][i]
             fmt, ext = [("JPEG", "jpg"), ("PNG", "png"), ("JPEG", "jpeg"), ("BMP", "bmp")][i]
-            _save(root / "train" / name / f"img{i}.{ext}", colour, size, fmt)
-        _save(root / "val" / name / f"v{k}.JPG", colour, (64, 96), "JPEG")
-    _save(root / "test" / "t1.png", (5, 5, 5), (70, 70), "PNG")
+            save_image(root / "train" / name / f"img{i}.{ext}", colour, size, fmt)
+        save_image(root / "val" / name / f"v{k}.JPG", colour, (64, 96), "JPEG")
+    save_image(root / "test" / "t1.png", (5, 5, 5), (70, 70), "PNG")
     Image.new("L", (64, 64), 77).save(root / "test" / "t2.jpg")
     (root / "train" / "cat" / "notes.txt").write_text("not an image")
     (root / "train" / ".ipynb_checkpoints").mkdir()
-    _save(root / "train" / ".ipynb_checkpoints" / "x.jpg", (0, 0, 0), (64, 64))
+    save_image(root / "train" / ".ipynb_checkpoints" / "x.jpg", (0, 0, 0), (64, 64))
     if val_only:
-        _save(root / "val" / val_only / "v.jpg", (1, 1, 1), (64, 64))
+        save_image(root / "val" / val_only / "v.jpg", (1, 1, 1), (64, 64))
     return root
 
 

@@ -23,33 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import RUN, paused, start_tinycnn, train_argv
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config
-from tinycnn.data.prepare import prepare
 from tinycnn.run_folder import read_metrics, read_steps
 from tinycnn.training import train
 
-# 50 training images after the hold-out (2 per class): batch 16 -> 3 iterations an epoch, 9 in
-# all. Iteration snapshots every 3 iterations fall exactly on epoch ends (fault 1 of issue 7).
-RUN = [
-    "model.name=cnn5",
-    "model.conv_channels=[8, 8, 8]",
-    "model.fc_widths=[32]",
-    "model.dropout=0.3",
-    "train.batch_size=16",
-    "train.eval_batch_size=64",
-    'data.normalization="channel"',
-    "data.holdout_per_class=2",
-    "optim.name=nesterov",
-    "optim.lr=0.05",
-    "augment.noise_std=1.0",
-    "train.deterministic=true",
-    "train.threads=1",
-    "train.epochs=3",
-    "train.snapshot_every=3",
-    "train.log_every=2",  # steps.jsonl lines at 2, 4, 6, 8: windows across epochs and snapshots
-]
 TIMING = ("seconds", "elapsed_seconds", "images_per_second")
 
 # Where a run can die: (phase, iteration). step: after an optimisation step; snapshot: after an
@@ -68,52 +48,16 @@ PHASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare(
-        synth_sources["folder"], tmp_path_factory.mktemp("c") / "cache", progress=False
-    ).path
-
-
-def _train_argv(cache: Path, out: Path, *extra: str) -> list[str]:
-    sets = [a for item in RUN for a in ("--set", item)]
-    return ["train", "--data", str(cache), *sets, *extra, "--out", str(out), "-q"]
-
-
-def _tinycnn(argv: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tinycnn", *argv],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _finish(process: subprocess.Popen) -> tuple[int, str]:
     _, err = process.communicate(timeout=300)
     return process.returncode, err
 
 
-def _paused(argv: list[str], phase: str, iteration: int, flag: Path) -> subprocess.Popen:
-    """Start the CLI and return once it waits at PHASE@ITERATION."""
-    process = _tinycnn(
-        argv, {"TINYCNN_PAUSE_AT": f"{phase}@{iteration}", "TINYCNN_PAUSE_FILE": str(flag)}
-    )
-    deadline = time.monotonic() + 240
-    while not flag.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"ended before {phase}@{iteration}: {process.stderr.read()}")
-        assert time.monotonic() < deadline, f"never reached {phase}@{iteration}"
-        time.sleep(0.05)
-    return process
-
-
 def _kill_and_resume(cache: Path, out: Path, phase: str, iteration: int) -> str:
-    process = _paused(_train_argv(cache, out), phase, iteration, out.with_suffix(".paused"))
+    process = paused(train_argv(cache, out), phase, iteration, out.with_suffix(".paused"))
     process.kill()  # SIGKILL: no handler, no cleanup
     process.communicate(timeout=60)
-    code, err = _finish(_tinycnn(["train", "--resume", str(out), "-q"]))
+    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
     assert code == 0, f"resume after a kill at {phase}@{iteration} failed: {err}"
     return err
 
@@ -152,7 +96,7 @@ def _assert_same_run(got: dict, expected: dict, where: str) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("whole") / "run"
-    code, err = _finish(_tinycnn(_train_argv(cache, out)))
+    code, err = _finish(start_tinycnn(train_argv(cache, out)))
     assert code == 0, err
     record = _run_record(out)
     assert [r["iteration"] for r in record["metrics"]] == [3, 6, 9]
@@ -193,7 +137,7 @@ def test_a_torn_metrics_line_is_rebuilt_on_resume(
 ) -> None:
     out = tmp_path / "run"
     # Killed while writing epoch 1's line: its checkpoints are saved, its line is half there.
-    process = _paused(_train_argv(cache, out), "best", 3, tmp_path / "flag")
+    process = paused(train_argv(cache, out), "best", 3, tmp_path / "flag")
     process.kill()
     process.communicate(timeout=60)
     log = out / "metrics.jsonl"
@@ -201,14 +145,14 @@ def test_a_torn_metrics_line_is_rebuilt_on_resume(
     line = json.dumps(uninterrupted["metrics"][0])
     log.write_text(line[: len(line) // 2])  # a line cut off by the kill
     assert read_metrics(out) == [], "the torn line is dropped on reading"
-    code, err = _finish(_tinycnn(["train", "--resume", str(out), "-q"]))
+    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
     assert code == 0, err
     _assert_same_run(_run_record(out), uninterrupted, "torn metrics line")
 
 
 def test_a_damaged_metrics_line_is_named(cache: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    assert main(_train_argv(cache, out, "--set", "train.epochs=1")) == 0
+    assert main(train_argv(cache, out, "--set", "train.epochs=1")) == 0
     log = out / "metrics.jsonl"
     log.write_text("garbage\n" + log.read_text())
     assert main(["train", "--resume", str(out), "-q"]) == 1
@@ -218,9 +162,9 @@ def test_a_damaged_metrics_line_is_named(cache: Path, tmp_path: Path, capsys) ->
 
 def test_a_second_process_on_a_run_folder_is_refused(cache: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    first = _paused(_train_argv(cache, out), "step", 1, tmp_path / "flag")
+    first = paused(train_argv(cache, out), "step", 1, tmp_path / "flag")
     try:
-        for argv in (_train_argv(cache, out), ["train", "--resume", str(out), "-q"]):
+        for argv in (train_argv(cache, out), ["train", "--resume", str(out), "-q"]):
             assert main(argv) == 1
             err = capsys.readouterr().err.strip()
             assert f"in use by another tinycnn process (pid {first.pid}," in err, err
@@ -247,7 +191,7 @@ def test_a_failed_start_leaves_no_run_folder(
         setting = "train.device=cuda:99"
         message = "cuda:99"
     out = tmp_path / "run"
-    assert main(_train_argv(cache, out, "--set", setting)) == 1
+    assert main(train_argv(cache, out, "--set", setting)) == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
 
@@ -257,12 +201,12 @@ def test_sigterm_at_start_up_then_resume_starts_afresh(
     cache: Path, tmp_path: Path, uninterrupted: dict
 ) -> None:
     out = tmp_path / "run"
-    process = _paused(_train_argv(cache, out), "started", 0, tmp_path / "flag")
+    process = paused(train_argv(cache, out), "started", 0, tmp_path / "flag")
     process.send_signal(signal.SIGTERM)
     code, err = _finish(process)
     assert code == 143 and "interrupted (SIGTERM)" in err, err
     assert not (out / "checkpoints").exists()  # nothing but the config and the lock
-    code, err = _finish(_tinycnn(["train", "--resume", str(out), "-q"]))
+    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
     assert code == 0, err
     _assert_same_run(_run_record(out), uninterrupted, "resumed before the first step")
 
@@ -284,7 +228,7 @@ def test_training_refuses_a_damaged_cache(cache: Path, tmp_path: Path, capsys) -
     data[-5000:] = bytes(5000)  # zeroed pixels: same size, so only a checksum can tell
     images.write_bytes(bytes(data))
     out = tmp_path / "run"
-    assert main(_train_argv(damaged, out)) == 1
+    assert main(train_argv(damaged, out)) == 1
     err = capsys.readouterr().err.strip()
     assert str(images) in err and "--force" in err and "\n" not in err, err
     assert not out.exists()
@@ -303,7 +247,7 @@ def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
 
     monkeypatch.setattr(os, "fsync", fsync)
     out = tmp_path / "run"
-    assert main(_train_argv(cache, out, "--set", "train.snapshot_every=1")) == 1
+    assert main(train_argv(cache, out, "--set", "train.snapshot_every=1")) == 1
     err = capsys.readouterr().err.strip()
     assert "cannot write (disk full)" in err and str(out) in err and "\n" not in err, err
     monkeypatch.setattr(os, "fsync", real_fsync)
@@ -323,7 +267,7 @@ def test_a_full_disk_while_copying_a_snapshot_to_best_names_best(
 
     monkeypatch.setattr(os, "sendfile", sendfile)
     out = tmp_path / "run"
-    assert main(_train_argv(cache, out)) == 1  # epoch 1's snapshot is the best so far
+    assert main(train_argv(cache, out)) == 1  # epoch 1's snapshot is the best so far
     err = capsys.readouterr().err.strip()
     best = out / "checkpoints" / "best.pt"
     assert err.startswith(f"tinycnn: error: {best}: cannot write (disk full); "), err
@@ -368,10 +312,10 @@ def test_init_from_weights_that_do_not_fit_is_one_line_before_any_work(
     cache: Path, tmp_path: Path, capsys
 ) -> None:
     first = tmp_path / "first"
-    assert main(_train_argv(cache, first, "--set", "train.epochs=1")) == 0
+    assert main(train_argv(cache, first, "--set", "train.epochs=1")) == 0
     out = tmp_path / "wider"
     checkpoint = first / "checkpoints" / "last.pt"
-    argv = _train_argv(cache, out, "--set", "model.fc_widths=[64]", "--init-from", str(checkpoint))
+    argv = train_argv(cache, out, "--set", "model.fc_widths=[64]", "--init-from", str(checkpoint))
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert str(checkpoint) in err and "shape of" in err and "(32, " in err and "\n" not in err, err
@@ -521,7 +465,7 @@ def test_exclude_drops_the_listed_training_images(cache: Path, tmp_path: Path, c
     listed = tmp_path / "ambiguous.txt"
     listed.write_text(f"# two images\n{files[0]}\n{files[7]}\n{files[7]}\n")
     out = tmp_path / "run"
-    argv = _train_argv(cache, out, "--set", "train.epochs=1")
+    argv = train_argv(cache, out, "--set", "train.epochs=1")
     assert main([*argv, "--exclude", str(listed)]) == 0
     config = (out / "config.toml").read_text()
     assert f'exclude = "{listed}"' in config
@@ -534,7 +478,7 @@ def test_exclude_drops_the_listed_training_images(cache: Path, tmp_path: Path, c
     assert len(train_rows) == 60 - 10 - 2 + len({0, 7} & set(tune_rows.tolist()))
     assert not {0, 7} & set(train_rows.tolist())
     listed.write_text("train/nope.JPEG\n")
-    assert main(_train_argv(cache, tmp_path / "bad", "--exclude", str(listed))) == 1
+    assert main(train_argv(cache, tmp_path / "bad", "--exclude", str(listed))) == 1
     err = capsys.readouterr().err
     assert f"{listed} line 1: 'train/nope.JPEG' is not a training image" in err
     assert not (tmp_path / "bad").exists()
@@ -554,15 +498,15 @@ def test_a_kill_before_a_compute_budgets_closing_evaluation_resumes_into_it(
     # An iteration snapshot exactly at the budget's last step, then a kill before evaluating it.
     settings = ["--set", budget, "--set", "train.snapshot_every=7"]
     whole = tmp_path / "whole"
-    code, err = _finish(_tinycnn(_train_argv(cache, whole, *settings)))
+    code, err = _finish(start_tinycnn(train_argv(cache, whole, *settings)))
     assert code == 0, err
     expected = _run_record(whole)
     assert [r["iteration"] for r in expected["metrics"]] == [3, 6, 7]  # the budget ends at 7
     out = tmp_path / "cut"
-    process = _paused(_train_argv(cache, out, *settings), "snapshot", 7, tmp_path / "flag")
+    process = paused(train_argv(cache, out, *settings), "snapshot", 7, tmp_path / "flag")
     process.kill()
     process.communicate(timeout=60)
-    code, err = _finish(_tinycnn(["train", "--resume", str(out), "-q"]))
+    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
     assert code == 0, err
     _assert_same_run(_run_record(out), expected, "killed before the budget's evaluation")
 
@@ -595,12 +539,12 @@ def test_init_from_in_a_config_file_is_honoured_and_resolved(
     cache: Path, tmp_path: Path, monkeypatch
 ) -> None:
     first = tmp_path / "first"
-    assert main(_train_argv(cache, first, "--set", "train.epochs=1")) == 0
+    assert main(train_argv(cache, first, "--set", "train.epochs=1")) == 0
     monkeypatch.chdir(tmp_path)  # a relative path, as a user types it
     relative = "first/checkpoints/last.pt"
     second = tmp_path / "second"
     settings = ["--set", f'train.init_from="{relative}"', "--set", "optim.lr=1e-12"]
-    assert main(_train_argv(cache, second, "--set", "train.epochs=1", *settings)) == 0
+    assert main(train_argv(cache, second, "--set", "train.epochs=1", *settings)) == 0
     assert f'init_from = "{tmp_path / relative}"' in (second / "config.toml").read_text()
     start = load_checkpoint(first / "checkpoints" / "last.pt")["model"]["state"]
     after = load_checkpoint(second / "checkpoints" / "last.pt")["model"]["state"]
@@ -612,7 +556,7 @@ def test_resuming_a_run_that_used_its_time_budget_says_how_to_go_on(
     cache: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "run"
-    assert main(_train_argv(cache, out, "--set", "train.max_minutes=0.0001")) == 0
+    assert main(train_argv(cache, out, "--set", "train.max_minutes=0.0001")) == 0
     assert "time budget" in capsys.readouterr().out
     assert main(["train", "--resume", str(out), "-q"]) == 1
     err = capsys.readouterr().err
@@ -699,7 +643,7 @@ def test_stop_at_pauses_where_asked_and_resume_equals_the_uninterrupted_run(
     cache: Path, tmp_path: Path, uninterrupted: dict, capsys
 ) -> None:
     out = tmp_path / "run"
-    assert main([*_train_argv(cache, out), "--stop-at", "4"]) == 0  # mid epoch 2 (3 an epoch)
+    assert main([*train_argv(cache, out), "--stop-at", "4"]) == 0  # mid epoch 2 (3 an epoch)
     assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 4
     assert f"resume with: tinycnn train --resume {out}" in capsys.readouterr().err
     assert main(["train", "--resume", str(out), "-q", "--stop-at", "7"]) == 0
@@ -711,7 +655,7 @@ def test_stop_at_pauses_where_asked_and_resume_equals_the_uninterrupted_run(
 @pytest.mark.parametrize("value", ["0", "-3", "two"])
 def test_stop_at_needs_a_positive_iteration_count(cache: Path, tmp_path: Path, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main([*_train_argv(cache, tmp_path / "run"), "--stop-at", value])
+        main([*train_argv(cache, tmp_path / "run"), "--stop-at", value])
     assert exit_info.value.code == 2
     assert f"{value!r} is not a number of iterations >= 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -775,7 +719,7 @@ def test_start_and_resume_remove_the_temporaries_of_killed_processes_only(
 ) -> None:
     out = tmp_path / "run"
     for argv in (
-        [*_train_argv(cache, out), "--stop-at", "1"],
+        [*train_argv(cache, out), "--stop-at", "1"],
         ["train", "--resume", str(out), "-q", "--stop-at", "2"],
     ):
         stale, kept = _plant_temporaries(out)

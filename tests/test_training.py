@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import SMALL
 from tinycnn.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import ScheduleConfig, load_config
@@ -30,27 +31,6 @@ from tinycnn.models import create_model
 from tinycnn.optim import ClassicalMomentumSGD
 from tinycnn.schedule import lr_at
 from tinycnn.training import read_metrics, train
-
-# A small, fast model for the generated 5-class data (60 train images: 3 batches of 16).
-SMALL = [
-    "model.name=cnn5",
-    "model.conv_channels=[8, 8, 8]",
-    "model.fc_widths=[32]",
-    "train.batch_size=16",
-    "train.eval_batch_size=64",
-    'data.normalization="channel"',
-    "optim.name=nesterov",
-    "optim.lr=0.02",
-    "train.deterministic=true",
-    "train.threads=1",
-]
-
-
-@pytest.fixture(scope="module")
-def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare(
-        synth_sources["folder"], tmp_path_factory.mktemp("c") / "cache", progress=False
-    ).path
 
 
 def _cfg(cache: Path, *overrides: str):

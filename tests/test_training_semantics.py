@@ -7,47 +7,25 @@ gradients, the label-smoothed loss of the observed logits, the split best.pt was
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.optim.optimizer import (
-    register_optimizer_step_post_hook,
-    register_optimizer_step_pre_hook,
-)
 
 import tinycnn.session
-from tests.conftest import SYNTH
-from tests.test_training import SMALL
+from tests.helpers import FP32, StepWatch, normalised, small_config
 from tinycnn.checkpoint import load_checkpoint, model_from_checkpoint
-from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
-from tinycnn.data.prepare import prepare
 from tinycnn.data.splits import holdout_split
-from tinycnn.data.synthetic import make_synthetic
 from tinycnn.errors import ConfigError
 from tinycnn.evaluation import evaluate
-from tinycnn.runtime import make_runtime
 from tinycnn.training import read_metrics, train
 
 # Whole 64x64 images, no mirror, no photometric noise: every input the model sees is one
 # training image, normalised, so it can be recognised and checked pixel by pixel.
 WHOLE_IMAGES = ["augment.crop=0", "augment.flip=false", 'train.precision="fp32"']
-FP32 = make_runtime(precision="fp32", channels_last=False, threads=1)
-
-
-@pytest.fixture(scope="module")
-def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare(
-        synth_sources["folder"], tmp_path_factory.mktemp("sem") / "cache", progress=False
-    ).path
-
-
-def _cfg(cache: Path, *overrides: str):
-    return load_config(None, [f"data.cache={json.dumps(str(cache))}", *SMALL, *overrides])
 
 
 class Watch:
@@ -72,18 +50,6 @@ class Watch:
         monkeypatch.setattr(tinycnn.session, "build_model", build_and_watch)
 
 
-def _normalised(images: np.ndarray, kind: str, cache_dir: Path) -> torch.Tensor:
-    """(N, 64, 64, 3) uint8 -> (N, 3, 64, 64) as the config's normalisation defines it."""
-    data = load_cache(cache_dir)
-    x = torch.from_numpy(np.array(images, dtype=np.float32))
-    if kind == "mean_image":
-        x = x - torch.from_numpy(np.array(data.mean_image, dtype=np.float32))
-    elif kind == "channel":
-        mean = torch.tensor(data.channel_mean, dtype=torch.float32)
-        x = (x - mean) / torch.tensor(data.channel_std, dtype=torch.float32)
-    return x.permute(0, 3, 1, 2)
-
-
 def _match(seen: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """For each seen input (B, 3, H, W), the index of the candidate it equals; fails otherwise."""
     diff = (seen[:, None] - candidates[None]).abs().flatten(2).amax(dim=2)  # (B, N)
@@ -97,12 +63,12 @@ def test_the_first_layer_sees_the_configured_normalisation(
     cache: Path, tmp_path: Path, monkeypatch, kind: str
 ) -> None:
     watch = Watch(monkeypatch)
-    cfg = _cfg(cache, *WHOLE_IMAGES, "train.epochs=1", f'data.normalization="{kind}"')
+    cfg = small_config(cache, *WHOLE_IMAGES, "train.epochs=1", f'data.normalization="{kind}"')
     train(cfg, tmp_path / "run", progress=False)
     data = load_cache(cache)
     expected = {
-        True: _normalised(data.split("train").images, kind, cache),
-        False: _normalised(data.split("val").images, kind, cache),
+        True: normalised(data.split("train").images, kind, cache),
+        False: normalised(data.split("val").images, kind, cache),
     }
     assert {training for training, _ in watch.inputs} == {True, False}
     for training, seen in watch.inputs:  # training batches, then the val evaluation
@@ -114,10 +80,10 @@ def test_the_first_layer_sees_the_configured_normalisation(
 def test_label_smoothing_is_in_the_training_loss(cache: Path, tmp_path: Path, monkeypatch) -> None:
     eps = 0.3
     watch = Watch(monkeypatch)
-    cfg = _cfg(cache, *WHOLE_IMAGES, "train.epochs=1", f"optim.label_smoothing={eps}")
+    cfg = small_config(cache, *WHOLE_IMAGES, "train.epochs=1", f"optim.label_smoothing={eps}")
     train(cfg, tmp_path / "run", progress=False)
     split = load_cache(cache).split("train")
-    candidates = _normalised(split.images, "channel", cache)
+    candidates = normalised(split.images, "channel", cache)
     inputs = [x for training, x in watch.inputs if training]
     outputs = [y for training, y in watch.outputs if training]
     losses = []
@@ -138,7 +104,7 @@ def test_label_smoothing_stays_out_of_the_logged_val_and_tune_loss(
     # Smoothing is a training objective; the logged val_loss and tune_loss are the plain
     # cross-entropy -log p(label) of the saved model, computed here on the centre crop.
     eps = 0.3
-    cfg = _cfg(
+    cfg = small_config(
         cache,
         "train.epochs=3",
         'train.precision="fp32"',
@@ -156,7 +122,7 @@ def test_label_smoothing_stays_out_of_the_logged_val_and_tune_loss(
         "tune": (data.split("train").images[tune_rows], data.split("train").labels[tune_rows]),
     }
     for name, (images, labels) in splits.items():
-        x = _normalised(images, "channel", cache)[:, :, 4:60, 4:60]  # the 56x56 centre
+        x = normalised(images, "channel", cache)[:, :, 4:60, 4:60]  # the 56x56 centre
         with torch.no_grad():
             log_p = model(x.contiguous()).log_softmax(dim=1)
         labels = torch.from_numpy(labels.astype(np.int64))
@@ -168,38 +134,6 @@ def test_label_smoothing_stays_out_of_the_logged_val_and_tune_loss(
         assert row[f"{name}_loss"] == pytest.approx(plain, rel=1e-5), name
         (evaluation,) = evaluate(checkpoint, cache, split=name, runtime=FP32)
         assert evaluation.loss == pytest.approx(plain, rel=1e-5), name
-
-
-class StepWatch:
-    """Records every optimiser step of a run: lr, parameters and gradients before, after."""
-
-    def __init__(self) -> None:
-        self.steps: list[dict] = []
-
-    def __enter__(self) -> StepWatch:
-        def before(optimizer, args, kwargs):
-            groups = optimizer.param_groups
-            self.steps.append(
-                {
-                    "lr": [g["lr"] for g in groups],
-                    "params": [p for g in groups for p in g["params"]],
-                    "w": [p.detach().clone() for g in groups for p in g["params"]],
-                    "g": [p.grad.detach().clone() for g in groups for p in g["params"]],
-                }
-            )
-
-        def after(optimizer, args, kwargs):
-            self.steps[-1]["after"] = [p.detach().clone() for p in self.steps[-1]["params"]]
-
-        self.handles = [
-            register_optimizer_step_pre_hook(before),
-            register_optimizer_step_post_hook(after),
-        ]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 def _reference_step(name: str, state: dict, w, g, lr: float, decay: float, o) -> torch.Tensor:
@@ -245,7 +179,7 @@ def test_the_optimiser_follows_the_rule_its_name_stands_for(
     # parameters of this model, which has no batch norm) learn at bias_lr times the rate.
     lr, decay = 0.05, 0.02
     options = {"momentum": 0.8, "betas": [0.8, 0.95], "eps": 1e-3}
-    cfg = _cfg(
+    cfg = small_config(
         cache,
         "train.epochs=1",
         'train.precision="fp32"',
@@ -285,7 +219,7 @@ def test_clip_grad_norm_rescales_the_whole_gradient_to_its_bound(
     # The first step's gradient (same weights, same batch in both runs) reaches the optimiser
     # as g * bound / |g| when |g| exceeds the bound, and unchanged when it does not.
     def first_gradient(clip: float, name: str) -> list[torch.Tensor]:
-        cfg = _cfg(
+        cfg = small_config(
             cache, "train.epochs=1", 'train.precision="fp32"', f"optim.clip_grad_norm={clip}"
         )
         with StepWatch() as watch:
@@ -303,30 +237,10 @@ def test_clip_grad_norm_rescales_the_whole_gradient_to_its_bound(
         assert torch.equal(c, g)
 
 
-@pytest.fixture(scope="module")
-def disagreeing_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The generated data with every val label moved to the next class.
-
-    Learning lowers the tuning error and raises the val error, so the two splits pick different
-    epochs as the best.
-    """
-    root = tmp_path_factory.mktemp("disagree")
-    source = make_synthetic(root, **SYNTH)
-    wnids = (source / "wnids.txt").read_text().split()
-    annotations = source / "val" / "val_annotations.txt"
-    lines = []
-    for line in annotations.read_text().splitlines():
-        fields = line.split("\t")
-        fields[1] = wnids[(wnids.index(fields[1]) + 1) % len(wnids)]
-        lines.append("\t".join(fields))
-    annotations.write_text("\n".join(lines) + "\n")
-    return prepare(source, root / "cache", progress=False).path
-
-
 def test_best_checkpoint_is_chosen_on_the_tuning_split(
     disagreeing_cache: Path, tmp_path: Path
 ) -> None:
-    cfg = _cfg(disagreeing_cache, "train.epochs=6", "data.holdout_per_class=2")
+    cfg = small_config(disagreeing_cache, "train.epochs=6", "data.holdout_per_class=2")
     train(cfg, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run")
 
@@ -347,7 +261,7 @@ def test_best_checkpoint_after_a_resume_is_still_chosen_on_the_tuning_split(
     # must rebuild it on tune, as the uninterrupted run chose it. The truth is the log's tune
     # column: best.pt is its first lowest row, and each checkpoint remembers the lowest tune
     # error up to and including it.
-    cfg = _cfg(disagreeing_cache, "train.epochs=6", "data.holdout_per_class=2")
+    cfg = small_config(disagreeing_cache, "train.epochs=6", "data.holdout_per_class=2")
     run = tmp_path / "run"
     assert train(cfg, run, progress=False, stop_at_iteration=12).stopped == "interrupted"
     before = read_metrics(run)
@@ -382,7 +296,11 @@ def test_tensorboard_gets_every_logged_number(cache: Path, tmp_path: Path) -> No
     # The test extra installs tensorboard, so this branch runs in CI.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(_cfg(cache, "train.tensorboard=true", "train.epochs=2"), tmp_path / "r", progress=False)
+    train(
+        small_config(cache, "train.tensorboard=true", "train.epochs=2"),
+        tmp_path / "r",
+        progress=False,
+    )
     events = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
     events.Reload()
     rows = read_metrics(tmp_path / "r")
@@ -394,5 +312,5 @@ def test_tensorboard_gets_every_logged_number(cache: Path, tmp_path: Path) -> No
 def test_tensorboard_missing_is_one_clear_error(cache: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with pytest.raises(ConfigError, match="needs the tensorboard package"):
-        train(_cfg(cache, "train.tensorboard=true"), tmp_path / "r", progress=False)
+        train(small_config(cache, "train.tensorboard=true"), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()

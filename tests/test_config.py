@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import tinycnn
 from tinycnn.config import RunConfig, config_to_dict, load_config, to_toml
 from tinycnn.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
 
@@ -203,3 +207,9 @@ def test_bad_configs_on_a_base(tmp_path: Path, text: str, overrides: list[str], 
     with pytest.raises(ConfigError) as info:
         load_config(path, overrides, base=load_config(None, BASE))
     assert message in str(info.value)
+
+
+def test_labels_of_the_quick_preset_learn_on_the_mini_data() -> None:
+    text = (ROOT / "configs" / "quick.toml").read_text(encoding="utf-8")
+    assert "mini" in text and "minutes" in text
+    assert np.isfinite(tinycnn.load_config(ROOT / "configs" / "quick.toml").optim.lr)

@@ -3,13 +3,16 @@ errors for outputs that cannot be written, Ctrl-C."""
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import tinycnn
-from tests.helpers import QUICK
+from tests.helpers import QUICK, Small, assert_one_line_error, fail_fsync, fail_writes, run_cli
 from tinycnn.cli import main
 
 
@@ -56,3 +59,47 @@ def test_export_and_ensemble_take_run_folders_and_show_progress(
     assert "evaluate epoch-001.pt on val" in err and "evaluate epoch-002.pt on val" in err
     assert main(["export", f"{run}@epochs:1,2", "--format", "onnx", "--out", str(out)]) == 1
     assert "names 2 checkpoints; give one" in capsys.readouterr().err
+
+
+WRITING_COMMANDS = {
+    "export": lambda s, out: [
+        *("export", s.checkpoint, "--format", "torchscript", "--out", out / "model.pt"),
+        *("--data", s.cache, "--check-count", 4),
+    ],
+    "ensemble": lambda s, out: [
+        *("ensemble", s.checkpoint, "--data", s.cache, "--out", out / "ens"),
+        *("--no-cache", "--device", "cpu", "-q"),
+    ],
+    "predict": lambda s, out: [
+        *("predict", s.checkpoint, "--data", s.cache, "--submission", out / "sub.txt"),
+        *("--device", "cpu", "-q"),
+    ],
+}
+
+
+@pytest.mark.parametrize("command", sorted(WRITING_COMMANDS))
+@pytest.mark.parametrize(
+    ("fail", "code", "text", "words"),
+    [
+        (fail_writes, errno.ENOSPC, "No space left on device", "disk full"),
+        (fail_writes, errno.EROFS, "Read-only file system", "read-only file system"),
+        (fail_fsync, errno.EACCES, "Permission denied", "permission denied"),
+    ],
+)
+def test_writing_commands_report_unwritable_output_in_one_line(
+    small: Small,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    command: str,
+    fail,
+    code: int,
+    text: str,
+    words: str,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    fail(monkeypatch, code, text)
+    status, _, err = run_cli(capsys, WRITING_COMMANDS[command](small, out))
+    assert_one_line_error(status, err, str(out), words)
+    assert list(out.iterdir()) == []  # nothing half-written, no temporary file

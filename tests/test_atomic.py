@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.helpers import fail_fsync, fail_writes
+from tests.helpers import fail_fsync, fail_writes, train_argv
 from tinycnn import atomic
 from tinycnn.atomic import save_npy, write_json, write_text
-from tinycnn.checkpoint import save_checkpoint
+from tinycnn.checkpoint import load_checkpoint, save_checkpoint
+from tinycnn.cli import main
 from tinycnn.errors import OutputError
 
 # errno, strerror, the words the message must use
@@ -74,3 +78,48 @@ def test_other_errors_pass_through(tmp_path: Path) -> None:
         tmp.write_text("half")
         1 / 0  # noqa: B018
     assert list(tmp_path.iterdir()) == []
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _plant_temporaries(out: Path) -> tuple[list[Path], list[Path]]:
+    """(temporaries left by a killed process, files to keep) in a run folder and its checkpoints.
+
+    Kept: a temporary of a live process (this one: it may be writing it) and a user's file that
+    only looks like a temporary.
+    """
+    dead, live = _dead_pid(), os.getpid()
+    checkpoints = out / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    stale = [
+        checkpoints / f".last.pt.tmp-{dead}-1a2b3c",
+        checkpoints / f".best.pt.tmp-{dead}-4d5e6f7a",
+        checkpoints / f".epoch-002.pt.tmp-{dead}-0a1b2c",
+        out / f".config.toml.tmp-{dead}-abcdef",
+    ]
+    kept = [checkpoints / f".last.pt.tmp-{live}-99aa88bb", out / ".notes.tmp-mine"]
+    for path in stale + kept:
+        path.write_bytes(b"half a file")
+    return stale, kept
+
+
+def test_start_and_resume_remove_the_temporaries_of_killed_processes_only(
+    cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    for argv in (
+        [*train_argv(cache, out), "--stop-at", "1"],
+        ["train", "--resume", str(out), "-q", "--stop-at", "2"],
+    ):
+        stale, kept = _plant_temporaries(out)
+        assert main(argv) == 0, argv[1]
+        assert [p.name for p in stale if p.exists()] == [], argv[1]
+        assert all(p.exists() for p in kept), argv[1]
+        for path in kept:
+            path.unlink()
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 2

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 import tinycnn
-from tests.helpers import QUICK, Small, assert_one_line_error, fail_fsync, fail_writes, run_cli
+from tests.helpers import (
+    QUICK,
+    Small,
+    assert_one_line_error,
+    fail_fsync,
+    fail_writes,
+    run_cli,
+    train_argv,
+)
 from tinycnn.cli import main
 
 
@@ -103,3 +111,21 @@ def test_writing_commands_report_unwritable_output_in_one_line(
     status, _, err = run_cli(capsys, WRITING_COMMANDS[command](small, out))
     assert_one_line_error(status, err, str(out), words)
     assert list(out.iterdir()) == []  # nothing half-written, no temporary file
+
+
+def test_ctrl_c_outside_training_names_itself(monkeypatch, capsys) -> None:
+    def interrupted(_args) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tinycnn.cli._cmd_models", interrupted)
+    assert main(["models"]) == 130
+    assert "interrupted (Ctrl-C)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_stop_at_needs_a_positive_iteration_count(cache: Path, tmp_path: Path, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*train_argv(cache, tmp_path / "run"), "--stop-at", value])
+    assert exit_info.value.code == 2
+    assert f"{value!r} is not a number of iterations >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
+from tests.helpers import RUN
 from tinycnn.config import load_config
 from tinycnn.schedule import Schedule
 from tinycnn.timing import Budget
+from tinycnn.training import train
 
 
 def test_the_time_to_go_counts_each_sides_step_time_once_fitted() -> None:
@@ -34,3 +38,30 @@ def test_the_budget_leaves_room_for_the_next_step_and_the_closing_evaluation() -
     budget.eval_seconds = 10.5
     assert budget.exhausted(0)  # 60.5 s
     assert not Budget(0, origin - 1e6, 0, batch_size=10, eval_images=30).exhausted(5)  # no budget
+
+
+def test_the_time_budget_includes_the_evaluations(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    import tinycnn.epochs
+    import tinycnn.steps
+
+    real = tinycnn.epochs.predict_logits
+
+    def slow_evaluation(*args, **kwargs):
+        time.sleep(1.0)  # stands for the 10,000 val images of a real run
+        return real(*args, **kwargs)
+
+    def slow_step(*args, **kwargs):
+        time.sleep(0.05)  # 25 steps an epoch: an epoch takes longer than its evaluation
+        return real_augment(*args, **kwargs)
+
+    real_augment = tinycnn.steps.augment_batch
+    monkeypatch.setattr(tinycnn.epochs, "predict_logits", slow_evaluation)
+    monkeypatch.setattr(tinycnn.steps, "augment_batch", slow_step)
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1000"])
+    cfg.train.batch_size = 2
+    cfg.train.max_minutes = 0.1  # 6 s; each evaluation (val + tune) takes 2 s
+    start = time.perf_counter()
+    result = train(cfg, tmp_path / "run", progress=False)
+    took = time.perf_counter() - start
+    assert result.stopped == "time budget" and result.metrics[-1]["iteration"] >= 25
+    assert took < 6.0 + 1.0, f"a 6 s budget took {took:.1f} s"

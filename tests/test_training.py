@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -18,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import SMALL
+from tests.helpers import RUN, SMALL, train_argv
 from tinycnn.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import ScheduleConfig, load_config
@@ -460,3 +461,58 @@ def test_snapshots_hold_the_model_and_last_the_whole_resume_state(
     weights = sum(t.numel() * t.element_size() for t in final.values())
     saved = (checkpoints / "last.pt").stat().st_size - (checkpoints / "epoch-002.pt").stat().st_size
     assert saved > 1.5 * weights
+
+
+def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
+    cache: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) > 6:  # the first checkpoints and log lines fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "run"
+    assert main(train_argv(cache, out, "--set", "train.snapshot_every=1")) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot write (disk full)" in err and str(out) in err and "\n" not in err, err
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    last = load_checkpoint(out / "checkpoints" / "last.pt")  # whole and loadable
+    assert last["iteration"] >= 1
+    assert not [p for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
+
+
+def test_train_starts_with_one_banner_line(cache: Path, tmp_path: Path, capsys) -> None:
+    cfg = load_config(
+        None,
+        [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1", 'train.precision="fp32"'],
+    )
+    result = train(cfg, tmp_path / "run", progress=True)
+    first = capsys.readouterr().out.splitlines()[0]
+    params = sum(p.numel() for p in result.model.parameters())
+    for part in (
+        f"train cnn5 ({params:,} parameters, ",
+        "GFLOP per training image) on cpu, 1 thread,",
+        "fp32: as configured",
+        "50 images an epoch, 3 iterations x 1 epochs = 3",
+        f"run folder {tmp_path / 'run'}",
+    ):
+        assert part in first, (part, first)
+
+
+def test_the_banner_says_when_bf16_was_measured_no_faster(
+    cache: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import tinycnn.runtime
+
+    monkeypatch.setattr(tinycnn.runtime, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(tinycnn.runtime, "bf16_speedup", lambda: 1.04)
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1"])
+    result = train(cfg, tmp_path / "run", progress=True)
+    first = capsys.readouterr().out.splitlines()[0]
+    why = "fp32: bf16 convolutions measured 1.04x as fast as fp32's; auto takes bf16 from 1.25x"
+    assert why in first, first
+    assert result.metrics[-1]["precision"] == "fp32"

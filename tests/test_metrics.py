@@ -1,0 +1,32 @@
+"""metrics.py: error rates, per-class accuracy and the confusion by hand, and learning as an
+error clearly below chance."""
+
+from __future__ import annotations
+
+import pytest
+
+# (top-1 error, images, classes, learning?) after epoch 1 (results/README.md, "The not-learning
+# warning"): healthy runs, then stuck ones.
+AFTER_EPOCH_1 = [
+    (0.7135, 960, 10, True),  # configs/quick.toml on the mini data: train (loss 2.286 ~ ln 10)
+    (0.8020, 500, 10, True),  # the same run's val
+    (0.8320, 500, 10, True),  # its val with train.seed=1, the weakest of seeds 0-2
+    (0.9594, 99_968, 200, True),  # paper8 with batch norm, full data: train
+    (0.9474, 10_000, 200, True),  # configs/paper/paper8_l2_5e-4.toml, full data: val
+    (0.8781, 960, 10, False),  # quick.toml with optim.lr=10: train (loss 11.8)
+    (0.8940, 500, 10, False),  # the same run's val
+    (0.8862, 896, 10, False),  # the paper's as-written preset on the mini data: train (loss 5.50)
+    (0.8896, 960, 10, False),  # quick.toml with optim.lr=1e-9: train
+    (0.9929, 10_000, 200, False),  # the as-written preset on the full data: val
+    (0.9936, 10_000, 200, False),  # the same with model.init = "caffe_xavier": val
+    (0.9950, 0, 200, False),  # no images: no evidence
+]
+
+
+@pytest.mark.parametrize(("error", "count", "classes", "expected"), AFTER_EPOCH_1)
+def test_learning_is_an_error_clearly_below_chance(
+    error: float, count: int, classes: int, expected: bool
+) -> None:
+    from tinycnn.metrics import clearly_below_chance
+
+    assert clearly_below_chance(error, count, classes) is expected

@@ -457,3 +457,30 @@ def test_cuda_matches_cpu_geometry_and_rejects_a_cpu_generator() -> None:
     assert torch.equal(on_gpu.cpu(), _reference_views(images, cpu_params, cfg))
     with pytest.raises(ConfigError, match="generator"):
         augment_batch(images.cuda(), cfg, _gen(0, "cpu"))
+
+
+def _image(seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (2, 8, 8, 3), generator=torch.Generator().manual_seed(seed)).to(
+        torch.uint8
+    )
+
+
+def test_channel_normalisation_by_hand() -> None:
+    images = _image()
+    mean, std = [10.0, 20.0, 30.0], [2.0, 4.0, 8.0]
+    got = center_crop(images, 6, Normalization.channel(mean, std))  # (2, 3, 6, 6)
+    crop = images[:, 1:7, 1:7, :].float()
+    expected = ((crop - torch.tensor(mean)) / torch.tensor(std)).permute(0, 3, 1, 2)
+    assert torch.allclose(got, expected)
+
+
+def test_mean_image_is_subtracted_before_cropping_and_mirroring() -> None:
+    images = _image(1)
+    mean_image = torch.rand(8, 8, 3, generator=torch.Generator().manual_seed(2)) * 255
+    got = ten_crop(images, 6, Normalization.from_mean_image(mean_image.numpy()))  # (2, 10, ...)
+    centred = images.float() - mean_image  # the full image first (Caffe), then crop and mirror
+    corners = [(0, 0), (0, 2), (2, 0), (2, 2), (1, 1)]
+    for v, (mirrored, (y, x)) in enumerate((m, c) for m in (False, True) for c in corners):
+        view = centred[:, y : y + 6, x : x + 6, :]
+        view = view.flip(2) if mirrored else view
+        assert torch.allclose(got[:, v], view.permute(0, 3, 1, 2), atol=1e-4), v

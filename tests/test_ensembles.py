@@ -19,7 +19,14 @@ from tests.helpers import Small, fail_fsync, fail_writes, run_cli
 from tinycnn.checkpoint import save_checkpoint
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
-from tinycnn.ensembles import ProbabilityCache, ProbabilityCacheWarning, ensemble
+from tinycnn.ensembles import (
+    ProbabilityCache,
+    ProbabilityCacheWarning,
+    average,
+    ensemble,
+    greedy_select,
+)
+from tinycnn.errors import ConfigError
 from tinycnn.inference import load_model
 from tinycnn.runtime import make_runtime
 
@@ -157,3 +164,58 @@ def test_an_unreadable_cached_entry_is_computed_again(small: Small, tmp_path: Pa
     with pytest.warns(ProbabilityCacheWarning, match="unreadable cached probabilities"):
         again = ensemble([str(small.checkpoint)], small.cache, runtime=fp32, prob_cache=store)
     np.testing.assert_array_equal(first.probabilities, again.probabilities)
+
+
+def test_weighted_average_by_hand() -> None:
+    a = np.array([[1.0, 0.0], [0.5, 0.5]], np.float32)
+    b = np.array([[0.0, 1.0], [0.1, 0.9]], np.float32)
+    assert np.allclose(average([a, b], [1, 3]), [[0.25, 0.75], [0.2, 0.8]])  # weights / 4
+    assert np.allclose(average([a, b], [2, 2]), (a + b) / 2)
+    assert np.allclose(average([a], [5]), a)
+    assert np.allclose(average([a, b], [0.25, 0.75]), [[0.25, 0.75], [0.2, 0.8]])  # sum 1 is fine
+    assert average([a, b], [1, 3]).dtype == np.float32
+    for bad in ([0, 0], [1, -1]):
+        with pytest.raises(ConfigError, match="must add up to more than 0"):
+            average([a, b], bad)
+
+
+def _greedy_by_hand(probs: list[np.ndarray], labels: np.ndarray, rounds: int) -> list[int]:
+    """Caruana's forward selection with replacement, written out plainly in float64."""
+    chosen: list[int] = []
+    best_score, best_counts = None, None
+    for _ in range(rounds):
+        trials = []
+        for i in range(len(probs)):
+            mean = np.mean([probs[j] for j in [*chosen, i]], axis=0, dtype=np.float64)
+            error = float(np.mean(mean.argmax(axis=1) != labels))
+            loss = float(-np.mean(np.log(np.maximum(mean[np.arange(len(labels)), labels], 1e-12))))
+            trials.append((error, loss, i))
+        error, loss, i = min(trials)
+        chosen.append(i)
+        if best_score is None or (error, loss) < best_score:
+            best_score = (error, loss)
+            best_counts = [chosen.count(j) for j in range(len(probs))]
+    return best_counts
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("rounds", [1, 2, 5])
+def test_greedy_selection_matches_a_plain_implementation(seed: int, rounds: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 6, size=30)
+    probs = [rng.dirichlet(np.full(6, 0.5), size=30).astype(np.float32) for _ in range(4)]
+    expected = _greedy_by_hand(probs, labels, rounds)
+    assert greedy_select(probs, torch.from_numpy(labels), rounds) == expected
+
+
+def test_greedy_selection_of_one_member() -> None:
+    probs = np.array([[0.9, 0.1], [0.4, 0.6]], np.float32)
+    assert greedy_select([probs], torch.tensor([0, 0]), rounds=3) == [1]
+
+
+def test_greedy_selection_keeps_the_best_prefix() -> None:
+    # Member 0 alone is best; adding anything after it only makes things worse.
+    labels = torch.tensor([0, 1])
+    perfect = np.array([[0.9, 0.1], [0.1, 0.9]], np.float32)
+    wrong = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    assert greedy_select([wrong, perfect], labels, rounds=4) == [0, 1]

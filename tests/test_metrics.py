@@ -3,7 +3,12 @@ error clearly below chance."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
+
+from tinycnn.metrics import error_rates, per_class_accuracy
 
 # (top-1 error, images, classes, learning?) after epoch 1 (results/README.md, "The not-learning
 # warning"): healthy runs, then stuck ones.
@@ -30,3 +35,18 @@ def test_learning_is_an_error_clearly_below_chance(
     from tinycnn.metrics import clearly_below_chance
 
     assert clearly_below_chance(error, count, classes) is expected
+
+
+def test_error_rates_of_no_images_are_nan() -> None:
+    rates = error_rates(torch.empty(0, 7), torch.empty(0, dtype=torch.int64))
+    assert rates["count"] == 0
+    assert all(math.isnan(rates[k]) for k in ("loss", "top1_error", "top5_error"))
+
+
+def test_confusion_counts_repeated_mistakes() -> None:
+    # Three images of class 1 all called class 2, two of class 0 right: cells above 1.
+    logits = torch.tensor([[5.0, 0, 0], [5, 0, 0], [0, 0, 5], [0, 0, 5], [0, 0, 5]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    accuracy, confusion = per_class_accuracy(logits, labels, 3)
+    assert confusion.tolist() == [[2, 0, 0], [0, 0, 3], [0, 0, 0]]
+    assert accuracy[0] == 1.0 and accuracy[1] == 0.0 and math.isnan(accuracy[2])

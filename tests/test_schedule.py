@@ -3,10 +3,19 @@ compute and a time budget. Expected values are counted by hand in the comments."
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from tinycnn.config import load_config
-from tinycnn.schedule import Schedule, fit_total_to_time, size_phases, step_seconds_by_size
+from tinycnn.config import ScheduleConfig, load_config
+from tinycnn.schedule import (
+    Schedule,
+    cycle_ends,
+    fit_total_to_time,
+    lr_at,
+    size_phases,
+    step_seconds_by_size,
+)
 
 
 def _schedule(
@@ -157,3 +166,64 @@ def test_the_sizes_start_again_in_each_span_by_hand() -> None:
     # Three sizes, spans of 5 and 5: round(1.25) = 1 and round(3.0) = 3 in each.
     three = size_phases([32, 48, 64], [0.25, 0.6], [5, 10])
     assert three == [(1, 32), (2, 48), (2, 64)] * 2
+
+
+# (schedule options, iteration, iterations per epoch, total iterations, expected lr for lr 1.0)
+SCHEDULES = [
+    ({"name": "constant"}, 57, 10, 100, 1.0),
+    ({"name": "constant", "warmup_epochs": 1}, 4, 10, 100, 0.5),  # warm-up: (4 + 1) / 10
+    ({"name": "constant", "warmup_epochs": 1}, 10, 10, 100, 1.0),
+    ({"name": "step", "step_epochs": 1, "gamma": 0.5}, 9, 10, 100, 1.0),
+    ({"name": "step", "step_epochs": 1, "gamma": 0.5}, 10, 10, 100, 0.5),
+    ({"name": "step", "step_epochs": 1, "gamma": 0.5}, 35, 10, 100, 0.125),
+    ({"name": "step", "step_epochs": 0.05, "gamma": 0.5}, 2, 10, 100, 0.25),  # < 1 it.: every it.
+    # The step schedule behind a warm-up (the paper's shape, made to start): 5 warm-up
+    # iterations of 10 an epoch climb (i + 1) / 5; the steps still fall at whole step_epochs.
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 0, 10, 100, 0.2),
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 3, 10, 100, 0.8),
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 4, 10, 100, 1.0),
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 19, 10, 100, 1.0),
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 20, 10, 100, 0.1),
+    ({"name": "step", "step_epochs": 2, "gamma": 0.1, "warmup_epochs": 0.5}, 45, 10, 100, 0.01),
+    ({"name": "cosine", "final_lr_fraction": 0.1}, 0, 10, 100, 1.0),
+    ({"name": "cosine", "final_lr_fraction": 0.1}, 50, 10, 100, 0.1 + 0.9 * 0.5),
+    ({"name": "cosine", "final_lr_fraction": 0.1}, 25, 10, 100, 0.1 + 0.9 * (1 + 2**-0.5) / 2),
+    ({"name": "cosine", "final_lr_fraction": 0.1}, 150, 10, 100, 0.1),  # past the end: the floor
+    ({"name": "cosine", "warmup_epochs": 1}, 60, 10, 110, 0.5),  # half-way after the warm-up
+    ({"name": "onecycle", "warmup_epochs": 1, "final_lr_fraction": 0.1}, 9, 10, 110, 1.0),
+    ({"name": "onecycle", "warmup_epochs": 1, "final_lr_fraction": 0.1}, 60, 10, 110, 0.55),
+    ({"name": "onecycle", "warmup_epochs": 1, "final_lr_fraction": 0.1}, 110, 10, 110, 0.1),
+    ({"name": "onecycle", "final_lr_fraction": 0.0}, 75, 10, 100, 0.25),
+    # cyclic: 2 cosine cycles of 50 (ends 50, 100), each restarting at lr
+    ({"name": "cyclic", "cycles": 2}, 0, 10, 100, 1.0),
+    ({"name": "cyclic", "cycles": 2}, 25, 10, 100, 0.5),
+    ({"name": "cyclic", "cycles": 2}, 49, 10, 100, 0.5 * (1 + math.cos(math.pi * 49 / 50))),
+    ({"name": "cyclic", "cycles": 2}, 50, 10, 100, 1.0),
+    ({"name": "cyclic", "cycles": 2}, 75, 10, 100, 0.5),
+    ({"name": "cyclic", "cycles": 2, "final_lr_fraction": 0.1}, 75, 10, 100, 0.55),
+    # behind 10 warm-up iterations: cycles of 50 from 10 (ends 60, 110)
+    ({"name": "cyclic", "cycles": 2, "warmup_epochs": 1}, 4, 10, 110, 0.5),
+    ({"name": "cyclic", "cycles": 2, "warmup_epochs": 1}, 35, 10, 110, 0.5),
+    ({"name": "cyclic", "cycles": 2, "warmup_epochs": 1}, 60, 10, 110, 1.0),
+    ({"name": "cyclic", "cycles": 1}, 50, 10, 100, 0.5),  # one cycle: the cosine schedule
+]
+
+# (schedule options, iterations per epoch, total iterations, expected cycle ends)
+CYCLE_ENDS = [
+    ({"name": "cyclic", "cycles": 3}, 10, 100, [33, 67, 100]),  # 33.3 and 66.7 rounded
+    ({"name": "cyclic", "cycles": 2, "warmup_epochs": 1}, 10, 110, [60, 110]),
+    ({"name": "cyclic", "cycles": 4}, 10, 2, [0, 1, 2, 2]),  # more cycles than iterations
+    ({"name": "cosine"}, 10, 100, [100]),
+]
+
+
+@pytest.mark.parametrize(("options", "per_epoch", "total", "expected"), CYCLE_ENDS)
+def test_cycle_ends_by_hand(options, per_epoch, total, expected) -> None:
+    assert cycle_ends(per_epoch, total, ScheduleConfig(**options)) == expected
+
+
+@pytest.mark.parametrize(("options", "iteration", "per_epoch", "total", "expected"), SCHEDULES)
+def test_learning_rate_schedules_by_hand(options, iteration, per_epoch, total, expected) -> None:
+    cfg = ScheduleConfig(**options)
+    assert lr_at(iteration, per_epoch, total, 1.0, cfg) == pytest.approx(expected)
+    assert lr_at(iteration, per_epoch, total, 0.01, cfg) == pytest.approx(0.01 * expected)

@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import RUN, paused, start_tinycnn, train_argv
+from tests.helpers import (
+    RUN,
+    paused,
+    small_config,
+    start_tinycnn,
+    train_argv,
+)
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config
@@ -337,3 +343,41 @@ def test_the_step_log_windows_span_epochs(uninterrupted: dict) -> None:
     steps = uninterrupted["steps"]
     assert [r["iteration"] for r in steps] == [2, 4, 6, 8]
     assert [r["images"] for r in steps] == [32] * 4
+
+
+def test_best_checkpoint_after_a_resume_is_still_chosen_on_the_tuning_split(
+    disagreeing_cache: Path, tmp_path: Path
+) -> None:
+    # Stopped after epoch 4 and resumed: the resume rebuilds the best from the metrics log, and
+    # must rebuild it on tune, as the uninterrupted run chose it. The truth is the log's tune
+    # column: best.pt is its first lowest row, and each checkpoint remembers the lowest tune
+    # error up to and including it.
+    cfg = small_config(disagreeing_cache, "train.epochs=6", "data.holdout_per_class=2")
+    run = tmp_path / "run"
+    assert train(cfg, run, progress=False, stop_at_iteration=12).stopped == "interrupted"
+    before = read_metrics(run)
+    assert [r["iteration"] for r in before] == [3, 6, 9, 12]
+
+    def first_best(rows: list[dict], key: str) -> dict:
+        return min(rows, key=lambda r: (r[key], r["iteration"]))  # ties: the earlier epoch
+
+    by_tune, by_val = first_best(before, "tune_top1_error"), first_best(before, "val_top1_error")
+    assert by_tune["iteration"] != by_val["iteration"], "the case must tell the splits apart"
+    assert by_tune["tune_top1_error"] != by_val["val_top1_error"]
+    # One step past the resume point, then stopped again: what the resume rebuilt, whatever the
+    # epochs after it do.
+    train(None, run, resume=True, progress=False, stop_at_iteration=13)
+    assert (
+        load_checkpoint(run / "checkpoints" / "last.pt")["best_error"]
+        == (by_tune["tune_top1_error"])
+    )
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["iteration"] == by_tune["iteration"]
+    train(None, run, resume=True, progress=False)
+    rows = read_metrics(run)
+    assert [r["iteration"] for r in rows] == [3, 6, 9, 12, 15, 18]
+    for k, row in enumerate(rows):
+        payload = load_checkpoint(run / "checkpoints" / f"epoch-{row['epoch']:03d}.pt")
+        best_so_far = min(r["tune_top1_error"] for r in rows[: k + 1])
+        assert payload["best_error"] == best_so_far, row["epoch"]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["iteration"] == first_best(rows, "tune_top1_error")["iteration"]

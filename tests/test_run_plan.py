@@ -4,14 +4,17 @@ hold-out, --init-from, --exclude, TensorBoard): a failed start leaves no folder.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import train_argv
+from tests.helpers import small_config, train_argv
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.cli import main
+from tinycnn.errors import ConfigError
+from tinycnn.training import train
 
 
 @pytest.mark.parametrize(
@@ -102,3 +105,10 @@ def test_init_from_in_a_config_file_is_honoured_and_resolved(
     after = load_checkpoint(second / "checkpoints" / "last.pt")["model"]["state"]
     for name, tensor in start.items():  # lr 1e-12: one epoch moves nothing measurable
         assert torch.allclose(after[name], tensor, atol=1e-6), name
+
+
+def test_tensorboard_missing_is_one_clear_error(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ConfigError, match="needs the tensorboard package"):
+        train(small_config(cache, "train.tensorboard=true"), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()

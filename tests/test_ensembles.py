@@ -15,20 +15,33 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import Small, fail_fsync, fail_writes, run_cli
+from tests.helpers import (
+    FP32,
+    SMALL,
+    Small,
+    fail_fsync,
+    fail_writes,
+    run_cli,
+)
 from tinycnn.checkpoint import save_checkpoint
+from tinycnn.cli import main
+from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
 from tinycnn.ensembles import (
+    EnsembleResult,
     ProbabilityCache,
     ProbabilityCacheWarning,
     average,
     ensemble,
+    format_result,
     greedy_select,
 )
 from tinycnn.errors import ConfigError
 from tinycnn.inference import load_model
+from tinycnn.members import resolve_members
 from tinycnn.runtime import make_runtime
+from tinycnn.training import train
 
 # --- the ensemble's probability cache: keyed on the data's content; optional -----------------
 
@@ -219,3 +232,207 @@ def test_greedy_selection_keeps_the_best_prefix() -> None:
     perfect = np.array([[0.9, 0.1], [0.1, 0.9]], np.float32)
     wrong = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
     assert greedy_select([wrong, perfect], labels, rounds=4) == [0, 1]
+
+
+def test_identical_members_equal_the_member(run, tmp_path: Path) -> None:
+    cache, folder = run
+    spec = f"{folder}@last"
+    one = ensemble([spec], cache, runtime=FP32, prob_cache=None)
+    two = ensemble([spec, spec], cache, runtime=FP32, prob_cache=None)
+    assert np.allclose(one.probabilities, two.probabilities, atol=1e-6)
+    assert one.ensemble["top1_error"] == two.ensemble["top1_error"] and two.gain == 0
+    assert "ensemble: the same top-1 error as its best member" in format_result(two)
+
+
+def test_ensemble_is_the_mean_of_member_probabilities(run) -> None:
+    cache, folder = run
+    specs = [f"{folder}@epochs:2,3,4"]
+    result = ensemble(specs, cache, runtime=FP32, prob_cache=None)
+    images = torch.from_numpy(np.array(load_cache(cache).split("val").images))
+    members = [load_model(p, FP32).probabilities(images).numpy() for p in resolve_members(specs[0])]
+    assert np.allclose(result.probabilities, np.mean(members, axis=0), atol=1e-6)
+    weighted = ensemble(specs, cache, runtime=FP32, weights=[1, 0, 3], prob_cache=None)
+    assert np.allclose(weighted.probabilities, (members[0] + 3 * members[2]) / 4, atol=1e-6)
+
+
+def test_greedy_selection_on_a_constructed_case() -> None:
+    labels = torch.tensor([0, 1, 0, 1])
+    good_on_first = np.array([[0.9, 0.1], [0.6, 0.4], [0.9, 0.1], [0.6, 0.4]], np.float32)  # 50%
+    good_on_second = np.array([[0.4, 0.6], [0.1, 0.9], [0.4, 0.6], [0.1, 0.9]], np.float32)  # 50%
+    bad = np.array([[0.1, 0.9], [0.9, 0.1], [0.1, 0.9], [0.9, 0.1]], np.float32)  # 0%
+    counts = greedy_select([bad, good_on_first, good_on_second], labels, rounds=6)
+    assert counts[0] == 0 and counts[1] >= 1 and counts[2] >= 1
+    combined = average([good_on_first, good_on_second], [counts[1], counts[2]])
+    assert (combined.argmax(1) == labels.numpy()).all()
+
+
+def test_greedy_ensemble_on_the_tuning_split(run) -> None:
+    cache, folder = run
+    result = ensemble(
+        [f"{folder}@epochs:1,2,3,4"], cache, greedy=True, runtime=FP32, prob_cache=None
+    )
+    assert result.selection["split"] == "tune" and sum(result.selection["counts"]) >= 1
+    assert [m["weight"] for m in result.members] == [float(c) for c in result.selection["counts"]]
+
+
+def test_greedy_without_a_tuning_split_names_greedy_not_split(run, tmp_path: Path, capsys) -> None:
+    # The user passed --greedy (its --select-on defaults to tune), never --split.
+    cache, _ = run
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *SMALL, "train.epochs=1"])
+    plain = train(cfg, tmp_path / "plain", progress=False).run_dir  # no held-out split
+    argv = ["ensemble", f"{plain}@last", "--data", str(cache), "--greedy", "--no-cache", "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--greedy chooses members on --select-on tune: this model was trained" in err
+    assert "--split" not in err and "data.holdout_per_class = K" in err
+    assert main([*argv, "--select-on", "test"]) == 1
+    err = capsys.readouterr().err
+    assert "--greedy chooses members on --select-on 'test': expected a labelled split" in err
+
+
+def test_greedy_weights_follow_the_tuning_split_not_val(run, monkeypatch) -> None:
+    # Each split has its own perfect member: member 2 on tune, member 0 on val. By hand, greedy
+    # selection on tune takes member 2 in round 1 (the only error-free choice); taking it again
+    # leaves the average, and so the score, unchanged, and any other member lowers the label's
+    # probability: the best prefix is round 1, counts [0, 0, 1]. On val it would be [1, 0, 0].
+    cache, folder = run
+    right, wrong = [0.9, 0.1], [0.2, 0.8]
+    labels = torch.tensor([0, 0, 0])
+
+    def members(perfect: int) -> list[np.ndarray]:
+        return [np.array([right if i == perfect else wrong] * 3, np.float32) for i in range(3)]
+
+    by_split = {"tune": members(2), "val": members(0)}
+    asked = []
+
+    def fake(paths, cache, split, *args, **kw):
+        asked.append(split)
+        return by_split[split], labels
+
+    monkeypatch.setattr("tinycnn.ensembles.member_probabilities", fake)
+    result = ensemble([f"{folder}@epochs:1,2,3"], cache, greedy=True, prob_cache=None)
+    assert sorted(asked) == ["tune", "val"]
+    assert result.selection["counts"] == [0, 0, 1]
+    assert result.selection["tune_top1_error"] == 0.0
+    assert [m["weight"] for m in result.members] == [0.0, 0.0, 1.0]
+    # Reported on val with tune's weights: member 2 alone, wrong on every val image.
+    assert np.allclose(result.probabilities, by_split["val"][2])
+    assert result.ensemble["top1_error"] == 1.0
+    assert [m["top1_error"] for m in result.members] == [0.0, 1.0, 1.0]
+
+
+def test_member_probabilities_are_cached_by_checkpoint(run, tmp_path: Path, monkeypatch) -> None:
+    cache, folder = run
+    calls = []
+    original = ProbabilityCache.get
+
+    def counting(self, checkpoint, *args):
+        compute = args[-1]
+
+        def wrapped():
+            calls.append(checkpoint.name)
+            return compute()
+
+        return original(self, checkpoint, *args[:-1], wrapped)
+
+    monkeypatch.setattr(ProbabilityCache, "get", counting)
+    store = tmp_path / "probs"
+    ensemble([f"{folder}@epochs:2,3"], cache, runtime=FP32, prob_cache=store)
+    assert calls == ["epoch-002.pt", "epoch-003.pt"]
+    ensemble([f"{folder}@epochs:2,3,4"], cache, runtime=FP32, prob_cache=store)
+    assert calls == ["epoch-002.pt", "epoch-003.pt", "epoch-004.pt"]  # one more member: one run
+
+
+def test_cli_ensemble_writes_files_only_with_out(run, tmp_path: Path, capsys, monkeypatch) -> None:
+    cache, folder = run
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    argv = ["ensemble", f"{folder}@last:2", "--data", str(cache), "--no-cache", "-q"]
+    assert main(argv) == 0
+    assert list(here.iterdir()) == []  # nothing in the working folder: no ./ensemble/
+    assert "nothing saved (--out DIR saves" in capsys.readouterr().out
+    out = tmp_path / "ens"
+    assert main([*argv, "--json", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["split"] == "val"  # stdout: the one JSON object
+    assert f"saved {out / 'probabilities.npy'} and {out / 'ensemble.json'}" in printed.err
+    assert sorted(p.name for p in out.iterdir()) == ["ensemble.json", "probabilities.npy"]
+
+
+# The numbers every report rests on, each against a truth computed here, not by tinycnn.
+
+
+def _three_class_members() -> tuple[list[np.ndarray], torch.Tensor]:
+    """Three members, each wrong on a different one of 3 images; their mean is right on all."""
+    right, wrong = [0.9, 0.1, 0.0], [0.4, 0.6, 0.0]
+    members = [
+        np.array([wrong if i == j else right for i in range(3)], np.float32) for j in range(3)
+    ]
+    return members, torch.tensor([0, 0, 0])
+
+
+@pytest.mark.parametrize("with_unused_member", [False, True])
+def test_gain_is_the_best_members_error_minus_the_ensembles(
+    run, monkeypatch, with_unused_member: bool
+) -> None:
+    cache, folder = run
+    members, labels = _three_class_members()  # each 1/3 wrong, their mean right: gain +1/3
+    weights = None
+    if with_unused_member:  # a perfect member of weight 0 is not "the best member"
+        members = [*members, np.array([[1.0, 0.0, 0.0]] * 3, np.float32)]
+        weights = [1.0, 1.0, 1.0, 0.0]
+    monkeypatch.setattr(
+        "tinycnn.ensembles.member_probabilities", lambda paths, *args, **kw: (members, labels)
+    )
+    epochs = "1,2,3,4" if with_unused_member else "1,2,3"
+    result = ensemble([f"{folder}@epochs:{epochs}"], cache, weights=weights, prob_cache=None)
+    assert [m["top1_error"] for m in result.members][:3] == pytest.approx([1 / 3] * 3)
+    assert result.ensemble["top1_error"] == 0.0
+    assert result.gain == pytest.approx(1 / 3)
+    assert "ensemble: 33.33 points lower top-1 error than its best member" in format_result(result)
+
+
+@pytest.mark.parametrize(
+    ("gain", "words"),
+    [
+        (0.016, "1.60 points lower top-1 error than its best member"),
+        (-0.004, "0.40 points higher top-1 error than its best member"),
+        (0.0, "the same top-1 error as its best member"),
+        (-0.00004, "the same top-1 error as its best member"),  # rounds to 0.00: no "-0.00"
+    ],
+)
+def test_the_gain_says_which_way_the_error_went(gain: float, words: str) -> None:
+    member = {"checkpoint": "a.pt", "weight": 1.0, "top1_error": 0.5, "top5_error": 0.2, "loss": 1}
+    rates = {"top1_error": 0.5 - gain, "top5_error": 0.2, "loss": 1.0, "count": 1}
+    result = EnsembleResult("val", "center", [member], rates, gain, np.zeros((1, 2), np.float32))
+    assert format_result(result).splitlines()[-1] == f"ensemble: {words}"
+
+
+def test_a_worse_ensemble_has_a_negative_gain(run, monkeypatch) -> None:
+    cache, folder = run
+    perfect = np.array([[0.6, 0.4], [0.6, 0.4]], np.float32)  # 0% error
+    confident_wrong = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)  # 100% error
+    labels = torch.tensor([0, 0])
+    monkeypatch.setattr(
+        "tinycnn.ensembles.member_probabilities",
+        lambda paths, *args, **kw: ([perfect, confident_wrong], labels),
+    )
+    result = ensemble([f"{folder}@epochs:1,2"], cache, prob_cache=None)
+    assert result.ensemble["top1_error"] == 1.0  # the mean (0.3, 0.7) follows the wrong one
+    assert result.gain == -1.0
+    assert "ensemble: 100.00 points higher top-1 error than its best member" in format_result(
+        result
+    )
+
+
+def test_a_checkpoint_overwritten_in_place_gets_new_probabilities(run, tmp_path: Path) -> None:
+    cache, folder = run
+    member, store = tmp_path / "member.pt", tmp_path / "probs"
+    shutil.copyfile(folder / "checkpoints" / "epoch-001.pt", member)
+    first = ensemble([str(member)], cache, runtime=FP32, prob_cache=store)
+    shutil.copyfile(folder / "checkpoints" / "epoch-004.pt", member)  # same path, new weights
+    second = ensemble([str(member)], cache, runtime=FP32, prob_cache=store)
+    fresh = ensemble([str(member)], cache, runtime=FP32, prob_cache=None)
+    assert not np.allclose(first.probabilities, fresh.probabilities, atol=1e-4)
+    assert np.array_equal(second.probabilities, fresh.probabilities)

@@ -50,3 +50,39 @@ def test_confusion_counts_repeated_mistakes() -> None:
     accuracy, confusion = per_class_accuracy(logits, labels, 3)
     assert confusion.tolist() == [[2, 0, 0], [0, 0, 3], [0, 0, 0]]
     assert accuracy[0] == 1.0 and accuracy[1] == 0.0 and math.isnan(accuracy[2])
+
+
+def test_error_rates_by_hand() -> None:
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
+    labels = torch.tensor([0, 2, 1, 1])
+    rates = error_rates(logits, labels)
+    assert rates["top1_error"] == 0.75 and rates["count"] == 4  # only row 0 is right
+    assert rates["top5_error"] == 0.0  # 3 classes: everything is in the top 5
+    expected = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert rates["loss"] == pytest.approx(expected)
+    accuracy, confusion = per_class_accuracy(logits, labels, 3)
+    assert accuracy[0] == 1.0 and accuracy[1] == 0.0 and accuracy[2] == 0.0
+    assert confusion.tolist() == [[1, 0, 0], [1, 0, 1], [0, 1, 0]]
+
+
+def test_top5_error_by_hand_with_seven_classes() -> None:
+    # Each row's label sits at a chosen rank: top-1 and top-5 errors differ from each other and
+    # from 0, and a top-4 (or top-6) error would differ from both.
+    descending = [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    ascending = descending[::-1]
+    logits = torch.tensor([descending, descending, descending, ascending, ascending, ascending])
+    labels = torch.tensor([0, 4, 5, 2, 6, 0])  # ranks 1, 5, 6, 5, 1, 7
+    rates = error_rates(logits, labels)
+    assert rates["count"] == 6
+    assert rates["top1_error"] == pytest.approx(4 / 6)  # rows 1, 2, 3, 5
+    assert rates["top5_error"] == pytest.approx(2 / 6)  # rows 2 (rank 6) and 5 (rank 7)
+    log_sum = math.log(sum(math.exp(v) for v in descending))
+    by_hand = [
+        log_sum - row[label] for row, label in zip(logits.tolist(), labels.tolist(), strict=True)
+    ]
+    assert rates["loss"] == pytest.approx(sum(by_hand) / 6)
+    accuracy, confusion = per_class_accuracy(logits, labels, 7)
+    assert confusion[0].tolist() == [1, 0, 0, 0, 0, 0, 1]  # row 0 right, row 5 said class 6
+    assert confusion.sum() == 6 and confusion.diagonal().sum() == 2
+    assert accuracy[0] == 0.5 and accuracy[6] == 1.0 and accuracy[4] == 0.0
+    assert math.isnan(accuracy[1]) and math.isnan(accuracy[3])  # no images of that class

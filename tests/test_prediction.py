@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.helpers import SMALL as TRAIN_SMALL
 from tests.helpers import Small, assert_one_line_error, run_cli
-from tinycnn.cli import build_parser
+from tinycnn.cli import build_parser, main
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
@@ -371,3 +371,32 @@ def test_cli_predict_reports_a_huge_image_and_predicts_the_rest(
     assert_one_line_error(code, err, "--max-pixels -1")
     parser_default = build_parser().parse_args(["predict", "x"]).max_pixels
     assert parser_default == MAX_PIXELS  # the CLI does not import predict.py to read it
+
+
+def test_cli_predict_submission_and_files_with_an_ensemble(
+    run, tmp_path: Path, capsys, synth_sources
+) -> None:
+    cache, folder = run
+    submission = tmp_path / "sub.txt"
+    image = synth_sources["folder"] / "val" / "images" / "val_0.JPEG"
+    argv = [
+        "predict",
+        f"{folder}@last:2",
+        "--data",
+        str(cache),
+        "--submission",
+        str(submission),
+        "--images",
+        str(image),
+        "--json",
+        "--precision",
+        "fp32",
+    ]
+    assert main(argv) == 0
+    lines = submission.read_text().splitlines()
+    assert len(lines) == 8 and lines[0].startswith("test_0.JPEG\t")
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows[0]["file"].endswith("val_0.JPEG") and len(rows[0]["top"]) == 5
+    assert main(["predict", str(folder), "--images", str(tmp_path / "missing.png")]) == 1
+    assert main(["predict", str(folder)]) == 1
+    assert "say what to predict" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -439,3 +440,42 @@ def test_cli_error_has_no_traceback(synth_copy: Path, tmp_path: Path) -> None:
     assert run.returncode == 1
     assert "Traceback" not in run.stderr and "truncated image" in run.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_cache_with_the_original_images_boxes_is_rebuilt(
+    mini_archive: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from tinycnn.data.cache import MANIFEST, manifest_digest
+
+    out = prepare(mini_archive, tmp_path / "mini32", size=32, resize=True, progress=False).path
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["options"]["boxes"]  # as an older tinycnn wrote it, with 64-pixel boxes
+    manifest["digest"] = manifest_digest(manifest)
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    again = prepare(mini_archive, out, size=32, resize=True, progress=False)
+    assert again.rebuilt and "boxes are in the original images' pixels" in again.reason
+
+
+@pytest.mark.parametrize("where", ["worker", "parent"])
+def test_a_full_disk_is_one_line_and_the_old_cache_survives(
+    synth_sources: dict[str, Path], tmp_path: Path, monkeypatch, capsys, where: str
+) -> None:
+    out = tmp_path / "cache"
+    prepare(synth_sources["folder"], out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    # The workers write the images (os.pwrite, inherited by the forked workers); the parent
+    # writes the labels, the mean image and the manifest (np.save).
+    monkeypatch.setattr(*((os, "pwrite") if where == "worker" else (np, "save")), full)
+    argv = ["prepare", str(synth_sources["folder"]), "--out", str(out), "--force", "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{out}: cannot write (disk full" in err and "nothing was written" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no build left behind

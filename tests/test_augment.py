@@ -20,6 +20,7 @@ from tinycnn.data.augment import (
     augment_batch,
     center_crop,
     flip_views,
+    resize_matrix,
     sample_params,
     ten_crop,
 )
@@ -484,3 +485,52 @@ def test_mean_image_is_subtracted_before_cropping_and_mirroring() -> None:
         view = centred[:, y : y + 6, x : x + 6, :]
         view = view.flip(2) if mirrored else view
         assert torch.allclose(got[:, v], view.permute(0, 3, 1, 2), atol=1e-4), v
+
+
+def test_sizes_per_cycle_must_be_a_boolean() -> None:
+    with pytest.raises(ConfigError, match=r"AugmentConfig\.sizes_per_cycle must be true or false"):
+        AugmentConfig(sizes=[32, 64], size_until=[0.5], sizes_per_cycle=1).validate()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "until", "message"),
+    [
+        ([32, 48], [], "one fraction for each size but the last (1 for"),
+        ([32, 48], [0.5, 0.7], "one fraction for each size but the last (1 for"),
+        ([32, 48, 64], [0.7, 0.4], "rise strictly"),
+        ([32, 48], [0.0], "rise strictly"),
+        ([32, 48], [1.0], "rise strictly"),
+        ([32, 0], [0.5], "whole numbers > 0"),
+        ([32, 48.0], [0.5], "whole numbers > 0"),
+    ],
+)
+def test_impossible_size_schedules_are_named(sizes, until, message) -> None:
+    with pytest.raises(ConfigError, match=r"AugmentConfig\.size") as error:
+        AugmentConfig(sizes=sizes, size_until=until).validate()
+    assert message in str(error.value)
+
+
+def test_resize_weights_by_hand() -> None:
+    # Halving with antialiased bilinear: a triangle filter two input pixels wide on each side of
+    # the output pixel's centre (2k + 0.5): weights 1/8, 3/8, 3/8, 1/8 inside; at the border
+    # the triangle is cut and renormalised: 0.75, 0.75, 0.25 over 1.75.
+    weights = resize_matrix(8, 4)
+    assert weights.shape == (8, 4)
+    expected = torch.zeros(8, 4)
+    expected[0:3, 0] = torch.tensor([3, 3, 1]) / 7
+    expected[1:5, 1] = torch.tensor([1, 3, 3, 1]) / 8
+    expected[3:7, 2] = torch.tensor([1, 3, 3, 1]) / 8
+    expected[5:8, 3] = torch.tensor([1, 3, 3]) / 7
+    torch.testing.assert_close(weights, expected)
+    assert torch.equal(resize_matrix(6, 6), torch.eye(6))
+
+
+@pytest.mark.parametrize("side", [24, 32, 48, 80])
+def test_resized_views_are_torchs_antialiased_bilinear(side: int) -> None:
+    from tinycnn.data.augment import resize_views
+
+    x = torch.randn(3, 3, 56, 56).contiguous(memory_format=torch.channels_last)
+    expected = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+    actual = resize_views(x, side)
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    assert actual.is_contiguous(memory_format=torch.channels_last)

@@ -54,6 +54,26 @@ def small_config(cache: Path, *overrides: str):
     return load_config(None, [f"data.cache={json.dumps(str(cache))}", *SMALL, *overrides])
 
 
+def cnn5_config(cache: Path, *extra: str):
+    """A tiny cnn5 on a prepared cache: Nesterov at lr 0.05, batches of 16, one thread."""
+    return load_config(
+        None,
+        [
+            f"data.cache={json.dumps(str(cache))}",
+            "model.name=cnn5",
+            "model.conv_channels=[8, 8, 8]",
+            "model.fc_widths=[32]",
+            'data.normalization="channel"',
+            'optim.name="nesterov"',
+            "optim.lr=0.05",
+            "train.batch_size=16",
+            "train.threads=1",
+            "train.deterministic=true",
+            *extra,
+        ],
+    )
+
+
 # Two epochs of a tiny cnn5: the public API and the command line, end to end.
 QUICK = [
     "model.name=cnn5",

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.helpers import StepWatch, small_config
+from tinycnn.optim import ClassicalMomentumSGD
 from tinycnn.training import train
 
 
@@ -86,3 +87,17 @@ def test_the_optimiser_follows_the_rule_its_name_stands_for(
                 name, states.setdefault(id(p), {}), w, g, p_lr, p_decay, options
             )
             assert torch.allclose(after, expected, rtol=1e-5, atol=1e-7), (name, i, p.shape)
+
+
+def test_classical_momentum_follows_the_papers_rule() -> None:
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = ClassicalMomentumSGD([w], lr=0.1, momentum=0.9, weight_decay=0.01)
+    v = torch.zeros(2)
+    expected = w.detach().clone()
+    for lr in (0.1, 0.1, 0.01):  # a learning-rate drop acts through the velocity
+        optimizer.param_groups[0]["lr"] = lr
+        w.grad = torch.tensor([0.5, 0.25])
+        optimizer.step()
+        v = 0.9 * v - lr * (torch.tensor([0.5, 0.25]) + 0.01 * expected)
+        expected = expected + v
+        assert torch.allclose(w.detach(), expected)

@@ -246,6 +246,19 @@ def test_learning_rate_schedules_by_hand(options, iteration, per_epoch, total, e
     assert lr_at(iteration, per_epoch, total, 0.01, cfg) == pytest.approx(0.01 * expected)
 
 
+def test_schedules_are_per_iteration() -> None:
+    step = ScheduleConfig(name="step", step_epochs=2, gamma=0.1)
+    assert [lr_at(i, 10, 100, 1.0, step) for i in (0, 19, 20, 45)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.01]
+    )
+    cosine = ScheduleConfig(name="cosine", warmup_epochs=1)
+    assert lr_at(4, 10, 110, 1.0, cosine) == pytest.approx(0.5)
+    assert lr_at(10, 10, 110, 1.0, cosine) == pytest.approx(1.0)
+    assert lr_at(60, 10, 110, 1.0, cosine) == pytest.approx(0.5)
+    onecycle = ScheduleConfig(name="onecycle", warmup_epochs=1, final_lr_fraction=0.1)
+    assert lr_at(110, 10, 110, 1.0, onecycle) == pytest.approx(0.1)
+
+
 # --- progressive resizing through real runs: the sizes trained, evaluated, resumed, budgeted ---
 
 

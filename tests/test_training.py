@@ -22,15 +22,12 @@ import torch.nn.functional as F
 from tests.helpers import RUN, SMALL, train_argv
 from tinycnn.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from tinycnn.cli import main
-from tinycnn.config import ScheduleConfig, load_config
+from tinycnn.config import load_config
 from tinycnn.data.augment import AugmentConfig
 from tinycnn.data.prepare import prepare
-from tinycnn.data.splits import holdout_split
 from tinycnn.errors import ConfigError, TrainingDivergedError
 from tinycnn.evaluation import evaluate
 from tinycnn.models import create_model
-from tinycnn.optim import ClassicalMomentumSGD
-from tinycnn.schedule import lr_at
 from tinycnn.training import read_metrics, train
 
 
@@ -211,43 +208,6 @@ def test_snapshots_every_n_iterations_with_retention(cache: Path, tmp_path: Path
     epochs = [f"epoch-{k:03d}.pt" for k in (1, 2, 3, 4)]
     iters = ["iter-0000008.pt", "iter-0000010.pt", "iter-0000012.pt"]
     assert kept == ["best.pt", *epochs, *iters, "last.pt"]
-
-
-def test_schedules_are_per_iteration() -> None:
-    step = ScheduleConfig(name="step", step_epochs=2, gamma=0.1)
-    assert [lr_at(i, 10, 100, 1.0, step) for i in (0, 19, 20, 45)] == pytest.approx(
-        [1.0, 1.0, 0.1, 0.01]
-    )
-    cosine = ScheduleConfig(name="cosine", warmup_epochs=1)
-    assert lr_at(4, 10, 110, 1.0, cosine) == pytest.approx(0.5)
-    assert lr_at(10, 10, 110, 1.0, cosine) == pytest.approx(1.0)
-    assert lr_at(60, 10, 110, 1.0, cosine) == pytest.approx(0.5)
-    onecycle = ScheduleConfig(name="onecycle", warmup_epochs=1, final_lr_fraction=0.1)
-    assert lr_at(110, 10, 110, 1.0, onecycle) == pytest.approx(0.1)
-
-
-def test_classical_momentum_follows_the_papers_rule() -> None:
-    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
-    optimizer = ClassicalMomentumSGD([w], lr=0.1, momentum=0.9, weight_decay=0.01)
-    v = torch.zeros(2)
-    expected = w.detach().clone()
-    for lr in (0.1, 0.1, 0.01):  # a learning-rate drop acts through the velocity
-        optimizer.param_groups[0]["lr"] = lr
-        w.grad = torch.tensor([0.5, 0.25])
-        optimizer.step()
-        v = 0.9 * v - lr * (torch.tensor([0.5, 0.25]) + 0.01 * expected)
-        expected = expected + v
-        assert torch.allclose(w.detach(), expected)
-
-
-def test_holdout_split_is_per_class_and_reproducible() -> None:
-    labels = np.repeat(np.arange(4), 10)
-    train_rows, tune_rows = holdout_split(labels, 3, seed=1)
-    assert np.bincount(labels[tune_rows]).tolist() == [3, 3, 3, 3]
-    assert not set(train_rows) & set(tune_rows) and len(train_rows) + len(tune_rows) == 40
-    assert np.array_equal(tune_rows, holdout_split(labels, 3, seed=1)[1])
-    with pytest.raises(ConfigError, match="has only 10"):
-        holdout_split(labels, 10)
 
 
 def _argv(cache: Path, out: Path, *extra: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""The public Python API: every name in tinycnn.__all__ resolves, and importing stays light."""
+"""The public Python API (tinycnn/__init__.py): every name in __all__ resolves and is callable after
+the others ran, no module is named like a public function, and importing stays light."""
 
 from __future__ import annotations
 

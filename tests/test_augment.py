@@ -1,4 +1,5 @@
-"""Tests of batched augmentation: geometry, photometric ranges, determinism, views, normalising."""
+"""data/augment.py and its settings (data/augment_config.py): geometry, photometric ranges,
+determinism, views, normalising, resizing; AugmentConfig's checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Cache integrity: per-file sha256 in the manifest, verify_cache, content_id, damaged headers."""
+"""data/cache.py: per-file sha256 in the manifest, verify_cache, content_id, damaged headers and
+manifests, and how a cache differs from the standard Tiny ImageNet."""
 
 from __future__ import annotations
 

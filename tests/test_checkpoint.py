@@ -1,4 +1,6 @@
-"""Checkpoints: bytes damaged after writing are refused by every load, naming the file."""
+"""Checkpoints: bytes damaged after writing are refused by every load, naming the file; files that
+are not what a checkpoint claims (pickled modules, bare state dicts, other keys or shapes) are
+one line in every command that loads one."""
 
 from __future__ import annotations
 
@@ -153,7 +155,7 @@ def test_a_class_list_other_than_the_checkpoints_is_refused_saying_how(
     )
 
 
-# --- checkpoints that are not what they claim, and configs that cannot be ---------------------
+# --- checkpoints that are not what they claim: one line in every command that loads one -------
 
 
 def _edited(small: Small, path: Path, edit) -> Path:

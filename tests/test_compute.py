@@ -1,4 +1,5 @@
-"""Training compute: FLOPs per image checked against hand counts, and train_pflop in the log."""
+"""Training compute: FLOPs per image checked against hand counts, train_pflop in the log, and
+train.max_pflop's budget."""
 
 from __future__ import annotations
 

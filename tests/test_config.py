@@ -1,4 +1,5 @@
-"""Run configuration: TOML and --set overrides in, resolved TOML out, clear errors."""
+"""Run configuration: TOML and --set overrides in, resolved TOML out, clear errors (the number of
+classes comes from the data, not model.num_classes), the quick preset."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Evaluation and ensembles: exact numbers on constructed cases, member specs, caches, the CLI."""
+"""evaluation.py: evaluate() against numbers computed here (centre crop and TTA views, val and the
+tuning split), a foreign class list, and the evaluate and ensemble commands."""
 
 from __future__ import annotations
 

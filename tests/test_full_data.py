@@ -1,4 +1,5 @@
-"""The complete real dataset, prepared end to end (about 10 s here): counts, order, labels."""
+"""The complete real dataset, prepared end to end (about 10 s here): counts, order, labels; without
+it the test is skipped, in CI it fails."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Reading the official layout: class order, labels, names, boxes, archives, and bad trees."""
+"""Dataset layouts (data/layout.py, data/tiny_imagenet.py, data/sources.py): class order, labels,
+names, boxes, archives, bad trees with every problem in one message, class lists (--classes,
+official), BOM and CRLF text files."""
 
 from __future__ import annotations
 

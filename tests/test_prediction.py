@@ -1,4 +1,5 @@
-"""Prediction: submission files, image files of any kind, reports and exit codes."""
+"""prediction.py: submission files, image files of any kind (over the pixel limit: refused before
+decoding), reports and exit codes, the predict command with an ensemble."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from tinycnn.prediction import (
 )
 from tinycnn.runtime import make_runtime
 
-# One epoch of test_training.py's small model: these tests check plumbing, not accuracy.
+# One epoch of the small model (tests/helpers.py): these tests check plumbing, not accuracy.
 SMALL = [*TRAIN_SMALL, "train.epochs=1"]
 
 

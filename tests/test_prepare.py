@@ -1,4 +1,5 @@
-"""prepare and the cache: identical across formats, idempotent, atomic, memory-mapped."""
+"""data/prepare.py: caches identical across formats, idempotent, atomic, memory-mapped; every kind
+of bad input one clear line naming the file (and line), exit 1, no cache left; a full disk."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Runs survive faults: kill -9 at every phase, torn logs, a second writer, failed starts, signals.
+"""A resumed run equals the uninterrupted one: after kill -9 at every phase, a torn metrics line,
+SIGTERM, a time or compute budget, --stop-at; its precision, best.pt and step times carry over.
 
 The kill tests run the real CLI in a subprocess. TINYCNN_PAUSE_AT=PHASE@ITERATION makes it wait
 at that exact point of the run (see faults.pause_point); the test then kills it with SIGKILL

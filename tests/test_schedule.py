@@ -1,5 +1,6 @@
 """The run's schedule (tinycnn/schedule.py): iteration -> lr, input side, FLOPs; the fits to a
-compute and a time budget. Expected values are counted by hand in the comments."""
+compute and a time budget. Expected values are counted by hand in the comments. Then progressive
+resizing through real runs: the sizes trained, evaluated, exported, resumed and budgeted."""
 
 from __future__ import annotations
 

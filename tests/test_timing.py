@@ -1,4 +1,5 @@
-"""The run's wall clock (tinycnn/timing.py): the time to go, the time budget's stop."""
+"""The run's wall clock (tinycnn/timing.py): the time to go, the time budget's stop (which counts
+the evaluations), the step-time probe, a schedule fitted to the time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The training engine: learning, exact resume, fine-tuning, divergence, checkpoints, the CLI."""
+"""The training engine: learning, exact resume, fine-tuning, divergence, checkpoints, the CLI, the
+banner line, a full disk."""
 
 from __future__ import annotations
 

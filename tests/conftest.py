@@ -1,7 +1,9 @@
-"""Shared fixtures: generated datasets (folder, zip, tar.gz) and the real mini subset."""
+"""Shared fixtures: generated datasets (folder, zip, tar.gz), the real mini subset, prepared
+caches and small trained runs. Plain shared values and functions are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
@@ -9,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import SMALL, Small
+from tinycnn.config import load_config
+from tinycnn.data.prepare import prepare
 from tinycnn.data.synthetic import make_synthetic
+from tinycnn.training import train
 
 # The real data: ../shared/data beside the project, or the folder TINYCNN_TEST_DATA names.
 SHARED_DATA = Path(
@@ -74,3 +80,67 @@ def mini_folder(mini_archive: Path, tmp_path_factory: pytest.TempPathFactory) ->
     with tarfile.open(mini_archive) as archive:
         archive.extractall(root, filter="data")
     return root / "tiny-imagenet-mini"
+
+
+@pytest.fixture(scope="module")
+def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated dataset, prepared (a fresh one per test file; replaces pytest's own
+    ``cache`` fixture, which no test here uses)."""
+    return prepare(
+        synth_sources["folder"], tmp_path_factory.mktemp("c") / "cache", progress=False
+    ).path
+
+
+@pytest.fixture(scope="session")
+def run(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """A 4-epoch run with iteration snapshots, on the generated data; returns (cache, run).
+
+    One for the session: the tests of evaluation, members, ensembles, inference, prediction and
+    export read it and never write into it."""
+    root = tmp_path_factory.mktemp("evalrun")
+    cache = prepare(synth_sources["folder"], root / "cache", progress=False).path
+    cfg = load_config(
+        None,
+        [
+            f"data.cache={json.dumps(str(cache))}",
+            *SMALL,
+            "train.epochs=4",
+            "train.snapshot_every=4",
+            "data.holdout_per_class=2",
+        ],
+    )
+    train(cfg, root / "run", progress=False)
+    return cache, root / "run"
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Small:
+    """A tiny model stopped after two iterations on generated data (5 classes, a tune split)."""
+    root = tmp_path_factory.mktemp("hardening")
+    dataset = make_synthetic(
+        root / "data", classes=5, train_per_class=12, val_per_class=4, test_count=6, seed=3
+    )
+    cache = prepare(dataset, root / "cache", workers=1, progress=False).path
+    overrides = [f"data.cache={json.dumps(str(cache))}", *SMALL, "data.holdout_per_class=2"]
+    train(load_config(None, overrides), root / "run", progress=False, stop_at_iteration=2)
+    return Small(dataset, cache, root / "run", root / "run" / "checkpoints" / "last.pt")
+
+
+@pytest.fixture(scope="module")
+def disagreeing_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated data with every val label moved to the next class.
+
+    Learning lowers the tuning error and raises the val error, so the two splits pick different
+    epochs as the best.
+    """
+    root = tmp_path_factory.mktemp("disagree")
+    source = make_synthetic(root, **SYNTH)
+    wnids = (source / "wnids.txt").read_text().split()
+    annotations = source / "val" / "val_annotations.txt"
+    lines = []
+    for line in annotations.read_text().splitlines():
+        fields = line.split("\t")
+        fields[1] = wnids[(wnids.index(fields[1]) + 1) % len(wnids)]
+        lines.append("\t".join(fields))
+    annotations.write_text("\n".join(lines) + "\n")
+    return prepare(source, root / "cache", progress=False).path

@@ -1,4 +1,5 @@
-"""Tests of batched augmentation: geometry, photometric ranges, determinism, views, normalising."""
+"""data/augment.py and its settings (data/augment_config.py): geometry, photometric ranges,
+determinism, views, normalising, resizing; AugmentConfig's checks."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tinycnn.data.augment import (
     augment_batch,
     center_crop,
     flip_views,
+    resize_matrix,
     sample_params,
     ten_crop,
 )
@@ -457,3 +459,79 @@ def test_cuda_matches_cpu_geometry_and_rejects_a_cpu_generator() -> None:
     assert torch.equal(on_gpu.cpu(), _reference_views(images, cpu_params, cfg))
     with pytest.raises(ConfigError, match="generator"):
         augment_batch(images.cuda(), cfg, _gen(0, "cpu"))
+
+
+def _image(seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (2, 8, 8, 3), generator=torch.Generator().manual_seed(seed)).to(
+        torch.uint8
+    )
+
+
+def test_channel_normalisation_by_hand() -> None:
+    images = _image()
+    mean, std = [10.0, 20.0, 30.0], [2.0, 4.0, 8.0]
+    got = center_crop(images, 6, Normalization.channel(mean, std))  # (2, 3, 6, 6)
+    crop = images[:, 1:7, 1:7, :].float()
+    expected = ((crop - torch.tensor(mean)) / torch.tensor(std)).permute(0, 3, 1, 2)
+    assert torch.allclose(got, expected)
+
+
+def test_mean_image_is_subtracted_before_cropping_and_mirroring() -> None:
+    images = _image(1)
+    mean_image = torch.rand(8, 8, 3, generator=torch.Generator().manual_seed(2)) * 255
+    got = ten_crop(images, 6, Normalization.from_mean_image(mean_image.numpy()))  # (2, 10, ...)
+    centred = images.float() - mean_image  # the full image first (Caffe), then crop and mirror
+    corners = [(0, 0), (0, 2), (2, 0), (2, 2), (1, 1)]
+    for v, (mirrored, (y, x)) in enumerate((m, c) for m in (False, True) for c in corners):
+        view = centred[:, y : y + 6, x : x + 6, :]
+        view = view.flip(2) if mirrored else view
+        assert torch.allclose(got[:, v], view.permute(0, 3, 1, 2), atol=1e-4), v
+
+
+def test_sizes_per_cycle_must_be_a_boolean() -> None:
+    with pytest.raises(ConfigError, match=r"AugmentConfig\.sizes_per_cycle must be true or false"):
+        AugmentConfig(sizes=[32, 64], size_until=[0.5], sizes_per_cycle=1).validate()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "until", "message"),
+    [
+        ([32, 48], [], "one fraction for each size but the last (1 for"),
+        ([32, 48], [0.5, 0.7], "one fraction for each size but the last (1 for"),
+        ([32, 48, 64], [0.7, 0.4], "rise strictly"),
+        ([32, 48], [0.0], "rise strictly"),
+        ([32, 48], [1.0], "rise strictly"),
+        ([32, 0], [0.5], "whole numbers > 0"),
+        ([32, 48.0], [0.5], "whole numbers > 0"),
+    ],
+)
+def test_impossible_size_schedules_are_named(sizes, until, message) -> None:
+    with pytest.raises(ConfigError, match=r"AugmentConfig\.size") as error:
+        AugmentConfig(sizes=sizes, size_until=until).validate()
+    assert message in str(error.value)
+
+
+def test_resize_weights_by_hand() -> None:
+    # Halving with antialiased bilinear: a triangle filter two input pixels wide on each side of
+    # the output pixel's centre (2k + 0.5): weights 1/8, 3/8, 3/8, 1/8 inside; at the border
+    # the triangle is cut and renormalised: 0.75, 0.75, 0.25 over 1.75.
+    weights = resize_matrix(8, 4)
+    assert weights.shape == (8, 4)
+    expected = torch.zeros(8, 4)
+    expected[0:3, 0] = torch.tensor([3, 3, 1]) / 7
+    expected[1:5, 1] = torch.tensor([1, 3, 3, 1]) / 8
+    expected[3:7, 2] = torch.tensor([1, 3, 3, 1]) / 8
+    expected[5:8, 3] = torch.tensor([1, 3, 3]) / 7
+    torch.testing.assert_close(weights, expected)
+    assert torch.equal(resize_matrix(6, 6), torch.eye(6))
+
+
+@pytest.mark.parametrize("side", [24, 32, 48, 80])
+def test_resized_views_are_torchs_antialiased_bilinear(side: int) -> None:
+    from tinycnn.data.augment import resize_views
+
+    x = torch.randn(3, 3, 56, 56).contiguous(memory_format=torch.channels_last)
+    expected = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+    actual = resize_views(x, side)
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    assert actual.is_contiguous(memory_format=torch.channels_last)

@@ -1,4 +1,6 @@
-"""Checkpoints: bytes damaged after writing are refused by every load, naming the file."""
+"""Checkpoints: bytes damaged after writing are refused by every load, naming the file; files that
+are not what a checkpoint claims (pickled modules, bare state dicts, other keys or shapes) are
+one line in every command that loads one."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_training import SMALL
-from tinycnn.checkpoint import CheckpointError, check_classes, load_checkpoint
+from tests.helpers import SMALL, Small, assert_one_line_error, run_cli
+from tinycnn.checkpoint import CheckpointError, check_classes, load_checkpoint, save_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.data.prepare import prepare
@@ -151,3 +153,100 @@ def test_a_class_list_other_than_the_checkpoints_is_refused_saying_how(
         f"run/last.pt: trained on a different class list than data/tiny ({difference}); use "
         "data prepared from the same dataset"
     )
+
+
+# --- checkpoints that are not what they claim: one line in every command that loads one -------
+
+
+def _edited(small: Small, path: Path, edit) -> Path:
+    payload = torch.load(small.checkpoint, weights_only=True)
+    edit(payload)
+    save_checkpoint(path, payload)
+    return path
+
+
+def _bad_state(payload: dict) -> None:
+    state = payload["model"]["state"]
+    del state["features.0.weight"]
+    state["extra.weight"] = torch.zeros(1)
+
+
+def _bad_shapes(payload: dict) -> None:
+    state = payload["model"]["state"]
+    state["classifier.weight"] = torch.zeros(10, 32)
+    state["classifier.bias"] = torch.zeros(10)
+
+
+BAD_CHECKPOINTS = {  # name: (make it from the small run, words the one line must hold)
+    "pickled module": (
+        lambda s, p: torch.save(load_model(s.checkpoint).model, p),
+        "a pickled tinycnn.models.paper.PaperCNN object",
+    ),
+    "bare state dict": (
+        lambda s, p: torch.save(load_model(s.checkpoint).model.state_dict(), p),
+        "a bare state dict",
+    ),
+    "missing and unexpected keys": (
+        lambda s, p: _edited(s, p, _bad_state),
+        "missing keys: features.0.weight; unexpected keys: extra.weight",
+    ),
+    "wrong shapes": (
+        lambda s, p: _edited(s, p, _bad_shapes),
+        "shape of classifier.weight is (10, 32) in the checkpoint, (5, 32) in cnn5; "
+        "shape of classifier.bias is (10,) in the checkpoint, (5,) in cnn5",
+    ),
+    "unknown model": (
+        lambda s, p: _edited(s, p, lambda d: d["model"].update(name="resnet999")),
+        "cannot rebuild its model (unknown model 'resnet999'",
+    ),
+    "missing field": (
+        lambda s, p: _edited(s, p, lambda d: d.pop("classes")),
+        "missing classes",
+    ),
+    "truncated": (
+        lambda s, p: p.write_bytes(s.checkpoint.read_bytes()[:5000]),
+        "not a readable checkpoint (not a PyTorch zip archive",
+    ),
+    "damaged tensor bytes": (
+        lambda s, p: damage_largest_tensor(Path(shutil.copyfile(s.checkpoint, p))),
+        "damaged checkpoint (entry ",
+    ),
+}
+
+LOADING_COMMANDS = {
+    "evaluate": lambda s, ckpt, out: ["evaluate", ckpt, "--data", s.cache],
+    "ensemble": lambda s, ckpt, out: [
+        *("ensemble", ckpt, s.checkpoint, "--data", s.cache, "--out", out, "--no-cache"),
+    ],
+    "predict": lambda s, ckpt, out: ["predict", ckpt, "--images", s.dataset / "test"],
+    "export": lambda s, ckpt, out: [
+        *("export", ckpt, "--format", "torchscript", "--out", out / "m.pt", "--data", s.cache),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(small: Small, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad")
+    paths = {}
+    for name, (make, _) in BAD_CHECKPOINTS.items():
+        paths[name] = root / f"{name.replace(' ', '-')}.pt"
+        make(small, paths[name])
+    return paths
+
+
+@pytest.mark.parametrize("command", sorted(LOADING_COMMANDS))
+@pytest.mark.parametrize("kind", sorted(BAD_CHECKPOINTS))
+def test_bad_checkpoints_are_one_line_in_every_command(
+    small: Small,
+    bad_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    kind: str,
+    command: str,
+) -> None:
+    path = bad_checkpoints[kind]
+    code, _, err = run_cli(capsys, LOADING_COMMANDS[command](small, path, tmp_path / "out"))
+    line = assert_one_line_error(code, err, f"{path}: ", BAD_CHECKPOINTS[kind][1])
+    assert "weights_only" not in line and "trust" not in line  # none of torch's advice
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -1,13 +1,19 @@
-"""Run configuration: TOML and --set overrides in, resolved TOML out, clear errors."""
+"""Run configuration: TOML and --set overrides in, resolved TOML out, clear errors (the number of
+classes comes from the data, not model.num_classes), the quick preset."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import tinycnn
+from tests.helpers import Small, assert_one_line_error, run_cli
 from tinycnn.config import RunConfig, config_to_dict, load_config, to_toml
 from tinycnn.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
 
@@ -203,3 +209,37 @@ def test_bad_configs_on_a_base(tmp_path: Path, text: str, overrides: list[str], 
     with pytest.raises(ConfigError) as info:
         load_config(path, overrides, base=load_config(None, BASE))
     assert message in str(info.value)
+
+
+def test_labels_of_the_quick_preset_learn_on_the_mini_data() -> None:
+    text = (ROOT / "configs" / "quick.toml").read_text(encoding="utf-8")
+    assert "mini" in text and "minutes" in text
+    assert np.isfinite(tinycnn.load_config(ROOT / "configs" / "quick.toml").optim.lr)
+
+
+CLASS_COUNT_CONFIGS = [  # (TOML text or None, --set overrides)
+    (None, ["model.num_classes=5"]),
+    ("[model]\nname = 'cnn5'\nnum_classes = 10\n", []),
+    (None, ["model.options={num_classes = 5}"]),
+]
+
+
+@pytest.mark.parametrize(("toml", "overrides"), CLASS_COUNT_CONFIGS)
+def test_num_classes_in_a_config_is_a_config_error(
+    tmp_path: Path, toml: str | None, overrides: list[str]
+) -> None:
+    path = None
+    if toml is not None:
+        path = tmp_path / "run.toml"
+        path.write_text(toml)
+    with pytest.raises(ConfigError, match=r"model.num_classes = \d+: the number of classes comes "):
+        load_config(path, overrides)
+
+
+def test_cli_train_with_num_classes_is_one_line(
+    small: Small, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["train", "--data", small.cache, "--out", tmp_path / "run"]
+    code, _, err = run_cli(capsys, [*argv, "--set", "model.num_classes=5"])
+    assert_one_line_error(code, err, "model.num_classes = 5", "comes from the data")
+    assert not (tmp_path / "run").exists()

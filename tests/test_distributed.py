@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_studies import SMALL as SMALL_PRESET
+from tests.helpers import SMALL_PRESET
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.prepare import prepare
 from tinycnn.run_folder import METRICS, STEPS

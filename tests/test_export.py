@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tinycnn import checkpoint, export
+from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
@@ -288,3 +289,35 @@ def test_scale_travels_in_the_checkpoint(checkpoints) -> None:
     none = {"kind": "none", "scale": 0.5}
     assert checkpoint.normalization_from_payload(none).scale == 0.5
     assert checkpoint.normalization_from_payload({"kind": "none"}) is None
+
+
+def test_cli_export_checks_on_real_images(run, tmp_path: Path, capsys) -> None:
+    cache, folder = run
+    out = tmp_path / "model.onnx"
+    assert (
+        main(
+            [
+                "export",
+                str(folder / "checkpoints" / "last.pt"),
+                "--format",
+                "onnx",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert out.is_file() and "max |logit diff|" in text
+    assert f"the first 20 val images of {cache}" in text  # the training cache, found by itself
+    bad = [
+        "export",
+        str(folder / "checkpoints" / "last.pt"),
+        "--format",
+        "tflite",
+        "--out",
+        str(tmp_path / "m.tflite"),
+    ]
+    with pytest.raises(SystemExit) as info:  # argparse: not one of the formats
+        main(bad)
+    assert info.value.code == 2 and not (tmp_path / "m.tflite").exists()

@@ -1,8 +1,11 @@
-"""Reading the official layout: class order, labels, names, boxes, archives, and bad trees."""
+"""Dataset layouts (data/layout.py, data/tiny_imagenet.py, data/sources.py): class order, labels,
+names, boxes, archives, bad trees with every problem in one message, class lists (--classes,
+official), BOM and CRLF text files."""
 
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -10,7 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinycnn.data.sources import TarGzSource, open_source
+from tests.helpers import save_image
+from tinycnn.cli import main
+from tinycnn.data.cache import load_cache
+from tinycnn.data.prepare import prepare
+from tinycnn.data.sources import Source, TarGzSource, open_source
 from tinycnn.data.tiny_imagenet import natural_key, read_layout
 from tinycnn.errors import DataError
 
@@ -139,3 +146,232 @@ def test_not_an_archive(tmp_path: Path) -> None:
         path.write_bytes(data)
         with pytest.raises(DataError, match=name):
             read_layout(open_source(path))
+
+
+EXTRA = ["n90000001", "n90000002"]  # appended classes, as in a 202-line wnids.txt seen on GitHub
+
+
+def _wnids(root: Path) -> list[str]:
+    return (root / "wnids.txt").read_text().split()
+
+
+def _add_extra_classes(root: Path, per_class: int = 3) -> dict[str, int]:
+    """Append EXTRA to wnids.txt with train images but no _boxes.txt, and val images of them."""
+    with open(root / "wnids.txt", "a") as f:
+        f.write("".join(w + "\n" for w in EXTRA))
+    donor = sorted((root / "train" / _wnids(root)[0] / "images").iterdir())[:per_class]
+    lines = []
+    for k, wnid in enumerate(EXTRA):
+        for i, image in enumerate(donor):
+            target = root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, target)
+        name = f"val_{900 + k}.JPEG"
+        shutil.copy(root / "val" / "images" / "val_0.JPEG", root / "val" / "images" / name)
+        lines.append(f"{name}\t{wnid}\t1\t2\t30\t40\n")
+    with open(root / "val" / "val_annotations.txt", "a") as f:
+        f.write("".join(lines))
+    return {"train": per_class * len(EXTRA), "val": len(EXTRA)}
+
+
+# --- 12: a copy with extra classes; every layout problem in one message -----------------------
+
+
+def test_missing_box_files_make_boxes_unknown(synth_copy: Path, tmp_path: Path, capsys) -> None:
+    extra = _add_extra_classes(synth_copy)
+    out = tmp_path / "cache"
+    assert main(["prepare", str(synth_copy), "--out", str(out), "-q"]) == 0
+    cache = load_cache(out)
+    assert cache.classes == _wnids(synth_copy) and len(cache.classes) == 7
+    train = cache.split("train")
+    unknown = [f for f, box in zip(train.files, train.boxes, strict=True) if box[0] == -1]
+    assert sorted(unknown) == sorted(
+        f"train/{w}/images/{w}_{i}.JPEG" for w in EXTRA for i in range(3)
+    )
+    assert (train.boxes[[f.split("/")[1] not in EXTRA for f in train.files]] >= 0).all()
+    dataset = cache.manifest["dataset"]
+    assert dataset["missing_box_files"] == [f"train/{w}/{w}_boxes.txt" for w in EXTRA]
+    assert cache.manifest["splits"]["train"]["boxes_unknown"] == extra["train"]
+    assert len(cache.split("val")) == 5 * 4 + extra["val"]
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"boxes    unknown (-1) for {extra['train']} train images: 2 box files missing" in text
+    assert "NOT the standard 200-class Tiny ImageNet: 7 classes, 7 not in Tiny ImageNet" in text
+
+
+def test_classes_file_restricts_the_cache(
+    synth_sources: dict[str, Path], synth_copy: Path, tmp_path: Path
+) -> None:
+    original = _wnids(synth_copy)
+    extra = _add_extra_classes(synth_copy)
+    listed = tmp_path / "classes.txt"
+    listed.write_text("\n".join(original) + "\n")
+    out = tmp_path / "restricted"
+    assert (
+        main(["prepare", str(synth_copy), "--out", str(out), "-q", "--classes", str(listed)]) == 0
+    )
+    restricted = load_cache(out)
+    dataset = restricted.manifest["dataset"]
+    assert dataset["dropped_classes"] == EXTRA
+    assert dataset["dropped_images"] == extra
+    # Independent truth: the same dataset before the extra classes were added.
+    plain = load_cache(prepare(synth_sources["folder"], tmp_path / "plain", progress=False).path)
+    assert restricted.classes == plain.classes and restricted.names == plain.names
+    for name in ("train", "val", "test"):
+        a, b = restricted.split(name), plain.split(name)
+        assert a.files == b.files and np.array_equal(a.images, b.images), name
+        if a.labels is not None:
+            assert np.array_equal(a.labels, b.labels) and np.array_equal(a.boxes, b.boxes)
+
+
+def test_classes_list_order_and_unknown_class(synth_copy: Path, tmp_path: Path) -> None:
+    wnids = _wnids(synth_copy)
+    listed = tmp_path / "classes.txt"
+    listed.write_text(f"{wnids[3]}\r\n{wnids[1]}\r\n")  # CRLF, a subset, another order
+    cache = load_cache(prepare(synth_copy, tmp_path / "c", progress=False, classes=listed).path)
+    assert cache.classes == [wnids[3], wnids[1]]
+    train = cache.split("train")
+    assert [cache.classes[label] for label in train.labels] == [
+        f.split("/")[1] for f in train.files
+    ]
+    listed.write_text(f"{wnids[0]}\nn12345678\n")
+    with pytest.raises(DataError, match="class n12345678 of the --classes list is not in"):
+        prepare(synth_copy, tmp_path / "d", progress=False, classes=listed)
+
+
+def _fake_source(wnids: list[str], extra: list[str]) -> Source:
+    """An official-layout tree in memory (names and text files only: enough for read_layout)."""
+    files: dict[str, bytes] = {"wnids.txt": "".join(w + "\n" for w in wnids + extra).encode()}
+    names = ["wnids.txt", "test/images/test_0.JPEG"]
+    val_lines = []
+    for k, wnid in enumerate(wnids + extra):
+        names += [f"train/{wnid}/images/{wnid}_{i}.JPEG" for i in range(2)]
+        if wnid not in extra:
+            box = f"train/{wnid}/{wnid}_boxes.txt"
+            files[box] = "".join(f"{wnid}_{i}.JPEG\t0\t0\t9\t9\n" for i in range(2)).encode()
+            names.append(box)
+        names.append(f"val/images/val_{k}.JPEG")
+        val_lines.append(f"val_{k}.JPEG\t{wnid}\t0\t0\t5\t5\n")
+    files["val/val_annotations.txt"] = "".join(val_lines).encode()
+    names += list(files)
+
+    class Fake(Source):
+        kind = "fake"
+
+        def names(self) -> list[str]:
+            return sorted(set(names))
+
+        def read(self, rel: str) -> bytes:
+            return files[rel]
+
+    return Fake(Path("github-copy"))
+
+
+def test_classes_official_on_a_202_class_copy() -> None:
+    from tinycnn.data.layout import official_wnids
+
+    official = official_wnids()
+    source = _fake_source(official, EXTRA)
+    everything = read_layout(source)
+    assert everything.wnids == official + EXTRA
+    assert everything.notes["missing_box_files"] == [f"train/{w}/{w}_boxes.txt" for w in EXTRA]
+    layout = read_layout(source, classes=official)
+    assert layout.wnids == official
+    assert len(layout.splits["train"].files) == 400 and len(layout.splits["val"].files) == 200
+    assert layout.notes["dropped_classes"] == EXTRA
+    assert layout.notes["dropped_images"] == {"train": 4, "val": 2}
+    assert "missing_box_files" not in layout.notes  # the dropped classes' boxes do not matter
+
+
+def test_shipped_official_class_list_matches_the_real_archive(full_archive: Path) -> None:
+    from tinycnn.data.layout import official_wnids
+    from tinycnn.data.sources import _iter_tar
+
+    real = next(
+        data
+        for name, data in _iter_tar(full_archive, want=lambda n: n.endswith("/wnids.txt"))
+        if data is not None
+    )
+    assert official_wnids() == real.decode().split() and len(official_wnids()) == 200
+
+
+@pytest.fixture(scope="session")
+def full_archive() -> Path:
+    from tests.conftest import FULL_ARCHIVE, require_real
+
+    return require_real(FULL_ARCHIVE)
+
+
+def test_every_layout_problem_in_one_message(synth_copy: Path, tmp_path: Path, capsys) -> None:
+    wnids = _wnids(synth_copy)
+    shutil.rmtree(synth_copy / "train" / wnids[1])  # 1: a class folder missing
+    save_image(
+        synth_copy / "train" / "n99999999" / "images" / "n99999999_0.JPEG", (0, 0, 0), (64, 64)
+    )
+    ann = synth_copy / "val" / "val_annotations.txt"
+    lines = ann.read_text().splitlines()
+    lines[2] = lines[2].replace(lines[2].split("\t")[1], "n00000001")  # 3: an unknown class
+    ann.write_text("\n".join(lines) + "\n")
+    (synth_copy / "wnids.txt").write_text("\n".join([*wnids, "bad id!"]) + "\n")  # 4
+    for image in (synth_copy / "test" / "images").iterdir():  # 5: an empty test split
+        image.unlink()
+    out = tmp_path / "cache"
+    assert main(["prepare", str(synth_copy), "--out", str(out), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and not out.exists()
+    assert f"{synth_copy}: 5 problems in the dataset, nothing was prepared" in err
+    for expected in (
+        f"train/{wnids[1]}/images: class folder is missing",
+        "train/n99999999: class folder not listed in wnids.txt",
+        "val_annotations.txt line 3: unknown class n00000001",
+        "wnids.txt line 6: 'bad id!' is not a class id",
+        "test/images: the test split is empty or missing",
+    ):
+        assert expected in err, expected
+
+
+def test_many_problems_are_counted_and_the_first_few_listed(synth_copy: Path) -> None:
+    wnid = _wnids(synth_copy)[0]
+    (synth_copy / "train" / wnid / f"{wnid}_boxes.txt").write_text("")  # 12 images, no box line
+    with pytest.raises(DataError) as info:
+        read_layout(open_source(synth_copy))
+    message = str(info.value)
+    assert "12 problems" in message and message.count("no box line for") == 5
+    assert message.endswith("; and 7 more")
+
+
+# --- 14: BOM and CRLF ---------------------------------------------------------------------------
+
+
+def _boxes_file(root: Path) -> Path:
+    wnid = _wnids(root)[1]
+    return root / "train" / wnid / f"{wnid}_boxes.txt"
+
+
+TEXT_FILES = {
+    "wnids": lambda root: root / "wnids.txt",
+    "words": lambda root: root / "words.txt",
+    "val_annotations": lambda root: root / "val" / "val_annotations.txt",
+    "boxes": _boxes_file,
+}
+
+
+@pytest.mark.parametrize("style", ["bom", "crlf", "bom+crlf"])
+@pytest.mark.parametrize("which", list(TEXT_FILES))
+def test_bom_and_crlf_text_files(
+    synth_sources: dict[str, Path], synth_copy: Path, which: str, style: str
+) -> None:
+    expected = read_layout(open_source(synth_sources["folder"]))
+    path = TEXT_FILES[which](synth_copy)
+    text = path.read_text(encoding="utf-8")
+    if "crlf" in style:
+        text = text.replace("\n", "\r\n")
+    path.write_bytes(("\ufeff" if "bom" in style else "").encode() + text.encode("utf-8"))
+    got = read_layout(open_source(synth_copy))
+    assert got.wnids == expected.wnids and got.names == expected.names
+    for name, split in expected.splits.items():
+        assert got.splits[name].files == split.files
+        for field in ("labels", "boxes"):
+            a, b = getattr(got.splits[name], field), getattr(split, field)
+            assert (a is None and b is None) or np.array_equal(a, b), (name, field)

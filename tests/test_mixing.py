@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_training import SMALL
+from tests.helpers import SMALL
 from tinycnn.config import load_config
 from tinycnn.data.mixing import mix_batch
 from tinycnn.data.prepare import prepare

@@ -1,5 +1,5 @@
 """The README and CONTRIBUTING.md against what they describe: CI's command, the CLI, the files, the
-measured figures. Fast: no training (tests/test_newcomer.py runs the README's Python code)."""
+measured figures, and the README's Python code run as written (the one test here that trains)."""
 
 from __future__ import annotations
 
@@ -114,3 +114,17 @@ def test_the_readme_names_the_paper_and_points_to_the_one_layer_list() -> None:
     assert "one list of the layers" in docstring
     for name in DOCS:  # the layers are listed there alone
         assert "errors, atomic" not in _text(name) and "errors and atomic writes" not in _text(name)
+
+
+def _python_blocks(markdown: str, heading: str) -> list[str]:
+    section = markdown.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+
+
+def test_the_readme_from_python_section_runs(tmp_path: Path, monkeypatch) -> None:
+    blocks = _python_blocks((ROOT / "README.md").read_text(encoding="utf-8"), "From Python")
+    assert blocks, "README.md has a '## From Python' section with a python block"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile("\n".join(blocks), "README.md", "exec"), namespace)
+    assert 0 <= namespace["result"].top1_error <= 1

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_evaluate import _numbers_by_hand, _reference_probabilities
-from tests.test_training import SMALL
+from tests.helpers import SMALL, numbers_by_hand, reference_probabilities
 from tinycnn.analysis import build_report, html
 from tinycnn.analysis.classes import best_and_worst, confusion_order, highest_loss
 from tinycnn.analysis.experiments import PRESETS, identify_preset, paper_figure
@@ -95,8 +94,8 @@ def test_single_run_numbers(runs, single) -> None:
     assert np.array(data["confusion"]["matrix"]).sum() == 42
     # The model's own val numbers, from its probabilities computed by hand (fp32, centre crop).
     labels = torch.from_numpy(load_cache(cache).split("val").labels.astype(np.int64))
-    probs = _reference_probabilities(cache, run / "checkpoints/best.pt", "center")
-    by_hand = _numbers_by_hand(probs, labels)
+    probs = reference_probabilities(cache, run / "checkpoints/best.pt", "center")
+    by_hand = numbers_by_hand(probs, labels)
     matrix = by_hand["confusion"]  # rows true, columns predicted
     assert data["confusion"]["matrix"] == matrix
     assert row["val_top1_error"] == pytest.approx(by_hand["top1"])

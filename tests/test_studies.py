@@ -12,40 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import SMALL_PRESET
 from tinycnn.cli import main
 from tinycnn.config import load_config
-from tinycnn.data.prepare import prepare
 from tinycnn.run_folder import read_metrics
 from tinycnn.studies import run_experiments
 from tinycnn.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = """
-[data]
-normalization = "channel"
-[model]
-name = "cnn5"
-conv_channels = [8, 8, 8]
-fc_widths = [32]
-[train]
-epochs = 4
-batch_size = 16
-threads = 1
-"""
-
-
-@pytest.fixture(scope="module")
-def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare(
-        synth_sources["folder"], tmp_path_factory.mktemp("c") / "cache", progress=False
-    ).path
 
 
 def test_a_study_trains_skips_and_resumes(cache: Path, tmp_path: Path, capsys) -> None:
     small = tmp_path / "small.toml"
-    small.write_text(SMALL)
+    small.write_text(SMALL_PRESET)
     other = tmp_path / "other.toml"
-    other.write_text(SMALL.replace("fc_widths = [32]", "fc_widths = [16]"))
+    other.write_text(SMALL_PRESET.replace("fc_widths = [32]", "fc_widths = [16]"))
     out = tmp_path / "study"
     # "other" was started before and cut after 2 iterations: the study resumes it.
     cfg = load_config(other, [f"data.cache={json.dumps(str(cache))}", "train.epochs=2"])
@@ -167,9 +148,9 @@ def test_sigterm_stops_the_whole_study_not_just_its_current_run(
     cache: Path, tmp_path: Path
 ) -> None:
     long = tmp_path / "long.toml"
-    long.write_text(SMALL.replace("epochs = 4", "epochs = 500\nlog_every = 1"))
+    long.write_text(SMALL_PRESET.replace("epochs = 4", "epochs = 500\nlog_every = 1"))
     after = tmp_path / "after.toml"
-    after.write_text(SMALL)
+    after.write_text(SMALL_PRESET)
     out = tmp_path / "study"
     command = [sys.executable, "-m", "tinycnn", "experiment", str(long), str(after)]
     command += ["--data", str(cache), "--out", str(out), "--no-report", "-q"]

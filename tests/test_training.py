@@ -1,7 +1,9 @@
-"""The training engine: learning, exact resume, fine-tuning, divergence, checkpoints, the CLI."""
+"""The training engine: learning, exact resume, fine-tuning, divergence, checkpoints, the CLI, the
+banner line, a full disk."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -18,39 +20,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import RUN, SMALL, train_argv
 from tinycnn.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from tinycnn.cli import main
-from tinycnn.config import ScheduleConfig, load_config
+from tinycnn.config import load_config
 from tinycnn.data.augment import AugmentConfig
 from tinycnn.data.prepare import prepare
-from tinycnn.data.splits import holdout_split
 from tinycnn.errors import ConfigError, TrainingDivergedError
 from tinycnn.evaluation import evaluate
 from tinycnn.models import create_model
-from tinycnn.optim import ClassicalMomentumSGD
-from tinycnn.schedule import lr_at
 from tinycnn.training import read_metrics, train
-
-# A small, fast model for the generated 5-class data (60 train images: 3 batches of 16).
-SMALL = [
-    "model.name=cnn5",
-    "model.conv_channels=[8, 8, 8]",
-    "model.fc_widths=[32]",
-    "train.batch_size=16",
-    "train.eval_batch_size=64",
-    'data.normalization="channel"',
-    "optim.name=nesterov",
-    "optim.lr=0.02",
-    "train.deterministic=true",
-    "train.threads=1",
-]
-
-
-@pytest.fixture(scope="module")
-def cache(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare(
-        synth_sources["folder"], tmp_path_factory.mktemp("c") / "cache", progress=False
-    ).path
 
 
 def _cfg(cache: Path, *overrides: str):
@@ -230,43 +209,6 @@ def test_snapshots_every_n_iterations_with_retention(cache: Path, tmp_path: Path
     epochs = [f"epoch-{k:03d}.pt" for k in (1, 2, 3, 4)]
     iters = ["iter-0000008.pt", "iter-0000010.pt", "iter-0000012.pt"]
     assert kept == ["best.pt", *epochs, *iters, "last.pt"]
-
-
-def test_schedules_are_per_iteration() -> None:
-    step = ScheduleConfig(name="step", step_epochs=2, gamma=0.1)
-    assert [lr_at(i, 10, 100, 1.0, step) for i in (0, 19, 20, 45)] == pytest.approx(
-        [1.0, 1.0, 0.1, 0.01]
-    )
-    cosine = ScheduleConfig(name="cosine", warmup_epochs=1)
-    assert lr_at(4, 10, 110, 1.0, cosine) == pytest.approx(0.5)
-    assert lr_at(10, 10, 110, 1.0, cosine) == pytest.approx(1.0)
-    assert lr_at(60, 10, 110, 1.0, cosine) == pytest.approx(0.5)
-    onecycle = ScheduleConfig(name="onecycle", warmup_epochs=1, final_lr_fraction=0.1)
-    assert lr_at(110, 10, 110, 1.0, onecycle) == pytest.approx(0.1)
-
-
-def test_classical_momentum_follows_the_papers_rule() -> None:
-    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
-    optimizer = ClassicalMomentumSGD([w], lr=0.1, momentum=0.9, weight_decay=0.01)
-    v = torch.zeros(2)
-    expected = w.detach().clone()
-    for lr in (0.1, 0.1, 0.01):  # a learning-rate drop acts through the velocity
-        optimizer.param_groups[0]["lr"] = lr
-        w.grad = torch.tensor([0.5, 0.25])
-        optimizer.step()
-        v = 0.9 * v - lr * (torch.tensor([0.5, 0.25]) + 0.01 * expected)
-        expected = expected + v
-        assert torch.allclose(w.detach(), expected)
-
-
-def test_holdout_split_is_per_class_and_reproducible() -> None:
-    labels = np.repeat(np.arange(4), 10)
-    train_rows, tune_rows = holdout_split(labels, 3, seed=1)
-    assert np.bincount(labels[tune_rows]).tolist() == [3, 3, 3, 3]
-    assert not set(train_rows) & set(tune_rows) and len(train_rows) + len(tune_rows) == 40
-    assert np.array_equal(tune_rows, holdout_split(labels, 3, seed=1)[1])
-    with pytest.raises(ConfigError, match="has only 10"):
-        holdout_split(labels, 10)
 
 
 def _argv(cache: Path, out: Path, *extra: str) -> list[str]:
@@ -480,3 +422,58 @@ def test_snapshots_hold_the_model_and_last_the_whole_resume_state(
     weights = sum(t.numel() * t.element_size() for t in final.values())
     saved = (checkpoints / "last.pt").stat().st_size - (checkpoints / "epoch-002.pt").stat().st_size
     assert saved > 1.5 * weights
+
+
+def test_a_full_disk_stops_training_with_one_line_and_keeps_the_last_checkpoint(
+    cache: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) > 6:  # the first checkpoints and log lines fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "run"
+    assert main(train_argv(cache, out, "--set", "train.snapshot_every=1")) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot write (disk full)" in err and str(out) in err and "\n" not in err, err
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    last = load_checkpoint(out / "checkpoints" / "last.pt")  # whole and loadable
+    assert last["iteration"] >= 1
+    assert not [p for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
+
+
+def test_train_starts_with_one_banner_line(cache: Path, tmp_path: Path, capsys) -> None:
+    cfg = load_config(
+        None,
+        [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1", 'train.precision="fp32"'],
+    )
+    result = train(cfg, tmp_path / "run", progress=True)
+    first = capsys.readouterr().out.splitlines()[0]
+    params = sum(p.numel() for p in result.model.parameters())
+    for part in (
+        f"train cnn5 ({params:,} parameters, ",
+        "GFLOP per training image) on cpu, 1 thread,",
+        "fp32: as configured",
+        "50 images an epoch, 3 iterations x 1 epochs = 3",
+        f"run folder {tmp_path / 'run'}",
+    ):
+        assert part in first, (part, first)
+
+
+def test_the_banner_says_when_bf16_was_measured_no_faster(
+    cache: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import tinycnn.runtime
+
+    monkeypatch.setattr(tinycnn.runtime, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(tinycnn.runtime, "bf16_speedup", lambda: 1.04)
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=1"])
+    result = train(cfg, tmp_path / "run", progress=True)
+    first = capsys.readouterr().out.splitlines()[0]
+    why = "fp32: bf16 convolutions measured 1.04x as fast as fp32's; auto takes bf16 from 1.25x"
+    assert why in first, first
+    assert result.metrics[-1]["precision"] == "fp32"

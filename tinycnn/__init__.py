@@ -4,8 +4,11 @@ The public API is listed in ``__all__``. Heavy modules (torch) are imported lazi
 ``import tinycnn`` and the data tools stay fast.
 
 Layers, lowest first; a module imports only from its own layer or those below it, never from
-above, not even inside a function (tests/test_newcomer.py fails on any import cycle). This is the
-one list of the layers (README.md and CONTRIBUTING.md point here): a new module goes into it.
+above, not even inside a function, and within a layer ``a -> b`` means b may import a, never the
+reverse. A folder (``data/``) is one unit: its modules import each other freely. This file (the
+version and the error names; the public functions are looked up by name, not imported) counts
+as layer 1. This is the one list of the layers (README.md and CONTRIBUTING.md point here): a new
+module goes into it; tests/test_layers.py checks every import against it.
 
 1. errors, atomic, paths, choices,       one error family; atomic writes; where caches live;
    faults, cores                         the names a user picks from (TTA views, precisions);
@@ -29,10 +32,10 @@ one list of the layers (README.md and CONTRIBUTING.md point here): a new module 
    session -> steps, epochs, timing ->   plan of a run; a run's state; one step, an epoch's end,
    training                              the wall clock; train(): the loop
 7. members -> evaluation -> ensembles    member specs; evaluate(); ensemble(), probability cache
-8. prediction, export, analysis/         submissions and image files; ONNX/TorchScript; the report;
+8. prediction, export, analysis/,        submissions and image files; ONNX/TorchScript; the report;
    studies                               tinycnn experiment: presets trained and tabulated
-9. demo, cli_args -> cli                 the demo; the command line, a thin layer over the above:
-                                         its arguments, then parse and call
+9. demo, cli_args -> cli -> __main__     the demo; the command line, a thin layer over the above:
+                                         its arguments, then parse and call; python -m tinycnn
 """
 
 from __future__ import annotations

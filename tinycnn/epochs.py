@@ -3,7 +3,7 @@ snapshots (epoch-NNN or last, best), record the row (metrics.jsonl, TensorBoard,
 and the step log's lines between them (steps.jsonl, train.log_every).
 
 The kill points between the stages (faults.pause_point) are where a kill must leave a run that
-resumes to exactly the uninterrupted result (tests/test_run_faults.py).
+resumes to exactly the uninterrupted result (tests/test_resume.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Prediction: submission files, image files of any kind, reports and exit codes."""
+"""prediction.py: submission files, image files of any kind (over the pixel limit: refused before
+decoding), reports and exit codes, the predict command with an ensemble."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_training import SMALL as TRAIN_SMALL
+from tests.helpers import SMALL as TRAIN_SMALL
+from tests.helpers import Small, assert_one_line_error, run_cli
+from tinycnn.cli import build_parser, main
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
@@ -21,6 +24,7 @@ from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.errors import ConfigError
 from tinycnn.inference import load_model
 from tinycnn.prediction import (
+    MAX_PIXELS,
     PredictionReport,
     exit_code,
     format_report,
@@ -33,7 +37,7 @@ from tinycnn.prediction import (
 )
 from tinycnn.runtime import make_runtime
 
-# One epoch of test_training.py's small model: these tests check plumbing, not accuracy.
+# One epoch of the small model (tests/helpers.py): these tests check plumbing, not accuracy.
 SMALL = [*TRAIN_SMALL, "train.epochs=1"]
 
 
@@ -285,3 +289,115 @@ def test_a_truncated_file_is_reported_and_the_rest_read(tmp_path: Path) -> None:
     assert [(path, reason.split(" (")[0]) for path, reason in failures] == [
         (cut, "truncated image")
     ]
+
+
+# --- predict: images too large to decode safely ----------------------------------------------
+
+
+def _huge_png(path: Path, width: int, height: int) -> Path:
+    """A valid 1-bit PNG of width x height, all black, written row by row (~17 KB for 12000^2)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte, then 8 pixels a byte
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+    path.write_bytes(png + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def huge_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _huge_png(tmp_path_factory.mktemp("huge") / "huge.png", 12000, 12000)
+
+
+# (image side, max_pixels, the reason's words, or None when the image is predicted)
+PIXEL_LIMITS = [
+    (12000, MAX_PIXELS, "12000x12000 = 144,000,000 pixels, over the limit of 50,000,000"),
+    (100, 9_999, "100x100 = 10,000 pixels, over the limit of 9,999"),
+    (100, 10_000, None),  # the limit itself is allowed
+    (100, 0, None),  # no limit
+    (12000, 143_999_999, "over the limit of 143,999,999"),
+]
+
+
+@pytest.mark.parametrize(("side", "max_pixels", "words"), PIXEL_LIMITS)
+def test_images_over_the_pixel_limit_are_refused_before_decoding(
+    huge_png: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    side: int,
+    max_pixels: int,
+    words: str | None,
+) -> None:
+    from PIL import ImageFile
+
+    if side == 12000:
+        path = huge_png
+        real_load = ImageFile.ImageFile.load
+
+        def load(image):  # decoding the big one would take ~1 GB: it must not happen
+            assert image.size != (12000, 12000), "the huge image was decoded"
+            return real_load(image)
+
+        monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    else:
+        path = _huge_png(tmp_path / "small.png", side, side)
+    files, images, failures = load_images([path], max_pixels=max_pixels)
+    if words is None:
+        assert files == [path] and images.shape == (1, 64, 64, 3) and not failures
+    else:
+        assert files == [] and len(failures) == 1 and failures[0][0] == path
+        assert words in failures[0][1] and "--max-pixels" in failures[0][1], failures
+
+
+def test_cli_predict_reports_a_huge_image_and_predicts_the_rest(
+    small: Small, huge_png: Path, capsys: pytest.CaptureFixture
+) -> None:
+    image = next((small.dataset / "val" / "images").iterdir())
+    argv = ["predict", small.checkpoint, "--images", huge_png, image, "--device", "cpu"]
+    code, printed, err = run_cli(capsys, argv)
+    assert code == 2, err  # some predicted, some not
+    assert f"{huge_png}: image too large: 12000x12000" in printed
+    code, printed, err = run_cli(capsys, [*argv, "--max-pixels", "100"])
+    assert code == 1 and printed.count("over the limit of 100 ") == 2, printed
+    code, _, err = run_cli(capsys, [*argv, "--max-pixels", "-1"])
+    assert_one_line_error(code, err, "--max-pixels -1")
+    parser_default = build_parser().parse_args(["predict", "x"]).max_pixels
+    assert parser_default == MAX_PIXELS  # the CLI does not import predict.py to read it
+
+
+def test_cli_predict_submission_and_files_with_an_ensemble(
+    run, tmp_path: Path, capsys, synth_sources
+) -> None:
+    cache, folder = run
+    submission = tmp_path / "sub.txt"
+    image = synth_sources["folder"] / "val" / "images" / "val_0.JPEG"
+    argv = [
+        "predict",
+        f"{folder}@last:2",
+        "--data",
+        str(cache),
+        "--submission",
+        str(submission),
+        "--images",
+        str(image),
+        "--json",
+        "--precision",
+        "fp32",
+    ]
+    assert main(argv) == 0
+    lines = submission.read_text().splitlines()
+    assert len(lines) == 8 and lines[0].startswith("test_0.JPEG\t")
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows[0]["file"].endswith("val_0.JPEG") and len(rows[0]["top"]) == 5
+    assert main(["predict", str(folder), "--images", str(tmp_path / "missing.png")]) == 1
+    assert main(["predict", str(folder)]) == 1
+    assert "say what to predict" in capsys.readouterr().err

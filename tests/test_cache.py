@@ -1,4 +1,5 @@
-"""Cache integrity: per-file sha256 in the manifest, verify_cache, content_id, damaged headers."""
+"""data/cache.py: per-file sha256 in the manifest, verify_cache, content_id, damaged headers and
+manifests, and how a cache differs from the standard Tiny ImageNet."""
 
 from __future__ import annotations
 
@@ -255,3 +256,32 @@ def test_a_cache_without_a_digest_is_named_as_older(
     result = prepare(synth_sources["folder"], cache_copy, progress=False)
     assert result.rebuilt and "no digest" in result.reason
     load_cache(cache_copy)
+
+
+EXTRA = ["n90000001", "n90000002"]  # appended classes, as in a 202-line wnids.txt seen on GitHub
+
+
+@pytest.mark.parametrize(
+    ("kept", "extra", "hint"),
+    [
+        (200, EXTRA, True),  # the 202-line wnids.txt: --classes official is the fix
+        (199, EXTRA, False),  # an official class missing: --classes official would fail
+        (200, [], False),  # the standard dataset: nothing to say
+        (10, [], False),  # the mini subset: no class to drop
+    ],
+)
+def test_a_copy_with_extra_classes_is_told_to_use_classes_official(
+    kept: int, extra: list[str], hint: bool
+) -> None:
+    from tinycnn.data.cache import standard_difference
+    from tinycnn.data.layout import official_wnids
+
+    counts = {"train": 500 * (kept + len(extra)), "val": 50 * (kept + len(extra)), "test": 10_000}
+    manifest = {
+        "classes": official_wnids()[:kept] + extra,
+        "splits": {name: {"count": count} for name, count in counts.items()},
+    }
+    text = standard_difference(manifest)
+    assert (text == "") is (kept == 200 and not extra)
+    advice = "to keep only its 200 classes (dropping the 2 others), prepare again with --classes"
+    assert (f"{advice} official" in text) is hint, text

@@ -1,4 +1,5 @@
-"""train.compile: torch.compile'd training steps train the weights of eager ones."""
+"""The session's step model under train.compile: torch.compile'd training steps train the weights
+of eager ones."""
 
 from __future__ import annotations
 

@@ -1,0 +1,131 @@
+"""The command line (cli.py, cli_args.py) across commands: help, progress, exit codes, one-line
+errors for outputs that cannot be written, Ctrl-C."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tinycnn
+from tests.helpers import (
+    QUICK,
+    Small,
+    assert_one_line_error,
+    fail_fsync,
+    fail_writes,
+    run_cli,
+    train_argv,
+)
+from tinycnn.cli import main
+
+
+def test_evaluate_labels_each_checkpoint_and_shows_progress(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    cfg = tinycnn.load_config(None, [f"data.cache={json.dumps(str(cache))}", *QUICK])
+    run = tinycnn.train(cfg, tmp_path / "run", progress=False).run_dir
+    assert main(["evaluate", f"{run}@epochs:1,2", "--data", str(cache)]) == 0
+    captured = capsys.readouterr()
+    for epoch in ("epoch-001.pt", "epoch-002.pt"):
+        assert f"{run / 'checkpoints' / epoch}:" in captured.out
+        assert f"evaluate {epoch} on val" in captured.err
+
+
+def test_info_on_a_folder_that_is_not_a_cache(tmp_path: Path, capsys) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    assert main(["info", str(tmp_path / "photos")]) == 1
+    err = capsys.readouterr().err
+    assert "not a prepared cache" in err and f"--out {tmp_path / 'photos'}" not in err
+
+
+def test_python_m_tinycnn_help_lists_every_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tinycnn", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in ("prepare", "info", "train", "evaluate", "ensemble", "predict", "export"):
+        assert command in out
+
+
+def test_export_and_ensemble_take_run_folders_and_show_progress(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    cfg = tinycnn.load_config(None, [f"data.cache={json.dumps(str(cache))}", *QUICK])
+    run = tinycnn.train(cfg, tmp_path / "run", progress=False).run_dir
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    argv = ["ensemble", f"{run}@epochs:1,2", "--data", str(cache), "--no-cache"]
+    assert main([*argv, "--out", str(tmp_path / "ens")]) == 0
+    err = capsys.readouterr().err
+    assert "evaluate epoch-001.pt on val" in err and "evaluate epoch-002.pt on val" in err
+    assert main(["export", f"{run}@epochs:1,2", "--format", "onnx", "--out", str(out)]) == 1
+    assert "names 2 checkpoints; give one" in capsys.readouterr().err
+
+
+WRITING_COMMANDS = {
+    "export": lambda s, out: [
+        *("export", s.checkpoint, "--format", "torchscript", "--out", out / "model.pt"),
+        *("--data", s.cache, "--check-count", 4),
+    ],
+    "ensemble": lambda s, out: [
+        *("ensemble", s.checkpoint, "--data", s.cache, "--out", out / "ens"),
+        *("--no-cache", "--device", "cpu", "-q"),
+    ],
+    "predict": lambda s, out: [
+        *("predict", s.checkpoint, "--data", s.cache, "--submission", out / "sub.txt"),
+        *("--device", "cpu", "-q"),
+    ],
+}
+
+
+@pytest.mark.parametrize("command", sorted(WRITING_COMMANDS))
+@pytest.mark.parametrize(
+    ("fail", "code", "text", "words"),
+    [
+        (fail_writes, errno.ENOSPC, "No space left on device", "disk full"),
+        (fail_writes, errno.EROFS, "Read-only file system", "read-only file system"),
+        (fail_fsync, errno.EACCES, "Permission denied", "permission denied"),
+    ],
+)
+def test_writing_commands_report_unwritable_output_in_one_line(
+    small: Small,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    command: str,
+    fail,
+    code: int,
+    text: str,
+    words: str,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    fail(monkeypatch, code, text)
+    status, _, err = run_cli(capsys, WRITING_COMMANDS[command](small, out))
+    assert_one_line_error(status, err, str(out), words)
+    assert list(out.iterdir()) == []  # nothing half-written, no temporary file
+
+
+def test_ctrl_c_outside_training_names_itself(monkeypatch, capsys) -> None:
+    def interrupted(_args) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tinycnn.cli._cmd_models", interrupted)
+    assert main(["models"]) == 130
+    assert "interrupted (Ctrl-C)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_stop_at_needs_a_positive_iteration_count(cache: Path, tmp_path: Path, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*train_argv(cache, tmp_path / "run"), "--stop-at", value])
+    assert exit_info.value.code == 2
+    assert f"{value!r} is not a number of iterations >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

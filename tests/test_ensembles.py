@@ -1,0 +1,439 @@
+"""ensembles.py: averages and greedy selection against plain implementations, ensembles of real
+runs, the gain over the best member, and the probability cache (its key, stale and unwritable
+entries)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import (
+    FP32,
+    SMALL,
+    Small,
+    fail_fsync,
+    fail_writes,
+    run_cli,
+)
+from tinycnn.checkpoint import save_checkpoint
+from tinycnn.cli import main
+from tinycnn.config import load_config
+from tinycnn.data.cache import load_cache
+from tinycnn.data.prepare import prepare
+from tinycnn.ensembles import (
+    EnsembleResult,
+    ProbabilityCache,
+    ProbabilityCacheWarning,
+    average,
+    ensemble,
+    format_result,
+    greedy_select,
+)
+from tinycnn.errors import ConfigError
+from tinycnn.inference import load_model
+from tinycnn.members import resolve_members
+from tinycnn.runtime import make_runtime
+from tinycnn.training import train
+
+
+def test_weighted_average_by_hand() -> None:
+    a = np.array([[1.0, 0.0], [0.5, 0.5]], np.float32)
+    b = np.array([[0.0, 1.0], [0.1, 0.9]], np.float32)
+    assert np.allclose(average([a, b], [1, 3]), [[0.25, 0.75], [0.2, 0.8]])  # weights / 4
+    assert np.allclose(average([a, b], [2, 2]), (a + b) / 2)
+    assert np.allclose(average([a], [5]), a)
+    assert np.allclose(average([a, b], [0.25, 0.75]), [[0.25, 0.75], [0.2, 0.8]])  # sum 1 is fine
+    assert average([a, b], [1, 3]).dtype == np.float32
+    for bad in ([0, 0], [1, -1]):
+        with pytest.raises(ConfigError, match="must add up to more than 0"):
+            average([a, b], bad)
+
+
+def _greedy_by_hand(probs: list[np.ndarray], labels: np.ndarray, rounds: int) -> list[int]:
+    """Caruana's forward selection with replacement, written out plainly in float64."""
+    chosen: list[int] = []
+    best_score, best_counts = None, None
+    for _ in range(rounds):
+        trials = []
+        for i in range(len(probs)):
+            mean = np.mean([probs[j] for j in [*chosen, i]], axis=0, dtype=np.float64)
+            error = float(np.mean(mean.argmax(axis=1) != labels))
+            loss = float(-np.mean(np.log(np.maximum(mean[np.arange(len(labels)), labels], 1e-12))))
+            trials.append((error, loss, i))
+        error, loss, i = min(trials)
+        chosen.append(i)
+        if best_score is None or (error, loss) < best_score:
+            best_score = (error, loss)
+            best_counts = [chosen.count(j) for j in range(len(probs))]
+    return best_counts
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("rounds", [1, 2, 5])
+def test_greedy_selection_matches_a_plain_implementation(seed: int, rounds: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 6, size=30)
+    probs = [rng.dirichlet(np.full(6, 0.5), size=30).astype(np.float32) for _ in range(4)]
+    expected = _greedy_by_hand(probs, labels, rounds)
+    assert greedy_select(probs, torch.from_numpy(labels), rounds) == expected
+
+
+def test_greedy_selection_of_one_member() -> None:
+    probs = np.array([[0.9, 0.1], [0.4, 0.6]], np.float32)
+    assert greedy_select([probs], torch.tensor([0, 0]), rounds=3) == [1]
+
+
+def test_greedy_selection_keeps_the_best_prefix() -> None:
+    # Member 0 alone is best; adding anything after it only makes things worse.
+    labels = torch.tensor([0, 1])
+    perfect = np.array([[0.9, 0.1], [0.1, 0.9]], np.float32)
+    wrong = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    assert greedy_select([wrong, perfect], labels, rounds=4) == [0, 1]
+
+
+def test_identical_members_equal_the_member(run, tmp_path: Path) -> None:
+    cache, folder = run
+    spec = f"{folder}@last"
+    one = ensemble([spec], cache, runtime=FP32, prob_cache=None)
+    two = ensemble([spec, spec], cache, runtime=FP32, prob_cache=None)
+    assert np.allclose(one.probabilities, two.probabilities, atol=1e-6)
+    assert one.ensemble["top1_error"] == two.ensemble["top1_error"] and two.gain == 0
+    assert "ensemble: the same top-1 error as its best member" in format_result(two)
+
+
+def test_ensemble_is_the_mean_of_member_probabilities(run) -> None:
+    cache, folder = run
+    specs = [f"{folder}@epochs:2,3,4"]
+    result = ensemble(specs, cache, runtime=FP32, prob_cache=None)
+    images = torch.from_numpy(np.array(load_cache(cache).split("val").images))
+    members = [load_model(p, FP32).probabilities(images).numpy() for p in resolve_members(specs[0])]
+    assert np.allclose(result.probabilities, np.mean(members, axis=0), atol=1e-6)
+    weighted = ensemble(specs, cache, runtime=FP32, weights=[1, 0, 3], prob_cache=None)
+    assert np.allclose(weighted.probabilities, (members[0] + 3 * members[2]) / 4, atol=1e-6)
+
+
+def test_greedy_selection_on_a_constructed_case() -> None:
+    labels = torch.tensor([0, 1, 0, 1])
+    good_on_first = np.array([[0.9, 0.1], [0.6, 0.4], [0.9, 0.1], [0.6, 0.4]], np.float32)  # 50%
+    good_on_second = np.array([[0.4, 0.6], [0.1, 0.9], [0.4, 0.6], [0.1, 0.9]], np.float32)  # 50%
+    bad = np.array([[0.1, 0.9], [0.9, 0.1], [0.1, 0.9], [0.9, 0.1]], np.float32)  # 0%
+    counts = greedy_select([bad, good_on_first, good_on_second], labels, rounds=6)
+    assert counts[0] == 0 and counts[1] >= 1 and counts[2] >= 1
+    combined = average([good_on_first, good_on_second], [counts[1], counts[2]])
+    assert (combined.argmax(1) == labels.numpy()).all()
+
+
+def test_greedy_ensemble_on_the_tuning_split(run) -> None:
+    cache, folder = run
+    result = ensemble(
+        [f"{folder}@epochs:1,2,3,4"], cache, greedy=True, runtime=FP32, prob_cache=None
+    )
+    assert result.selection["split"] == "tune" and sum(result.selection["counts"]) >= 1
+    assert [m["weight"] for m in result.members] == [float(c) for c in result.selection["counts"]]
+
+
+def test_greedy_without_a_tuning_split_names_greedy_not_split(run, tmp_path: Path, capsys) -> None:
+    # The user passed --greedy (its --select-on defaults to tune), never --split.
+    cache, _ = run
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *SMALL, "train.epochs=1"])
+    plain = train(cfg, tmp_path / "plain", progress=False).run_dir  # no held-out split
+    argv = ["ensemble", f"{plain}@last", "--data", str(cache), "--greedy", "--no-cache", "-q"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--greedy chooses members on --select-on tune: this model was trained" in err
+    assert "--split" not in err and "data.holdout_per_class = K" in err
+    assert main([*argv, "--select-on", "test"]) == 1
+    err = capsys.readouterr().err
+    assert "--greedy chooses members on --select-on 'test': expected a labelled split" in err
+
+
+def test_greedy_weights_follow_the_tuning_split_not_val(run, monkeypatch) -> None:
+    # Each split has its own perfect member: member 2 on tune, member 0 on val. By hand, greedy
+    # selection on tune takes member 2 in round 1 (the only error-free choice); taking it again
+    # leaves the average, and so the score, unchanged, and any other member lowers the label's
+    # probability: the best prefix is round 1, counts [0, 0, 1]. On val it would be [1, 0, 0].
+    cache, folder = run
+    right, wrong = [0.9, 0.1], [0.2, 0.8]
+    labels = torch.tensor([0, 0, 0])
+
+    def members(perfect: int) -> list[np.ndarray]:
+        return [np.array([right if i == perfect else wrong] * 3, np.float32) for i in range(3)]
+
+    by_split = {"tune": members(2), "val": members(0)}
+    asked = []
+
+    def fake(paths, cache, split, *args, **kw):
+        asked.append(split)
+        return by_split[split], labels
+
+    monkeypatch.setattr("tinycnn.ensembles.member_probabilities", fake)
+    result = ensemble([f"{folder}@epochs:1,2,3"], cache, greedy=True, prob_cache=None)
+    assert sorted(asked) == ["tune", "val"]
+    assert result.selection["counts"] == [0, 0, 1]
+    assert result.selection["tune_top1_error"] == 0.0
+    assert [m["weight"] for m in result.members] == [0.0, 0.0, 1.0]
+    # Reported on val with tune's weights: member 2 alone, wrong on every val image.
+    assert np.allclose(result.probabilities, by_split["val"][2])
+    assert result.ensemble["top1_error"] == 1.0
+    assert [m["top1_error"] for m in result.members] == [0.0, 1.0, 1.0]
+
+
+def test_member_probabilities_are_cached_by_checkpoint(run, tmp_path: Path, monkeypatch) -> None:
+    cache, folder = run
+    calls = []
+    original = ProbabilityCache.get
+
+    def counting(self, checkpoint, *args):
+        compute = args[-1]
+
+        def wrapped():
+            calls.append(checkpoint.name)
+            return compute()
+
+        return original(self, checkpoint, *args[:-1], wrapped)
+
+    monkeypatch.setattr(ProbabilityCache, "get", counting)
+    store = tmp_path / "probs"
+    ensemble([f"{folder}@epochs:2,3"], cache, runtime=FP32, prob_cache=store)
+    assert calls == ["epoch-002.pt", "epoch-003.pt"]
+    ensemble([f"{folder}@epochs:2,3,4"], cache, runtime=FP32, prob_cache=store)
+    assert calls == ["epoch-002.pt", "epoch-003.pt", "epoch-004.pt"]  # one more member: one run
+
+
+def test_cli_ensemble_writes_files_only_with_out(run, tmp_path: Path, capsys, monkeypatch) -> None:
+    cache, folder = run
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    argv = ["ensemble", f"{folder}@last:2", "--data", str(cache), "--no-cache", "-q"]
+    assert main(argv) == 0
+    assert list(here.iterdir()) == []  # nothing in the working folder: no ./ensemble/
+    assert "nothing saved (--out DIR saves" in capsys.readouterr().out
+    out = tmp_path / "ens"
+    assert main([*argv, "--json", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["split"] == "val"  # stdout: the one JSON object
+    assert f"saved {out / 'probabilities.npy'} and {out / 'ensemble.json'}" in printed.err
+    assert sorted(p.name for p in out.iterdir()) == ["ensemble.json", "probabilities.npy"]
+
+
+# The numbers every report rests on, each against a truth computed here, not by tinycnn.
+
+
+def _three_class_members() -> tuple[list[np.ndarray], torch.Tensor]:
+    """Three members, each wrong on a different one of 3 images; their mean is right on all."""
+    right, wrong = [0.9, 0.1, 0.0], [0.4, 0.6, 0.0]
+    members = [
+        np.array([wrong if i == j else right for i in range(3)], np.float32) for j in range(3)
+    ]
+    return members, torch.tensor([0, 0, 0])
+
+
+@pytest.mark.parametrize("with_unused_member", [False, True])
+def test_gain_is_the_best_members_error_minus_the_ensembles(
+    run, monkeypatch, with_unused_member: bool
+) -> None:
+    cache, folder = run
+    members, labels = _three_class_members()  # each 1/3 wrong, their mean right: gain +1/3
+    weights = None
+    if with_unused_member:  # a perfect member of weight 0 is not "the best member"
+        members = [*members, np.array([[1.0, 0.0, 0.0]] * 3, np.float32)]
+        weights = [1.0, 1.0, 1.0, 0.0]
+    monkeypatch.setattr(
+        "tinycnn.ensembles.member_probabilities", lambda paths, *args, **kw: (members, labels)
+    )
+    epochs = "1,2,3,4" if with_unused_member else "1,2,3"
+    result = ensemble([f"{folder}@epochs:{epochs}"], cache, weights=weights, prob_cache=None)
+    assert [m["top1_error"] for m in result.members][:3] == pytest.approx([1 / 3] * 3)
+    assert result.ensemble["top1_error"] == 0.0
+    assert result.gain == pytest.approx(1 / 3)
+    assert "ensemble: 33.33 points lower top-1 error than its best member" in format_result(result)
+
+
+@pytest.mark.parametrize(
+    ("gain", "words"),
+    [
+        (0.016, "1.60 points lower top-1 error than its best member"),
+        (-0.004, "0.40 points higher top-1 error than its best member"),
+        (0.0, "the same top-1 error as its best member"),
+        (-0.00004, "the same top-1 error as its best member"),  # rounds to 0.00: no "-0.00"
+    ],
+)
+def test_the_gain_says_which_way_the_error_went(gain: float, words: str) -> None:
+    member = {"checkpoint": "a.pt", "weight": 1.0, "top1_error": 0.5, "top5_error": 0.2, "loss": 1}
+    rates = {"top1_error": 0.5 - gain, "top5_error": 0.2, "loss": 1.0, "count": 1}
+    result = EnsembleResult("val", "center", [member], rates, gain, np.zeros((1, 2), np.float32))
+    assert format_result(result).splitlines()[-1] == f"ensemble: {words}"
+
+
+def test_a_worse_ensemble_has_a_negative_gain(run, monkeypatch) -> None:
+    cache, folder = run
+    perfect = np.array([[0.6, 0.4], [0.6, 0.4]], np.float32)  # 0% error
+    confident_wrong = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)  # 100% error
+    labels = torch.tensor([0, 0])
+    monkeypatch.setattr(
+        "tinycnn.ensembles.member_probabilities",
+        lambda paths, *args, **kw: ([perfect, confident_wrong], labels),
+    )
+    result = ensemble([f"{folder}@epochs:1,2"], cache, prob_cache=None)
+    assert result.ensemble["top1_error"] == 1.0  # the mean (0.3, 0.7) follows the wrong one
+    assert result.gain == -1.0
+    assert "ensemble: 100.00 points higher top-1 error than its best member" in format_result(
+        result
+    )
+
+
+def test_a_checkpoint_overwritten_in_place_gets_new_probabilities(run, tmp_path: Path) -> None:
+    cache, folder = run
+    member, store = tmp_path / "member.pt", tmp_path / "probs"
+    shutil.copyfile(folder / "checkpoints" / "epoch-001.pt", member)
+    first = ensemble([str(member)], cache, runtime=FP32, prob_cache=store)
+    shutil.copyfile(folder / "checkpoints" / "epoch-004.pt", member)  # same path, new weights
+    second = ensemble([str(member)], cache, runtime=FP32, prob_cache=store)
+    fresh = ensemble([str(member)], cache, runtime=FP32, prob_cache=None)
+    assert not np.allclose(first.probabilities, fresh.probabilities, atol=1e-4)
+    assert np.array_equal(second.probabilities, fresh.probabilities)
+
+
+# --- the ensemble's probability cache: keyed on the data's content; optional -----------------
+
+
+def _pad(data: bytes, size: int) -> bytes:
+    return data + b"\0" * (size - len(data))  # after the JPEG's end marker: ignored by decoders
+
+
+def test_ensemble_follows_a_rebuilt_cache_whose_source_looks_unchanged(
+    small: Small, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A rebuilt cache with other pixels, from a source whose names, sizes and times are the
+    same (so its fingerprint is too): the cached member probabilities must not be reused."""
+    dataset = Path(shutil.copytree(small.dataset, tmp_path / "data"))
+    images = dataset / "val" / "images"
+    first, other = (images / "val_0.JPEG").read_bytes(), (images / "val_1.JPEG").read_bytes()
+    size = max(len(first), len(other))
+    (images / "val_0.JPEG").write_bytes(_pad(first, size))
+    cache = prepare(dataset, tmp_path / "cache", workers=1, progress=False)
+    store, out = tmp_path / "probs", tmp_path / "ens"
+    args = ["--data", cache.path, "--device", "cpu", "--precision", "fp32", "--json"]
+    ensemble_args = ["ensemble", small.checkpoint, *args, "--prob-cache", store, "--out", out]
+    assert run_cli(capsys, ensemble_args)[0] == 0
+
+    stat = (images / "val_0.JPEG").stat()
+    (images / "val_0.JPEG").write_bytes(_pad(other, size))  # another picture, same size and time
+    os.utime(images / "val_0.JPEG", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rebuilt = prepare(dataset, tmp_path / "cache", workers=1, progress=False, force=True)
+    assert rebuilt.manifest["source"] == cache.manifest["source"]  # the source looks the same
+
+    code, printed, _ = run_cli(capsys, ensemble_args)
+    assert code == 0
+    member = json.loads(printed)["members"][0]
+    code, printed, _ = run_cli(capsys, ["evaluate", small.checkpoint, *args])
+    assert member["top1_error"] == json.loads(printed)["top1_error"]
+    fp32 = make_runtime("cpu", "fp32", channels_last=False, threads=1)
+    fresh = load_model(small.checkpoint, fp32).probabilities(
+        torch.from_numpy(np.array(load_cache(rebuilt.path).split("val").images))
+    )
+    np.testing.assert_allclose(np.load(out / "probabilities.npy"), fresh.numpy(), atol=1e-6)
+
+
+KEY_CHANGES = {
+    "same": lambda k: k,
+    "checkpoint": lambda k: {**k, "checkpoint": k["other_checkpoint"]},
+    "data": lambda k: {**k, "cache": SimpleNamespace(content_id="0123456789abcdef")},
+    "split": lambda k: {**k, "split": "train"},
+    "rows": lambda k: {**k, "split": "tune", "rows": np.array([1, 2, 3])},
+    "tune rows": lambda k: {**k, "split": "tune", "rows": np.array([1, 2, 4])},
+    "tta": lambda k: {**k, "tta": "flip"},
+    "precision": lambda k: {**k, "precision": "bf16"},
+}
+
+
+def test_probability_cache_key_covers_everything_probabilities_depend_on(
+    small: Small, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.pt"
+    payload = torch.load(small.checkpoint, weights_only=True)
+    save_checkpoint(other, {**payload, "iteration": payload["iteration"] + 1})
+    base = {
+        "checkpoint": small.checkpoint,
+        "cache": load_cache(small.cache),
+        "split": "val",
+        "tta": "center",
+        "rows": None,
+        "precision": "fp32",
+        "other_checkpoint": other,
+    }
+
+    def key(parts: dict) -> str:
+        return ProbabilityCache.key(**{k: v for k, v in parts.items() if k != "other_checkpoint"})
+
+    keys = {name: key(make(base)) for name, make in KEY_CHANGES.items()}
+    assert key(base) == keys["same"]  # stable
+    assert len(set(keys.values())) == len(keys), keys  # every change gives its own key
+
+
+def _prob_cache_under_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "plain").write_text("not a folder")
+    return tmp_path / "plain" / "probs"  # real: mkdir fails, no mock
+
+
+def _read_only_prob_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    store = tmp_path / "probs"
+    fail_writes(monkeypatch, errno.EROFS, "Read-only file system", under=store)
+    return store
+
+
+def _full_prob_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    store = tmp_path / "probs"
+    fail_fsync(monkeypatch, errno.ENOSPC, "No space left on device", under=store)
+    return store
+
+
+@pytest.mark.parametrize(
+    ("make_store", "words"),
+    [
+        (_prob_cache_under_a_file, "not a folder"),
+        (_read_only_prob_cache, "read-only file system"),
+        (_full_prob_cache, "disk full"),
+    ],
+)
+def test_an_unwritable_probability_cache_is_one_warning_not_a_failure(
+    small: Small,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    make_store,
+    words: str,
+) -> None:
+    store = make_store(tmp_path, monkeypatch)
+    out = tmp_path / "ens"
+    argv = [
+        *("ensemble", small.checkpoint, f"{small.run}@last", "--data", small.cache),
+        *("--device", "cpu", "--prob-cache", store, "--out", out, "-q"),
+    ]
+    code, printed, err = run_cli(capsys, argv)
+    assert code == 0, err
+    assert "ensemble: " in printed and "its best member" in printed
+    assert (out / "probabilities.npy").is_file() and (out / "ensemble.json").is_file()
+    lines = err.strip().splitlines()  # two members, one warning
+    assert len(lines) == 1 and lines[0].startswith("tinycnn: warning: "), err
+    assert str(store) in lines[0] and words in lines[0]
+
+
+def test_an_unreadable_cached_entry_is_computed_again(small: Small, tmp_path: Path) -> None:
+    store = tmp_path / "probs"
+    fp32 = make_runtime("cpu", "fp32", channels_last=False, threads=1)
+    first = ensemble([str(small.checkpoint)], small.cache, runtime=fp32, prob_cache=store)
+    [entry] = store.iterdir()
+    entry.write_bytes(entry.read_bytes()[:50])  # truncated
+    with pytest.warns(ProbabilityCacheWarning, match="unreadable cached probabilities"):
+        again = ensemble([str(small.checkpoint)], small.cache, runtime=fp32, prob_cache=store)
+    np.testing.assert_array_equal(first.probabilities, again.probabilities)

@@ -1,0 +1,117 @@
+"""members.py: member specs (a run folder, @last, @epochs:, @every:, @top:K, @last:K) resolved to
+checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tinycnn.checkpoint import load_checkpoint
+from tinycnn.errors import ConfigError
+from tinycnn.members import resolve_members
+
+
+def test_member_specs(run) -> None:
+    _, folder = run
+    ckpt = folder / "checkpoints"
+    assert resolve_members(str(folder)) == [ckpt / "best.pt"]
+    assert resolve_members(f"{folder}@last") == [ckpt / "last.pt"]
+    assert resolve_members(f"{folder}@every:8") == [ckpt / "iter-0000008.pt"]
+    assert resolve_members(f"{folder}@epochs:1,3") == [ckpt / "epoch-001.pt", ckpt / "epoch-003.pt"]
+    assert resolve_members(f"{folder}@last:2") == [ckpt / "epoch-003.pt", ckpt / "epoch-004.pt"]
+    top = resolve_members(f"{folder}@top:2")
+    assert len(top) == 2 and all(p.name.startswith("epoch-") for p in top)
+    assert resolve_members(str(ckpt / "last.pt")) == [ckpt / "last.pt"]
+    for bad, message in [
+        (f"{folder}@sometimes", "unknown selection"),
+        (f"{folder}@every:x", "not a positive whole number"),
+        (f"{folder}@every:5", "selects no snapshot"),
+        (f"{folder}@epochs:9", "no such checkpoint"),
+        (str(folder / "nope"), "neither a checkpoint file nor a run folder"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            resolve_members(bad)
+
+
+def _fake_run(root: Path, rows: list[dict], epochs: list[int]) -> Path:
+    """A run folder with empty epoch snapshots and the given metrics lines."""
+    (root / "checkpoints").mkdir(parents=True)
+    for e in epochs:
+        (root / "checkpoints" / f"epoch-{e:03d}.pt").write_bytes(b"")
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_top_k_picks_the_k_lowest_selection_errors(tmp_path: Path) -> None:
+    # tune and val disagree; a partial (time-budget) line and a deleted snapshot do not count.
+    rows = [
+        {"epoch": 1, "iteration": 10, "tune_top1_error": 0.5, "val_top1_error": 0.1},
+        {"epoch": 2, "iteration": 20, "tune_top1_error": 0.3, "val_top1_error": 0.4},
+        {"epoch": 3, "iteration": 30, "tune_top1_error": 0.4, "val_top1_error": 0.2},
+        {"epoch": 3.5, "iteration": 35, "tune_top1_error": 0.0, "partial_epoch": True},
+        {"epoch": 4, "iteration": 40, "tune_top1_error": 0.2, "val_top1_error": 0.6},
+        {"epoch": 5, "iteration": 50, "tune_top1_error": 0.1, "val_top1_error": 0.9},
+    ]
+    run = _fake_run(tmp_path / "tuned", rows, epochs=[1, 2, 3, 4])  # epoch-005.pt deleted
+    ckpt = run / "checkpoints"
+    assert resolve_members(f"{run}@top:2") == [ckpt / "epoch-004.pt", ckpt / "epoch-002.pt"]
+    assert resolve_members(f"{run}@top:1") == [ckpt / "epoch-004.pt"]
+    assert len(resolve_members(f"{run}@top:9")) == 4
+    # Without a tuning split the val error decides.
+    val_only = [{k: v for k, v in r.items() if k != "tune_top1_error"} for r in rows[:3]]
+    run = _fake_run(tmp_path / "val", val_only, epochs=[1, 2, 3])
+    ckpt = run / "checkpoints"
+    assert resolve_members(f"{run}@top:2") == [ckpt / "epoch-001.pt", ckpt / "epoch-003.pt"]
+
+
+def test_top_k_scores_a_budget_ended_runs_final_weights_as_last_pt(tmp_path: Path) -> None:
+    # A compute budget ended the run at epoch 3.4: that evaluation is in last.pt only, not in
+    # epoch-003.pt (which holds epoch 3's weights and its own, worse, error).
+    rows = [
+        {"epoch": 1, "iteration": 10, "tune_top1_error": 0.5},
+        {"epoch": 2, "iteration": 20, "tune_top1_error": 0.3},
+        {"epoch": 3, "iteration": 30, "tune_top1_error": 0.4},
+        {"epoch": 3.4, "iteration": 34, "tune_top1_error": 0.2, "partial_epoch": False},
+    ]
+    run = _fake_run(tmp_path / "budget", rows, epochs=[1, 2, 3])
+    ckpt = run / "checkpoints"
+    (ckpt / "last.pt").write_bytes(b"")
+    assert resolve_members(f"{run}@top:2") == [ckpt / "last.pt", ckpt / "epoch-002.pt"]
+    assert resolve_members(f"{run}@top:9") == [
+        ckpt / "last.pt",
+        ckpt / "epoch-002.pt",
+        ckpt / "epoch-003.pt",
+        ckpt / "epoch-001.pt",
+    ]
+
+
+def _stored_iteration(path: Path) -> int:
+    return load_checkpoint(path)["iteration"]
+
+
+@pytest.mark.parametrize("with_metrics", [True, False])
+def test_last_k_is_the_k_most_recent_snapshots_by_iteration(
+    run, tmp_path: Path, with_metrics: bool
+) -> None:
+    # 3 iterations per epoch, snapshots every 4: epoch-001 (3), iter-4, epoch-002 (6), iter-8,
+    # epoch-003 (9), iter-12 and epoch-004 (12, the same weights: one member).
+    _, folder = run
+    if not with_metrics:  # iterations per epoch then come from a checkpoint
+        (tmp_path / "run").mkdir()
+        folder = Path(shutil.copytree(folder / "checkpoints", tmp_path / "run" / "checkpoints"))
+        folder = folder.parent
+    ckpt = folder / "checkpoints"
+    snapshots = [*ckpt.glob("iter-*.pt"), *ckpt.glob("epoch-*.pt")]
+    iterations = sorted({_stored_iteration(p) for p in snapshots})
+    for k in (1, 2, 3, 4, 6):
+        chosen = resolve_members(f"{folder}@last:{k}")
+        assert [_stored_iteration(p) for p in chosen] == iterations[-k:], k
+    assert [p.name for p in resolve_members(f"{folder}@last:3")] == [
+        "iter-0000008.pt",
+        "epoch-003.pt",
+        "epoch-004.pt",
+    ]
+    assert len(resolve_members(f"{folder}@last:100")) == len(iterations)

@@ -1,0 +1,384 @@
+"""A resumed run equals the uninterrupted one: after kill -9 at every phase, a torn metrics line,
+SIGTERM, a time or compute budget, --stop-at; its precision, best.pt and step times carry over.
+
+The kill tests run the real CLI in a subprocess. TINYCNN_PAUSE_AT=PHASE@ITERATION makes it wait
+at that exact point of the run (see faults.pause_point); the test then kills it with SIGKILL
+from outside, resumes it with ``tinycnn train --resume`` in a fresh process, and compares the
+run folder with an uninterrupted run's: every metrics line, every checkpoint file, its weights,
+and which epoch best.pt holds.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import (
+    RUN,
+    paused,
+    small_config,
+    start_tinycnn,
+    train_argv,
+)
+from tinycnn.checkpoint import load_checkpoint
+from tinycnn.cli import main
+from tinycnn.config import load_config
+from tinycnn.run_folder import read_metrics
+from tinycnn.training import train
+
+TIMING = ("seconds", "elapsed_seconds", "images_per_second")
+
+# Where a run can die: (phase, iteration). step: after an optimisation step; snapshot: after an
+# iteration snapshot; evaluated: after an epoch's evaluation, before its checkpoint; saved:
+# after epoch-NNN.pt and last.pt, before best.pt; best: before the metrics line; logged: after.
+PHASES = [
+    ("step", 2),
+    ("step", 3),
+    ("snapshot", 3),
+    ("evaluated", 3),
+    ("saved", 6),
+    ("best", 6),
+    ("logged", 6),
+    ("snapshot", 9),
+    ("saved", 9),
+]
+
+
+def _finish(process: subprocess.Popen) -> tuple[int, str]:
+    _, err = process.communicate(timeout=300)
+    return process.returncode, err
+
+
+def _kill_and_resume(cache: Path, out: Path, phase: str, iteration: int) -> str:
+    process = paused(train_argv(cache, out), phase, iteration, out.with_suffix(".paused"))
+    process.kill()  # SIGKILL: no handler, no cleanup
+    process.communicate(timeout=60)
+    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
+    assert code == 0, f"resume after a kill at {phase}@{iteration} failed: {err}"
+    return err
+
+
+def _run_record(run: Path) -> dict:
+    """What a run leaves that must not depend on interruptions (timings left out)."""
+    metrics = [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(run)]
+    # Every line as written, not read_steps' one per iteration: a resume leaves no repeats.
+    lines = (run / "steps.jsonl").read_text().splitlines()
+    steps = [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
+    checkpoints = {}
+    for path in sorted((run / "checkpoints").glob("*.pt")):
+        payload = load_checkpoint(path)
+        checkpoints[path.name] = {
+            "iteration": payload["iteration"],
+            "best_error": payload["best_error"],
+            "metrics": payload["metrics"]
+            and {k: v for k, v in payload["metrics"].items() if k not in TIMING},
+            "state": payload["model"]["state"],
+        }
+    return {"metrics": metrics, "steps": steps, "checkpoints": checkpoints}
+
+
+def _assert_same_run(got: dict, expected: dict, where: str) -> None:
+    assert got["metrics"] == expected["metrics"], f"{where}: metrics differ"
+    assert got["steps"] == expected["steps"], f"{where}: steps.jsonl differs"
+    assert sorted(got["checkpoints"]) == sorted(expected["checkpoints"]), where
+    for name, want in expected["checkpoints"].items():
+        have = got["checkpoints"][name]
+        for key in ("iteration", "best_error", "metrics"):
+            assert have[key] == want[key], f"{where}: {name} {key}"
+        for tensor_name, tensor in want["state"].items():
+            assert torch.equal(have["state"][tensor_name], tensor), f"{where}: {name}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("whole") / "run"
+    code, err = _finish(start_tinycnn(train_argv(cache, out)))
+    assert code == 0, err
+    record = _run_record(out)
+    assert [r["iteration"] for r in record["metrics"]] == [3, 6, 9]
+    return record
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_phase_then_resume_equals_the_uninterrupted_run(
+    cache: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    def one(phase_iteration: tuple[str, int]) -> tuple[str, dict]:
+        phase, iteration = phase_iteration
+        out = tmp_path / f"{phase}-{iteration}"
+        _kill_and_resume(cache, out, phase, iteration)
+        return f"killed at {phase}@{iteration}", _run_record(out)
+
+    with ThreadPoolExecutor(2) as pool:
+        for where, record in pool.map(one, PHASES):
+            _assert_same_run(record, uninterrupted, where)
+
+
+def test_every_checkpoint_remembers_the_best_error_including_its_own(
+    uninterrupted: dict,
+) -> None:
+    # The truth is the metrics log: best.pt is chosen on the tuning split.
+    rows = uninterrupted["metrics"]
+    for k, row in enumerate(rows):
+        name = f"epoch-{row['epoch']:03d}.pt"
+        best_so_far = min(r["tune_top1_error"] for r in rows[: k + 1])
+        assert uninterrupted["checkpoints"][name]["best_error"] == best_so_far, name
+    best_row = min(rows, key=lambda r: (r["tune_top1_error"], r["iteration"]))
+    assert uninterrupted["checkpoints"]["best.pt"]["iteration"] == best_row["iteration"]
+
+
+@pytest.mark.slow
+def test_a_torn_metrics_line_is_rebuilt_on_resume(
+    cache: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    out = tmp_path / "run"
+    # Killed while writing epoch 1's line: its checkpoints are saved, its line is half there.
+    process = paused(train_argv(cache, out), "best", 3, tmp_path / "flag")
+    process.kill()
+    process.communicate(timeout=60)
+    log = out / "metrics.jsonl"
+    assert not log.exists()
+    line = json.dumps(uninterrupted["metrics"][0])
+    log.write_text(line[: len(line) // 2])  # a line cut off by the kill
+    assert read_metrics(out) == [], "the torn line is dropped on reading"
+    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
+    assert code == 0, err
+    _assert_same_run(_run_record(out), uninterrupted, "torn metrics line")
+
+
+@pytest.mark.slow
+def test_sigterm_at_start_up_then_resume_starts_afresh(
+    cache: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    out = tmp_path / "run"
+    process = paused(train_argv(cache, out), "started", 0, tmp_path / "flag")
+    process.send_signal(signal.SIGTERM)
+    code, err = _finish(process)
+    assert code == 143 and "interrupted (SIGTERM)" in err, err
+    assert not (out / "checkpoints").exists()  # nothing but the config and the lock
+    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
+    assert code == 0, err
+    _assert_same_run(_run_record(out), uninterrupted, "resumed before the first step")
+
+
+def test_a_resumed_run_goes_on_in_the_precision_it_trained_in(
+    cache: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # bf16 measured fast when the run starts, no faster when it resumes: the resumed steps stay
+    # in bf16, as the uninterrupted run's would have.
+    import tinycnn.runtime
+
+    monkeypatch.setattr(tinycnn.runtime, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(tinycnn.runtime, "bf16_speedup", lambda: 2.0)
+    settings = [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=2"]
+    first = train(load_config(None, settings), tmp_path / "run", stop_at_iteration=4)
+    assert first.stopped == "interrupted" and first.metrics[-1]["precision"] == "bf16"
+    monkeypatch.setattr(tinycnn.runtime, "bf16_speedup", lambda: 1.0)
+    capsys.readouterr()
+    resumed = train(None, tmp_path / "run", resume=True, progress=True)
+    assert "bf16 autocast: as the run trained so far" in capsys.readouterr().out
+    assert [row["precision"] for row in resumed.metrics] == ["bf16"] * len(resumed.metrics)
+    assert resumed.iteration == 6
+
+
+@pytest.mark.slow
+def test_a_kill_before_a_compute_budgets_closing_evaluation_resumes_into_it(
+    cache: Path, tmp_path: Path
+) -> None:
+    from tinycnn.compute import training_flops_per_image
+    from tinycnn.models import create_model
+
+    model = create_model(
+        "cnn5", num_classes=5, conv_channels=[8, 8, 8], fc_widths=[32], dropout=0.3
+    )
+    budget = f"train.max_pflop={7.5 * 16 * training_flops_per_image(model, 56) / 1e15!r}"
+    # An iteration snapshot exactly at the budget's last step, then a kill before evaluating it.
+    settings = ["--set", budget, "--set", "train.snapshot_every=7"]
+    whole = tmp_path / "whole"
+    code, err = _finish(start_tinycnn(train_argv(cache, whole, *settings)))
+    assert code == 0, err
+    expected = _run_record(whole)
+    assert [r["iteration"] for r in expected["metrics"]] == [3, 6, 7]  # the budget ends at 7
+    out = tmp_path / "cut"
+    process = paused(train_argv(cache, out, *settings), "snapshot", 7, tmp_path / "flag")
+    process.kill()
+    process.communicate(timeout=60)
+    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
+    assert code == 0, err
+    _assert_same_run(_run_record(out), expected, "killed before the budget's evaluation")
+
+
+def test_a_time_budget_stop_then_resume_equals_the_uninterrupted_run(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.timing
+
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN])
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    # The budget runs out once, at iteration 4 (mid-epoch 2): a partial evaluation, saved.
+    monkeypatch.setattr(tinycnn.timing.Budget, "exhausted", lambda self, iteration: iteration == 4)
+    cut = train(cfg, tmp_path / "cut", progress=False)
+    assert cut.stopped == "time budget" and cut.metrics[-1]["partial_epoch"]
+    partial = cut.metrics[-1]
+    # Make the partial evaluation look like the best so far: it must not stay the best.
+    partial["tune_top1_error"] = -1.0
+    log = tmp_path / "cut" / "metrics.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in cut.metrics))
+    monkeypatch.undo()
+    train(None, tmp_path / "cut", resume=True, progress=False)
+    _assert_same_run(
+        _run_record(tmp_path / "cut"), _run_record(tmp_path / "whole"), "time budget, resumed"
+    )
+    assert whole.iteration == 9
+
+
+def test_resuming_a_run_that_used_its_time_budget_says_how_to_go_on(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    assert main(train_argv(cache, out, "--set", "train.max_minutes=0.0001")) == 0
+    assert "time budget" in capsys.readouterr().out
+    assert main(["train", "--resume", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "used its whole train.max_minutes" in err and str(out / "config.toml") in err
+
+
+def test_a_resumed_epochs_speed_counts_its_time_before_the_stop(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.timing
+
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN])
+    real_pause = tinycnn.faults.pause_point
+
+    def slow_step_4(phase: str, iteration: int) -> None:  # epoch 2's first part takes >= 0.5 s
+        if (phase, iteration) == ("step", 4):
+            time.sleep(0.5)
+        real_pause(phase, iteration)
+
+    monkeypatch.setattr(tinycnn.faults, "pause_point", slow_step_4)
+    monkeypatch.setattr(tinycnn.timing.Budget, "exhausted", lambda self, iteration: iteration == 4)
+    train(cfg, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    rows = train(None, tmp_path / "run", resume=True, progress=False).metrics
+    epoch_2 = next(r for r in rows if r["epoch"] == 2)
+    # 3 steps of 16 images; the first step (with its 0.5 s) ran before the stop.
+    assert epoch_2["seconds"] >= 0.5
+    assert epoch_2["images_per_second"] == pytest.approx(48 / epoch_2["seconds"])
+
+
+def test_an_iteration_snapshot_keeps_its_epochs_step_time(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.timing
+
+    cfg = load_config(
+        None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.snapshot_every=2"]
+    )
+    real_pause = tinycnn.faults.pause_point
+
+    def slow_step_1(phase: str, iteration: int) -> None:
+        if (phase, iteration) == ("step", 1):
+            time.sleep(0.5)
+        real_pause(phase, iteration)
+
+    monkeypatch.setattr(tinycnn.faults, "pause_point", slow_step_1)
+    train(cfg, tmp_path / "run", progress=False)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "iter-0000002.pt")
+    assert saved["accumulator"]["seen"] == 32
+    assert saved["accumulator"]["seconds"] >= 0.5  # mid-epoch 1: its two steps, the slow one
+
+
+@pytest.mark.slow
+def test_an_epoch_evaluated_after_a_kill_reports_its_step_time(cache: Path, tmp_path: Path) -> None:
+    # Killed after epoch 1's closing snapshot, before its evaluation: the resume evaluates it.
+    out = tmp_path / "run"
+    _kill_and_resume(cache, out, "snapshot", 3)
+    first = read_metrics(out)[0]
+    assert first["epoch"] == 1 and first["seconds"] > 0
+    assert first["images_per_second"] == pytest.approx(48 / first["seconds"])
+
+
+def test_an_older_checkpoint_without_step_time_resumes_with_the_speed_unknown(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.timing
+    from tinycnn.checkpoint import save_checkpoint
+
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN])
+    monkeypatch.setattr(tinycnn.timing.Budget, "exhausted", lambda self, iteration: iteration == 4)
+    train(cfg, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    payload = load_checkpoint(last)
+    del payload["accumulator"]["seconds"]  # as written before the field existed
+    save_checkpoint(last, payload)
+    rows = train(None, tmp_path / "run", resume=True, progress=False).metrics
+    epoch_2 = next(r for r in rows if r["epoch"] == 2)
+    assert epoch_2["images_per_second"] is None and epoch_2["seconds"] is None
+    assert next(r for r in rows if r["epoch"] == 3)["images_per_second"] > 0
+
+
+def test_stop_at_pauses_where_asked_and_resume_equals_the_uninterrupted_run(
+    cache: Path, tmp_path: Path, uninterrupted: dict, capsys
+) -> None:
+    out = tmp_path / "run"
+    assert main([*train_argv(cache, out), "--stop-at", "4"]) == 0  # mid epoch 2 (3 an epoch)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 4
+    assert f"resume with: tinycnn train --resume {out}" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "-q", "--stop-at", "7"]) == 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 7
+    assert main(["train", "--resume", str(out), "-q"]) == 0
+    _assert_same_run(_run_record(out), uninterrupted, "--stop-at 4, then 7")
+
+
+def test_the_step_log_windows_span_epochs(uninterrupted: dict) -> None:
+    """log_every=2 on 3 iterations an epoch: lines at 2, 4, 6, 8, each of 2 batches."""
+    steps = uninterrupted["steps"]
+    assert [r["iteration"] for r in steps] == [2, 4, 6, 8]
+    assert [r["images"] for r in steps] == [32] * 4
+
+
+def test_best_checkpoint_after_a_resume_is_still_chosen_on_the_tuning_split(
+    disagreeing_cache: Path, tmp_path: Path
+) -> None:
+    # Stopped after epoch 4 and resumed: the resume rebuilds the best from the metrics log, and
+    # must rebuild it on tune, as the uninterrupted run chose it. The truth is the log's tune
+    # column: best.pt is its first lowest row, and each checkpoint remembers the lowest tune
+    # error up to and including it.
+    cfg = small_config(disagreeing_cache, "train.epochs=6", "data.holdout_per_class=2")
+    run = tmp_path / "run"
+    assert train(cfg, run, progress=False, stop_at_iteration=12).stopped == "interrupted"
+    before = read_metrics(run)
+    assert [r["iteration"] for r in before] == [3, 6, 9, 12]
+
+    def first_best(rows: list[dict], key: str) -> dict:
+        return min(rows, key=lambda r: (r[key], r["iteration"]))  # ties: the earlier epoch
+
+    by_tune, by_val = first_best(before, "tune_top1_error"), first_best(before, "val_top1_error")
+    assert by_tune["iteration"] != by_val["iteration"], "the case must tell the splits apart"
+    assert by_tune["tune_top1_error"] != by_val["val_top1_error"]
+    # One step past the resume point, then stopped again: what the resume rebuilt, whatever the
+    # epochs after it do.
+    train(None, run, resume=True, progress=False, stop_at_iteration=13)
+    assert (
+        load_checkpoint(run / "checkpoints" / "last.pt")["best_error"]
+        == (by_tune["tune_top1_error"])
+    )
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["iteration"] == by_tune["iteration"]
+    train(None, run, resume=True, progress=False)
+    rows = read_metrics(run)
+    assert [r["iteration"] for r in rows] == [3, 6, 9, 12, 15, 18]
+    for k, row in enumerate(rows):
+        payload = load_checkpoint(run / "checkpoints" / f"epoch-{row['epoch']:03d}.pt")
+        best_so_far = min(r["tune_top1_error"] for r in rows[: k + 1])
+        assert payload["best_error"] == best_so_far, row["epoch"]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["iteration"] == first_best(rows, "tune_top1_error")["iteration"]

@@ -212,3 +212,31 @@ def test_a_run_keeps_its_choices_and_a_resume_computes_with_them(
     assert not choices.enabled
     assert load_checkpoint(off / "checkpoints" / "last.pt")["conv_kernels"] == {}
     choices.reset(enabled=True)
+
+
+def test_known_choices_need_no_timing_or_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({KEY: {"forward": True}}))
+    choices = KernelChoices(path)
+    assert choices.known(KEY) is None  # the file is not read: a trace must not do I/O
+    choices.choose(KEY, ("forward",), _timer({}, []))  # read from the file, nothing timed
+    assert choices.known(KEY) == {"forward": True}
+    choices.pin({KEY: {"forward": False}})
+    assert choices.known(KEY) == {"forward": False}
+    choices.reset(enabled=False)
+    assert choices.known(KEY) is None
+
+
+@pytest.mark.slow
+def test_a_compiled_model_neither_times_nor_reads_in_its_trace(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "m.json"
+    everything = {"forward": True, "input_grad": True, "weight_grad": True}
+    path.write_text(json.dumps({shape_key(512, 512, 2, 2, torch.float32): everything}))
+    choices = KernelChoices(path)  # nothing read or timed yet
+    monkeypatch.setattr(conv_module, "CHOICES", choices)
+    model = torch.nn.Sequential(Conv3x3(512, 512), torch.nn.ReLU(), Conv3x3(512, 512))
+    x = torch.randn(4, 512, 2, 2, requires_grad=True)
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    assert choices.used() == {} and not choices.timed_keys  # the static rules, in the trace
+    model(x)  # an eager call reads the file: later traces take its choices
+    assert choices.known(shape_key(512, 512, 2, 2, torch.float32)) == everything

@@ -218,8 +218,10 @@ class Conv3x3(nn.Conv2d):
             def measure(name: str) -> tuple[float, float]:
                 return _measure_pass(name, *shape, batch=x.shape[0], kernels=_KERNELS)
 
-            timing = not torch.compiler.is_compiling()  # a compiled graph takes what is known
-            chosen = CHOICES.choose(shape_key(*shape), passes, measure if timing else None)
+            if torch.compiler.is_compiling():  # a traced graph takes what is known: no timing
+                chosen = CHOICES.known(shape_key(*shape))  # nor file reads in the trace
+            else:
+                chosen = CHOICES.choose(shape_key(*shape), passes, measure)
         chosen = chosen or {}
         return tuple(need and chosen.get(name, rules[name]) for name, need in needed.items())
 

@@ -61,11 +61,10 @@ class KernelChoices:
         self,
         key: str,
         passes: tuple[str, ...],
-        measure: Callable[[str], tuple[float, float]] | None,
+        measure: Callable[[str], tuple[float, float]],
     ) -> dict[str, bool] | None:
         """The choice for each of ``passes`` of a shape, timing (``measure(pass)``: oneDNN's and
-        the matmuls' seconds) those not yet known, unless measure is None; None when
-        autotuning is off."""
+        the matmuls' seconds) those not yet known; None when autotuning is off."""
         if key in self.pinned:
             return self.pinned[key]
         if not self.enabled:
@@ -73,7 +72,7 @@ class KernelChoices:
         self._load()
         known = self.table.setdefault(key, {})
         missing = [p for p in passes if p not in known]
-        if missing and measure is not None:
+        if missing:
             start = time.perf_counter()
             for name in missing:
                 onednn, taps = measure(name)
@@ -83,6 +82,13 @@ class KernelChoices:
             self.timed_keys.add(key)
             self._save(key)
         return known
+
+    def known(self, key: str) -> dict[str, bool] | None:
+        """The choices already made for a shape (pinned, timed or read), without timing or
+        reading anything: for code being traced by torch.compile."""
+        if key in self.pinned:
+            return self.pinned[key]
+        return self.table.get(key) if self.enabled else None
 
     def used(self) -> dict[str, dict[str, bool]]:
         """Every choice this process has made or read, for a checkpoint."""

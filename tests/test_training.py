@@ -326,6 +326,28 @@ def test_a_cyclic_schedule_restarts_and_snapshots_each_cycle_end(
     assert all(torch.equal(final["state"][k], v) for k, v in last["state"].items())
 
 
+def test_snapshots_due_on_one_step_write_the_resume_point_once(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import tinycnn.session
+
+    written: list[str] = []
+    real = tinycnn.session.save_checkpoint
+
+    def recording(path, payload):
+        written.append(Path(path).name)
+        return real(path, payload)
+
+    monkeypatch.setattr(tinycnn.session, "save_checkpoint", recording)
+    # 4 epochs of 3 iterations, cycles ending after 4, 8 and 12, a snapshot every 4: at each
+    # of those steps iter-N and cycle-NN fall together.
+    cycles = ('schedule.name="cyclic"', "schedule.cycles=3", "train.snapshot_every=4")
+    train(_cfg(cache, "train.epochs=4", *cycles), tmp_path / "r", progress=False)
+    assert written[:5] == ["epoch-001.pt", "last.pt", "iter-0000004.pt", "cycle-01.pt", "last.pt"]
+    # Resume points: epoch ends 3, 6, 9, 12 and the snapshot steps 4, 8, 12: 7, not 10.
+    assert written.count("last.pt") == 7
+
+
 def test_cycles_need_the_cyclic_schedule(cache: Path) -> None:
     with pytest.raises(ConfigError, match=r'schedule\.cycles = 3 needs schedule\.name = "cyclic"'):
         _cfg(cache, 'schedule.name="cosine"', "schedule.cycles=3")

@@ -195,22 +195,26 @@ class Session:
             "metrics": metrics,
         }
 
-    def save(self, name: str, elapsed: float, metrics: dict | None = None) -> Path:
-        """Write checkpoints/NAME.pt and make this point the resume point (last.pt); rank 0.
+    def save(self, name: str | list[str], elapsed: float, metrics: dict | None = None) -> Path:
+        """Write checkpoints/NAME.pt (each of several names, one point: iter-N and cycle-NN
+        falling on the same step) and make this point the resume point (last.pt), once; rank 0.
+        Returns the (first) snapshot's path.
 
         A snapshot (epoch-NNN, iter-N, cycle-NN: kept for evaluation and ensembles) holds the
         model (the EMA's weights, when on) without the optimiser state and raw weights that
         only a resume reads, from last.pt: half the size or less. It is written first: a kill
         before last.pt resumes from the previous point and writes it again.
         """
-        path = self.checkpoints / f"{name}.pt"
+        names = [name] if isinstance(name, str) else list(name)
+        snapshots = [self.checkpoints / f"{n}.pt" for n in names if n != "last"]
+        path = snapshots[0] if snapshots else self.checkpoints / "last.pt"
         if not self.dist.main:  # every rank holds the same state: one writes it
             return path
         payload = self.payload(elapsed, metrics)
-        if name != "last":
-            save_checkpoint(path, {k: v for k, v in payload.items() if k not in RESUME_ONLY})
+        for snapshot in snapshots:
+            save_checkpoint(snapshot, {k: v for k, v in payload.items() if k not in RESUME_ONLY})
         save_checkpoint(self.checkpoints / "last.pt", payload)
-        if name != "last":
+        if snapshots:
             apply_retention(self.checkpoints, self.cfg.train.keep_snapshots)
         return path
 

@@ -279,8 +279,7 @@ def train_one_epoch(
             faults.pause_point("step", s.iteration)
             if snapshots:
                 s.clock_epoch(before, time.perf_counter() - start)
-                for name in snapshots:
-                    s.save(name, budget.elapsed())
+                s.save(snapshots, budget.elapsed())  # last.pt once, however many names
                 faults.pause_point("snapshot", s.iteration)
             # At an epoch's or the schedule's end, stop after its evaluation.
             if reason and s.iteration % per_epoch and s.iteration < s.schedule.total:

@@ -8,6 +8,7 @@ training loop, the banner, the time to go and the checkpoints all read the same 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,11 @@ class Schedule:
     def phases(self) -> list[tuple[int, int]]:
         """(iterations, model input side) of each progressive-resizing phase, in order; one
         phase at the crop's side without resizing."""
+        return self._phases
+
+    @functools.cached_property
+    def _phases(self) -> list[tuple[int, int]]:
+        # Once per value (with_total makes a new one): every step asks for its input side.
         augment = self.augment
         if not augment.sizes:
             return [(self.total, self.eval_size)]

@@ -209,7 +209,8 @@ class Conv3x3(nn.Conv2d):
         grad = torch.is_grad_enabled()
         needed = {"forward": True, "input_grad": grad and x.requires_grad}
         needed["weight_grad"] = grad and self.weight.requires_grad
-        rules = {"forward": uses_tap_conv(*shape), "input_grad": uses_tap_conv(*shape)}
+        conv_rule = uses_tap_conv(*shape)  # the forward and input gradient share their rule
+        rules = {"forward": conv_rule, "input_grad": conv_rule}
         rules["weight_grad"] = uses_tap_gradient(*shape)
         chosen = None
         if dtype in TIMED_DTYPES and height * width <= MAX_TIMED_POSITIONS:

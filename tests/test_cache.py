@@ -63,13 +63,53 @@ def _changed_mean(path: Path) -> str:
 DAMAGE = [_zero_pixels, _garbage_header, _flipped_text_byte, _changed_mean]
 
 
+def _rows_sha256_by_hand(path: Path) -> str:
+    """An image array's checksum computed here from its bytes: the .npy header (up to the data
+    offset numpy reports), then each row's sha256, hashed together."""
+    data = path.read_bytes()
+    array = np.load(path, mmap_mode="r")
+    offset, row = array.offset, array[0].nbytes
+    outer = hashlib.sha256(data[:offset])
+    for lo in range(offset, len(data), row):
+        outer.update(hashlib.sha256(data[lo : lo + row]).digest())
+    return "rows-sha256:" + outer.hexdigest()
+
+
 def test_manifest_records_each_files_sha256(pristine: Path) -> None:
     manifest = json.loads((pristine / "manifest.json").read_text())
     files = sorted(p.name for p in pristine.iterdir() if p.name != "manifest.json")
     assert sorted(manifest["checksums"]) == files
     for name in files:
-        expected = hashlib.sha256((pristine / name).read_bytes()).hexdigest()
+        if name.endswith("_images.npy"):  # the workers' row digests, never read back
+            expected = _rows_sha256_by_hand(pristine / name)
+        else:
+            expected = hashlib.sha256((pristine / name).read_bytes()).hexdigest()
         assert manifest["checksums"][name] == expected, name
+
+
+def test_a_cache_with_whole_file_checksums_still_verifies(cache_copy: Path) -> None:
+    # Caches prepared before the row digests record each array's plain sha256: still checked,
+    # by that scheme, damage included.
+    manifest_path = cache_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for name in manifest["checksums"]:
+        manifest["checksums"][name] = hashlib.sha256((cache_copy / name).read_bytes()).hexdigest()
+    manifest["digest"] = cache_module.manifest_digest(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    cache_module.verify_cache(cache_copy)
+    _zero_pixels(cache_copy)
+    with pytest.raises(CacheError, match=r"train_images\.npy.*damaged"):
+        cache_module.verify_cache(cache_copy)
+
+
+@pytest.mark.parametrize("cut", [1, 12288, 12289])
+def test_an_array_cut_short_never_matches(cache_copy: Path, cut: int) -> None:
+    # Cut inside a row, at a row's edge, and one byte past it: the row digests cannot match
+    # (the manifest's sizes would catch it first at load; verify must not rely on that).
+    file = cache_copy / "val_images.npy"
+    recorded = json.loads((cache_copy / "manifest.json").read_text())["checksums"][file.name]
+    file.write_bytes(file.read_bytes()[:-cut])
+    assert cache_module.array_rows_checksum(file) != recorded
 
 
 def test_intact_cache_verifies(pristine: Path) -> None:

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from tests.helpers import save_image
 from tinycnn.cli import main
 from tinycnn.data import decode
-from tinycnn.data.cache import load_cache
+from tinycnn.data.cache import load_cache, verify_cache
 from tinycnn.data.decode import _reason
 from tinycnn.data.prepare import prepare
 from tinycnn.data.sources import Source
@@ -135,3 +135,22 @@ def test_a_cache_at_size_32_has_boxes_in_32_pixel_coordinates(
     assert val.boxes[val.files.index("val/images/val_1.JPEG")].tolist() == [26, 27, 28, 29]
     assert train.boxes.min() >= 0 and train.boxes.max() <= 31 and val.boxes.max() <= 31
     assert not prepare(mini_archive, out, size=32, resize=True, progress=False).rebuilt
+
+
+def test_a_short_write_is_continued_and_a_stalled_one_is_an_error(
+    synth_sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pwrite may write part of a row (a signal, a nearly full disk): the rest must follow, and
+    # the row digest must be of what is on disk. Workers are forked: the patch reaches them.
+    reference = prepare(synth_sources["folder"], tmp_path / "ref", progress=False)
+    real = decode.os.pwrite
+    monkeypatch.setattr(decode.os, "pwrite", lambda fd, data, at: real(fd, data[:1000], at))
+    out = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    verify_cache(out)
+    assert np.array_equal(
+        load_cache(out).split("train").images, load_cache(reference.path).split("train").images
+    )
+    monkeypatch.setattr(decode.os, "pwrite", lambda fd, data, at: 0)
+    with pytest.raises(OSError, match="pwrite wrote 0 of 12288 bytes"):
+        prepare(synth_sources["folder"], tmp_path / "stalled", progress=False)
+    assert not (tmp_path / "stalled").exists()

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tinycnn.cli import main
-from tinycnn.data.cache import load_cache
+from tinycnn.data.cache import load_cache, verify_cache
 from tinycnn.data.prepare import prepare
 from tinycnn.errors import CacheError
 
@@ -395,6 +395,7 @@ def test_skip_bad_lists_every_skipped_image(synth_copy: Path, tmp_path: Path) ->
     assert skipped["val"][1]["reason"] == why  # no "<_io.BytesIO object at 0x...>"
     train, val = cache.split("train"), cache.split("val")
     assert len(train) == 5 * 12 - 1 and len(val) == 5 * 4 - 2
+    verify_cache(out)  # the row digests of the packed arrays: the skipped rows left out
     assert truncated not in train.files and corrupt not in val.files
     # Rows stay aligned with labels after the bad row is dropped.
     wnids = cache.classes

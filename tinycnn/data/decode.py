@@ -1,7 +1,8 @@
 """Decode worker: JPEG bytes -> uint8 RGB rows written straight into the cache's .npy files.
 
 Workers write with ``os.pwrite`` at each image's final offset instead of returning pixels to the
-parent: nothing crosses a pipe but file names and small sums, and no process holds the 1.2 GB
+parent: nothing crosses a pipe but file names, small sums and each row's sha256 (taken as it is
+written: prepare never reads the arrays back to checksum them), and no process holds the 1.2 GB
 train array in memory (page-cache pages are not part of any process's RSS).
 
 JPEGs of the expected size go through simplejpeg (libjpeg-turbo with no Python-level marker
@@ -12,6 +13,7 @@ DCT and upsampling settings; checked on the real data). Anything else goes throu
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import io
 import os
 import re
@@ -63,6 +65,8 @@ class ChunkResult:
     wrong_size: tuple[int, str] | None = None  # (row, message) of an image to be --resize'd
     pixel_sum: np.ndarray | None = None  # (64, 64, 3) uint64: sum over the chunk's images
     pixel_sq_sum: np.ndarray | None = None  # (64, 64, 3) uint64: sum of squared values
+    # (row, sha256 of the row's bytes as written): the array's checksum (cache.rows_checksum)
+    digests: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 class _Worker:
@@ -98,7 +102,8 @@ class _Worker:
             except Exception as exc:  # any decode failure is reported with the file's name
                 result.failures.append((row, _reason(exc)))
                 continue
-            os.pwrite(self._fd(chunk.target), batch[k].data, chunk.offset + row * row_bytes)
+            _write_all(self._fd(chunk.target), batch[k], chunk.offset + row * row_bytes)
+            result.digests.append((row, hashlib.sha256(batch[k]).digest()))
             good.append(k)
         result.done = len(good)
         if stats and good:
@@ -137,6 +142,17 @@ class _Worker:
             # Keep the aspect: crop the centre square, then resize (antialiased when shrinking).
             image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
         return image
+
+
+def _write_all(fd: int, row: np.ndarray, offset: int) -> None:
+    """pwrite all of a row at offset: a short write (a full disk, a signal) is continued, and
+    one that writes nothing is an error, never a silently short row."""
+    view = memoryview(row).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(f"pwrite wrote {written} of {len(view)} bytes")
+        view, offset = view[written:], offset + written
 
 
 def _decode_fast(raw: bytes, out: np.ndarray, row: int, result: ChunkResult, size: int) -> bool:

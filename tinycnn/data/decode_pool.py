@@ -146,6 +146,7 @@ def _merge(total: ChunkResult, result: ChunkResult) -> None:
     total.cmyk += result.cmyk
     total.resized += result.resized
     total.original_sizes += result.original_sizes
+    total.digests += result.digests
     for field_name in ("pixel_sum", "pixel_sq_sum"):
         value = getattr(result, field_name)
         if value is not None:

@@ -38,6 +38,7 @@ from tinycnn.data.cache import (
     checksum_files,
     manifest_digest,
     read_manifest,
+    rows_checksum,
     verify_cache,
 )
 from tinycnn.data.decode import IMAGE_SIZE, Chunk, ChunkResult, fit_boxes
@@ -153,8 +154,11 @@ def _write_manifest(
     )
     files = sorted(tmp.iterdir())
     manifest["files"] = {p.name: p.stat().st_size for p in files}
-    # Read back from the page cache just after writing: ~1 s per GB, see verify_cache.
-    manifest["checksums"] = dict(sorted(checksum_files(files).items()))
+    # The image arrays' checksums come from the workers' row digests (_build); the small files
+    # are read back here.
+    arrays = manifest.pop("checksums")
+    others = checksum_files([p for p in files if p.name not in arrays])
+    manifest["checksums"] = dict(sorted({**others, **arrays}.items()))
     manifest["digest"] = manifest_digest(manifest)  # the manifest's own meaning, last
     write_json(tmp / MANIFEST, manifest)  # last: its presence marks completeness
 
@@ -257,7 +261,14 @@ def _build(
         for name, split in layout.splits.items()
     }
     stats = _write_stats(tmp, totals["train"], splits["train"]["count"], size)
+    checksums = {
+        f"{name}_images.npy": _images_checksum(
+            tmp / f"{name}_images.npy", len(split.files), totals[name]
+        )
+        for name, split in layout.splits.items()
+    }
     return {
+        "checksums": checksums,
         "classes": layout.wnids,
         "names": layout.names,
         "image_size": size,
@@ -327,6 +338,23 @@ def _finish_split(
             {"file": split.files[row], "reason": why} for row, why in sorted(result.failures)
         ],
     }
+
+
+def _images_checksum(path: Path, rows: int, result: ChunkResult) -> str:
+    """The checksum of a split's final image array (its skipped rows dropped) from the rows'
+    digests the workers took as they wrote them, and the array's header as it is on disk."""
+    digests = dict(result.digests)
+    failed = {row for row, _ in result.failures}
+    if len(digests) + len(failed) != rows:  # every row is either written and hashed, or skipped
+        raise CacheError(
+            f"{path}: {rows - len(digests) - len(failed)} rows neither written nor skipped"
+        )
+    array = np.load(path, mmap_mode="r")
+    header_size = array.offset
+    del array
+    with open(path, "rb") as f:
+        header = f.read(header_size)
+    return rows_checksum(header, (digests[row] for row in range(rows) if row not in failed))
 
 
 def _create_npy(tmp: Path, split: str, count: int, size: int) -> int:

@@ -4,6 +4,7 @@ official), BOM and CRLF text files."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import shutil
 import tarfile
@@ -120,6 +121,51 @@ def test_tar_reader_handles_long_names(tmp_path: Path, fmt: int) -> None:
         assert sorted(source.names()) == sorted(n.removeprefix("top/") for n in members)
         got = dict(source.stream(["b.bin", long.removeprefix("top/")]))
         assert got == {"b.bin": b"\x00" * 1000, long.removeprefix("top/"): b"payload"}
+
+
+def _random_members(count: int, seed: int = 0) -> dict[str, bytes]:
+    rng = np.random.default_rng(seed)
+    members = {"top/wnids.txt": b"n1\n"}
+    for i in range(count):  # sizes around the 512-byte blocks and the 1 MiB reads
+        size = int(rng.choice([0, 1, 511, 512, 513, 3000, (1 << 20) + 7]))
+        members[f"top/f{i}.bin"] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    return members
+
+
+def test_tar_reader_reads_what_tarfile_wrote(tmp_path: Path) -> None:
+    members = _random_members(40)
+    path = tmp_path / "t.tar.gz"
+    path.write_bytes(_tar_gz(members, tarfile.GNU_FORMAT))
+    # Two gzip members one after the other are one valid gzip stream (as `cat a.gz b.gz`).
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    tar = raw.getvalue()
+    split = tmp_path / "split.tar.gz"
+    split.write_bytes(gzip.compress(tar[:70_001]) + gzip.compress(tar[70_001:]))
+    wanted = [n.removeprefix("top/") for n in members]
+    for archive_path in (path, split):
+        for keep in (1 << 30, 0):
+            source = TarGzSource(archive_path, keep_bytes=keep)
+            assert source.names() == wanted
+            got = dict(source.stream(wanted))
+            assert got == {n.removeprefix("top/"): d for n, d in members.items()}
+
+
+@pytest.mark.parametrize("damage", ["cut", "flipped"])
+def test_a_damaged_tar_gz_is_a_data_error_naming_it(tmp_path: Path, damage: str) -> None:
+    data = bytearray(_tar_gz(_random_members(12, seed=1), tarfile.GNU_FORMAT))
+    if damage == "cut":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    path = tmp_path / "bad.tar.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"{path}: (corrupt gzip data|truncated archive)"):
+        TarGzSource(path).names()
 
 
 @pytest.mark.parametrize(

@@ -43,9 +43,15 @@ class Layout:
     notes: dict = field(default_factory=dict)
 
 
+_DIGIT_RUNS = re.compile(r"(\d+)")
+
+
 def natural_key(name: str) -> tuple:
-    """Sort key that orders embedded numbers by value: test_2 < test_10."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+    """Sort key that orders embedded numbers by value: test_2 < test_10. The split alternates
+    text and digit runs (text first, empty at the ends), so the runs are the odd places."""
+    parts: list = _DIGIT_RUNS.split(name)
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
 
 
 class Problems:

@@ -120,14 +120,14 @@ def _by_folder(names: list[str]) -> dict[str, list[str]]:
     return {folder: sorted(files, key=natural_key) for folder, files in groups.items()}
 
 
-def _parse_box(fields: list[str], where: str, problems: Problems) -> list[int]:
+def _parse_box(fields: list[str], file: str, lineno: int, problems: Problems) -> list[int]:
     try:
         box = [int(v) for v in fields]
     except ValueError:
-        problems.add(f"{where}: box {' '.join(fields)!r} is not four integers")
+        problems.add(f"{file} line {lineno}: box {' '.join(fields)!r} is not four integers")
         return _UNKNOWN_BOX
     if box[0] > box[2] or box[1] > box[3] or min(box) < 0:
-        problems.add(f"{where}: box {box} is not x0 <= x1, y0 <= y1, all >= 0")
+        problems.add(f"{file} line {lineno}: box {box} is not x0 <= x1, y0 <= y1, all >= 0")
         return _UNKNOWN_BOX
     return box
 
@@ -137,20 +137,22 @@ def _read_annotations(
 ) -> dict[str, tuple[int, list[str]]]:
     """Tab-separated lines keyed by file name -> (line number, the other fields)."""
     rows: dict[str, tuple[int, list[str]]] = {}
+    file = source.display(rel)
     for lineno, line in enumerate(_text_lines(source, rel), 1):
         if not line.strip():
             continue
         fields = line.split("\t") if "\t" in line else line.split()
-        where = f"{source.display(rel)} line {lineno}"
         if len(fields) != n_fields:
             problems.add(
-                f"{where}: expected {n_fields} tab-separated fields, "
+                f"{file} line {lineno}: expected {n_fields} tab-separated fields, "
                 f"got {len(fields)} in {line.strip()!r}"
             )
             continue
         name = fields[0].strip()
         if name in rows:
-            problems.add(f"{where}: duplicate entry for {name} (first on line {rows[name][0]})")
+            problems.add(
+                f"{file} line {lineno}: duplicate entry for {name} (first on line {rows[name][0]})"
+            )
             continue
         rows[name] = (lineno, [f.strip() for f in fields[1:]])
     return rows
@@ -212,13 +214,14 @@ def _class_boxes(
                 f"in train/{wnid}/images"
             )
     boxes = []
+    file = source.display(box_rel)
     for name in images:
         if name not in rows:
-            problems.add(f"{source.display(box_rel)}: no box line for {name}")
+            problems.add(f"{file}: no box line for {name}")
             boxes.append(_UNKNOWN_BOX)
             continue
         lineno, fields = rows[name]
-        boxes.append(_parse_box(fields, f"{source.display(box_rel)} line {lineno}", problems))
+        boxes.append(_parse_box(fields, file, lineno, problems))
     return boxes
 
 
@@ -258,6 +261,7 @@ def _val_split(
         problems.add(f"{source.display('val/images')}: the val split is empty")
     files, labels, boxes = [], [], []
     dropped = 0
+    file = source.display(ann)
     for name in images:
         if name not in rows or rows[name][1][0] not in known:
             continue  # reported above
@@ -266,7 +270,7 @@ def _val_split(
             dropped += 1  # a class left out by --classes
             continue
         labels.append(index_of[fields[0]])
-        boxes.append(_parse_box(fields[1:], f"{source.display(ann)} line {lineno}", problems))
+        boxes.append(_parse_box(fields[1:], file, lineno, problems))
         files.append(f"val/images/{name}")
     if "dropped_images" in notes:
         notes["dropped_images"]["val"] = dropped

@@ -73,6 +73,9 @@ def test_files_are_in_natural_order(synth_sources: dict[str, Path]) -> None:
     numbers = [int(f.rsplit("_", 1)[1].split(".")[0]) for f in val]
     assert numbers == sorted(numbers)
     assert sorted(["x_10", "x_2", "x_1"], key=natural_key) == ["x_1", "x_2", "x_10"]
+    # Text and digit runs alternate, text first: "²" is a digit to str.isdigit, not to the split.
+    assert natural_key("a1\u00b22.JPEG") == ("a", 1, "\u00b2", 2, ".JPEG")
+    assert natural_key("7") == ("", 7, "") and natural_key("") == ("",)
 
 
 def test_real_mini_subset(mini_folder: Path, mini_archive: Path) -> None:

@@ -115,6 +115,64 @@ def test_the_timing_leaves_the_runs_random_streams_alone() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_one_thread_and_two_are_timed_apart_and_old_checkpoints_still_pin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One thread and two rank the kernels differently (measured: a Zen 5's 128 -> 128 weight
+    # gradient at 12x12, oneDNN/matmuls 0.71 on one thread, 0.37 on two): keyed apart.
+    one, two = (shape_key(512, 512, 2, 2, torch.float32, threads=t) for t in (1, 2))
+    assert one == "512x512@2x2:float32:t1" and two == "512x512@2x2:float32:t2"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert shape_key(512, 512, 2, 2, torch.float32) == "512x512@2x2:float32:t3"
+    choices = KernelChoices(path=None)
+    calls: list[str] = []
+    choices.choose(one, ("forward",), _timer({"forward": (1.0, 0.5)}, calls))
+    assert choices.choose(two, ("forward",), _timer({"forward": (1.0, 2.0)}, calls)) == {
+        "forward": False
+    }
+    assert calls == ["forward", "forward"] and choices.known(one) == {"forward": True}
+    # A checkpoint from before the thread count: its choices still pin the shape, any threads.
+    choices.pin({"512x512@2x2:float32": {"forward": True}})
+    assert choices.choose(two, ("forward",), _timer({}, calls)) == {"forward": True}
+    assert choices.known(one) == {"forward": True} and len(calls) == 2
+
+
+class _LoadedClock:
+    """A fake perf_counter that the fake kernels advance: each call costs its kernel's time,
+    ten times that when it starts inside the load window."""
+
+    def __init__(self, load: tuple[float, float]) -> None:
+        self.now, self.load, self.calls = 0.0, load, []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def kernel(self, name: str, seconds: float):
+        def run(x, w, g) -> None:
+            self.calls.append(name)
+            loaded = self.load[0] <= self.now < self.load[1]
+            self.now += seconds * (10 if loaded else 1)
+
+        return run
+
+
+def test_the_two_kernels_are_timed_in_turns_so_a_burst_of_load_hits_both(monkeypatch) -> None:
+    import tinycnn.models.kernel_choice as kernel_choice
+
+    # The matmuls take half oneDNN's time, but other work starts on the machine just after
+    # oneDNN's first calls and lasts a while: timed one after the other, every matmul call
+    # would fall in the burst (and lose); in turns, both kernels are timed inside and outside.
+    clock = _LoadedClock(load=(0.085, 0.6))
+    monkeypatch.setattr(kernel_choice, "time", clock)
+    kernels = {"forward": (clock.kernel("onednn", 0.02), clock.kernel("taps", 0.01))}
+    onednn, taps = measure_pass("forward", 4, 4, 2, 2, torch.float32, 8, kernels)
+    assert (onednn, taps) == pytest.approx((0.02, 0.01))
+    assert clock.calls[:6] == ["onednn", "taps"] * 3  # warm-ups, then rounds in turn
+    rounds = len(clock.calls) // 2 - 1
+    assert clock.calls == ["onednn", "taps"] * (rounds + 1)
+    assert kernel_choice.MIN_CALLS <= rounds <= kernel_choice.MAX_CALLS
+
+
 @pytest.mark.parametrize("forward", [False, True])
 @pytest.mark.parametrize("input_grad", [False, True])
 @pytest.mark.parametrize("weight_grad", [False, True])

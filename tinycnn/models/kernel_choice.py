@@ -31,14 +31,32 @@ from tinycnn.paths import KERNEL_CACHE
 PASSES = ("forward", "input_grad", "weight_grad")
 MAX_TIMED_POSITIONS = 16 * 16  # maps of at most 16x16 are timed; larger ones keep the rules
 TIMED_BATCH = 128  # images per timing call: a training batch's worth of rows at most
-# Timed calls per kernel, after one warm-up: at least MIN_CALLS and MIN_SECONDS in all (at most
-# MAX_CALLS); the fastest is kept, the call least disturbed by other work on the machine.
-MIN_CALLS, MIN_SECONDS, MAX_CALLS = 3, 0.05, 50
+# Timed rounds, after one warm-up call of each kernel: a round calls oneDNN's kernel, then the
+# matmuls, so a burst of other work on the machine slows both alike; at least MIN_CALLS rounds
+# and MIN_SECONDS in all (at most MAX_CALLS); each kernel's fastest call is kept, the call least
+# disturbed. (Timed one kernel after the other, a training run beside the timing had left
+# fastnet's width-64 layers with choices 1.5-2.3x slower than the other kernel.)
+MIN_CALLS, MIN_SECONDS, MAX_CALLS = 5, 0.1, 50
 MARGIN = 0.95  # the matmuls are chosen where they take under 95% of oneDNN's time
 
 
-def shape_key(c_in: int, c_out: int, height: int, width: int, dtype: torch.dtype) -> str:
-    return f"{c_in}x{c_out}@{height}x{width}:{str(dtype).removeprefix('torch.')}"
+def shape_key(
+    c_in: int, c_out: int, height: int, width: int, dtype: torch.dtype, threads: int | None = None
+) -> str:
+    """A layer shape's key: channels, map, dtype and the threads it runs on (default: this
+    process's), since one thread and two can rank the kernels differently."""
+    threads = _threads() if threads is None else threads
+    return f"{c_in}x{c_out}@{height}x{width}:{str(dtype).removeprefix('torch.')}:t{threads}"
+
+
+@torch.compiler.assume_constant_result  # a traced forward reads it once: no graph break
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _without_threads(key: str) -> str:
+    """The key as checkpoints before the thread count recorded it."""
+    return key.rsplit(":t", 1)[0] if key.count(":") == 2 else key
 
 
 class KernelChoices:
@@ -65,8 +83,9 @@ class KernelChoices:
     ) -> dict[str, bool] | None:
         """The choice for each of ``passes`` of a shape, timing (``measure(pass)``: oneDNN's and
         the matmuls' seconds) those not yet known; None when autotuning is off."""
-        if key in self.pinned:
-            return self.pinned[key]
+        pinned = self._pinned(key)
+        if pinned is not None:
+            return pinned
         if not self.enabled:
             return None
         self._load()
@@ -86,9 +105,15 @@ class KernelChoices:
     def known(self, key: str) -> dict[str, bool] | None:
         """The choices already made for a shape (pinned, timed or read), without timing or
         reading anything: for code being traced by torch.compile."""
-        if key in self.pinned:
-            return self.pinned[key]
+        pinned = self._pinned(key)
+        if pinned is not None:
+            return pinned
         return self.table.get(key) if self.enabled else None
+
+    def _pinned(self, key: str) -> dict[str, bool] | None:
+        """A resumed run's choice for the shape: by its key, or by the key without the thread
+        count (checkpoints written before it was part of the key)."""
+        return self.pinned.get(key, self.pinned.get(_without_threads(key)))
 
     def used(self) -> dict[str, dict[str, bool]]:
         """Every choice this process has made or read, for a checkpoint."""
@@ -198,15 +223,16 @@ def measure_pass(
 
     x, weight = noise(batch, c_in, height, width), noise(c_out, c_in, 3, 3)
     grad_out = noise(batch, c_out, height, width)
-    onednn, taps = kernels[name]
-    seconds = []
+    pair = kernels[name]
+    times: tuple[list[float], list[float]] = ([], [])
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
-        for kernel in (onednn, taps):
+        for kernel in pair:
             kernel(x, weight, grad_out)  # warm-up: allocations, oneDNN's primitive
-            times: list[float] = []
-            while len(times) < MAX_CALLS and (len(times) < MIN_CALLS or sum(times) < MIN_SECONDS):
+        rounds = 0
+        while rounds < MAX_CALLS and (rounds < MIN_CALLS or sum(map(sum, times)) < MIN_SECONDS):
+            for kernel, spent in zip(pair, times, strict=True):  # interleaved: see MIN_CALLS
                 start = time.perf_counter()
                 kernel(x, weight, grad_out)
-                times.append(time.perf_counter() - start)
-            seconds.append(min(times))
-    return seconds[0], seconds[1]
+                spent.append(time.perf_counter() - start)
+            rounds += 1
+    return min(times[0]), min(times[1])

@@ -91,7 +91,9 @@ def test_off_means_the_rules_and_a_resume_pins_its_own_choices(tmp_path: Path) -
         "forward": False,
         "weight_grad": True,
     }
-    assert calls == [] and choices.used() == {KEY: {"forward": False, "weight_grad": True}}
+    assert calls == [] and choices.used() == {
+        "512x512@2x2:float32": {"forward": False, "weight_grad": True}
+    }
     choices.reset(enabled=True)
     assert choices.choose(KEY, ("forward",), _timer({"forward": (1.0, 0.1)}, calls)) == {
         "forward": True
@@ -135,6 +137,10 @@ def test_one_thread_and_two_are_timed_apart_and_old_checkpoints_still_pin(
     choices.pin({"512x512@2x2:float32": {"forward": True}})
     assert choices.choose(two, ("forward",), _timer({}, calls)) == {"forward": True}
     assert choices.known(one) == {"forward": True} and len(calls) == 2
+    # A run resumed on another thread count computes as it did: its own choices, not re-timed.
+    choices.pin({one: {"forward": False}})
+    assert choices.choose(two, ("forward",), _timer({}, calls)) == {"forward": False}
+    assert len(calls) == 2
 
 
 class _LoadedClock:
@@ -216,7 +222,7 @@ def test_a_large_map_or_float64_keeps_the_rules_untimed(monkeypatch) -> None:
     assert choices.used() == {}
     with torch.no_grad():
         conv.float()(torch.randn(2, 16, 4, 4))
-    assert list(choices.used()) == [shape_key(16, 16, 4, 4, torch.float32)]
+    assert list(choices.used()) == ["16x16@4x4:float32"]  # keyed by shape and dtype
 
 
 def _run_cfg(cache: Path, *extra: str):
@@ -255,14 +261,14 @@ def test_a_run_keeps_its_choices_and_a_resume_computes_with_them(
     saved = load_checkpoint(run / "checkpoints" / "last.pt")["conv_kernels"]
     key = next(k for k in saved if k.startswith("8x8@14x14:"))  # fp32 or bf16, by the machine
     assert set(saved[key]) == {"forward", "input_grad", "weight_grad"}
-    assert json.loads((tmp_path / "kernels.json").read_text())[key] == saved[key]
+    assert json.loads((tmp_path / "kernels.json").read_text())[key + ":t1"] == saved[key]
     # The machine's file changes (another timing, another process): the resume keeps its own.
-    flipped = {key: {name: not chosen for name, chosen in saved[key].items()}}
+    flipped = {key + ":t1": {name: not chosen for name, chosen in saved[key].items()}}
     (tmp_path / "kernels.json").write_text(json.dumps(flipped))
     monkeypatch.setattr(choices, "table", {})
     monkeypatch.setattr(choices, "_loaded", False)
     train(None, run, resume=True, progress=False)
-    assert choices.pinned[key] == saved[key]
+    assert choices.known(key + ":t1") == saved[key]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["conv_kernels"][key] == saved[key]
     # Off: the static rules, nothing timed or saved.
     off = tmp_path / "off"

@@ -111,17 +111,22 @@ class KernelChoices:
         return self.table.get(key) if self.enabled else None
 
     def _pinned(self, key: str) -> dict[str, bool] | None:
-        """A resumed run's choice for the shape: by its key, or by the key without the thread
-        count (checkpoints written before it was part of the key)."""
-        return self.pinned.get(key, self.pinned.get(_without_threads(key)))
+        """A resumed run's choice for the shape, whatever threads it ran on then or runs on
+        now (and from checkpoints written before the thread count was part of the key): a
+        resume computes as the run did."""
+        return self.pinned.get(_without_threads(key))
 
     def used(self) -> dict[str, dict[str, bool]]:
-        """Every choice this process has made or read, for a checkpoint."""
-        return {**self.table, **self.pinned}
+        """The choices this process computes with (made or read, for its thread count, and a
+        resumed run's own), keyed by shape and dtype: for a checkpoint, which a resume pins on
+        any thread count."""
+        threads = f":t{_threads()}"
+        mine = {_without_threads(k): v for k, v in self.table.items() if k.endswith(threads)}
+        return {**mine, **self.pinned}
 
     def pin(self, choices: dict[str, dict[str, bool]]) -> None:
         """Take a run's saved choices as they are (a resume), whatever the file says now."""
-        self.pinned = {key: dict(value) for key, value in choices.items()}
+        self.pinned = {_without_threads(key): dict(value) for key, value in choices.items()}
 
     def reset(self, enabled: bool) -> None:
         """A new run in this process: its setting, no pinned choices."""

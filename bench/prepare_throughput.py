@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tinycnn.cores import usable_cores
+
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared/data/tiny-imagenet-200.tar.gz"
 
 
@@ -96,7 +98,7 @@ def _decode_limit(archive: Path, sample: int = 6000) -> dict[str, float]:
         for blob in blobs:
             simplejpeg.decode_jpeg(blob, colorspace="RGB")
         rates["simplejpeg"] = len(blobs) / (time.perf_counter() - start)
-        rates["simplejpeg_all_cores"] = _parallel_rate(blobs, os.cpu_count() or 1)
+        rates["simplejpeg_all_cores"] = _parallel_rate(blobs, usable_cores())
     except ImportError:
         pass
     return rates
@@ -149,7 +151,7 @@ def main() -> None:
                 f"{split['cmyk']} cmyk, {len(split['skipped'])} skipped"
             )
         print(f"wall time          {wall:.2f} s (prepare's own: {manifest['seconds']:.2f} s)")
-        print(f"throughput         {images / wall:,.0f} images/s on {os.cpu_count()} cores")
+        print(f"throughput         {images / wall:,.0f} images/s on {usable_cores()} cores")
         if max_rss:
             print(f"peak RSS, largest process  {max_rss / 1024:.0f} MiB (/usr/bin/time -v)")
         print(f"peak RSS, process tree     {peak[0] / 1024:.0f} MiB (sampled every 20 ms)")
@@ -164,7 +166,7 @@ def main() -> None:
             f"{(_tree_rss_kib(os.getpid()) - rss_before) / 1024:.1f} MiB"
         )
     rates = _decode_limit(archive)
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     limit = rates.pop("simplejpeg_all_cores", None)
     print("decode, one core   " + ", ".join(f"{k} {v:,.0f} images/s" for k, v in rates.items()))
     for name, rate in rates.items():

@@ -102,6 +102,62 @@ def test_a_cache_with_whole_file_checksums_still_verifies(cache_copy: Path) -> N
         cache_module.verify_cache(cache_copy)
 
 
+def _old_scheme(path: Path) -> str:
+    """Rewrite a cache's manifest as a tinycnn before the row digests wrote it (whole-file
+    sha256 everywhere, digest consistent); returns the content id computed here by hand the
+    way that version did: sha256 of the classes and checksums as sorted, compact JSON."""
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for name in manifest["checksums"]:
+        manifest["checksums"][name] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+    manifest["digest"] = cache_module.manifest_digest(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    identity = {"classes": manifest["classes"], "checksums": manifest["checksums"]}
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def test_the_same_data_keeps_its_id_across_the_checksum_schemes(
+    pristine: Path, cache_copy: Path
+) -> None:
+    new = load_cache(pristine)
+    old_id = _old_scheme(cache_copy)
+    assert load_cache(cache_copy).content_id == old_id != new.content_id
+    assert new.has_content_id(new.content_id) and new.has_content_id(old_id)
+    assert not new.has_content_id("0" * 16)
+    _zero_pixels(cache_copy)  # other data: neither id matches it
+    other = _old_scheme(cache_copy)
+    assert not new.has_content_id(other) and not load_cache(cache_copy).has_content_id(old_id)
+
+
+def test_short_reads_still_give_the_whole_rows(pristine: Path, monkeypatch) -> None:
+    # A raw read may return fewer bytes than asked (a signal, a network file system): the
+    # checksum must still cover whole rows, not call the file truncated.
+    class Trickle:
+        def __init__(self, f) -> None:
+            self.f = f
+
+        def readinto(self, view) -> int:
+            return self.f.readinto(memoryview(view)[:1000])
+
+        def read(self, n: int) -> bytes:
+            return self.f.read(n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.f.close()
+
+    trickle = lambda *a, **k: Trickle(open(*a, **k))  # noqa: E731, SIM115 - closed by Trickle
+    monkeypatch.setattr(cache_module, "open", trickle, raising=False)
+    recorded = json.loads((pristine / "manifest.json").read_text())["checksums"]
+    assert (
+        cache_module.array_rows_checksum(pristine / "train_images.npy")
+        == recorded["train_images.npy"]
+    )
+
+
 @pytest.mark.parametrize("cut", [1, 12288, 12289])
 def test_an_array_cut_short_never_matches(cache_copy: Path, cut: int) -> None:
     # Cut inside a row, at a row's edge, and one byte past it: the row digests cannot match

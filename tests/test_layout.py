@@ -158,6 +158,21 @@ def test_tar_reader_reads_what_tarfile_wrote(tmp_path: Path) -> None:
             assert got == {n.removeprefix("top/"): d for n, d in members.items()}
 
 
+def test_a_tar_gz_holding_a_file_twice_is_refused(tmp_path: Path) -> None:
+    # tar allows a second copy (an appended update); which one the data means is unclear.
+    members = [("top/wnids.txt", b"n1\n"), ("top/a.bin", b"first"), ("top/a.bin", b"second")]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    path = tmp_path / "twice.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(DataError, match=rf"{path}: holds top/a.bin twice"):
+        TarGzSource(path).names()
+
+
 @pytest.mark.parametrize("damage", ["cut", "flipped"])
 def test_a_damaged_tar_gz_is_a_data_error_naming_it(tmp_path: Path, damage: str) -> None:
     data = bytearray(_tar_gz(_random_members(12, seed=1), tarfile.GNU_FORMAT))

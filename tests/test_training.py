@@ -421,6 +421,21 @@ def test_a_run_stores_absolute_paths_and_resumes_where_its_cache_moved(
     assert read_metrics(work / "run")[-1]["iteration"] == 6  # 2 epochs of 3: finished
 
 
+def test_a_run_on_a_cache_with_whole_file_checksums_resumes_on_its_rebuild(
+    synth_sources: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    # A run trained on a cache prepared before the row digests (whole-file sha256, another
+    # content id), then the cache rebuilt by this tinycnn from the same images: the same data.
+    from tests.test_cache import _old_scheme
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    _old_scheme(cache)
+    run = tmp_path / "run"
+    assert main(train_argv(cache, run, "--stop-at", "3")) == 0
+    prepare(synth_sources["folder"], cache, progress=False, force=True)
+    assert main(["train", "--resume", str(run), "-q"]) == 0, capsys.readouterr().err
+
+
 def test_snapshots_hold_the_model_and_last_the_whole_resume_state(
     cache: Path, tmp_path: Path
 ) -> None:

@@ -222,7 +222,7 @@ class Session:
         """Go on from a resume point (last.pt): weights, optimiser, position, sums, logs."""
         payload = load_checkpoint(path)
         check_classes(payload["classes"], self.cache.classes, path, str(self.cache.path))
-        if payload.get("data_id", self.cache.content_id) != self.cache.content_id:
+        if not self.cache.has_content_id(payload.get("data_id", self.cache.content_id)):
             raise ConfigError(
                 f"{self.cache.path}: not the data {path} was trained on (same classes, other "
                 "content); resume with the run's own cache"

@@ -79,10 +79,21 @@ class Cache:
         Derived from the manifest's checksums (not from when or from where the cache was made), so
         a rebuild that yields identical data keeps the id and one that changes any byte does not.
         """
+        return _content_id(self.classes, _checksums(self.path, self.manifest))
+
+    def has_content_id(self, content_id: str) -> bool:
+        """Whether this cache's data is the one named ``content_id``: its own id, or, for a cache
+        whose image arrays carry row digests (``rows-sha256:``), the id the same data had under
+        whole-file checksums (caches prepared before them, and the checkpoints trained on those;
+        computed only in that case, reading the arrays once: ~1 s per GB)."""
+        if content_id == self.content_id:
+            return True
         checksums = _checksums(self.path, self.manifest)
-        identity = {"classes": self.classes, "checksums": checksums}
-        blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        rows = [name for name, value in checksums.items() if value.startswith(ROWS_SHA256)]
+        if not rows:
+            return False
+        whole = {name: file_sha256(self.path / name) for name in rows}
+        return content_id == _content_id(self.classes, {**checksums, **whole})
 
     def split(self, name: str) -> SplitData:
         """Open one split; its images are memory-mapped, the small arrays are read."""
@@ -188,6 +199,12 @@ def checksum_files(paths: list[Path], recorded: dict[str, str] | None = None) ->
         return dict(zip([p.name for p in paths], pool.map(checksum, paths), strict=True))
 
 
+def _content_id(classes: list[str], checksums: dict[str, str]) -> str:
+    identity = {"classes": classes, "checksums": checksums}
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def rows_checksum(header: bytes, row_digests: Iterable[bytes]) -> str:
     """An image array's checksum: sha256 over its .npy header, then each row's sha256 digest
     (32 bytes) in row order, marked ``rows-sha256:``."""
@@ -213,7 +230,7 @@ def array_rows_checksum(path: Path) -> str:
     digests = []
     with open(path, "rb", buffering=0) as f:
         header = f.read(header_size)
-        while n := f.readinto(block):
+        while n := _read_full(f, view):
             digests.extend(
                 hashlib.sha256(view[lo : lo + row_size]).digest()
                 for lo in range(0, n - n % row_size, row_size)
@@ -223,6 +240,15 @@ def array_rows_checksum(path: Path) -> str:
     if len(digests) != rows:
         return ROWS_SHA256 + "truncated"
     return rows_checksum(header, digests)
+
+
+def _read_full(f, view: memoryview) -> int:
+    """Fill view from f (a raw file may return fewer bytes than asked: a signal, a network
+    file system); the bytes read, fewer only at the end of the file."""
+    filled = 0
+    while filled < len(view) and (n := f.readinto(view[filled:])):
+        filled += n
+    return filled
 
 
 def file_checksum(path: Path, recorded: str) -> str:

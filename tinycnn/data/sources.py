@@ -170,7 +170,14 @@ class TarGzSource(Source):
         def want(name: str) -> bool:
             return budget["keep_all"] or name.endswith(".txt")
 
+        seen: set[str] = set()
         for name, data in _iter_tar(self.path, want=want):
+            if name in seen:  # tar allows it (an appended update); which copy is meant is unclear
+                raise DataError(
+                    f"{self.path}: holds {name} twice; make the archive again with one copy of "
+                    "each file"
+                )
+            seen.add(name)
             all_names.append(name)
             if data is not None:
                 files[name] = data

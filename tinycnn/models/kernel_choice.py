@@ -4,10 +4,11 @@ Conv3x3 (conv.py) can compute each of its three passes (forward, input gradient,
 gradient) with oneDNN's convolution or as nine matmuls; which is faster depends on the shape,
 the dtype and the CPU (AMX, AVX512-BF16, AVX2 rank them differently). As cudnn.benchmark does on
 a GPU, the first call of a layer shape times both kernels of each pass once, on random tensors of
-that shape, and keeps the faster. The choices are remembered per CPU model, torch version and
-dtype in a JSON file under TINYCNN_CACHE (written atomically; two processes at worst both time a
-shape), so later runs on the same machine take them without timing; a run's checkpoints carry
-the choices it used, so a resume computes exactly as before (KernelChoices.pin).
+that shape, and keeps the faster. The choices are remembered per CPU model, torch version,
+dtype and thread count in a JSON file under TINYCNN_CACHE (written atomically; two processes at
+worst both time a shape), so later runs on the same machine take them without timing; a run's
+checkpoints carry the choices it used, so a resume computes exactly as before, on any thread
+count (KernelChoices.pin).
 
 Only small maps are timed (at most MAX_TIMED_POSITIONS positions): on larger ones oneDNN's kernels
 win on every machine measured (conv.py's docstring), and the static rules keep them. With
@@ -49,7 +50,9 @@ def shape_key(
     return f"{c_in}x{c_out}@{height}x{width}:{str(dtype).removeprefix('torch.')}:t{threads}"
 
 
-@torch.compiler.assume_constant_result  # a traced forward reads it once: no graph break
+# A traced forward reads it once, as a constant (no graph break, and no guard: a graph compiled
+# before torch.set_num_threads changes keeps the choices of the count it was traced with).
+@torch.compiler.assume_constant_result
 def _threads() -> int:
     return torch.get_num_threads()
 

@@ -7,7 +7,9 @@ matmuls. Usage: python bench/kernel_choice_time.py [PRESET ...]
 
 Measured 2026-12-04, 2-core Zen 5 EPYC (AVX512-BF16, bf16, 2 threads) with both cores also
 training two runs: paper8 1 shape timed in 1.0 s, fastnet-1.5pflop 13 shapes in 14.6 s,
-fastnet-3pflop 13 shapes in 26.4 s (train.autotune's budget: under 30 s).
+fastnet-3pflop 13 shapes in 26.4 s (train.autotune's budget: under 30 s). 2026-12-05, the same
+machine with the training runs paused, the kernels timed in turns (at least 5 rounds each):
+paper8 0.6 s, fastnet-1.5pflop 7.4 s, fastnet-3pflop 12.7 s.
 """
 
 from __future__ import annotations

@@ -3,19 +3,28 @@ caches and small trained runs. Plain shared values and functions are in tests/he
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
-import pytest
+# The suite's own caches (the kernel choices, ensembles' probabilities), set before tinycnn is
+# imported: a test never reads the user's choices (timed elsewhere, perhaps under load) nor
+# writes its own into them. Subprocesses of the tests inherit it.
+_CACHE = tempfile.mkdtemp(prefix="tinycnn-test-cache-")
+os.environ["TINYCNN_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
-from tests.helpers import SMALL, Small
-from tinycnn.config import load_config
-from tinycnn.data.prepare import prepare
-from tinycnn.data.synthetic import make_synthetic
-from tinycnn.training import train
+import pytest  # noqa: E402
+
+from tests.helpers import SMALL, Small  # noqa: E402
+from tinycnn.config import load_config  # noqa: E402
+from tinycnn.data.prepare import prepare  # noqa: E402
+from tinycnn.data.synthetic import make_synthetic  # noqa: E402
+from tinycnn.training import train  # noqa: E402
 
 # The real data: ../shared/data beside the project, or the folder TINYCNN_TEST_DATA names.
 SHARED_DATA = Path(

@@ -304,3 +304,16 @@ def test_a_compiled_model_neither_times_nor_reads_in_its_trace(tmp_path: Path, m
     assert choices.used() == {} and not choices.timed_keys  # the static rules, in the trace
     model(x)  # an eager call reads the file: later traces take its choices
     assert choices.known(shape_key(512, 512, 2, 2, torch.float32)) == everything
+
+
+def test_the_suite_keeps_its_choices_out_of_the_users_cache() -> None:
+    # conftest sets TINYCNN_CACHE to a temporary folder before tinycnn is imported.
+    import os
+
+    from tinycnn.paths import KERNEL_CACHE
+
+    root = Path(os.environ["TINYCNN_CACHE"])
+    assert (
+        root.name.startswith("tinycnn-test-cache-") and root != Path.home() / ".cache" / "tinycnn"
+    )
+    assert KERNEL_CACHE.is_relative_to(root) and conv_module.CHOICES.path.is_relative_to(root)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tinycnn.data.cache as cache_module
+import tinycnn.data.checksums as checksums_module
 from tinycnn.cli import main
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
@@ -150,10 +151,10 @@ def test_short_reads_still_give_the_whole_rows(pristine: Path, monkeypatch) -> N
             self.f.close()
 
     trickle = lambda *a, **k: Trickle(open(*a, **k))  # noqa: E731, SIM115 - closed by Trickle
-    monkeypatch.setattr(cache_module, "open", trickle, raising=False)
+    monkeypatch.setattr(checksums_module, "open", trickle, raising=False)
     recorded = json.loads((pristine / "manifest.json").read_text())["checksums"]
     assert (
-        cache_module.array_rows_checksum(pristine / "train_images.npy")
+        checksums_module.array_rows_checksum(pristine / "train_images.npy")
         == recorded["train_images.npy"]
     )
 
@@ -165,7 +166,7 @@ def test_an_array_cut_short_never_matches(cache_copy: Path, cut: int) -> None:
     file = cache_copy / "val_images.npy"
     recorded = json.loads((cache_copy / "manifest.json").read_text())["checksums"][file.name]
     file.write_bytes(file.read_bytes()[:-cut])
-    assert cache_module.array_rows_checksum(file) != recorded
+    assert checksums_module.array_rows_checksum(file) != recorded
 
 
 def test_intact_cache_verifies(pristine: Path) -> None:

@@ -15,7 +15,8 @@ module goes into it; tests/test_layers.py checks every import against it.
                                          the kill tests' pause points; the CPU cores this process
                                          may use
 2. data/                                 files -> cache: sources, layouts, decode (the workers)
-                                         and decode_pool (their pool), prepare, cache, splits,
+                                         and decode_pool (their pool), prepare, cache (its
+                                         files' checksums: checksums), splits,
                                          synthetic data (synthetic_images draws it), fetch;
                                          batched augmentation (its settings: augment_config)
                                          and normalisation

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from tinycnn.atomic import atomic_path, save_npy, write_into
-from tinycnn.data.cache import Cache, file_sha256, load_cache
+from tinycnn.data.cache import Cache, load_cache
+from tinycnn.data.checksums import file_sha256
 from tinycnn.errors import CacheError, ConfigError, OutputError
 from tinycnn.evaluation import labelled_split, split_rows
 from tinycnn.inference import load_model, model_predictor

@@ -14,10 +14,9 @@ Opening a cache maps the image arrays (``np.load(mmap_mode="r")``): nothing is r
 Opening checks the manifest against its own digest (an edited class list or count is refused) and
 each file's size against the manifest (cheap); ``verify_cache`` also checks each
 file's sha256, recorded by prepare, which catches same-size damage (zeroed pixels, a rewritten
-header). An image array's checksum is ``rows-sha256:`` and the sha256 of its .npy header followed
-by each row's own sha256 (``rows_checksum``): the decode workers hash the rows they write, so
-prepare never reads the arrays back. Caches from before record the whole file's sha256 (plain hex)
-and are checked that way.
+header). An image array's checksum is made of its rows' (checksums.py: the decode workers hash
+the rows they write, so prepare never reads the arrays back); caches from before record the
+whole file's sha256 and are checked that way.
 """
 
 from __future__ import annotations
@@ -25,20 +24,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from tinycnn.data.checksums import ROWS_SHA256, checksum_files, file_sha256
 from tinycnn.data.layout import official_wnids
 from tinycnn.errors import CacheError
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-ROWS_SHA256 = "rows-sha256:"  # marks an image array's checksum made of its rows' (rows_checksum)
 
 
 @dataclass
@@ -186,85 +184,10 @@ def verify_cache(cache_or_path: Cache | str | Path, splits: Iterable[str] | None
         )
 
 
-def checksum_files(paths: list[Path], recorded: dict[str, str] | None = None) -> dict[str, str]:
-    """{file name: checksum} of the given files, two at a time (largest first): each in the
-    scheme of its ``recorded`` checksum (plain sha256 where none is given)."""
-    paths = sorted(paths, key=lambda p: -p.stat().st_size)
-    schemes = recorded or {}
-
-    def checksum(path: Path) -> str:
-        return file_checksum(path, schemes.get(path.name, ""))
-
-    with ThreadPoolExecutor(2) as pool:  # hashlib releases the GIL while hashing
-        return dict(zip([p.name for p in paths], pool.map(checksum, paths), strict=True))
-
-
 def _content_id(classes: list[str], checksums: dict[str, str]) -> str:
     identity = {"classes": classes, "checksums": checksums}
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def rows_checksum(header: bytes, row_digests: Iterable[bytes]) -> str:
-    """An image array's checksum: sha256 over its .npy header, then each row's sha256 digest
-    (32 bytes) in row order, marked ``rows-sha256:``."""
-    outer = hashlib.sha256(header)
-    for digest in row_digests:
-        outer.update(digest)
-    return ROWS_SHA256 + outer.hexdigest()
-
-
-def array_rows_checksum(path: Path) -> str:
-    """``rows_checksum`` of an image .npy as it is on disk (a file that is not one, or ends
-    inside a row, gets a checksum no array has)."""
-    try:
-        array = np.load(path, mmap_mode="r")
-        header_size, row_size = array.offset, int(np.prod(array.shape[1:])) * array.itemsize
-        rows = len(array)
-        del array
-    except (ValueError, OSError, EOFError):
-        return ROWS_SHA256 + "unreadable"
-    rows_per_block = max(1, (1 << 22) // max(row_size, 1))
-    block = bytearray(rows_per_block * row_size)
-    view = memoryview(block)
-    digests = []
-    with open(path, "rb", buffering=0) as f:
-        header = f.read(header_size)
-        while n := _read_full(f, view):
-            digests.extend(
-                hashlib.sha256(view[lo : lo + row_size]).digest()
-                for lo in range(0, n - n % row_size, row_size)
-            )
-            if n % row_size:  # ends inside a row
-                return ROWS_SHA256 + "truncated"
-    if len(digests) != rows:
-        return ROWS_SHA256 + "truncated"
-    return rows_checksum(header, digests)
-
-
-def _read_full(f, view: memoryview) -> int:
-    """Fill view from f (a raw file may return fewer bytes than asked: a signal, a network
-    file system); the bytes read, fewer only at the end of the file."""
-    filled = 0
-    while filled < len(view) and (n := f.readinto(view[filled:])):
-        filled += n
-    return filled
-
-
-def file_checksum(path: Path, recorded: str) -> str:
-    """The checksum of a file in the scheme of the one recorded for it."""
-    return array_rows_checksum(path) if recorded.startswith(ROWS_SHA256) else file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 4 MiB blocks (no whole-file copy in memory)."""
-    digest = hashlib.sha256()
-    block = bytearray(1 << 22)
-    view = memoryview(block)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(block):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def rebuild_hint(path: Path, manifest: dict) -> str:

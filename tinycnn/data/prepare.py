@@ -35,12 +35,11 @@ from tinycnn.cores import usable_cores
 from tinycnn.data.cache import (
     FORMAT,
     MANIFEST,
-    checksum_files,
     manifest_digest,
     read_manifest,
-    rows_checksum,
     verify_cache,
 )
+from tinycnn.data.checksums import array_checksum_from_rows, checksum_files
 from tinycnn.data.decode import IMAGE_SIZE, Chunk, ChunkResult, fit_boxes
 from tinycnn.data.decode_pool import chunk_layout, decode_pool, run_chunks
 from tinycnn.data.folders import is_folder_layout, read_folder_layout
@@ -262,8 +261,11 @@ def _build(
     }
     stats = _write_stats(tmp, totals["train"], splits["train"]["count"], size)
     checksums = {
-        f"{name}_images.npy": _images_checksum(
-            tmp / f"{name}_images.npy", len(split.files), totals[name]
+        f"{name}_images.npy": array_checksum_from_rows(
+            tmp / f"{name}_images.npy",
+            len(split.files),
+            dict(totals[name].digests),
+            {row for row, _ in totals[name].failures},
         )
         for name, split in layout.splits.items()
     }
@@ -338,23 +340,6 @@ def _finish_split(
             {"file": split.files[row], "reason": why} for row, why in sorted(result.failures)
         ],
     }
-
-
-def _images_checksum(path: Path, rows: int, result: ChunkResult) -> str:
-    """The checksum of a split's final image array (its skipped rows dropped) from the rows'
-    digests the workers took as they wrote them, and the array's header as it is on disk."""
-    digests = dict(result.digests)
-    failed = {row for row, _ in result.failures}
-    if len(digests) + len(failed) != rows:  # every row is either written and hashed, or skipped
-        raise CacheError(
-            f"{path}: {rows - len(digests) - len(failed)} rows neither written nor skipped"
-        )
-    array = np.load(path, mmap_mode="r")
-    header_size = array.offset
-    del array
-    with open(path, "rb") as f:
-        header = f.read(header_size)
-    return rows_checksum(header, (digests[row] for row in range(rows) if row not in failed))
 
 
 def _create_npy(tmp: Path, split: str, count: int, size: int) -> int:

@@ -1,6 +1,7 @@
 """Where a whole CPU training step's time goes, by kind of operation (torch.profiler).
 
 Usage: python bench/step_profile.py --cache DIR [--config PRESET] [--sizes 32 48 64] [--iters 4]
+       [--ops N]
 (--sizes: the preset's progressive-resizing sizes by default, else its own input)
 
 Runs tinycnn's own training step (bench/train_throughput.py's, on the fast path: bf16 where the
@@ -81,6 +82,12 @@ def main() -> None:
         help="input sides (default: the preset's progressive-resizing sizes, else its own input)",
     )
     parser.add_argument("--iters", type=int, default=4, help="steps profiled per size")
+    parser.add_argument(
+        "--ops",
+        type=int,
+        default=0,
+        help="also list the N costliest operators outside the convolutions, by input shapes",
+    )
     args = parser.parse_args()
     cpu = f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
     if torch.cuda.is_available():
@@ -93,7 +100,7 @@ def main() -> None:
             )
             next(steps)  # FLOPs per image
             next(steps)  # warm-up round: kernel selection, first allocations
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=args.ops > 0) as prof:
                 rate = next(steps)
             seconds: collections.Counter[str] = collections.Counter()
             other: collections.Counter[str] = collections.Counter()
@@ -114,6 +121,22 @@ def main() -> None:
             print(f"  {'convolutions together':<60} {conv:8.1f} ms {conv / step:6.1%}")
             print(f"  {'the rest':<60} {step - conv:8.1f} ms {(step - conv) / step:6.1%}")
             print(f"  {OTHER}: " + ", ".join(f"{k} {v:.1f}" for k, v in other.most_common(5)))
+            if args.ops:
+                _print_costliest(prof, args.iters, args.ops)
+
+
+def _print_costliest(prof, iters: int, count: int) -> None:
+    """The operators outside the convolutions that cost most a step, with their input shapes
+    and calls a step (what to fuse or avoid first)."""
+    rows = []
+    for event in prof.key_averages(group_by_input_shape=True):
+        if kind_of(event.key) in CONVOLUTION:
+            continue
+        ms = event.self_cpu_time_total / iters / 1e3
+        rows.append((ms, event.key, event.count // iters, str(event.input_shapes)[:80]))
+    print(f"  the {count} costliest operators outside the convolutions (ms a step, calls):")
+    for ms, key, calls, shapes in sorted(rows, reverse=True)[:count]:
+        print(f"    {ms:7.2f} ms  x{calls:<4} {key:<40} {shapes}")
 
 
 if __name__ == "__main__":

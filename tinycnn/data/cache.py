@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinycnn.data.checksums import ROWS_SHA256, checksum_files, file_sha256
+from tinycnn.data.checksums import ROWS_SHA256, checksum_files
 from tinycnn.data.layout import official_wnids
 from tinycnn.errors import CacheError
 
@@ -90,7 +90,7 @@ class Cache:
         rows = [name for name, value in checksums.items() if value.startswith(ROWS_SHA256)]
         if not rows:
             return False
-        whole = {name: file_sha256(self.path / name) for name in rows}
+        whole = checksum_files([self.path / name for name in rows])  # plain sha256
         return content_id == _content_id(self.classes, {**checksums, **whole})
 
     def split(self, name: str) -> SplitData:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import shutil
 import tarfile
 import zipfile
@@ -156,6 +157,26 @@ def test_tar_reader_reads_what_tarfile_wrote(tmp_path: Path) -> None:
             assert source.names() == wanted
             got = dict(source.stream(wanted))
             assert got == {n.removeprefix("top/"): d for n, d in members.items()}
+
+
+def test_gzip_members_that_start_and_end_inside_one_read_are_all_read(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    members = {"top/wnids.txt": b"n1\n"}
+    members |= {f"top/f{i}.bin": rng.bytes(3000) for i in range(4)}
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    tar = raw.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        starts = [m.offset_data for m in archive.getmembers()][-3:]  # f1's, f2's, f3's data
+    cuts = [0, *(start + 100 for start in starts), len(tar)]  # four members, all in one read
+    path = tmp_path / "four.tar.gz"
+    path.write_bytes(b"".join(gzip.compress(tar[a:b]) for a, b in itertools.pairwise(cuts)))
+    source = TarGzSource(path)
+    assert dict(source.stream(source.names())) == {n[4:]: d for n, d in members.items()}
 
 
 def test_a_tar_gz_holding_a_file_twice_is_refused(tmp_path: Path) -> None:

@@ -355,7 +355,7 @@ class _TarBuffer:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file = open(path, "rb")  # noqa: SIM115 - closed when the stream ends
-        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._blocks = _inflated(self._file)
         self._chunks = bytearray()
         self._pos = 0
         self._eof = False
@@ -365,22 +365,16 @@ class _TarBuffer:
             del self._chunks[: self._pos]
             self._pos = 0
         while len(self._chunks) - self._pos < need and not self._eof:
-            raw = self._file.read(_READ_SIZE)
             try:
-                if raw:
-                    self._chunks += self._inflate.decompress(raw)
-                else:
-                    self._chunks += self._inflate.flush()
-                    self._eof = True
-                    self._file.close()
+                block = next(self._blocks, None)
             except zlib.error as exc:
                 self._file.close()
                 raise DataError(f"{self.path}: corrupt gzip data ({exc})") from None
-            if self._inflate.eof and self._inflate.unused_data:
-                # Concatenated gzip members are valid gzip: continue with the next one.
-                rest = self._inflate.unused_data
-                self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                self._chunks += self._inflate.decompress(rest)
+            if block is None:
+                self._eof = True
+                self._file.close()
+            else:
+                self._chunks += block
 
     def take(self, n: int) -> bytes:
         self._fill(n)
@@ -391,3 +385,17 @@ class _TarBuffer:
     def skip(self, n: int) -> None:
         self._fill(n)
         self._pos = min(self._pos + n, len(self._chunks))
+
+
+def _inflated(f) -> Iterator[bytes]:
+    """The decompressed blocks of a gzip file. Concatenated gzip members are one stream (as
+    gzip reads them), however many start and end inside one read."""
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    while raw := f.read(_READ_SIZE):
+        while raw:
+            yield inflate.decompress(raw)
+            raw = b""
+            if inflate.eof and inflate.unused_data:  # the next member starts in this block
+                raw = inflate.unused_data
+                inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    yield inflate.flush()

@@ -101,14 +101,18 @@ def test_folder_holding_the_dataset_folder_is_accepted(synth_sources: dict[str, 
     assert open_source(parent).path == synth_sources["folder"]
 
 
-def _tar_gz(members: dict[str, bytes], fmt: int) -> bytes:
+def _tar(members: dict[str, bytes], fmt: int, mode: str = "w") -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", format=fmt) as archive:
+    with tarfile.open(fileobj=buffer, mode=mode, format=fmt) as archive:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def _tar_gz(members: dict[str, bytes], fmt: int) -> bytes:
+    return _tar(members, fmt, mode="w:gz")
 
 
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
@@ -141,13 +145,7 @@ def test_tar_reader_reads_what_tarfile_wrote(tmp_path: Path) -> None:
     path = tmp_path / "t.tar.gz"
     path.write_bytes(_tar_gz(members, tarfile.GNU_FORMAT))
     # Two gzip members one after the other are one valid gzip stream (as `cat a.gz b.gz`).
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    tar = raw.getvalue()
+    tar = _tar(members, tarfile.GNU_FORMAT)
     split = tmp_path / "split.tar.gz"
     split.write_bytes(gzip.compress(tar[:70_001]) + gzip.compress(tar[70_001:]))
     wanted = [n.removeprefix("top/") for n in members]
@@ -163,13 +161,7 @@ def test_gzip_members_that_start_and_end_inside_one_read_are_all_read(tmp_path: 
     rng = np.random.default_rng(5)
     members = {"top/wnids.txt": b"n1\n"}
     members |= {f"top/f{i}.bin": rng.bytes(3000) for i in range(4)}
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    tar = raw.getvalue()
+    tar = _tar(members, tarfile.GNU_FORMAT)
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         starts = [m.offset_data for m in archive.getmembers()][-3:]  # f1's, f2's, f3's data
     cuts = [0, *(start + 100 for start in starts), len(tar)]  # four members, all in one read

@@ -29,8 +29,9 @@ module goes into it; tests/test_layers.py checks every import against it.
                                          a resumed run's folder brought back to its resume point
 5. inference, metrics, advice            a loaded model, batched logits and TTA views, Predictor;
                                          error rates, per-class accuracy; the not-learning warning
-6. optim, schedule, run_plan ->          optimisers; iteration -> lr, input side, FLOPs; the checked
-   session -> steps, epochs, timing ->   plan of a run; a run's state; one step, an epoch's end,
+6. optim, schedule, run_plan,            optimisers; iteration -> lr, input side, FLOPs; the checked
+   compile_choice ->                     plan of a run; where train.compile = "auto" compiles;
+   session -> steps, epochs, timing ->   a run's state; one step, an epoch's end,
    training                              the wall clock; train(): the loop
 7. members -> evaluation -> ensembles    member specs; evaluate(); ensemble(), probability cache
 8. prediction, export, analysis/,        submissions and image files; ONNX/TorchScript; the report;

@@ -94,7 +94,9 @@ class TrainConfig:
     max_pflop: float = 0.0  # training compute budget (PFLOP); the LR schedule ends on it; 0 = none
     fit_to_time: bool = False  # fit the schedule's length to max_minutes (measured at the start)
     sync_batch_norm: bool = False  # under torchrun: batch norm over the global batch, not a share
-    compile: bool = False  # torch.compile the training step's model (measure it: bench/)
+    # torch.compile the training step's model: true, false, or "auto": where it is timed faster
+    # on this machine, per input side (compile_choice.py)
+    compile: bool | str = False
     # Time Conv3x3's two kernels (oneDNN's, nine matmuls) per small layer shape on this machine
     # and keep the faster (models/kernel_choice.py); false: the static rules of models/conv.py.
     autotune: bool = True
@@ -156,6 +158,10 @@ class RunConfig:
         _at_least("train.batch_size", self.train.batch_size, 1)
         _at_least("train.eval_batch_size", self.train.eval_batch_size, 1)
         _choice("train.precision", self.train.precision, PRECISIONS)
+        if not isinstance(self.train.compile, bool) and self.train.compile != "auto":
+            raise ConfigError(
+                f'train.compile = {self.train.compile!r}: expected true, false or "auto"'
+            )
         for name in ("threads", "snapshot_every", "keep_snapshots", "log_every"):
             _at_least(f"train.{name}", getattr(self.train, name), 0)
         _at_least("train.max_minutes", self.train.max_minutes, 0)

@@ -12,3 +12,5 @@ CACHE_ROOT = Path(os.environ.get("TINYCNN_CACHE", Path.home() / ".cache" / "tiny
 PROB_CACHE = CACHE_ROOT / "probs"
 # The conv kernels timed fastest per layer shape on this machine (models/kernel_choice.py).
 KERNEL_CACHE = CACHE_ROOT / "kernels"
+# Where train.compile = "auto" measured compiled training steps faster (compile_choice.py).
+COMPILE_CACHE = CACHE_ROOT / "compile"

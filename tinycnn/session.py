@@ -19,10 +19,11 @@ from tinycnn.checkpoint import (
     normalization_payload,
     save_checkpoint,
 )
+from tinycnn.compile_choice import SizeDispatch, choose
 from tinycnn.config import RunConfig, config_to_dict
 from tinycnn.data.cache import Cache
 from tinycnn.data.normalization import Normalization
-from tinycnn.distributed import Dist, sync_batch_norm
+from tinycnn.distributed import Dist, broadcast_int, sync_batch_norm
 from tinycnn.ema import make_ema
 from tinycnn.errors import ConfigError
 from tinycnn.models.conv import CHOICES
@@ -95,6 +96,9 @@ class Session:
     metrics: list[dict] = field(default_factory=list)
     best_error: float = math.inf
     evaluation_pending: bool = False  # resumed at an epoch end whose evaluation was not saved
+    # train.compile = "auto": {input side: compiled}, as chosen (or, resumed, as the run had them)
+    compile_choices: dict[int, bool] = field(default_factory=dict)
+    compile_report: str | None = None  # the line on that timing, for the banner's caller
 
     def __post_init__(self) -> None:
         generator_device = self.runtime.device if self.runtime.device.type == "cuda" else "cpu"
@@ -188,6 +192,7 @@ class Session:
             "precision": self.runtime.precision,  # a resume goes on in it (keep_precision)
             # The conv kernels timed fastest on this machine: a resume computes with the same.
             "conv_kernels": CHOICES.used() if self.cfg.train.autotune else {},
+            "compile_choices": {str(side): c for side, c in self.compile_choices.items()},
             "optimizer": self.optimizer.state_dict(),
             "accumulator": vars(self.accum).copy(),
             "step_window": vars(self.window).copy(),
@@ -233,6 +238,7 @@ class Session:
         if self.ema is not None:
             self.ema.load_state_dict(payload["model"]["state"])
         self.optimizer.load_state_dict(payload["optimizer"])
+        self.compile_choices = {int(k): v for k, v in payload.get("compile_choices", {}).items()}
         if "conv_kernels" in payload:
             CHOICES.pin(payload["conv_kernels"])
         else:  # saved before autotuning: the static rules, as the run had them
@@ -314,22 +320,46 @@ def load_session(
             session.ema.load_state_dict(model.state_dict())
     if cfg.train.tensorboard and dist.main:
         session.writer = tensorboard_writer_class()(str(out / "tensorboard"))
-    session.step_model = _step_model(model, cfg, runtime, dist)
+    session.step_model = _step_model(session)
     return session
 
 
-def _step_model(model: nn.Module, cfg: RunConfig, runtime: Runtime, dist: Dist) -> nn.Module:
+def _step_model(s: Session) -> nn.Module:
     """What a training step calls: the model, wrapped in DDP under torchrun, compiled when asked
-    (train.compile); built after the weights are in place (DDP starts from rank 0's anyway)."""
+    (train.compile; "auto": at the input sides where it is timed faster, compile_choice.py);
+    built after the weights are in place (DDP starts from rank 0's anyway)."""
+    model, runtime, dist = s.model, s.runtime, s.dist
+    choose_sides = s.cfg.train.compile == "auto"
+    compiled = torch.compile(model) if choose_sides else None
+    if choose_sides:  # timed on the bare model: DDP's hooks must see only real steps
+        s.compile_choices = _compile_choices(s, compiled)
     step_model = model
     if dist.active:
         from torch.nn.parallel import DistributedDataParallel
 
         cuda = runtime.device.type == "cuda"
         step_model = DistributedDataParallel(model, device_ids=[runtime.device] if cuda else None)
-    if cfg.train.compile:  # compiled once per input size; evaluation runs the model as it is
-        step_model = torch.compile(step_model)
-    return step_model
+        compiled = None  # compile the DDP wrapper instead
+    if s.cfg.train.compile is True:  # compiled once per input side; evaluation runs it eager
+        return torch.compile(step_model)
+    sides = {side for side, chosen in s.compile_choices.items() if chosen}
+    if not choose_sides or not sides:
+        return step_model
+    return SizeDispatch(step_model, compiled or torch.compile(step_model), sides)
+
+
+def _compile_choices(s: Session, compiled: nn.Module) -> dict[int, bool]:
+    """{input side: compile it} for the sides the schedule trains at: a resumed run's own, else
+    timed (rank 0's, under torchrun) or read from this machine's file of choices."""
+    sides = sorted({side for steps, side in s.schedule.phases() if steps > 0})
+    batch = s.cfg.train.batch_size // s.dist.world
+    choices, line = s.compile_choices, None
+    if s.dist.main:
+        choices, line = choose(s.model, compiled, sides, batch, s.runtime, pinned=s.compile_choices)
+    if s.dist.active:
+        choices = {side: bool(broadcast_int(int(choices.get(side, False)))) for side in sides}
+    s.compile_report = line
+    return choices
 
 
 def _load_rows(cache: Cache, split: str, rows: np.ndarray | None):

@@ -99,6 +99,8 @@ def train(
         progress = progress and session.dist.main
         if progress:
             print(banner(session), flush=True)
+            if session.compile_report:
+                print(session.compile_report, flush=True)
         stop = StopRequest(stop_at_iteration)
         with catching_signals(stop):
             return _loop(session, stop, progress, started)
@@ -179,6 +181,11 @@ def banner(s: Session) -> str:
     n = torch.get_num_threads()
     threads = f", {n} thread{'s' * (n > 1)}" if rt.device.type == "cpu" else ""
     layout = ", channels_last" if rt.channels_last else ""
+    compiled = [f"{side}x{side}" for side, c in sorted(s.compile_choices.items()) if c]
+    if cfg.train.compile is True or (cfg.train.compile == "auto" and compiled):
+        layout += ", compiled" + (
+            f" at {', '.join(compiled)}" if cfg.train.compile == "auto" else ""
+        )
     where = "resuming at iteration " + f"{s.iteration:,} " if s.iteration else ""
     gflop = f"{s.schedule.flops_per_image / 1e9:.2f} GFLOP per training image"
     if cfg.augment.sizes:  # progressive resizing: each phase's cost

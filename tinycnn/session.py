@@ -330,7 +330,7 @@ def _step_model(s: Session) -> nn.Module:
     built after the weights are in place (DDP starts from rank 0's anyway)."""
     model, runtime, dist = s.model, s.runtime, s.dist
     choose_sides = s.cfg.train.compile == "auto"
-    compiled = torch.compile(model) if choose_sides else None
+    compiled = _compiled(model) if choose_sides else None
     if choose_sides:  # timed on the bare model: DDP's hooks must see only real steps
         s.compile_choices = _compile_choices(s, compiled)
     step_model = model
@@ -341,11 +341,17 @@ def _step_model(s: Session) -> nn.Module:
         step_model = DistributedDataParallel(model, device_ids=[runtime.device] if cuda else None)
         compiled = None  # compile the DDP wrapper instead
     if s.cfg.train.compile is True:  # compiled once per input side; evaluation runs it eager
-        return torch.compile(step_model)
+        return _compiled(step_model)
     sides = {side for side, chosen in s.compile_choices.items() if chosen}
     if not choose_sides or not sides:
         return step_model
-    return SizeDispatch(step_model, compiled or torch.compile(step_model), sides)
+    return SizeDispatch(step_model, compiled or _compiled(step_model), sides)
+
+
+def _compiled(model: nn.Module) -> nn.Module:
+    # One static graph per input side (progressive resizing trains at two or three): traced with
+    # dynamic sides, fastnet's adaptive pooling failed in inductor's shape algebra at the second.
+    return torch.compile(model, dynamic=False)
 
 
 def _compile_choices(s: Session, compiled: nn.Module) -> dict[int, bool]:

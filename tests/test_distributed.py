@@ -136,6 +136,24 @@ def test_two_processes_train_the_weights_of_one(cache: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_compile_auto_under_torchrun_takes_rank_0_s_choice(cache: Path, tmp_path: Path) -> None:
+    # Rank 0 times compiled against eager training passes on its bare model (DDP's hooks see
+    # only real steps) and every rank takes its choice: the job runs, in step, and trains the
+    # weights of one eager process (a compiled step within 1e-4, as in tests/test_session.py).
+    settings = ("--set", "train.epochs=1")
+    _one(cache, tmp_path / "one", *settings)
+    env = _env(TINYCNN_CACHE=str(tmp_path / "tinycnn-cache"))
+    two = _run(_torchrun(*_train_args(cache, tmp_path / "two", *settings, "--set",
+                                      'train.compile="auto"')), env=env)  # fmt: skip
+    assert _max_difference(tmp_path / "one", tmp_path / "two") < 1e-4
+    choices = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["compile_choices"]
+    assert list(choices) == ["56"]  # the one side this run trains at, timed once
+    kept = [json.loads(f.read_text()) for f in (tmp_path / "tinycnn-cache").glob("compile/*.json")]
+    assert len(kept) == 1 and list(kept[0].values()) == list(choices.values())
+    assert two.stdout.count("finished:") == 1
+
+
+@pytest.mark.slow
 def test_the_recipe_s_techniques_run_alike_in_two_processes(cache: Path, tmp_path: Path) -> None:
     # fastnet with progressive resizing, mixup, cutmix, label smoothing and an EMA of the
     # weights, batch norm over the global batch: the same run as in one process, compared in

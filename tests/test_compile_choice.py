@@ -73,9 +73,49 @@ def test_choices_follow_the_timing_with_a_margin_and_are_kept_per_machine(
     assert (choices, line, measured) == ({32: True, 48: False, 64: False}, None, [32, 48, 64])
     pinned = {32: False, 48: True, 64: True}
     assert choose(model, model, [32, 48, 64], 8, runtime, path=path, pinned=pinned)[0] == pinned
-    # Another batch is another key: timed again.
+    # Another batch, or another setting of the run, is another key: timed again.
     choose(model, model, [32], 16, runtime, path=path)
-    assert measured[-1] == 32 and len(measured) == 4
+    choose(model, model, [32], 8, runtime, path=path, setting="autotune=False")
+    assert measured[3:] == [32, 32]
+
+
+def test_a_model_that_fails_to_compile_trains_eager_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(model, compiled, side, batch, runtime):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(compile_choice, "measure", failing)
+    model = _net()
+    choices, line = choose(model, model, [32], 8, _fp32(), path=tmp_path / "machine.json")
+    assert choices == {32: False}
+    assert "32x32 compiling failed (RuntimeError: no C++ compiler found)" in line
+
+
+def test_every_rank_takes_rank_0_s_choice_and_times_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A non-zero rank: rank 0 knows side 32 (compiled) and must time 48, where it finds
+    # compiled faster though this rank's own timing says otherwise.
+    measured = []
+
+    def slower_here(model, compiled, side, batch, runtime):
+        measured.append(side)
+        return 1.0, 2.0
+
+    rank0 = iter([1, -1, 1])  # 32: known, compiled; 48: unknown; 48 timed: compiled
+
+    def from_rank0(value: int) -> int:
+        return next(rank0)
+
+    monkeypatch.setattr(compile_choice, "measure", slower_here)
+    model, path = _net(), tmp_path / "machine.json"
+    choices, line = choose(
+        model, model, [32, 48], 8, _fp32(), path=path, agree=from_rank0, main=False
+    )
+    assert choices == {32: True, 48: True}
+    assert measured == [48]  # timed alongside rank 0, not skipped, not on its own
+    assert line is None and not path.exists()  # rank 0 reports and keeps the choices
 
 
 def test_the_timing_leaves_random_streams_statistics_and_gradients_as_they_were() -> None:
@@ -115,6 +155,7 @@ def _overrides(cache: Path) -> list[str]:
 def test_an_auto_run_that_stays_eager_equals_an_eager_run_and_a_resume_pins_its_choices(
     synth_sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
+    monkeypatch.setattr(compile_choice, "COMPILE_CACHE", tmp_path / "compile-choices")
     cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
     overrides = _overrides(cache)
     eager = train(load_config(None, overrides), tmp_path / "eager", progress=False)
@@ -140,7 +181,7 @@ def test_an_auto_run_that_stays_eager_equals_an_eager_run_and_a_resume_pins_its_
     assert stopped.iteration == 2
     checkpoint = tmp_path / "resumed" / "checkpoints" / "last.pt"
     assert load_checkpoint(checkpoint)["compile_choices"] == saved["compile_choices"]
-    files = list((Path(compile_choice.COMPILE_CACHE)).glob("*.json"))
+    files = list((tmp_path / "compile-choices").glob("*.json"))
     assert files  # the first auto run kept its choice for this machine
     for file in files:
         file.write_text(json.dumps(dict.fromkeys(json.loads(file.read_text()), True)))

@@ -137,20 +137,35 @@ def test_two_processes_train_the_weights_of_one(cache: Path, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_compile_auto_under_torchrun_takes_rank_0_s_choice(cache: Path, tmp_path: Path) -> None:
-    # Rank 0 times compiled against eager training passes on its bare model (DDP's hooks see
-    # only real steps) and every rank takes its choice: the job runs, in step, and trains the
-    # weights of one eager process (a compiled step within 1e-4, as in tests/test_session.py).
+    # Every rank takes rank 0's choice (timing with it where the file has none): the job runs, in
+    # step, and trains the weights of one eager process, eager or compiled (within 1e-4, as
+    # in tests/test_session.py).
     settings = ("--set", "train.epochs=1")
+    auto = ("--set", 'train.compile="auto"')
     _one(cache, tmp_path / "one", *settings)
     env = _env(TINYCNN_CACHE=str(tmp_path / "tinycnn-cache"))
-    two = _run(_torchrun(*_train_args(cache, tmp_path / "two", *settings, "--set",
-                                      'train.compile="auto"')), env=env)  # fmt: skip
-    assert _max_difference(tmp_path / "one", tmp_path / "two") < 1e-4
-    choices = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["compile_choices"]
+    _run(_torchrun(*_train_args(cache, tmp_path / "timed", *settings, *auto)), env=env)
+    assert _max_difference(tmp_path / "one", tmp_path / "timed") < 1e-4
+    choices = load_checkpoint(tmp_path / "timed" / "checkpoints" / "last.pt")["compile_choices"]
     assert list(choices) == ["56"]  # the one side this run trains at, timed once
-    kept = [json.loads(f.read_text()) for f in (tmp_path / "tinycnn-cache").glob("compile/*.json")]
-    assert len(kept) == 1 and list(kept[0].values()) == list(choices.values())
+    files = list((tmp_path / "tinycnn-cache").glob("compile/*.json"))
+    assert len(files) == 1 and list(json.loads(files[0].read_text()).values()) == list(
+        choices.values()
+    )
+    # The file now says compile: both ranks step through compiled DDP.
+    files[0].write_text(json.dumps(dict.fromkeys(json.loads(files[0].read_text()), True)))
+    two = _run(_torchrun(*_train_args(cache, tmp_path / "compiled", *settings, *auto)), env=env)
+    assert _max_difference(tmp_path / "one", tmp_path / "compiled") < 1e-4
+    compiled = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.pt")
+    assert compiled["compile_choices"] == {"56": True}
     assert two.stdout.count("finished:") == 1
+    # Synchronised batch norm all-reduces inside the forward pass: every rank times with rank 0
+    # (timed by rank 0 alone, the job hung in its first collective call).
+    sync = ("--set", "model.batch_norm=true", "--set", "train.sync_batch_norm=true")
+    env = _env(TINYCNN_CACHE=str(tmp_path / "fresh-cache"))
+    _run(_torchrun(*_train_args(cache, tmp_path / "sync", *settings, *auto, *sync)), env=env)
+    synced = load_checkpoint(tmp_path / "sync" / "checkpoints" / "last.pt")
+    assert list(synced["compile_choices"]) == ["56"] and synced["iteration"] == 5
 
 
 @pytest.mark.slow

@@ -57,6 +57,7 @@ def test_compiled_steps_take_one_static_graph_per_side(
     # Traced with dynamic sides, fastnet width 64 failed in inductor's shape algebra at its
     # second side (48x48 after 32x32; minutes of compiling to show, so the call is checked).
     import tinycnn.session as session
+    from tinycnn import compile_choice
 
     calls = []
 
@@ -65,6 +66,7 @@ def test_compiled_steps_take_one_static_graph_per_side(
         return model
 
     monkeypatch.setattr(session.torch, "compile", recording_compile)
+    monkeypatch.setattr(compile_choice, "COMPILE_CACHE", tmp_path / "compile-choices")
     cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
     overrides = [
         f"data.cache={json.dumps(str(cache))}",

@@ -10,7 +10,8 @@ leaves the run as it was: the random streams are forked, the batch-norm statisti
 the gradients dropped. The choices are remembered per machine (CPU model, or GPU), torch
 version, precision, threads, model and batch, in a JSON file under TINYCNN_CACHE, so later runs
 take them without timing; a run's checkpoints carry the choices it used, so a resume steps as
-before (``choose(pinned=...)``). Under torchrun rank 0 times and every rank takes its choices.
+before (``choose(pinned=...)``). Under torchrun every rank takes rank 0's choices (and times
+with it). A model that fails to compile is trained eager, and the line says why.
 """
 
 from __future__ import annotations
@@ -55,33 +56,45 @@ def choose(
     batch: int,
     runtime: Runtime,
     *,
+    setting: str = "",
     pinned: dict[int, bool] | None = None,
     path: Path | None = None,
+    agree: Callable[[int], int] = int,
+    main: bool = True,
 ) -> tuple[dict[int, bool], str | None]:
     """{side: compile it} for each of ``sides``, and a line on the timing done (None if none).
 
-    compiled: torch.compile(model) (or what a step calls compiled); pinned: a resumed run's own
-    choices, taken as they are; path: the machine's file of choices (None: the default one).
+    compiled: torch.compile(model); setting: the run's other settings that change a step's
+    speed (part of the key); pinned: a resumed run's own choices, taken as they are; path: the
+    machine's file of choices (None: the default one). Under torchrun, ``agree`` gives rank 0's
+    value to every rank (distributed.broadcast_int) and ``main`` says whether this is rank 0:
+    every rank takes rank 0's choice, and where it must be timed every rank times it, so that
+    collective calls in the model's forward (synchronised batch norm) are matched.
     """
     pinned = pinned or {}
     path = path or machine_file(COMPILE_CACHE)
     saved = _read(path)
     choices, timed, spent = {}, [], 0.0
     for side in sides:
-        key = choice_key(model, batch, side, runtime)
-        if side in pinned:
-            choices[side] = pinned[side]
-        elif isinstance(saved.get(key), bool):
-            choices[side] = saved[key]
-        else:
-            start = time.perf_counter()
+        key = choice_key(model, batch, side, runtime, setting)
+        known = pinned.get(side, saved.get(key))
+        code = agree(int(known) if isinstance(known, bool) else -1)  # rank 0's, everywhere
+        if code >= 0:
+            choices[side] = bool(code)
+            continue
+        start = time.perf_counter()
+        try:
             eager_s, compiled_s = measure(model, compiled, side, batch, runtime)
-            spent += time.perf_counter() - start
-            choices[side] = compiled_s < MARGIN * eager_s
-            timed.append(f"{side}x{side} {eager_s / compiled_s:.2f}x")
+            faster, note = compiled_s < MARGIN * eager_s, f"{eager_s / compiled_s:.2f}x"
+        except Exception as exc:  # no compiler, an unsupported operator...: eager, and why
+            faster, note = False, f"compiling failed ({type(exc).__name__}: {_first_line(exc)})"
+        spent += time.perf_counter() - start
+        choices[side] = bool(agree(int(faster)))
+        timed.append(f"{side}x{side} {note}")
+        if main:
             _save(path, key, choices[side])
     line = None
-    if timed:
+    if timed and main:
         chosen = [f"{s}x{s}" for s, c in sorted(choices.items()) if c]
         line = (
             f"train.compile = auto: timed compiled training passes against eager ones in "
@@ -91,9 +104,15 @@ def choose(
     return choices, line
 
 
-def choice_key(model: nn.Module, batch: int, side: int, runtime: Runtime) -> str:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def choice_key(model: nn.Module, batch: int, side: int, runtime: Runtime, setting: str = "") -> str:
     """What a choice depends on besides the machine (its file): the device, torch, precision,
-    threads, channels_last, the model (its name and options), the batch and the side."""
+    threads, channels_last, the run's other speed settings, the model (its name and options),
+    the batch and the side."""
     device = runtime.device
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     options = json.dumps(getattr(model, "tinycnn_options", {}), sort_keys=True, default=str)
@@ -101,7 +120,8 @@ def choice_key(model: nn.Module, batch: int, side: int, runtime: Runtime) -> str
     layout = "channels_last" if runtime.channels_last else "nchw"
     return (
         f"{where} torch {torch.__version__} {runtime.precision} {layout} "
-        f"t{torch.get_num_threads()} {name} {options} b{batch} {side}x{side}"
+        f"t{torch.get_num_threads()} {setting + ' ' if setting else ''}{name} {options} "
+        f"b{batch} {side}x{side}"
     )
 
 

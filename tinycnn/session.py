@@ -356,15 +356,24 @@ def _compiled(model: nn.Module) -> nn.Module:
 
 def _compile_choices(s: Session, compiled: nn.Module) -> dict[int, bool]:
     """{input side: compile it} for the sides the schedule trains at: a resumed run's own, else
-    timed (rank 0's, under torchrun) or read from this machine's file of choices."""
+    read from this machine's file of choices or timed (rank 0's, under torchrun)."""
+    train = s.cfg.train
     sides = sorted({side for steps, side in s.schedule.phases() if steps > 0})
-    batch = s.cfg.train.batch_size // s.dist.world
-    choices, line = s.compile_choices, None
-    if s.dist.main:
-        choices, line = choose(s.model, compiled, sides, batch, s.runtime, pinned=s.compile_choices)
-    if s.dist.active:
-        choices = {side: bool(broadcast_int(int(choices.get(side, False)))) for side in sides}
-    s.compile_report = line
+    setting = (
+        f"autotune={train.autotune} deterministic={train.deterministic} "
+        f"sync_batch_norm={train.sync_batch_norm and s.dist.active}"
+    )
+    choices, s.compile_report = choose(
+        s.model,
+        compiled,
+        sides,
+        train.batch_size // s.dist.world,
+        s.runtime,
+        setting=setting,
+        pinned=s.compile_choices,
+        agree=broadcast_int,
+        main=s.dist.main,
+    )
     return choices
 
 

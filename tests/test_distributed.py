@@ -23,6 +23,7 @@ import torch
 from tests.helpers import SMALL_PRESET
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.prepare import prepare
+from tinycnn.models.kernel_choice import PASSES, machine_file
 from tinycnn.run_folder import METRICS, STEPS
 
 # 5 classes x 16 images = 80 training images, batch 16: 5 iterations an epoch.
@@ -280,6 +281,30 @@ def test_a_killed_rank_stops_the_job_and_resume_completes_it(cache: Path, tmp_pa
     _run(_torchrun("train", "--resume", str(tmp_path / "cut"), "-q"))
     assert _max_difference(tmp_path / "whole", tmp_path / "cut") == 0.0
     assert _untimed(_metrics(tmp_path / "cut")) == _untimed(_metrics(tmp_path / "whole"))
+
+
+@pytest.mark.slow
+def test_ranks_whose_kernel_files_disagree_compute_with_rank_0_s_and_resume_exactly(
+    cache: Path, tmp_path: Path
+) -> None:
+    # Rank 0's machine file runs cnn5's 14x14 layer as nine matmuls, rank 1's on oneDNN. Each
+    # rank computing with its own, the resume (which pins rank 0's choices on every rank) would
+    # compute otherwise than the uninterrupted run on rank 1.
+    key = "8x8@14x14:float32:t1"
+    for rank, taps in ((0, True), (1, False)):
+        path = machine_file(tmp_path / "caches" / f"rank{rank}" / "kernels")
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({key: dict.fromkeys(PASSES, taps)}))
+    env = _env(TINYCNN_CACHE=str(tmp_path / "caches"))
+    entry = ("-m", "tests.rank_cache_main")
+    epochs = ("--set", "train.epochs=2")
+    _run(_torchrun(*_train_args(cache, tmp_path / "whole", *epochs), entry=entry), env=env)
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    assert whole["conv_kernels"][key.rsplit(":t", 1)[0]] == dict.fromkeys(PASSES, True)
+    cut = _train_args(cache, tmp_path / "cut", *epochs, "--stop-at", "7")
+    _run(_torchrun(*cut, entry=entry), env=env)
+    _run(_torchrun("train", "--resume", str(tmp_path / "cut"), "-q", entry=entry), env=env)
+    assert _max_difference(tmp_path / "whole", tmp_path / "cut") == 0.0
 
 
 def _untimed(rows: list[dict]) -> list[dict]:

@@ -141,11 +141,16 @@ def all_sum(values: Tensor) -> Tensor:
 
 def broadcast_int(value: int) -> int:
     """Rank 0's value, on every rank."""
+    return int(broadcast_object(value))
+
+
+def broadcast_object(value):
+    """Rank 0's value (anything picklable), on every rank."""
     if not current().active:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
-    return int(box[0])
+    return box[0]
 
 
 def shutdown() -> None:

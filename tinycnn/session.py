@@ -4,6 +4,7 @@ by its own methods, which the training loop (training.py) calls."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,9 +22,10 @@ from tinycnn.checkpoint import (
 )
 from tinycnn.compile_choice import SizeDispatch, choose
 from tinycnn.config import RunConfig, config_to_dict
+from tinycnn.data.augment import resize_views
 from tinycnn.data.cache import Cache
 from tinycnn.data.normalization import Normalization
-from tinycnn.distributed import Dist, broadcast_int, sync_batch_norm
+from tinycnn.distributed import Dist, broadcast_int, broadcast_object, sync_batch_norm
 from tinycnn.ema import make_ema
 from tinycnn.errors import ConfigError
 from tinycnn.models.conv import CHOICES
@@ -329,6 +331,8 @@ def _step_model(s: Session) -> nn.Module:
     (train.compile; "auto": at the input sides where it is timed faster, compile_choice.py);
     built after the weights are in place (DDP starts from rank 0's anyway)."""
     model, runtime, dist = s.model, s.runtime, s.dist
+    if dist.active and s.cfg.train.autotune:
+        _agree_kernels(s)
     choose_sides = s.cfg.train.compile == "auto"
     compiled = _compiled(model) if choose_sides else None
     if choose_sides:  # timed on the bare model: DDP's hooks must see only real steps
@@ -346,6 +350,27 @@ def _step_model(s: Session) -> nn.Module:
     if not choose_sides or not sides:
         return step_model
     return SizeDispatch(step_model, compiled or _compiled(step_model), sides)
+
+
+def _agree_kernels(s: Session) -> None:
+    """Under torchrun, every rank computes with rank 0's Conv3x3 kernels: each rank meets the
+    run's layer shapes now (a training pass at each side the schedule trains at, an evaluation
+    pass at the evaluation side, on a copy of the model and zero images), then takes rank 0's
+    choices. Ranks that chose apart (timing noise, another machine's file) would compute
+    otherwise than a resume, which pins rank 0's choices on every rank."""
+    model = copy.deepcopy(s.model)
+    rows = s.cfg.train.batch_size // s.dist.world
+    views = torch.zeros(rows, 3, s.eval_size, s.eval_size, device=s.runtime.device)
+    views = views.contiguous(memory_format=torch.channels_last)
+    cuda = [s.runtime.device] if s.runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # dropout's draws: the run's streams untouched
+        for side in sorted({side for steps, side in s.schedule.phases() if steps > 0}):
+            with s.runtime.autocast():
+                logits = model.train()(resize_views(views, side))
+            logits.float().sum().backward()
+        with torch.no_grad(), s.runtime.autocast():
+            model.eval()(views)
+    CHOICES.pin(broadcast_object(CHOICES.used()))
 
 
 def _compiled(model: nn.Module) -> nn.Module:

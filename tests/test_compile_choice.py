@@ -201,3 +201,25 @@ def test_train_compile_takes_true_false_or_auto_only(value: str) -> None:
     with pytest.raises(ConfigError, match=r'train\.compile = .*: expected true, false or "auto"'):
         load_config(None, [f"train.compile={value}"])
     assert load_config(None, ['train.compile="auto"']).train.compile == "auto"
+
+
+@pytest.mark.slow
+def test_an_auto_run_compiled_where_its_file_says_so_trains_the_weights_of_an_eager_run(
+    synth_sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr(compile_choice, "COMPILE_CACHE", tmp_path / "compile-choices")
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    overrides = [*_overrides(cache), "model.dropout=0.0", "train.epochs=1"]
+    eager = train(load_config(None, overrides), tmp_path / "eager", progress=False)
+    auto_cfg = load_config(None, [*overrides, 'train.compile="auto"'])
+    monkeypatch.setattr(compile_choice, "measure", lambda *args: (1.0, 0.5))  # compiled: 2x
+    auto = train(auto_cfg, tmp_path / "auto", progress=True)
+    assert "compiled at 56x56" in capsys.readouterr().out  # the banner
+    assert load_checkpoint(tmp_path / "auto" / "checkpoints" / "last.pt")["compile_choices"] == {
+        "56": True
+    }
+    for (name, a), b in zip(
+        eager.model.state_dict().items(), auto.model.state_dict().values(), strict=True
+    ):
+        scale = a.abs().max().item() if a.is_floating_point() else 0
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * scale, msg=name)

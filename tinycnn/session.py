@@ -349,7 +349,9 @@ def _step_model(s: Session) -> nn.Module:
     sides = {side for side, chosen in s.compile_choices.items() if chosen}
     if not choose_sides or not sides:
         return step_model
-    return SizeDispatch(step_model, compiled or _compiled(step_model), sides)
+    # (not `compiled or ...`: a compiled module's truth asks the model for a len() it lacks)
+    compiled = compiled if compiled is not None else _compiled(step_model)
+    return SizeDispatch(step_model, compiled, sides)
 
 
 def _agree_kernels(s: Session) -> None:

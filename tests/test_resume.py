@@ -382,3 +382,57 @@ def test_best_checkpoint_after_a_resume_is_still_chosen_on_the_tuning_split(
         assert payload["best_error"] == best_so_far, row["epoch"]
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     assert best["iteration"] == first_best(rows, "tune_top1_error")["iteration"]
+
+
+def _stopped(cache: Path, out: Path, *extra: str) -> None:
+    assert main(train_argv(cache, out, *extra, "--stop-at", "4")) == 0
+
+
+def test_a_resume_refuses_a_config_toml_edited_since_the_run_trained(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    _stopped(cache, out)
+    config = out / "config.toml"
+    text = config.read_text()
+    before = next(line for line in text.splitlines() if line.startswith("lr = "))
+    config.write_text(text.replace(before, "lr = 0.5", 1))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert str(config) in err and "optim.lr = 0.5 (the run trained with" in err, err
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 4  # untouched
+    # A time budget is the run's to change (as its message on a used budget says).
+    config.write_text(text.replace("max_minutes = 0.0", "max_minutes = 30.0", 1))
+    assert main(["train", "--resume", str(out), "-q"]) == 0
+
+
+def test_a_resume_refuses_an_exclude_list_edited_since_and_reads_it_from_any_folder(
+    cache: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = (cache / "train_files.txt").read_text().splitlines()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "skip.txt").write_text(names[0] + "\n")
+    monkeypatch.chdir(work)  # a relative data.exclude: recorded absolute
+    out = tmp_path / "run"
+    _stopped(cache, out, "--set", 'data.exclude="skip.txt"')
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", str(out), "-q", "--stop-at", "6"]) == 0
+    (work / "skip.txt").write_text(names[0] + "\n" + names[1] + "\n")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "-q"]) == 1
+    assert "trained on other training images" in capsys.readouterr().err
+
+
+def test_a_resume_without_last_pt_refuses_to_start_over_a_trained_run(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    assert main(train_argv(cache, out)) == 0
+    (out / "checkpoints" / "last.pt").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "last.pt: missing, but the run has trained" in err and "logged" in err, err
+    assert len(read_metrics(out)) > 0  # the old run's logs are left as they were

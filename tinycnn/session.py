@@ -5,6 +5,7 @@ by its own methods, which the training loop (training.py) calls."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -101,6 +102,7 @@ class Session:
     # train.compile = "auto": {input side: compiled}, as chosen (or, resumed, as the run had them)
     compile_choices: dict[int, bool] = field(default_factory=dict)
     compile_report: str | None = None  # the line on that timing, for the banner's caller
+    train_rows_digest: str = ""  # which training rows (holdout, data.exclude): a resume checks
 
     def __post_init__(self) -> None:
         generator_device = self.runtime.device if self.runtime.device.type == "cuda" else "cpu"
@@ -195,6 +197,7 @@ class Session:
             # The conv kernels timed fastest on this machine: a resume computes with the same.
             "conv_kernels": CHOICES.used() if self.cfg.train.autotune else {},
             "compile_choices": {str(side): c for side, c in self.compile_choices.items()},
+            "train_rows": self.train_rows_digest,
             "optimizer": self.optimizer.state_dict(),
             "accumulator": vars(self.accum).copy(),
             "step_window": vars(self.window).copy(),
@@ -234,6 +237,7 @@ class Session:
                 f"{self.cache.path}: not the data {path} was trained on (same classes, other "
                 "content); resume with the run's own cache"
             )
+        _check_same_run(path, payload, config_to_dict(self.cfg), self.train_rows_digest)
         raw = payload.get("train_state", payload["model"]["state"])
         check_state(self.model, raw, str(path))
         self.model.load_state_dict(raw)
@@ -271,6 +275,41 @@ class Session:
             self.writer.close()
 
 
+# Settings a resumed run may change in its config.toml: where things are (the checks that
+# matter are the data's own: data_id, train_rows), its time budget, and what it writes.
+RESUME_MAY_CHANGE = {
+    "data.cache", "data.exclude", "train.init_from", "train.max_minutes", "train.threads",
+    "train.tensorboard", "train.keep_snapshots", "train.eval_batch_size", "train.log_every",
+}  # fmt: skip
+
+
+def _check_same_run(path: Path, payload: dict, config: dict, rows_digest: str) -> None:
+    """Refuse a resume whose config (config.toml, edited or damaged) or training rows (another
+    data.exclude list, holdout) differ from what the checkpoint trained with."""
+    saved = payload.get("config", {})
+    changed = [
+        f"{section}.{key} = {config[section][key]!r} (the run trained with {value!r})"
+        for section, values in saved.items()
+        if isinstance(values, dict) and isinstance(config.get(section), dict)
+        for key, value in values.items()
+        if key in config[section]
+        and f"{section}.{key}" not in RESUME_MAY_CHANGE
+        and config[section][key] != value
+    ]
+    if changed:
+        raise ConfigError(
+            f"{path.parent.parent / 'config.toml'}: not the config {path} trained with: "
+            f"{'; '.join(changed[:5])}; put it back, or train afresh in a new folder "
+            "(--init-from starts from these weights)"
+        )
+    if payload.get("train_rows") and payload["train_rows"] != rows_digest:
+        raise ConfigError(
+            f"{path}: the run trained on other training images than the config gives now "
+            "(data.exclude's list or the holdout changed); put the list back as it was, or "
+            "train afresh in a new folder"
+        )
+
+
 def load_session(
     plan: RunPlan, out: Path, *, resume: bool = False, dist: Dist | None = None
 ) -> Session:
@@ -296,6 +335,7 @@ def load_session(
         model = sync_batch_norm(model, runtime.device)
     model = runtime.prepare_model(model)
     iters_per_epoch = max(1, len(labels) // cfg.train.batch_size)
+    rows = np.asarray(plan.train_rows, np.int64)
     session = Session(
         cfg=cfg,
         out=out,
@@ -311,6 +351,7 @@ def load_session(
         schedule=Schedule.build(cfg, iters_per_epoch, plan.eval_size, plan.flops_by_size),
         dist=dist,
         ema=make_ema(model) if cfg.train.ema_decay else None,
+        train_rows_digest=hashlib.sha256(rows.tobytes()).hexdigest()[:16],
     )
     if resume:
         session.restore(out / "checkpoints" / "last.pt")

@@ -28,7 +28,7 @@ from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.epochs import diverged, end_epoch, log_step
 from tinycnn.errors import ConfigError, TrainingDivergedError
 from tinycnn.models.conv import CHOICES
-from tinycnn.run_folder import read_metrics, read_resolved_config, read_steps, run_lock
+from tinycnn.run_folder import METRICS, read_metrics, read_resolved_config, read_steps, run_lock
 from tinycnn.run_plan import RunPlan, plan_run
 from tinycnn.runtime import agree_precision
 from tinycnn.session import Session, load_session
@@ -89,6 +89,8 @@ def train(
             cfg = _resumed_config(out, data)
             # A run with no checkpoint yet starts afresh: from its init checkpoint, if any.
             resume = (out / "checkpoints" / "last.pt").is_file()
+            if not resume:
+                _check_nothing_trained(out)
             plan = plan_run(cfg, None if resume else cfg.train.init_from or None)
         elif main:
             _new_run_dir(out, plan.cfg, plan.flops_by_size)
@@ -107,11 +109,14 @@ def train(
 
 
 def _absolute(cfg: RunConfig, init_from: str | Path | None) -> tuple[RunConfig, Path | None]:
-    """cfg with the paths a run depends on (its cache, the weights it starts from) made
+    """cfg with the paths a run depends on (its cache, excluded images, initial weights) made
     absolute, so that --resume, evaluate... work from any folder; the init checkpoint, if any."""
     if cfg.data.cache:
         cache = Path(cfg.data.cache).expanduser().resolve()
         cfg = replace(cfg, data=replace(cfg.data, cache=str(cache)))
+    if cfg.data.exclude:  # read again by a resume, from wherever it runs
+        exclude = Path(cfg.data.exclude).expanduser().resolve()
+        cfg = replace(cfg, data=replace(cfg.data, exclude=str(exclude)))
     init_from = init_from or cfg.train.init_from or None  # part of the run's config
     if init_from is not None:
         init_from = Path(init_from).expanduser().resolve()
@@ -171,6 +176,22 @@ def _resumed_config(out: Path, data: str | Path | None) -> RunConfig:
             "CACHE"
         )
     return cfg
+
+
+def _check_nothing_trained(out: Path) -> None:
+    """A run folder without last.pt starts afresh only if it never trained: with its resume
+    point gone but epochs logged or snapshots kept, starting over would mix a new run's files
+    with the old one's."""
+    logged = out / METRICS
+    rows = len(logged.read_text(encoding="utf-8").splitlines()) if logged.is_file() else 0
+    kept = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
+    if rows or kept:
+        what = [f"{rows} evaluation{'s' * (rows != 1)} logged"] if rows else []
+        what += [f"checkpoints {', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''}"] * bool(kept)
+        raise ConfigError(
+            f"{out / 'checkpoints' / 'last.pt'}: missing, but the run has trained "
+            f"({'; '.join(what)}); put last.pt back to resume, or train afresh in a new folder"
+        )
 
 
 def banner(s: Session) -> str:

@@ -178,7 +178,8 @@ def test_same_size_damage_is_found(cache_copy: Path, damage: Callable[[Path], st
         cache_module.verify_cache(cache_copy)
     message = str(info.value)
     assert str(cache_copy / name) in message and "damaged" in message
-    assert f"tinycnn prepare {load_cache(cache_copy).manifest['source']['path']}" in message
+    source = json.loads((cache_copy / "manifest.json").read_text())["source"]["path"]
+    assert f"tinycnn prepare {source}" in message
     assert f"--out {cache_copy} --force" in message and "\n" not in message
 
 
@@ -377,3 +378,13 @@ def test_a_copy_with_extra_classes_is_told_to_use_classes_official(
     assert (text == "") is (kept == 200 and not extra)
     advice = "to keep only its 200 classes (dropping the 2 others), prepare again with --classes"
     assert (f"{advice} official" in text) is hint, text
+
+
+def test_opening_a_cache_checks_its_labels_and_other_small_files(cache_copy: Path) -> None:
+    # Labels shifted by one class, same size: evaluate, ensemble, predict and report open the
+    # cache this way (load_cache), and would score against the wrong classes.
+    labels = np.load(cache_copy / "val_labels.npy")
+    np.save(cache_copy / "val_labels.npy", ((labels + 1) % labels.max()).astype(labels.dtype))
+    with pytest.raises(CacheError) as info:
+        load_cache(cache_copy)
+    assert str(cache_copy / "val_labels.npy") in str(info.value) and "damaged" in str(info.value)

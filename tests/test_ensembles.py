@@ -428,6 +428,36 @@ def test_an_unwritable_probability_cache_is_one_warning_not_a_failure(
     assert str(store) in lines[0] and words in lines[0]
 
 
+def _exponent_flipped(probs: np.ndarray) -> np.ndarray:
+    bits = probs.copy().view(np.uint32)
+    bits[0, 0] ^= 1 << 28  # one flipped exponent bit: a value 2^16 times another
+    return bits.view(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (_exponent_flipped, "values outside|sums to"),
+        (lambda p: p * 1e6, "values outside"),
+        (lambda p: p.T.copy(), "shape"),
+        (lambda p: np.roll(p, 1, axis=1) * 0.5, "sums to"),
+    ],
+    ids=["exponent-bit", "huge", "transposed", "half"],
+)
+def test_a_damaged_cached_entry_is_computed_again(
+    small: Small, tmp_path: Path, damage, why: str
+) -> None:
+    store = tmp_path / "probs"
+    fp32 = make_runtime("cpu", "fp32", channels_last=False, threads=1)
+    first = ensemble([str(small.checkpoint)], small.cache, runtime=fp32, prob_cache=store)
+    [entry] = store.iterdir()
+    np.save(entry, damage(np.load(entry)))
+    with pytest.warns(ProbabilityCacheWarning, match=f"damaged cached probabilities .*({why})"):
+        again = ensemble([str(small.checkpoint)], small.cache, runtime=fp32, prob_cache=store)
+    np.testing.assert_array_equal(first.probabilities, again.probabilities)
+    assert again.members[0]["top1_error"] == first.members[0]["top1_error"]
+
+
 def test_an_unreadable_cached_entry_is_computed_again(small: Small, tmp_path: Path) -> None:
     store = tmp_path / "probs"
     fp32 = make_runtime("cpu", "fp32", channels_last=False, threads=1)

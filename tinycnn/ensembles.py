@@ -78,7 +78,11 @@ class ProbabilityCache:
             return compute()
         probs = self._read(path)
         if probs is not None:
-            return probs
+            count = len(rows) if rows is not None else len(cache.split(split))
+            why = _invalid(probs, count, cache.num_classes)
+            if why is None:
+                return probs
+            self._warn(f"{path}: damaged cached probabilities ({why}), computing them again")
         probs = compute()
         if self.writable:
             try:
@@ -121,6 +125,20 @@ class ProbabilityCache:
         if not self._warned:
             self._warned = True
             warnings.warn(message, ProbabilityCacheWarning, stacklevel=3)
+
+
+def _invalid(probs: np.ndarray, count: int, classes: int) -> str | None:
+    """Why an array cannot be a split's (count, classes) class probabilities, or None."""
+    if probs.shape != (count, classes):
+        return f"shape {probs.shape}, expected {(count, classes)}"
+    if not np.issubdtype(probs.dtype, np.floating):
+        return f"dtype {probs.dtype}"
+    if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
+        return "values outside [0, 1]"
+    sums = probs.sum(axis=1, dtype=np.float64)
+    if np.abs(sums - 1).max() > 1e-4:  # a softmax sums to 1 within ~1e-6 in float32
+        return f"a row sums to {sums[np.argmax(np.abs(sums - 1))]:.6g}, not 1"
+    return None
 
 
 @dataclass

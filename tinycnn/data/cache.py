@@ -150,8 +150,16 @@ class Cache:
 
 
 def load_cache(path: str | Path) -> Cache:
-    """Returns the Cache of a prepared folder (memory-mapped); CacheError if missing or damaged."""
-    return Cache(path)
+    """Returns the Cache of a prepared folder (memory-mapped); CacheError if missing or damaged.
+
+    Its small files (labels, boxes, file lists, the mean image: a few MB) are checked against
+    their sha256 every time (milliseconds), so no command scores or trains on damaged labels;
+    the image arrays are checked by ``verify_cache``, which training runs for its splits.
+    """
+    cache = Cache(path)
+    if cache.manifest.get("checksums"):  # a cache from before checksums opens unchecked
+        verify_cache(cache, splits=())
+    return cache
 
 
 def verify_cache(cache_or_path: Cache | str | Path, splits: Iterable[str] | None = None) -> None:

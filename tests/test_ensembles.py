@@ -223,6 +223,14 @@ def test_cli_ensemble_writes_files_only_with_out(run, tmp_path: Path, capsys, mo
     assert json.loads(printed.out)["split"] == "val"  # stdout: the one JSON object
     assert f"saved {out / 'probabilities.npy'} and {out / 'ensemble.json'}" in printed.err
     assert sorted(p.name for p in out.iterdir()) == ["ensemble.json", "probabilities.npy"]
+    # Members given relative to the working folder are saved as absolute paths.
+    relative = os.path.relpath(folder, here)
+    assert main(["ensemble", f"{relative}@last", "--data", str(cache), "--no-cache", "-q",
+                 "--out", str(out)]) == 0  # fmt: skip
+    saved = json.loads((out / "ensemble.json").read_text())["members"]
+    assert [m["checkpoint"] for m in saved] == [
+        str(Path(folder).resolve() / "checkpoints" / "last.pt")
+    ]
 
 
 # The numbers every report rests on, each against a truth computed here, not by tinycnn.

@@ -153,7 +153,13 @@ class EnsembleResult:
 
     def to_json(self) -> dict:
         out = {k: v for k, v in vars(self).items() if k != "probabilities"}
+        # Absolute: the file is read from other folders than the one the command ran in.
+        out["members"] = [{**m, "checkpoint": _absolute(m["checkpoint"])} for m in self.members]
         return out
+
+
+def _absolute(checkpoint: str) -> str:
+    return str(Path(checkpoint).expanduser().resolve())
 
 
 def _rates(probs: np.ndarray, labels: Tensor) -> dict:

@@ -317,3 +317,23 @@ def test_the_suite_keeps_its_choices_out_of_the_users_cache() -> None:
         root.name.startswith("tinycnn-test-cache-") and root != Path.home() / ".cache" / "tinycnn"
     )
     assert KERNEL_CACHE.is_relative_to(root) and conv_module.CHOICES.path.is_relative_to(root)
+
+
+def test_a_machine_file_that_cannot_be_written_costs_the_timing_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk reaches here as tinycnn's OutputError (atomic.py), not an OSError: it escaped
+    # into a TorchScript export's trace once, when a shape was first timed there.
+    import tinycnn.compile_choice as compile_choice
+    import tinycnn.models.kernel_choice as kernel_choice
+    from tinycnn.errors import OutputError
+
+    def full_disk(path, obj):
+        raise OutputError(f"{path}: cannot write (disk full)")
+
+    monkeypatch.setattr(kernel_choice, "write_json", full_disk)
+    choices = KernelChoices(tmp_path / "kernels.json")
+    chosen = choices.choose("8x8@4x4:float32:t1", ("forward",), lambda name: (1.0, 0.5))
+    assert chosen == {"forward": True}
+    monkeypatch.setattr(compile_choice, "write_json", full_disk)
+    compile_choice._save(tmp_path / "compile.json", "key", True)  # no error either

@@ -436,3 +436,18 @@ def test_a_resume_without_last_pt_refuses_to_start_over_a_trained_run(
     err = capsys.readouterr().err
     assert "last.pt: missing, but the run has trained" in err and "logged" in err, err
     assert len(read_metrics(out)) > 0  # the old run's logs are left as they were
+
+
+def test_a_resume_on_a_cache_of_smaller_images_says_to_use_the_run_s_own(
+    cache: Path, synth_sources: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    from tinycnn.data.prepare import prepare
+
+    out = tmp_path / "run"
+    _stopped(cache, out)
+    small = prepare(synth_sources["folder"], tmp_path / "c32", size=32, resize=True, progress=False)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--data", str(small.path), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "its images are 32x32" in err and "trained on crops of" in err, err
+    assert "--set" not in err  # a resume takes no --set

@@ -48,12 +48,22 @@ def fit_crop(cfg: RunConfig, image_side: int, num_classes: int) -> RunConfig:
         why = f"model {cfg.model.name!r} does not take {side}x{side} inputs: {_why_not(cfg, side)}"
     unset = replace(cfg, augment=replace(cfg.augment, crop=None))
     fitted = fit_crop(unset, image_side, num_classes).augment.crop
-    raise ConfigError(
+    raise CropError(
+        image_side,
+        why,
         f"augment.crop = {crop} does not fit this cache's {image_side}x{image_side} images: "
         f"{why}. Crops that fit the images and the model: {_spans(fits)}. Set one (e.g. --set "
         f"augment.crop={fitted}), or remove augment.crop from the config: unset, it is 7/8 of "
-        f"the image side lowered to a side the model takes ({fitted} here)"
+        f"the image side lowered to a side the model takes ({fitted} here)",
     )
+
+
+class CropError(ConfigError):
+    """A set augment.crop that the cache's images (or the model) cannot take."""
+
+    def __init__(self, image_side: int, why: str, message: str) -> None:
+        super().__init__(message)
+        self.image_side, self.why = image_side, why
 
 
 def _model_takes(cfg: RunConfig, side: int, num_classes: int) -> bool:

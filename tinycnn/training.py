@@ -25,6 +25,7 @@ from tinycnn import distributed, faults
 from tinycnn.atomic import remove_stale_temporaries, write_text
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.config import RunConfig, config_from_dict, to_toml
+from tinycnn.crops import CropError
 from tinycnn.epochs import diverged, end_epoch, log_step
 from tinycnn.errors import ConfigError, TrainingDivergedError
 from tinycnn.models.conv import CHOICES
@@ -91,7 +92,15 @@ def train(
             resume = (out / "checkpoints" / "last.pt").is_file()
             if not resume:
                 _check_nothing_trained(out)
-            plan = plan_run(cfg, None if resume else cfg.train.init_from or None)
+            try:
+                plan = plan_run(cfg, None if resume else cfg.train.init_from or None)
+            except CropError as exc:  # its advice (--set augment.crop) is not a resume's
+                side = exc.image_side
+                raise ConfigError(
+                    f"{cfg.data.cache}: its images are {side}x{side}, and {out} trained on "
+                    f"crops of {cfg.augment.crop} ({exc.why}); resume it with a cache of the "
+                    "images it trained on, or train afresh on this one"
+                ) from None
         elif main:
             _new_run_dir(out, plan.cfg, plan.flops_by_size)
             faults.pause_point("started", 0)

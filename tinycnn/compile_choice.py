@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinycnn.atomic import write_json
+from tinycnn.errors import OutputError
 from tinycnn.models.kernel_choice import machine_file
 from tinycnn.paths import COMPILE_CACHE
 from tinycnn.runtime import Runtime
@@ -183,5 +184,5 @@ def _save(path: Path, key: str, value: bool) -> None:
     """Add one choice to the file, keeping what other processes wrote meanwhile."""
     saved = _read(path)
     saved[key] = value
-    with contextlib.suppress(OSError):  # an unwritable cache costs the timing next time
+    with contextlib.suppress(OSError, OutputError):  # unwritable: timed again next time
         write_json(path, saved)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from tinycnn.atomic import write_json
+from tinycnn.errors import OutputError
 from tinycnn.paths import KERNEL_CACHE
 
 PASSES = ("forward", "input_grad", "weight_grad")
@@ -173,7 +174,7 @@ class KernelChoices:
         except (OSError, ValueError):
             saved = {}
         saved[key] = {**saved.get(key, {}), **self.table[key]}
-        with contextlib.suppress(OSError):  # an unwritable cache costs the timing next time
+        with contextlib.suppress(OSError, OutputError):  # unwritable: timed again next time
             write_json(self.path, saved)
 
 

@@ -16,7 +16,7 @@ import torch
 
 from tinycnn.config import RunConfig
 from tinycnn.data.augment_config import default_crop
-from tinycnn.errors import ConfigError
+from tinycnn.errors import ConfigError, CropError
 from tinycnn.models import create_model, model_options
 
 
@@ -56,14 +56,6 @@ def fit_crop(cfg: RunConfig, image_side: int, num_classes: int) -> RunConfig:
         f"augment.crop={fitted}), or remove augment.crop from the config: unset, it is 7/8 of "
         f"the image side lowered to a side the model takes ({fitted} here)",
     )
-
-
-class CropError(ConfigError):
-    """A set augment.crop that the cache's images (or the model) cannot take."""
-
-    def __init__(self, image_side: int, why: str, message: str) -> None:
-        super().__init__(message)
-        self.image_side, self.why = image_side, why
 
 
 def _model_takes(cfg: RunConfig, side: int, num_classes: int) -> bool:

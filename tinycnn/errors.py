@@ -23,6 +23,14 @@ class ConfigError(TinycnnError):
     """A configuration value is unknown, of the wrong type, or impossible."""
 
 
+class CropError(ConfigError):
+    """A set augment.crop that the cache's images (or the model) cannot take."""
+
+    def __init__(self, image_side: int, why: str, message: str) -> None:
+        super().__init__(message)
+        self.image_side, self.why = image_side, why
+
+
 class OutputError(TinycnnError):
     """An output file cannot be written (disk full, permission denied, read-only file system)."""
 

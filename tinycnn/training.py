@@ -25,9 +25,8 @@ from tinycnn import distributed, faults
 from tinycnn.atomic import remove_stale_temporaries, write_text
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.config import RunConfig, config_from_dict, to_toml
-from tinycnn.crops import CropError
 from tinycnn.epochs import diverged, end_epoch, log_step
-from tinycnn.errors import ConfigError, TrainingDivergedError
+from tinycnn.errors import ConfigError, CropError, TrainingDivergedError
 from tinycnn.models.conv import CHOICES
 from tinycnn.run_folder import METRICS, read_metrics, read_resolved_config, read_steps, run_lock
 from tinycnn.run_plan import RunPlan, plan_run

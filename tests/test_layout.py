@@ -363,11 +363,11 @@ def test_classes_official_on_a_202_class_copy() -> None:
 
 def test_shipped_official_class_list_matches_the_real_archive(full_archive: Path) -> None:
     from tinycnn.data.layout import official_wnids
-    from tinycnn.data.sources import _iter_tar
+    from tinycnn.data.tar_stream import iter_tar
 
     real = next(
         data
-        for name, data in _iter_tar(full_archive, want=lambda n: n.endswith("/wnids.txt"))
+        for name, data in iter_tar(full_archive, want=lambda n: n.endswith("/wnids.txt"))
         if data is not None
     )
     assert official_wnids() == real.decode().split() and len(official_wnids()) == 200

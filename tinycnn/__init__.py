@@ -14,7 +14,8 @@ module goes into it; tests/test_layers.py checks every import against it.
    faults, cores                         the names a user picks from (TTA views, precisions);
                                          the kill tests' pause points; the CPU cores this process
                                          may use
-2. data/                                 files -> cache: sources, layouts, decode (the workers)
+2. data/                                 files -> cache: sources (tar_stream reads .tar.gz),
+                                         layouts, decode (the workers)
                                          and decode_pool (their pool), prepare, cache (its
                                          files' checksums: checksums), splits,
                                          synthetic data (synthetic_images draws it), fetch;
@@ -33,7 +34,8 @@ module goes into it; tests/test_layers.py checks every import against it.
    compile_choice ->                     plan of a run; where train.compile = "auto" compiles;
    session -> steps, epochs, timing ->   a run's state; one step, an epoch's end,
    training                              the wall clock; train(): the loop
-7. members -> evaluation -> ensembles    member specs; evaluate(); ensemble(), probability cache
+7. members, prob_cache ->                member specs, the probability cache; evaluate();
+   evaluation -> ensembles               ensemble()
 8. prediction, export, analysis/,        submissions and image files; ONNX/TorchScript; the report;
    studies                               tinycnn experiment: presets trained and tabulated
 9. demo, cli_args -> cli -> __main__     the demo; the command line, a thin layer over the above:

@@ -17,6 +17,7 @@ with it). A model that fails to compile is trained eager, and the line says why.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -27,7 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinycnn.atomic import write_json
+from tinycnn.data.augment import resize_views
+from tinycnn.distributed import broadcast_object
 from tinycnn.errors import OutputError
+from tinycnn.models.conv import CHOICES
 from tinycnn.models.kernel_choice import machine_file
 from tinycnn.paths import COMPILE_CACHE
 from tinycnn.runtime import Runtime
@@ -186,3 +190,31 @@ def _save(path: Path, key: str, value: bool) -> None:
     saved[key] = value
     with contextlib.suppress(OSError, OutputError):  # unwritable: timed again next time
         write_json(path, saved)
+
+
+def agree_kernels(
+    model: nn.Module, sides: list[int], eval_size: int, batch: int, runtime: Runtime
+) -> None:
+    """Under torchrun, every rank computes with rank 0's Conv3x3 kernels: each rank meets the
+    run's layer shapes now (a training pass at each side the schedule trains at, an evaluation
+    pass at the evaluation side, on a copy of the model and zero images), then takes rank 0's
+    choices. Ranks that chose apart (timing noise, another machine's file) would compute
+    otherwise than a resume, which pins rank 0's choices on every rank."""
+    model = copy.deepcopy(model)
+    views = torch.zeros(batch, 3, eval_size, eval_size, device=runtime.device)
+    views = views.contiguous(memory_format=torch.channels_last)
+    cuda = [runtime.device] if runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # dropout's draws: the run's streams untouched
+        for side in sorted(set(sides)):
+            with runtime.autocast():
+                logits = model.train()(resize_views(views, side))
+            logits.float().sum().backward()
+        with torch.no_grad(), runtime.autocast():
+            model.eval()(views)
+    CHOICES.pin(broadcast_object(CHOICES.used()))
+
+
+def compiled_per_side(model: nn.Module) -> nn.Module:
+    # One static graph per input side (progressive resizing trains at two or three): traced with
+    # dynamic sides, fastnet's adaptive pooling failed in inductor's shape algebra at the second.
+    return torch.compile(model, dynamic=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tinycnn.atomic import copy_file, write_text
 from tinycnn.checkpoint import load_checkpoint
+from tinycnn.errors import ConfigError
 from tinycnn.run_folder import METRICS, STEPS, read_metrics, read_steps
 
 
@@ -88,3 +89,38 @@ def apply_retention(checkpoints: Path, keep: int) -> None:
     snapshots = sorted(checkpoints.glob("iter-*.pt"))  # zero-padded: name order
     for old in snapshots[:-keep]:
         old.unlink(missing_ok=True)
+
+
+# Settings a resumed run may change in its config.toml: where things are (the checks that
+# matter are the data's own: data_id, train_rows), its time budget, and what it writes.
+RESUME_MAY_CHANGE = {
+    "data.cache", "data.exclude", "train.init_from", "train.max_minutes", "train.threads",
+    "train.tensorboard", "train.keep_snapshots", "train.eval_batch_size", "train.log_every",
+}  # fmt: skip
+
+
+def check_same_run(path: Path, payload: dict, config: dict, rows_digest: str) -> None:
+    """Refuse a resume whose config (config.toml, edited or damaged) or training rows (another
+    data.exclude list, holdout) differ from what the checkpoint trained with."""
+    saved = payload.get("config", {})
+    changed = [
+        f"{section}.{key} = {config[section][key]!r} (the run trained with {value!r})"
+        for section, values in saved.items()
+        if isinstance(values, dict) and isinstance(config.get(section), dict)
+        for key, value in values.items()
+        if key in config[section]
+        and f"{section}.{key}" not in RESUME_MAY_CHANGE
+        and config[section][key] != value
+    ]
+    if changed:
+        raise ConfigError(
+            f"{path.parent.parent / 'config.toml'}: not the config {path} trained with: "
+            f"{'; '.join(changed[:5])}; put it back, or train afresh in a new folder "
+            "(--init-from starts from these weights)"
+        )
+    if payload.get("train_rows") and payload["train_rows"] != rows_digest:
+        raise ConfigError(
+            f"{path}: the run trained on other training images than the config gives now "
+            "(data.exclude's list or the holdout changed); put the list back as it was, or "
+            "train afresh in a new folder"
+        )

@@ -4,7 +4,6 @@ by its own methods, which the training loop (training.py) calls."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 from dataclasses import dataclass, field, fields
@@ -21,12 +20,11 @@ from tinycnn.checkpoint import (
     normalization_payload,
     save_checkpoint,
 )
-from tinycnn.compile_choice import SizeDispatch, choose
+from tinycnn.compile_choice import SizeDispatch, agree_kernels, choose, compiled_per_side
 from tinycnn.config import RunConfig, config_to_dict
-from tinycnn.data.augment import resize_views
 from tinycnn.data.cache import Cache
 from tinycnn.data.normalization import Normalization
-from tinycnn.distributed import Dist, broadcast_int, broadcast_object, sync_batch_norm
+from tinycnn.distributed import Dist, broadcast_int, sync_batch_norm
 from tinycnn.ema import make_ema
 from tinycnn.errors import ConfigError
 from tinycnn.models.conv import CHOICES
@@ -34,6 +32,7 @@ from tinycnn.optim import build_optimizer
 from tinycnn.resume import (
     apply_retention,
     best_row,
+    check_same_run,
     kept_metrics,
     restore_best_copy,
     selection_key,
@@ -237,7 +236,7 @@ class Session:
                 f"{self.cache.path}: not the data {path} was trained on (same classes, other "
                 "content); resume with the run's own cache"
             )
-        _check_same_run(path, payload, config_to_dict(self.cfg), self.train_rows_digest)
+        check_same_run(path, payload, config_to_dict(self.cfg), self.train_rows_digest)
         raw = payload.get("train_state", payload["model"]["state"])
         check_state(self.model, raw, str(path))
         self.model.load_state_dict(raw)
@@ -273,41 +272,6 @@ class Session:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-# Settings a resumed run may change in its config.toml: where things are (the checks that
-# matter are the data's own: data_id, train_rows), its time budget, and what it writes.
-RESUME_MAY_CHANGE = {
-    "data.cache", "data.exclude", "train.init_from", "train.max_minutes", "train.threads",
-    "train.tensorboard", "train.keep_snapshots", "train.eval_batch_size", "train.log_every",
-}  # fmt: skip
-
-
-def _check_same_run(path: Path, payload: dict, config: dict, rows_digest: str) -> None:
-    """Refuse a resume whose config (config.toml, edited or damaged) or training rows (another
-    data.exclude list, holdout) differ from what the checkpoint trained with."""
-    saved = payload.get("config", {})
-    changed = [
-        f"{section}.{key} = {config[section][key]!r} (the run trained with {value!r})"
-        for section, values in saved.items()
-        if isinstance(values, dict) and isinstance(config.get(section), dict)
-        for key, value in values.items()
-        if key in config[section]
-        and f"{section}.{key}" not in RESUME_MAY_CHANGE
-        and config[section][key] != value
-    ]
-    if changed:
-        raise ConfigError(
-            f"{path.parent.parent / 'config.toml'}: not the config {path} trained with: "
-            f"{'; '.join(changed[:5])}; put it back, or train afresh in a new folder "
-            "(--init-from starts from these weights)"
-        )
-    if payload.get("train_rows") and payload["train_rows"] != rows_digest:
-        raise ConfigError(
-            f"{path}: the run trained on other training images than the config gives now "
-            "(data.exclude's list or the holdout changed); put the list back as it was, or "
-            "train afresh in a new folder"
-        )
 
 
 def load_session(
@@ -373,9 +337,11 @@ def _step_model(s: Session) -> nn.Module:
     built after the weights are in place (DDP starts from rank 0's anyway)."""
     model, runtime, dist = s.model, s.runtime, s.dist
     if dist.active and s.cfg.train.autotune:
-        _agree_kernels(s)
+        sides = [side for steps, side in s.schedule.phases() if steps > 0]
+        batch = s.cfg.train.batch_size // dist.world
+        agree_kernels(s.model, sides, s.eval_size, batch, runtime)
     choose_sides = s.cfg.train.compile == "auto"
-    compiled = _compiled(model) if choose_sides else None
+    compiled = compiled_per_side(model) if choose_sides else None
     if choose_sides:  # timed on the bare model: DDP's hooks must see only real steps
         s.compile_choices = _compile_choices(s, compiled)
     step_model = model
@@ -386,40 +352,13 @@ def _step_model(s: Session) -> nn.Module:
         step_model = DistributedDataParallel(model, device_ids=[runtime.device] if cuda else None)
         compiled = None  # compile the DDP wrapper instead
     if s.cfg.train.compile is True:  # compiled once per input side; evaluation runs it eager
-        return _compiled(step_model)
+        return compiled_per_side(step_model)
     sides = {side for side, chosen in s.compile_choices.items() if chosen}
     if not choose_sides or not sides:
         return step_model
     # (not `compiled or ...`: a compiled module's truth asks the model for a len() it lacks)
-    compiled = compiled if compiled is not None else _compiled(step_model)
+    compiled = compiled if compiled is not None else compiled_per_side(step_model)
     return SizeDispatch(step_model, compiled, sides)
-
-
-def _agree_kernels(s: Session) -> None:
-    """Under torchrun, every rank computes with rank 0's Conv3x3 kernels: each rank meets the
-    run's layer shapes now (a training pass at each side the schedule trains at, an evaluation
-    pass at the evaluation side, on a copy of the model and zero images), then takes rank 0's
-    choices. Ranks that chose apart (timing noise, another machine's file) would compute
-    otherwise than a resume, which pins rank 0's choices on every rank."""
-    model = copy.deepcopy(s.model)
-    rows = s.cfg.train.batch_size // s.dist.world
-    views = torch.zeros(rows, 3, s.eval_size, s.eval_size, device=s.runtime.device)
-    views = views.contiguous(memory_format=torch.channels_last)
-    cuda = [s.runtime.device] if s.runtime.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):  # dropout's draws: the run's streams untouched
-        for side in sorted({side for steps, side in s.schedule.phases() if steps > 0}):
-            with s.runtime.autocast():
-                logits = model.train()(resize_views(views, side))
-            logits.float().sum().backward()
-        with torch.no_grad(), s.runtime.autocast():
-            model.eval()(views)
-    CHOICES.pin(broadcast_object(CHOICES.used()))
-
-
-def _compiled(model: nn.Module) -> nn.Module:
-    # One static graph per input side (progressive resizing trains at two or three): traced with
-    # dynamic sides, fastnet's adaptive pooling failed in inductor's shape algebra at the second.
-    return torch.compile(model, dynamic=False)
 
 
 def _compile_choices(s: Session, compiled: nn.Module) -> dict[int, bool]:

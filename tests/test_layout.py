@@ -199,6 +199,66 @@ def test_a_damaged_tar_gz_is_a_data_error_naming_it(tmp_path: Path, damage: str)
         TarGzSource(path).names()
 
 
+@pytest.mark.parametrize("keep", [1 << 30, 0])
+def test_a_tar_gz_cut_anywhere_is_a_data_error(tmp_path: Path, keep: int) -> None:
+    # zlib does not raise on a stream cut short; a cut inside a member the scan skips, in a
+    # header or in the trailer lost files without a word. Every cut must be refused.
+    data = _tar_gz(_random_members(12, seed=2), tarfile.GNU_FORMAT)
+    path = tmp_path / "cut.tar.gz"
+    for cut in [0, 10, *range(100, len(data), len(data) // 23), len(data) - 8, len(data) - 1]:
+        path.write_bytes(data[:cut])
+        with pytest.raises(DataError, match=rf"{path}: (corrupt gzip data|truncated)"):
+            TarGzSource(path, keep_bytes=keep).names()
+    path.write_bytes(data)
+    assert len(TarGzSource(path, keep_bytes=keep).names()) == 13  # the whole file still reads
+
+
+def test_a_tar_cut_on_a_block_boundary_and_gzipped_whole_is_refused(tmp_path: Path) -> None:
+    # A complete gzip stream of a tar cut after its 5th member: no end marker, files missing.
+    members = _random_members(12, seed=3)
+    tar = _tar(members, tarfile.GNU_FORMAT)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        sixth = archive.getmembers()[5].offset  # the 6th member's header
+    path = tmp_path / "short.tar.gz"
+    path.write_bytes(gzip.compress(tar[:sixth]))
+    with pytest.raises(DataError, match=rf"{path}: truncated archive \(it ends without"):
+        TarGzSource(path).names()
+
+
+def test_gzip_padding_after_the_last_member_is_read_as_gzip_reads_it(tmp_path: Path) -> None:
+    members = _random_members(3, seed=4)
+    padded = _tar_gz(members, tarfile.GNU_FORMAT) + bytes(5000)
+    assert gzip.decompress(padded) == _tar(members, tarfile.GNU_FORMAT)  # gzip accepts it too
+    path = tmp_path / "padded.tar.gz"
+    path.write_bytes(padded)
+    source = TarGzSource(path)
+    assert dict(source.stream(source.names())) == {n[4:]: d for n, d in members.items()}
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [(tarfile.LNKTYPE, "a hard link to top/a.bin"), (tarfile.SYMTYPE, "a symbolic link to a.bin")],
+)
+def test_a_link_in_a_tar_gz_is_refused_naming_it(tmp_path: Path, kind: bytes, what: str) -> None:
+    # The link's file is another member's bytes (or outside): dropping it loses an image.
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in [("top/wnids.txt", b"n1\n"), ("top/a.bin", b"image")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("top/b.bin")
+        link.type = kind
+        link.linkname = "top/a.bin" if kind == tarfile.LNKTYPE else "a.bin"
+        archive.addfile(link)
+    path = tmp_path / "links.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    with tarfile.open(path) as archive:  # tarfile lists it as a member with a file
+        assert archive.getmember("top/b.bin").issym() or archive.getmember("top/b.bin").islnk()
+    with pytest.raises(DataError, match=rf"{path}: top/b.bin is {what}; .*--hard-dereference"):
+        TarGzSource(path).names()
+
+
 @pytest.mark.parametrize(
     ("names", "message"),
     [

@@ -5,6 +5,8 @@ entries)."""
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import tinycnn.ensembles
 from tests.helpers import (
     FP32,
     SMALL,
@@ -23,6 +26,7 @@ from tests.helpers import (
     fail_writes,
     run_cli,
 )
+from tinycnn import prob_cache
 from tinycnn.checkpoint import save_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config
@@ -191,21 +195,25 @@ def test_member_probabilities_are_cached_by_checkpoint(run, tmp_path: Path, monk
     calls = []
     original = ProbabilityCache.get
 
-    def counting(self, checkpoint, *args):
+    def counting(self, checkpoint_sha256, *args):
         compute = args[-1]
 
         def wrapped():
-            calls.append(checkpoint.name)
+            calls.append(checkpoint_sha256)
             return compute()
 
-        return original(self, checkpoint, *args[:-1], wrapped)
+        return original(self, checkpoint_sha256, *args[:-1], wrapped)
 
     monkeypatch.setattr(ProbabilityCache, "get", counting)
     store = tmp_path / "probs"
+    sha = {
+        n: hashlib.sha256((folder / "checkpoints" / f"epoch-00{n}.pt").read_bytes()).hexdigest()
+        for n in (2, 3, 4)
+    }
     ensemble([f"{folder}@epochs:2,3"], cache, runtime=FP32, prob_cache=store)
-    assert calls == ["epoch-002.pt", "epoch-003.pt"]
+    assert calls == [sha[2], sha[3]]
     ensemble([f"{folder}@epochs:2,3,4"], cache, runtime=FP32, prob_cache=store)
-    assert calls == ["epoch-002.pt", "epoch-003.pt", "epoch-004.pt"]  # one more member: one run
+    assert calls == [sha[2], sha[3], sha[4]]  # one more member: one run
 
 
 def test_cli_ensemble_writes_files_only_with_out(run, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -354,7 +362,7 @@ def test_ensemble_follows_a_rebuilt_cache_whose_source_looks_unchanged(
 
 KEY_CHANGES = {
     "same": lambda k: k,
-    "checkpoint": lambda k: {**k, "checkpoint": k["other_checkpoint"]},
+    "checkpoint": lambda k: {**k, "checkpoint_sha256": k["other_checkpoint"]},
     "data": lambda k: {**k, "cache": SimpleNamespace(content_id="0123456789abcdef")},
     "split": lambda k: {**k, "split": "train"},
     "rows": lambda k: {**k, "split": "tune", "rows": np.array([1, 2, 3])},
@@ -371,19 +379,22 @@ def test_probability_cache_key_covers_everything_probabilities_depend_on(
     payload = torch.load(small.checkpoint, weights_only=True)
     save_checkpoint(other, {**payload, "iteration": payload["iteration"] + 1})
     base = {
-        "checkpoint": small.checkpoint,
+        "checkpoint_sha256": hashlib.sha256(small.checkpoint.read_bytes()).hexdigest(),
         "cache": load_cache(small.cache),
         "split": "val",
         "tta": "center",
         "rows": None,
         "precision": "fp32",
-        "other_checkpoint": other,
+        "other_checkpoint": hashlib.sha256(other.read_bytes()).hexdigest(),
     }
 
     def key(parts: dict) -> str:
         return ProbabilityCache.key(**{k: v for k, v in parts.items() if k != "other_checkpoint"})
 
     keys = {name: key(make(base)) for name, make in KEY_CHANGES.items()}
+    with pytest.MonkeyPatch.context() as patch:  # entries of an older format are never read
+        patch.setattr(prob_cache, "FORMAT", prob_cache.FORMAT + 1)
+        keys["format"] = key(base)
     assert key(base) == keys["same"]  # stable
     assert len(set(keys.values())) == len(keys), keys  # every change gives its own key
 
@@ -442,36 +453,110 @@ def _exponent_flipped(probs: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
-@pytest.mark.parametrize(
-    ("damage", "why"),
-    [
-        (_exponent_flipped, "values outside|sums to"),
-        (lambda p: p * 1e6, "values outside"),
-        (lambda p: p.T.copy(), "shape"),
-        (lambda p: np.roll(p, 1, axis=1) * 0.5, "sums to"),
-    ],
-    ids=["exponent-bit", "huge", "transposed", "half"],
-)
-def test_a_damaged_cached_entry_is_computed_again(
-    small: Small, tmp_path: Path, damage, why: str
-) -> None:
-    store = tmp_path / "probs"
+def _mantissa_flipped(probs: np.ndarray) -> np.ndarray:
+    bits = probs.copy().view(np.uint32)
+    bits[0, 0] ^= 1 << 3  # a change of ~1e-6: every value in range, the row still sums to 1
+    return bits.view(np.float32)
+
+
+def _save_bytes(probs: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, probs)
+    return buffer.getvalue()
+
+
+DAMAGES = {
+    "exponent-bit": (_exponent_flipped, "values outside|sums to"),
+    "mantissa-bit": (_mantissa_flipped, None),  # plausible: only the entry's digest tells
+    "huge": (lambda p: p * 1e6, "values outside"),
+    "transposed": (lambda p: p.T.copy(), "shape"),
+    "half": (lambda p: np.roll(p, 1, axis=1) * 0.5, "sums to"),
+}
+
+
+def _fp32_entry(small: Small, store: Path):
     fp32 = make_runtime("cpu", "fp32", channels_last=False, threads=1)
     first = ensemble([str(small.checkpoint)], small.cache, runtime=fp32, prob_cache=store)
     [entry] = store.iterdir()
-    np.save(entry, damage(np.load(entry)))
+    key, _, digest = entry.stem.rpartition("-")
+    assert digest == hashlib.sha256(entry.read_bytes()).hexdigest()[:32]  # named by its bytes
+    return fp32, first, entry, key
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+@pytest.mark.parametrize("where", ["in place", "renamed to its digest"])
+def test_a_damaged_cached_entry_is_computed_again(
+    small: Small, tmp_path: Path, damage: str, where: str
+) -> None:
+    store = tmp_path / "probs"
+    fp32, first, entry, key = _fp32_entry(small, store)
+    make, why = DAMAGES[damage]
+    data = _save_bytes(make(np.load(entry)))
+    if where == "in place":  # flipped bits on a disk: the name's digest no longer matches
+        entry.write_bytes(data)
+        why = "its bytes do not match their digest"
+    elif why is None:
+        return  # a plausible array under a matching digest is an entry like any other
+    else:  # written whole with a matching name (a bug, not a disk): the values are checked too
+        entry.unlink()
+        (store / f"{key}-{hashlib.sha256(data).hexdigest()[:32]}.npy").write_bytes(data)
     with pytest.warns(ProbabilityCacheWarning, match=f"damaged cached probabilities .*({why})"):
         again = ensemble([str(small.checkpoint)], small.cache, runtime=fp32, prob_cache=store)
     np.testing.assert_array_equal(first.probabilities, again.probabilities)
     assert again.members[0]["top1_error"] == first.members[0]["top1_error"]
+    assert [p.stem for p in store.iterdir()] == [entry.stem]  # the damaged one replaced
 
 
-def test_an_unreadable_cached_entry_is_computed_again(small: Small, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["truncated", "empty", "empty, named by its digest", "npz"])
+def test_an_unreadable_cached_entry_is_computed_again(
+    small: Small, tmp_path: Path, kind: str
+) -> None:
     store = tmp_path / "probs"
-    fp32 = make_runtime("cpu", "fp32", channels_last=False, threads=1)
-    first = ensemble([str(small.checkpoint)], small.cache, runtime=fp32, prob_cache=store)
-    [entry] = store.iterdir()
-    entry.write_bytes(entry.read_bytes()[:50])  # truncated
-    with pytest.warns(ProbabilityCacheWarning, match="unreadable cached probabilities"):
+    fp32, first, entry, key = _fp32_entry(small, store)
+    if kind == "truncated":
+        entry.write_bytes(entry.read_bytes()[:50])
+        why = "do not match their digest"
+    elif kind == "empty":
+        entry.write_bytes(b"")
+        why = "do not match their digest"
+    else:  # bytes np.load cannot read as an array, under a matching name
+        data = b"" if kind.startswith("empty") else _npz_bytes(np.load(entry))
+        entry.unlink()
+        (store / f"{key}-{hashlib.sha256(data).hexdigest()[:32]}.npy").write_bytes(data)
+        why = "unreadable: EOFError" if kind.startswith("empty") else "not an .npy array"
+    with pytest.warns(ProbabilityCacheWarning, match=f"damaged cached probabilities .*{why}"):
         again = ensemble([str(small.checkpoint)], small.cache, runtime=fp32, prob_cache=store)
     np.testing.assert_array_equal(first.probabilities, again.probabilities)
+
+
+def _npz_bytes(probs: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, probs=probs)
+    return buffer.getvalue()
+
+
+def test_a_checkpoint_replaced_while_its_probabilities_are_computed_is_not_served_them(
+    small: Small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A training run may copy a better epoch to best.pt while `ensemble` or `report` reads it:
+    # the probabilities computed from the old bytes must not be cached under the new file's.
+    member, other = tmp_path / "best.pt", tmp_path / "other.pt"
+    shutil.copy(small.checkpoint, member)
+    payload = torch.load(small.checkpoint, weights_only=True)
+    state = payload["model"]["state"]
+    payload["model"]["state"] = {k: -v if v.dim() >= 2 else v for k, v in state.items()}
+    save_checkpoint(other, payload)
+    store = tmp_path / "probs"
+
+    def load_then_replace(path, runtime):
+        loaded = load_model(path, runtime)
+        os.replace(shutil.copy(other, tmp_path / "copy.pt"), member)  # as copy_file does
+        return loaded
+
+    monkeypatch.setattr(tinycnn.ensembles, "load_model", load_then_replace)
+    first = ensemble([str(member)], small.cache, runtime=FP32, prob_cache=store)
+    monkeypatch.setattr(tinycnn.ensembles, "load_model", load_model)
+    second = ensemble([str(member)], small.cache, runtime=FP32, prob_cache=store)
+    fresh = ensemble([str(other)], small.cache, runtime=FP32, prob_cache=None)
+    np.testing.assert_array_equal(second.probabilities, fresh.probabilities)
+    assert not np.array_equal(first.probabilities, second.probabilities)

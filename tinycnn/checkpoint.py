@@ -9,6 +9,8 @@ runs no pickled code.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 import re
 import zipfile
@@ -47,17 +49,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     one (an entry whose bytes fail their CRC-32, e.g. flipped bits in a tensor), a pickled
     object (e.g. a whole model from ``torch.save(model)``), a bare state dict, another format.
     """
-    path = Path(path)
+    return _read(Path(path), digest=False)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
+    """load_checkpoint's payload and the sha256 of the very bytes it came from.
+
+    The file is read once, so a checkpoint replaced meanwhile (a training run copying a better
+    epoch to best.pt) can neither mix two versions nor be named by the other's digest.
+    """
+    return _read(Path(path), digest=True)
+
+
+def _read(path: Path, digest: bool) -> tuple[dict[str, Any], str]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if not zipfile.is_zipfile(path):  # every torch.save since 1.6 is a zip archive
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: not readable ({exc.strerror or exc})") from None
+    if not zipfile.is_zipfile(io.BytesIO(data)):  # every torch.save since 1.6 is a zip archive
         raise CheckpointError(
             f"{path}: not a readable checkpoint (not a PyTorch zip archive: truncated, or "
             "another kind of file)"
         )
-    _verify_entries(path)
+    _verify_entries(path, data)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused a class: a pickled object
         raise CheckpointError(f"{path}: {_pickled_object(exc)}") from None
     except Exception as exc:  # a damaged archive: say which, without the traceback
@@ -68,19 +86,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: checkpoint format {payload.get('format')}, this tinycnn reads format {FORMAT}"
         )
-    return payload
+    return payload, hashlib.sha256(data).hexdigest() if digest else ""
 
 
-def _verify_entries(path: Path) -> None:
-    """CheckpointError naming the first entry of the archive whose bytes fail their CRC-32.
+def _verify_entries(path: Path, data: bytes) -> None:
+    """CheckpointError naming the first entry of the archive (path's bytes, data) whose bytes
+    fail their CRC-32.
 
     torch.load reads tensor bytes without checking them, so flipped bits on a disk or in a copy
-    would load as wrong weights in silence. The check reads the file once more, at about 3 GB/s
-    from a warm page cache: ~0.01 s for 27 MB (1.2 to 1.6 times torch.load's own time), ~0.06 s
-    for 200 MB (0.4 times), on 2 busy CPU cores (bench/checkpoint_verify.py).
+    would load as wrong weights in silence. The check reads the bytes once more, at about 3 GB/s:
+    ~0.01 s for 27 MB (1.2 to 1.6 times torch.load's own time), ~0.06 s for 200 MB (0.4 times),
+    on 2 busy CPU cores (bench/checkpoint_verify.py).
     """
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             for entry in archive.infolist():
                 # CRC 0 on a non-empty entry: written without checksums (torch's
                 # serialization config save.compute_crc32 = False), so nothing to check.

@@ -121,7 +121,7 @@ def member_probabilities(
 
         name, rows = split_rows(cache, split, loaded.config, option)
         precision = runtime.precision
-        probs.append(prob_cache.get(path, cache, split, tta, rows, precision, compute))
+        probs.append(prob_cache.get(loaded.sha256, cache, split, tta, rows, precision, compute))
         if labels is None:  # the labels alone: no copy of the images
             split_labels = cache.split(name).labels
             labels = torch.from_numpy(

@@ -17,9 +17,9 @@ from tqdm import tqdm
 from tinycnn import distributed
 from tinycnn.checkpoint import (
     check_classes,
-    load_checkpoint,
     model_from_checkpoint,
     normalization_from_payload,
+    read_checkpoint,
 )
 from tinycnn.choices import TTA_VIEWS
 from tinycnn.data.augment import center_crop, flip_views, resize_views, ten_crop
@@ -115,6 +115,7 @@ class LoadedModel:
     iteration: int
     runtime: Runtime
     resize: int | None = None  # the side views are resized to for the model (None: the crop's)
+    sha256: str = ""  # of the checkpoint's bytes as they were loaded (the probability cache's key)
 
     def logits(
         self,
@@ -158,7 +159,7 @@ class LoadedModel:
 def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
     """Returns a LoadedModel: a checkpoint ready for inference on runtime's device."""
     runtime = runtime or make_runtime()
-    payload = load_checkpoint(path)
+    payload, sha256 = read_checkpoint(path)
     model = runtime.prepare_model(model_from_checkpoint(payload, path)).eval()
     return LoadedModel(
         path=Path(path),
@@ -172,6 +173,7 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
         iteration=payload["iteration"],
         runtime=runtime,
         resize=payload.get("resize"),
+        sha256=sha256,
     )
 
 

@@ -34,7 +34,7 @@ def split_probabilities(
         return loaded.logits(images, progress=bar).softmax(1).numpy()
 
     precision = loaded.runtime.precision
-    probs = store.get(loaded.path, cache, split, "center", rows, precision, compute)
+    probs = store.get(loaded.sha256, cache, split, "center", rows, precision, compute)
     return probs, labels
 
 
@@ -49,7 +49,7 @@ def train_probabilities(
         return loaded.logits(images, progress=bar).softmax(1).numpy()
 
     precision = loaded.runtime.precision
-    return store.get(loaded.path, cache, "train", "center", rows, precision, compute)
+    return store.get(loaded.sha256, cache, "train", "center", rows, precision, compute)
 
 
 def holdout(config: dict) -> tuple[int, int]:

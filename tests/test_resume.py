@@ -30,6 +30,7 @@ from tests.helpers import (
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config
+from tinycnn.resume import restore_best_copy
 from tinycnn.run_folder import read_metrics
 from tinycnn.training import train
 
@@ -80,6 +81,7 @@ def _run_record(run: Path) -> dict:
             "metrics": payload["metrics"]
             and {k: v for k, v in payload["metrics"].items() if k not in TIMING},
             "state": payload["model"]["state"],
+            "fields": sorted(payload),  # best.pt without the resume-only state, as written
         }
     return {"metrics": metrics, "steps": steps, "checkpoints": checkpoints}
 
@@ -90,7 +92,7 @@ def _assert_same_run(got: dict, expected: dict, where: str) -> None:
     assert sorted(got["checkpoints"]) == sorted(expected["checkpoints"]), where
     for name, want in expected["checkpoints"].items():
         have = got["checkpoints"][name]
-        for key in ("iteration", "best_error", "metrics"):
+        for key in ("iteration", "best_error", "metrics", "fields"):
             assert have[key] == want[key], f"{where}: {name} {key}"
         for tensor_name, tensor in want["state"].items():
             assert torch.equal(have["state"][tensor_name], tensor), f"{where}: {name}"
@@ -119,6 +121,22 @@ def test_a_kill_at_any_phase_then_resume_equals_the_uninterrupted_run(
     with ThreadPoolExecutor(2) as pool:
         for where, record in pool.map(one, PHASES):
             _assert_same_run(record, uninterrupted, where)
+
+
+@pytest.mark.parametrize(
+    ("best_epoch", "source"), [(2, "epoch-002.pt"), (1, "epoch-001.pt"), (2.5, "last.pt")]
+)
+def test_best_pt_remade_at_a_resume_is_the_file_the_run_would_have_copied(
+    tmp_path: Path, best_epoch: float, source: str
+) -> None:
+    # The run copies a whole epoch's snapshot (no optimiser state) to best.pt, and last.pt only
+    # where a budget ended mid-epoch; a kill before that copy leaves it to the resume.
+    for name in ("epoch-001.pt", "epoch-002.pt", "last.pt"):
+        (tmp_path / name).write_bytes(name.encode())  # stand-ins: only which file is copied
+    resume_iteration = 25 if best_epoch == 2.5 else 20
+    best = {"epoch": best_epoch, "iteration": int(best_epoch * 10)}
+    restore_best_copy(tmp_path, best, resume_iteration)
+    assert (tmp_path / "best.pt").read_bytes() == source.encode()
 
 
 def test_every_checkpoint_remembers_the_best_error_including_its_own(
@@ -404,6 +422,38 @@ def test_a_resume_refuses_a_config_toml_edited_since_the_run_trained(
     assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 4  # untouched
     # A time budget is the run's to change (as its message on a used budget says).
     config.write_text(text.replace("max_minutes = 0.0", "max_minutes = 30.0", 1))
+    assert main(["train", "--resume", str(out), "-q"]) == 0
+
+
+def test_a_resume_compares_model_options_as_the_model_resolves_them(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    # [model] options are the keys a config sets: one deleted or added must not slip through
+    # as "not in both files" (the model would rebuild with its default: dropout 0.0, not 0.3).
+    out = tmp_path / "run"
+    _stopped(cache, out)
+    config = out / "config.toml"
+    text = config.read_text()
+    assert "dropout = 0.3\n" in text and "activation" not in text
+    edits = {
+        "dropout deleted": (text.replace("dropout = 0.3\n", ""), "model.dropout = 0.0"),
+        "activation added": (
+            text.replace("[model]\n", '[model]\nactivation = "prelu"\n'),
+            "model.activation = 'prelu'",
+        ),
+    }
+    for name, (edited, words) in edits.items():
+        config.write_text(edited)
+        capsys.readouterr()
+        assert main(["train", "--resume", str(out), "-q"]) == 1, name
+        err = capsys.readouterr().err
+        assert f"{words} (the run trained with" in err, (name, err)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 4  # untouched
+    # Defaults written out resolve to the same model (a list as the default's tuple): it goes on.
+    assert "pool_after" not in text
+    config.write_text(
+        text.replace("[model]\n", '[model]\nactivation = "relu"\npool_after = [0, 1, 2]\n')
+    )
     assert main(["train", "--resume", str(out), "-q"]) == 0
 
 

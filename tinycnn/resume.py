@@ -13,6 +13,7 @@ from pathlib import Path
 from tinycnn.atomic import copy_file, write_text
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.errors import ConfigError
+from tinycnn.models.registry import model_options
 from tinycnn.run_folder import METRICS, STEPS, read_metrics, read_steps
 
 
@@ -74,11 +75,12 @@ def restore_best_copy(checkpoints: Path, best: dict | None, resume_iteration: in
         return
     if path.exists() and load_checkpoint(path)["iteration"] == best["iteration"]:
         return
-    if best["iteration"] == resume_iteration:
-        source = checkpoints / "last.pt"
-    else:
-        source = checkpoints / f"epoch-{int(best['epoch']):03d}.pt"
-    copy_file(source, path)
+    # As the run copies it (epochs.save_epoch): a whole epoch's snapshot (written before
+    # last.pt, so there at the resume point too), or last.pt where a budget ended mid-epoch.
+    snapshot = checkpoints / f"epoch-{int(best['epoch']):03d}.pt"
+    whole_epoch = float(best["epoch"]).is_integer()
+    mid_epoch = best["iteration"] == resume_iteration and not whole_epoch
+    copy_file(checkpoints / "last.pt" if mid_epoch else snapshot, path)
 
 
 def apply_retention(checkpoints: Path, keep: int) -> None:
@@ -99,18 +101,46 @@ RESUME_MAY_CHANGE = {
 }  # fmt: skip
 
 
+_UNSET = object()
+
+
+def _with_model_defaults(config: dict) -> dict:
+    """config with its [model] options completed by the model's defaults (when it is known)."""
+    model = config.get("model")
+    if not isinstance(model, dict):
+        return config
+    try:
+        defaults = model_options(model.get("name", ""))
+    except ConfigError:  # a model this tinycnn does not know: compared as written
+        return config
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    return {**config, "model": {**defaults, **model}}
+
+
 def check_same_run(path: Path, payload: dict, config: dict, rows_digest: str) -> None:
     """Refuse a resume whose config (config.toml, edited or damaged) or training rows (another
-    data.exclude list, holdout) differ from what the checkpoint trained with."""
-    saved = payload.get("config", {})
+    data.exclude list, holdout) differ from what the checkpoint trained with.
+
+    Model options are compared as the model resolves them: an option set in one config and
+    left out of the other stands at the model's default there (deleting ``dropout = 0.3``
+    would resume with 0.5).
+    """
+    saved = _with_model_defaults(payload.get("config", {}))
+    config = _with_model_defaults(config)
     changed = [
-        f"{section}.{key} = {config[section][key]!r} (the run trained with {value!r})"
+        f"{section}.{key} = {config[section].get(key, '(unset)')!r} (the run trained with "
+        f"{value!r})"
         for section, values in saved.items()
         if isinstance(values, dict) and isinstance(config.get(section), dict)
         for key, value in values.items()
-        if key in config[section]
+        if (key in config[section] or section == "model")
         and f"{section}.{key}" not in RESUME_MAY_CHANGE
-        and config[section][key] != value
+        and config[section].get(key, _UNSET) != value
+    ]
+    changed += [  # model options the run did not have (and its model does not know)
+        f"model.{key} = {value!r} (the run trained without it)"
+        for key, value in config.get("model", {}).items()
+        if key not in saved.get("model", {}) and "model" in saved
     ]
     if changed:
         raise ConfigError(

@@ -17,7 +17,7 @@ import torch
 
 from tests.helpers import fail_fsync, fail_writes, train_argv
 from tinycnn import atomic
-from tinycnn.atomic import save_npy, write_json, write_text
+from tinycnn.atomic import save_npy, update_json, write_json, write_text
 from tinycnn.checkpoint import load_checkpoint, save_checkpoint
 from tinycnn.cli import main
 from tinycnn.errors import OutputError
@@ -123,3 +123,33 @@ def test_start_and_resume_remove_the_temporaries_of_killed_processes_only(
         for path in kept:
             path.unlink()
     assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 2
+
+
+_ADD_KEYS = """
+import sys
+from tinycnn.atomic import update_json
+path, prefix = sys.argv[1], sys.argv[2]
+for i in range(150):
+    update_json(path, lambda saved: saved.update({f"{prefix}{i}": i}))
+"""
+
+
+def test_update_json_from_two_processes_at_once_keeps_every_key(tmp_path: Path) -> None:
+    # The machine files of kernel and compile choices are shared by every run on a machine:
+    # a read-modify-write without a lock lost about half of two writers' keys.
+    path = tmp_path / "choices.json"
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _ADD_KEYS, str(path), prefix])
+        for prefix in ("a", "b")
+    ]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    saved = json.loads(path.read_text())
+    assert saved == {f"{p}{i}": i for p in ("a", "b") for i in range(150)}
+
+
+def test_update_json_starts_from_nothing_over_a_damaged_file(tmp_path: Path) -> None:
+    path = tmp_path / "choices.json"
+    for damaged in ("{not json", "[1, 2]"):
+        path.write_text(damaged)
+        update_json(path, lambda saved: saved.update(x=1))
+        assert json.loads(path.read_text()) == {"x": 1}

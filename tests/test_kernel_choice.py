@@ -325,15 +325,15 @@ def test_a_machine_file_that_cannot_be_written_costs_the_timing_not_the_run(
     # A full disk reaches here as tinycnn's OutputError (atomic.py), not an OSError: it escaped
     # into a TorchScript export's trace once, when a shape was first timed there.
     import tinycnn.compile_choice as compile_choice
-    import tinycnn.models.kernel_choice as kernel_choice
+    from tinycnn import atomic
     from tinycnn.errors import OutputError
 
     def full_disk(path, obj):
         raise OutputError(f"{path}: cannot write (disk full)")
 
-    monkeypatch.setattr(kernel_choice, "write_json", full_disk)
+    monkeypatch.setattr(atomic, "write_json", full_disk)  # what both files are written by
     choices = KernelChoices(tmp_path / "kernels.json")
     chosen = choices.choose("8x8@4x4:float32:t1", ("forward",), lambda name: (1.0, 0.5))
     assert chosen == {"forward": True}
-    monkeypatch.setattr(compile_choice, "write_json", full_disk)
     compile_choice._save(tmp_path / "compile.json", "key", True)  # no error either
+    assert not (tmp_path / "kernels.json").exists() and not (tmp_path / "compile.json").exists()

@@ -25,6 +25,11 @@ import numpy as np
 
 from tinycnn.errors import OutputError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
+
 # errno -> (reason, what to do), for the failures people meet when writing results.
 _WRITE_FAILURES = {
     errno.ENOSPC: ("disk full", "free some space or write elsewhere"),
@@ -168,6 +173,42 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def update_json(path: str | Path, change) -> None:
+    """change(obj) on the JSON object in path ({} when there is none or it is unreadable), then
+    written back atomically, the whole under an exclusive lock on the sibling PATH.lock: two
+    processes adding keys at once keep both's (read-modify-write without it loses one's).
+
+    Where the system has no advisory locks (Windows, some network file systems) or the lock
+    file cannot be made, it goes on unlocked. OutputError as write_json.
+    """
+    path = Path(path)
+    with _locked(path.with_name(path.name + ".lock")):
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = None
+        saved = saved if isinstance(saved, dict) else {}
+        change(saved)
+        write_json(path, saved)
+
+
+@contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # e.g. ENOLCK: unlocked, as without fcntl
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:

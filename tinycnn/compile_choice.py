@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinycnn.atomic import write_json
+from tinycnn.atomic import update_json
 from tinycnn.data.augment import resize_views
 from tinycnn.distributed import broadcast_object
 from tinycnn.errors import OutputError
@@ -186,10 +186,8 @@ def _read(path: Path) -> dict:
 
 def _save(path: Path, key: str, value: bool) -> None:
     """Add one choice to the file, keeping what other processes wrote meanwhile."""
-    saved = _read(path)
-    saved[key] = value
     with contextlib.suppress(OSError, OutputError):  # unwritable: timed again next time
-        write_json(path, saved)
+        update_json(path, lambda saved: saved.update({key: value}))
 
 
 def agree_kernels(

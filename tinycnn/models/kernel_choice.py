@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from tinycnn.atomic import write_json
+from tinycnn.atomic import update_json
 from tinycnn.errors import OutputError
 from tinycnn.paths import KERNEL_CACHE
 
@@ -168,14 +168,12 @@ class KernelChoices:
         """Add this shape's choices to the file, keeping what other processes wrote meanwhile."""
         if self.path is None:
             return
-        try:
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
-            saved = saved if isinstance(saved, dict) else {}
-        except (OSError, ValueError):
-            saved = {}
-        saved[key] = {**saved.get(key, {}), **self.table[key]}
+
+        def add(saved: dict) -> None:
+            saved[key] = {**saved.get(key, {}), **self.table[key]}
+
         with contextlib.suppress(OSError, OutputError):  # unwritable: timed again next time
-            write_json(self.path, saved)
+            update_json(self.path, add)
 
 
 def machine_file(root: Path = KERNEL_CACHE) -> Path:

@@ -185,13 +185,18 @@ def update_json(path: str | Path, change) -> None:
     """
     path = Path(path)
     with _locked(path.with_name(path.name + ".lock")):
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = None
-        saved = saved if isinstance(saved, dict) else {}
+        saved = read_json_object(path)
         change(saved)
         write_json(path, saved)
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in path; {} when there is none, or it is unreadable or not an object."""
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 @contextmanager

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinycnn.atomic import update_json
+from tinycnn.atomic import read_json_object, update_json
 from tinycnn.data.augment import resize_views
 from tinycnn.distributed import broadcast_object
 from tinycnn.errors import OutputError
@@ -78,7 +78,7 @@ def choose(
     """
     pinned = pinned or {}
     path = path or machine_file(COMPILE_CACHE)
-    saved = _read(path)
+    saved = read_json_object(path)  # none yet, or unreadable: timed again
     choices, timed, spent = {}, [], 0.0
     for side in sides:
         key = choice_key(model, batch, side, runtime, setting)
@@ -174,14 +174,6 @@ def measure(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _read(path: Path) -> dict:
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # none yet, or unreadable: time again
-        return {}
-    return saved if isinstance(saved, dict) else {}
 
 
 def _save(path: Path, key: str, value: bool) -> None:

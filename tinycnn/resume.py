@@ -101,9 +101,6 @@ RESUME_MAY_CHANGE = {
 }  # fmt: skip
 
 
-_UNSET = object()
-
-
 def _with_model_defaults(config: dict) -> dict:
     """config with its [model] options completed by the model's defaults (when it is known)."""
     model = config.get("model")
@@ -117,6 +114,21 @@ def _with_model_defaults(config: dict) -> dict:
     return {**config, "model": {**defaults, **model}}
 
 
+def _changes(saved: dict, config: dict) -> list[str]:
+    """'section.key = now (the run trained with before)' for each setting both configs hold
+    that differs (a key in one only is another tinycnn version's field; model options are
+    complete on both sides, _with_model_defaults)."""
+    return [
+        f"{section}.{key} = {config[section][key]!r} (the run trained with {value!r})"
+        for section, values in saved.items()
+        if isinstance(values, dict) and isinstance(config.get(section), dict)
+        for key, value in values.items()
+        if key in config[section]
+        and f"{section}.{key}" not in RESUME_MAY_CHANGE
+        and config[section][key] != value
+    ]
+
+
 def check_same_run(path: Path, payload: dict, config: dict, rows_digest: str) -> None:
     """Refuse a resume whose config (config.toml, edited or damaged) or training rows (another
     data.exclude list, holdout) differ from what the checkpoint trained with.
@@ -125,23 +137,9 @@ def check_same_run(path: Path, payload: dict, config: dict, rows_digest: str) ->
     left out of the other stands at the model's default there (deleting ``dropout = 0.3``
     would resume with 0.5).
     """
-    saved = _with_model_defaults(payload.get("config", {}))
-    config = _with_model_defaults(config)
-    changed = [
-        f"{section}.{key} = {config[section].get(key, '(unset)')!r} (the run trained with "
-        f"{value!r})"
-        for section, values in saved.items()
-        if isinstance(values, dict) and isinstance(config.get(section), dict)
-        for key, value in values.items()
-        if (key in config[section] or section == "model")
-        and f"{section}.{key}" not in RESUME_MAY_CHANGE
-        and config[section].get(key, _UNSET) != value
-    ]
-    changed += [  # model options the run did not have (and its model does not know)
-        f"model.{key} = {value!r} (the run trained without it)"
-        for key, value in config.get("model", {}).items()
-        if key not in saved.get("model", {}) and "model" in saved
-    ]
+    changed = _changes(
+        _with_model_defaults(payload.get("config", {})), _with_model_defaults(config)
+    )
     if changed:
         raise ConfigError(
             f"{path.parent.parent / 'config.toml'}: not the config {path} trained with: "

@@ -127,7 +127,11 @@ class _TarBuffer:
         return out
 
     def skip(self, n: int, name: str) -> None:
-        self.take_all(n, name)
+        """take_all without copying the bytes out (most of a scan's members are skipped)."""
+        self._fill(n)
+        if len(self._chunks) - self._pos < n:
+            raise DataError(f"{self.path}: truncated archive (it ends inside {name})")
+        self._pos += n
 
     def drain(self) -> None:
         """Read to the end of the stream (each gzip member's length and CRC checked)."""

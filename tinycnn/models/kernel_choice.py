@@ -18,7 +18,6 @@ autotuning off (train.autotune = false) the static rules decide every shape.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from tinycnn.atomic import update_json
+from tinycnn.atomic import read_json_object, update_json
 from tinycnn.errors import OutputError
 from tinycnn.paths import KERNEL_CACHE
 
@@ -154,15 +153,11 @@ class KernelChoices:
         if self._loaded or self.path is None:
             return
         self._loaded = True
-        try:
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # none yet, or unreadable: time again
-            return
-        if isinstance(saved, dict):
-            for key, value in saved.items():
-                if isinstance(value, dict):
-                    known = {p: v for p, v in value.items() if p in PASSES and isinstance(v, bool)}
-                    self.table.setdefault(key, {}).update(known)
+        # None yet, or unreadable: timed again.
+        for key, value in read_json_object(self.path).items():
+            if isinstance(value, dict):
+                known = {p: v for p, v in value.items() if p in PASSES and isinstance(v, bool)}
+                self.table.setdefault(key, {}).update(known)
 
     def _save(self, key: str) -> None:
         """Add this shape's choices to the file, keeping what other processes wrote meanwhile."""

@@ -13,7 +13,7 @@ stops the run on a dtype mismatch, or rounds it to fp32 noise, which a float64 b
 
 import torch
 
-from tinycnn.cli import main
+from tinycnn.cli import run
 from tinycnn.data import augment, normalization
 
 
@@ -26,4 +26,4 @@ def use_float64() -> None:
 
 if __name__ == "__main__":
     use_float64()
-    raise SystemExit(main())
+    run()

@@ -414,3 +414,35 @@ def test_experiment_under_torchrun_trains_tabulates_and_reports_once(
     again = _run(_torchrun(*args))
     assert again.stdout.count("wrote ") == 1
     assert json.loads((tmp_path / "study" / "table.json").read_text()) == rows
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_torchrun_process_ends_with_main_s_status_and_no_teardown(
+    joined: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process that joined a job runs the exit handlers and exits at once (os._exit) with main's
+    # status: the interpreter's teardown could abort a finished job (distributed.exit_process).
+    # Any other process exits the ordinary way, by SystemExit.
+    import atexit
+
+    from tinycnn import cli, distributed
+
+    calls: list = []
+
+    class Exited(Exception):
+        pass
+
+    def hard_exit(code: int) -> None:
+        calls.append(("os._exit", code))
+        raise Exited
+
+    monkeypatch.setattr(distributed, "_joined", joined)
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: calls.append("exit handlers"))
+    monkeypatch.setattr(os, "_exit", hard_exit)
+    with pytest.raises(Exited if joined else SystemExit) as ended:
+        cli.run()
+    if joined:
+        assert calls == ["exit handlers", ("os._exit", 3)]
+    else:
+        assert calls == [] and ended.value.code == 3

@@ -1,3 +1,3 @@
-from tinycnn.cli import main
+from tinycnn.cli import run
 
-raise SystemExit(main())
+run()

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from tinycnn import cli_args
 from tinycnn.errors import ConfigError, Interrupted, TinycnnError
@@ -368,6 +369,16 @@ def _rank_args(args: argparse.Namespace, scratch: Path | None) -> argparse.Names
             if getattr(args, name, None):
                 changes[name] = str(scratch / Path(getattr(args, name)).name)
     return argparse.Namespace(**{**vars(args), **changes})
+
+
+def run() -> NoReturn:
+    """The process's entry (the ``tinycnn`` script, ``python -m tinycnn``): main's status as the
+    exit status; a process of a torchrun job exits without the interpreter's teardown
+    (``distributed.exit_process`` says why)."""
+    code = main()
+    if "tinycnn.distributed" in sys.modules and sys.modules["tinycnn.distributed"].joined():
+        sys.modules["tinycnn.distributed"].exit_process(code)
+    raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

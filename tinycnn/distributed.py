@@ -21,9 +21,12 @@ How the work is split, so that one process and N give the same run:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -70,13 +73,18 @@ def from_env() -> Dist:
     )
 
 
+_joined = False  # this process joined a process group (init), even if it has left it since
+
+
 def init(device: torch.device) -> Dist:
     """Join torchrun's process group if there is a job of several processes; returns who we are.
 
     device: this process's device (cuda:LOCAL_RANK on GPUs): NCCL for CUDA, gloo otherwise.
     """
+    global _joined
     env = from_env()
     if env.active and not dist.is_initialized():
+        _joined = True
         backend = "nccl" if device.type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(device)  # object collectives (broadcast_int) use it
@@ -160,6 +168,28 @@ def shutdown() -> None:
         with contextlib.suppress(RuntimeError):  # fails at once where a peer is gone
             dist.barrier()
         dist.destroy_process_group()
+
+
+def joined() -> bool:
+    """Whether this process joined a torchrun job's process group."""
+    return _joined
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a process of a torchrun job, its work saved and the group left (``shutdown``): run
+    the exit handlers, flush the streams, and exit without tearing the interpreter down.
+
+    The teardown destroys torch's C++ objects in no set order, and after a complete, saved run one
+    of them could end the process with "terminate called without an active exception" (SIGABRT;
+    seen once, in CI, in a compiled DDP job on gloo): torchrun then failed the job and stopped the
+    other ranks. Nothing of tinycnn's waits for the teardown: files are written and closed before
+    ``main`` returns.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed stream (a broken pipe) has nothing left
+            stream.flush()
+    os._exit(code)
 
 
 def barrier() -> None:

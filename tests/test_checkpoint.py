@@ -250,3 +250,27 @@ def test_bad_checkpoints_are_one_line_in_every_command(
     line = assert_one_line_error(code, err, f"{path}: ", BAD_CHECKPOINTS[kind][1])
     assert "weights_only" not in line and "trust" not in line  # none of torch's advice
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_read_checkpoint_hashes_checks_and_loads_one_version(tmp_path: Path, monkeypatch) -> None:
+    # A checkpoint replaced (by a rename, as every writer does) while it is read: the payload and
+    # the digest are both the version that was opened, the digest that of its bytes (hashlib over
+    # the file, read before the replacement).
+    import hashlib
+
+    import tinycnn.checkpoint as checkpoint
+
+    path, newer = tmp_path / "best.pt", tmp_path / "newer.pt"
+    save_checkpoint(path, {"epoch": 1, "model": {"state": {"w": torch.ones(64, 64)}}})
+    save_checkpoint(newer, {"epoch": 2, "model": {"state": {"w": torch.zeros(64, 64)}}})
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    original = torch.load
+
+    def replaced_first(*args, **kwargs):
+        newer.replace(path)  # between the digest and the load
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "load", replaced_first)
+    payload, digest = checkpoint.read_checkpoint(path)
+    assert payload["epoch"] == 1 and bool((payload["model"]["state"]["w"] == 1).all())
+    assert digest == expected

@@ -10,12 +10,11 @@ runs no pickled code.
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -55,7 +54,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
     """load_checkpoint's payload and the sha256 of the very bytes it came from.
 
-    The file is read once, so a checkpoint replaced meanwhile (a training run copying a better
+    The file is opened once, so a checkpoint replaced meanwhile (a training run copying a better
     epoch to best.pt) can neither mix two versions nor be named by the other's digest.
     """
     return _read(Path(path), digest=True)
@@ -64,18 +63,31 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
 def _read(path: Path, digest: bool) -> tuple[dict[str, Any], str]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    # One open file for every read: checkpoints are replaced by a rename, never written in place,
+    # so the bytes hashed, checked and loaded are one version's, and never all in memory at once.
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            return _read_file(path, file, digest)
     except OSError as exc:
         raise CheckpointError(f"{path}: not readable ({exc.strerror or exc})") from None
-    if not zipfile.is_zipfile(io.BytesIO(data)):  # every torch.save since 1.6 is a zip archive
+
+
+def _read_file(path: Path, file: BinaryIO, digest: bool) -> tuple[dict[str, Any], str]:
+    sha256 = ""
+    if digest:
+        hasher = hashlib.sha256()
+        while chunk := file.read(1 << 20):
+            hasher.update(chunk)
+        sha256 = hasher.hexdigest()
+    if not zipfile.is_zipfile(file):  # every torch.save since 1.6 is a zip archive
         raise CheckpointError(
             f"{path}: not a readable checkpoint (not a PyTorch zip archive: truncated, or "
             "another kind of file)"
         )
-    _verify_entries(path, data)
+    _verify_entries(path, file)
+    file.seek(0)
     try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        payload = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused a class: a pickled object
         raise CheckpointError(f"{path}: {_pickled_object(exc)}") from None
     except Exception as exc:  # a damaged archive: say which, without the traceback
@@ -86,11 +98,11 @@ def _read(path: Path, digest: bool) -> tuple[dict[str, Any], str]:
         raise CheckpointError(
             f"{path}: checkpoint format {payload.get('format')}, this tinycnn reads format {FORMAT}"
         )
-    return payload, hashlib.sha256(data).hexdigest() if digest else ""
+    return payload, sha256
 
 
-def _verify_entries(path: Path, data: bytes) -> None:
-    """CheckpointError naming the first entry of the archive (path's bytes, data) whose bytes
+def _verify_entries(path: Path, file: BinaryIO) -> None:
+    """CheckpointError naming the first entry of the archive (path, open as file) whose bytes
     fail their CRC-32.
 
     torch.load reads tensor bytes without checking them, so flipped bits on a disk or in a copy
@@ -99,7 +111,7 @@ def _verify_entries(path: Path, data: bytes) -> None:
     on 2 busy CPU cores (bench/checkpoint_verify.py).
     """
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(file) as archive:
             for entry in archive.infolist():
                 # CRC 0 on a non-empty entry: written without checksums (torch's
                 # serialization config save.compute_crc32 = False), so nothing to check.

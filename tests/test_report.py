@@ -235,6 +235,16 @@ def test_ambiguous_list_names_training_images(runs, single) -> None:
         ("paper8_l2_5e-4", ["model.dropout=0.3"], None),  # another recipe
         ("paper8_l2_5e-4", ["optim.lr=0.05"], None),
         ("paper8_l2_5e-4", ["model.conv_channels=[64, 64, 64, 64, 64]"], None),
+        # Shrunk to a budget (--budget-pflop): step and warm-up by one factor, 0.04 here.
+        (
+            "paper8_l2_5e-4",
+            ["schedule.step_epochs=0.4", "schedule.warmup_epochs=0.02", "train.epochs=2"],
+            "paper8_l2_5e-4",
+        ),
+        ("shallow", ["schedule.step_epochs=0.4", "train.max_pflop=0.1"], "shallow"),
+        ("paper8_l2_5e-4", ["schedule.step_epochs=5"], None),  # steps twice as often
+        ("paper8_l2_5e-4", ["schedule.step_epochs=0.4", "schedule.warmup_epochs=0.5"], None),
+        ("shallow", ["schedule.warmup_epochs=0.5"], None),  # a warm-up it never had
     ],
 )
 def test_paper_preset_identified(preset: str, overrides: list[str], expected: str | None) -> None:
@@ -481,3 +491,22 @@ def test_a_full_disk_mid_report_leaves_nothing_and_keeps_the_old_report(
         Path("notes.txt"): b"the user's own file",
     }
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+
+
+def test_two_runs_of_one_folder_name_keep_a_curve_each(runs, tmp_path: Path) -> None:
+    # run0 and elsewhere/run0 (the same folder name; the copy one evaluation shorter): each run's
+    # curve under its member's label, and a run named twice (two snapshots) has one curve.
+    from tinycnn.analysis.experiments import load_members, training_curves
+    from tinycnn.run_folder import METRICS
+
+    _, a, b = runs
+    other = tmp_path / "elsewhere" / a.name
+    shutil.copytree(a, other)
+    lines = (other / METRICS).read_text().splitlines(keepends=True)
+    (other / METRICS).write_text("".join(lines[:-1]))
+    members = load_members([str(a), str(other), f"{b}@epochs:1,2"])
+    assert [m.label for m in members][:2] == [f"{a.name} (1)", f"{a.name} (2)"]
+    curves = training_curves(members)
+    assert list(curves) == [f"{a.name} (1)", f"{a.name} (2)", b.name]
+    epochs = [[row["epoch"] for row in curves[name]] for name in curves]
+    assert epochs == [[1, 2], [1], [1, 2]]

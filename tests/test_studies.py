@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import SMALL_PRESET
 from tinycnn.cli import main
 from tinycnn.config import load_config
-from tinycnn.run_folder import read_metrics
+from tinycnn.run_folder import read_metrics, read_resolved_config
 from tinycnn.studies import run_experiments
 from tinycnn.training import train
 
@@ -133,6 +133,10 @@ def test_the_paper_table_by_one_command_at_a_small_budget(
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["study"] == json.loads((out / "table.json").read_text())
     assert len(report["experiments"]) == len(presets)  # the trained runs are its members
+    # Each shrunk run still named by its preset, the paper's figure beside it.
+    assert [(r["preset"], r["paper"]["val"]) for r in report["experiments"]] == [
+        (p.stem, PAPER_TABLE[p.stem][0]) for p in presets
+    ]
     page = (out / "report" / "index.html").read_text()
     section = page[page.index("The paper's table, reproduced") :]
     assert section.index("3 8-layer CNNs, ensemble") < section.index("56.9%")
@@ -167,3 +171,38 @@ def test_sigterm_stops_the_whole_study_not_just_its_current_run(
     assert not (out / "after").exists()  # the next preset was not started
     assert (out / "long" / "checkpoints" / "last.pt").is_file()
     assert not (out / "table.json").exists()
+
+
+@pytest.mark.slow
+def test_a_budget_shrinks_what_the_preset_really_spends(cache: Path, tmp_path: Path) -> None:
+    # The fast recipe in small: progressive resizing (steps at 32 and 48 cost less than at the
+    # crop's 64) and its own train.max_pflop ending the run long before its 200 epochs. Its real
+    # cost is what its own run spends (counted step by step by the training loop); half of that
+    # as the budget runs about half, with the warm-up halved; twice that leaves it as it is.
+    text = (ROOT / "configs" / "fast" / "fastnet-1.5pflop.toml").read_text()
+    for old, new in (
+        ("width = 64", "width = 8"),
+        ("batch_size = 128", "batch_size = 16"),
+        ("holdout_per_class = 50", "holdout_per_class = 2"),
+        ("max_pflop = 1.5", "max_pflop = 2e-5"),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    preset = tmp_path / "fast.toml"
+    preset.write_text(text)
+
+    def study(name: str, budget: float) -> tuple[dict, dict]:
+        out = tmp_path / name
+        run_experiments([preset], cache, out, budget_pflop=budget, report=False, progress=False)
+        return read_metrics(out / "fast")[-1], read_resolved_config(out / "fast")
+
+    whole, raw = study("whole", 0.0)
+    cost = whole["train_pflop"]
+    assert 1.8e-5 < cost <= 2e-5 and raw["train"]["epochs"] == 200
+    half, raw = study("half", cost / 2)
+    assert 0.95 * cost / 2 <= half["train_pflop"] <= cost / 2  # the old pricing: 0.63 of it
+    assert raw["schedule"]["warmup_epochs"] == pytest.approx(0.25, rel=1e-6)
+    assert raw["train"]["max_pflop"] == pytest.approx(cost / 2)
+    same, raw = study("same", 2 * cost)
+    assert same["train_pflop"] == cost and same["iteration"] == whole["iteration"]
+    assert raw["schedule"]["warmup_epochs"] == 0.5 and raw["train"]["max_pflop"] == 2e-5

@@ -60,7 +60,7 @@ def plan_run(cfg: RunConfig, init_from: str | Path | None = None) -> RunPlan:
     verify_cache(cache, splits=("train", "val"))  # never train on damaged data (~1 s per GB)
     distributed.check_batch(cfg.train.batch_size, distributed.from_env())
     train_rows, tune_rows = training_rows(cfg, cache)
-    image_side = cache.manifest.get("image_size", 64)
+    image_side = cache.image_size
     cfg = fit_crop(cfg, image_side, cache.num_classes)  # unset: 7/8 of the side
     size = cfg.augment.crop or image_side
     with torch.device("meta"):  # checks the model options without allocating anything

@@ -22,13 +22,14 @@ from tinycnn.analysis import build_report
 from tinycnn.analysis.experiments import PAPER_ENSEMBLE, identify_preset, paper_figure
 from tinycnn.atomic import write_text
 from tinycnn.compute import PFLOP, training_flops_per_image
-from tinycnn.config import RunConfig, config_to_dict, load_config
+from tinycnn.config import RunConfig, load_config
 from tinycnn.crops import fit_crop
 from tinycnn.data.cache import load_cache
 from tinycnn.ensembles import DEFAULT_PROB_CACHE, ensemble
-from tinycnn.errors import ConfigError, Interrupted, TinycnnError
+from tinycnn.errors import ConfigError, Interrupted
 from tinycnn.run_folder import read_metrics, read_resolved_config
 from tinycnn.run_plan import build_model, training_rows
+from tinycnn.schedule import Schedule
 from tinycnn.training import RunResult, train
 
 COLUMNS = (
@@ -158,25 +159,30 @@ def _study_report(
 def scale_to_budget(cfg: RunConfig, pflop: float) -> RunConfig:
     """cfg with its whole schedule shrunk to ``pflop`` PFLOP of training, its shape kept.
 
-    The factor r = pflop / (the full schedule's PFLOP) scales the epochs (rounded up), the step
-    schedule's step_epochs, the warm-up and train.snapshot_every alike, and train.max_pflop ends
-    the run on the budget: a step schedule of 40 epochs with a step every 10 keeps its 4 phases.
-    A config whose full schedule costs no more than the budget is returned unchanged.
+    The preset's own cost is that of the run it plans (Schedule.build: its epochs at each
+    progressive-resizing side, cut where its own train.max_pflop ends it). The factor r = pflop
+    / that cost scales the run's length (the epochs, rounded up), the step schedule's
+    step_epochs, the warm-up and train.snapshot_every alike, and train.max_pflop ends the run on
+    the budget: a step schedule of 40 epochs with a step every 10 keeps its 4 phases. A config
+    that costs no more than the budget is returned unchanged.
     """
     cache = load_cache(cfg.data.cache)
-    image_side = cache.manifest.get("image_size", 64)
-    crop = fit_crop(cfg, image_side, cache.num_classes).augment.crop or image_side
+    image_side = cache.image_size
+    fitted = fit_crop(cfg, image_side, cache.num_classes)
+    crop = fitted.augment.crop or image_side
     with torch.device("meta"):
-        model = build_model(cfg, cache.num_classes, crop, initialise=False)
-    batch = cfg.train.batch_size  # an epoch is whole batches, at least one (as Session has it)
-    images = max(1, len(training_rows(cfg, cache)[0]) // batch) * batch
-    full = cfg.train.epochs * images * training_flops_per_image(model, crop) / PFLOP
-    if full <= pflop:
+        model = build_model(fitted, cache.num_classes, crop, initialise=False)
+    flops = {side: training_flops_per_image(model, side) for side in {crop, *cfg.augment.sizes}}
+    # An epoch is whole batches, at least one (as Session has it).
+    iters_per_epoch = max(1, len(training_rows(cfg, cache)[0]) // cfg.train.batch_size)
+    planned = Schedule.build(fitted, iters_per_epoch, crop, flops)
+    cost = planned.flops_until(planned.total) / PFLOP
+    if cost <= pflop:
         return cfg
-    r = pflop / full
+    r = pflop / cost
     train_cfg = replace(
         cfg.train,
-        epochs=max(1, math.ceil(cfg.train.epochs * r)),
+        epochs=max(1, math.ceil(planned.total * r / iters_per_epoch)),
         max_pflop=pflop,
         snapshot_every=max(1, round(cfg.train.snapshot_every * r))
         if cfg.train.snapshot_every
@@ -215,9 +221,7 @@ def table_row(name: str, config: Path, run: Path) -> dict:
     """One row of the study's table, from the run folder's resolved config and metrics."""
     resolved = read_resolved_config(run)
     last = read_metrics(run)[-1]
-    # A run shrunk to a budget has other step boundaries than its preset: the config it was
-    # made from names the preset then.
-    preset = identify_preset(resolved) or _config_preset(config)
+    preset = identify_preset(resolved)
     paper = paper_figure(preset) or {}
     return {
         "name": name,
@@ -234,13 +238,6 @@ def table_row(name: str, config: Path, run: Path) -> dict:
         "paper_val_error": paper.get("val", 0) / 100 if paper else None,
         "paper_test_error": paper.get("test", 0) / 100 if paper else None,
     }
-
-
-def _config_preset(config: Path) -> str | None:
-    try:
-        return identify_preset(config_to_dict(load_config(config)))
-    except TinycnnError:  # the config file has gone or changed: no preset to name
-        return None
 
 
 def ensemble_rows(

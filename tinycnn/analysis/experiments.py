@@ -5,6 +5,7 @@ paper's own figure for runs made from a ``configs/paper`` preset.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -47,6 +48,8 @@ _EXECUTION_KEYS = {
         "init_from",
     },
 }
+# Schedule lengths in epochs: a run shrunk to a budget scales them all by one factor.
+_LENGTH_KEYS = ("step_epochs", "warmup_epochs")
 
 
 @dataclass
@@ -88,23 +91,36 @@ def _preset_configs() -> dict[str, dict]:
 
 
 def _recipe(config: dict) -> dict:
+    ignored = {**_EXECUTION_KEYS, "schedule": _LENGTH_KEYS}
     return {
-        section: {k: v for k, v in values.items() if k not in _EXECUTION_KEYS.get(section, ())}
+        section: {k: v for k, v in values.items() if k not in ignored.get(section, ())}
         for section, values in config.items()
         if isinstance(values, dict)
     }
+
+
+def _lengths_scaled(config: dict, preset: dict) -> bool:
+    """Whether the schedule's lengths in epochs (the lr step, the warm-up) are the preset's
+    times one factor: 1 as written, below 1 shrunk to a compute budget (studies.scale_to_budget)."""
+    ours, theirs = config.get("schedule", {}), preset.get("schedule", {})
+    pairs = [(ours.get(key, 0), theirs.get(key, 0)) for key in _LENGTH_KEYS]
+    if any(mine and not its for mine, its in pairs):
+        return False
+    ratios = [mine / its for mine, its in pairs if its]
+    return all(r > 0 and math.isclose(r, ratios[0], rel_tol=1e-9) for r in ratios)
 
 
 def identify_preset(config: dict) -> str | None:
     """The configs/paper preset whose recipe a run's resolved config follows, or None.
 
     Two configs follow the same recipe when every key agrees except those of execution and
-    length (device, threads, seeds, cache, epochs, ...): a shortened run of a preset is still
-    that preset, and the epochs column says how far it went.
+    length (device, threads, seeds, cache, epochs, ...), and the schedule's step and warm-up are
+    the preset's or shrunk by one factor (``--budget-pflop``): a shortened run of a preset is
+    still that preset, and the epochs column says how far it went.
     """
     recipe = _recipe(config)
     for name, preset in _preset_configs().items():
-        if _recipe(preset) == recipe:
+        if _recipe(preset) == recipe and _lengths_scaled(config, preset):
             return name
     return None
 
@@ -176,14 +192,19 @@ CURVE_KEYS = (
 
 
 def training_curves(members: list[Member]) -> dict[str, list[dict]]:
-    """Per run folder (by name): its metrics per evaluation, the keys of CURVE_KEYS only."""
+    """Per run folder, named as its members are (the folder's name, numbered where two folders
+    share it): its metrics per evaluation, the keys of CURVE_KEYS only."""
+    runs = list(dict.fromkeys(m.run.resolve() for m in members if m.run is not None))
+    names = [run.name for run in runs]
     curves: dict[str, list[dict]] = {}
-    for member in members:
-        if member.run is None or member.run.name in curves:
-            continue
-        curves[member.run.name] = [
-            {k: row[k] for k in CURVE_KEYS if row.get(k) is not None}
-            for row in read_metrics(member.run)
+    for i, run in enumerate(runs):
+        name = (
+            run.name
+            if names.count(run.name) == 1
+            else f"{run.name} ({names[: i + 1].count(run.name)})"
+        )
+        curves[name] = [
+            {k: row[k] for k in CURVE_KEYS if row.get(k) is not None} for row in read_metrics(run)
         ]
     return curves
 

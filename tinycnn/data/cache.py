@@ -67,6 +67,11 @@ class Cache:
         return len(self.classes)
 
     @property
+    def image_size(self) -> int:
+        """The side of the square images (64 unless prepared with --size)."""
+        return self.manifest.get("image_size", 64)
+
+    @property
     def splits(self) -> list[str]:
         return [s for s in SPLITS if s in self.manifest["splits"]]
 
@@ -101,7 +106,7 @@ class Cache:
         boxes_path = self.path / f"{name}_boxes.npy"
         files_text = (self.path / f"{name}_files.txt").read_text(encoding="utf-8")
         count = self.manifest["splits"][name]["count"]
-        size = self.manifest.get("image_size", 64)
+        size = self.image_size
         return SplitData(
             name=name,
             images=self._load(f"{name}_images.npy", (count, size, size, 3), np.uint8, mmap=True),
@@ -117,7 +122,7 @@ class Cache:
     @cached_property
     def mean_image(self) -> np.ndarray:
         """(64, 64, 3) float32 mean training image, 0-255 scale (the paper's preprocessing)."""
-        size = self.manifest.get("image_size", 64)
+        size = self.image_size
         return self._load("mean_image.npy", (size, size, 3), np.float32)
 
     def _load(

@@ -107,3 +107,41 @@ def test_a_crop_too_big_for_the_cache_stops_before_the_run_folder(
 def test_a_crop_that_is_not_a_whole_number_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"augment\.crop = '56': expected int, got str"):
         load_config(None, ['augment.crop="56"'])
+
+
+def test_a_model_of_32_pixel_images_predicts_exports_and_refuses_at_its_side(
+    cache32: Path, tmp_path: Path
+) -> None:
+    # Image files are read at the side the model was trained on (its crop of 24 takes 75% of a
+    # 32-pixel image, as in training, not 37% of one squashed to 64); the export takes that side;
+    # images of another side are refused, naming both.
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tinycnn.data.cache import load_cache
+    from tinycnn.export import export_model
+    from tinycnn.inference import load_model
+    from tinycnn.prediction import predict_files
+    from tinycnn.runtime import make_runtime
+
+    cfg = load_config(QUICK, [f"data.cache={json.dumps(str(cache32))}", *SMALL])
+    train(cfg, tmp_path / "run", progress=False)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    fp32 = make_runtime(precision="fp32", channels_last=False, threads=1)
+    loaded = load_model(checkpoint, fp32)
+    assert loaded.image_size == 32
+    images = np.array(load_cache(cache32).split("val").images[:2])
+    for i, image in enumerate(images):  # lossless files of the cache's own pixels
+        Image.fromarray(image).save(tmp_path / f"val_{i}.png")
+    report = predict_files(loaded, [tmp_path / "val_0.png", tmp_path / "val_1.png"], top=3)
+    expected = loaded.probabilities(torch.from_numpy(images))
+    for row, probs in zip(report.rows, expected, strict=True):
+        values, indices = probs.topk(3)
+        assert [t["wnid"] for t in row["top"]] == [loaded.classes[k] for k in indices]
+        assert [t["probability"] for t in row["top"]] == pytest.approx(values.tolist(), abs=1e-6)
+    with pytest.raises(ConfigError, match=r"trained on 32x32 images, given 64x64 ones"):
+        loaded.logits(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
+    exported = export_model(checkpoint, "torchscript", tmp_path / "m.pt", check_images=images)
+    assert "uint8[N, 32, 32, 3]" in exported.input_spec
+    assert export_model(checkpoint, "torchscript", tmp_path / "r.pt").images_checked > 0

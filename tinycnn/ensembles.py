@@ -284,6 +284,10 @@ class EnsemblePredictor:
     def names(self) -> list[str]:
         return self.members[0].names
 
+    @property
+    def image_side(self) -> int:
+        return self.members[0].image_side
+
     def __call__(self, images_u8: Tensor) -> Tensor:
         probs = [m.probabilities(images_u8, self.tta).numpy() for m in self.members]
         return torch.from_numpy(average(probs, self.weights))
@@ -302,6 +306,7 @@ def load_predictor(
     loaded = [load_model(p, runtime) for p in paths]
     for other in loaded[1:]:
         other.check_classes(loaded[0].classes, str(loaded[0].path))
+        other.check_image_size((loaded[0].image_side,) * 2)
     if len(loaded) == 1 and not weights:
         return model_predictor(loaded[0], tta)
     weights = weights or [1.0] * len(loaded)

@@ -157,9 +157,7 @@ def export_model(
     # fp32 without channels_last: the reference is the plain model; keep the caller's threads.
     runtime = make_runtime("cpu", "fp32", channels_last=False, threads=torch.get_num_threads())
     loaded = load_model(resolve_checkpoint(checkpoint), runtime)
-    # A mean image fixes the input side; the cache's 64 pixels otherwise.
-    mean_image = loaded.norm.mean_image if loaded.norm is not None else None
-    image_size = IMAGE_SIZE if mean_image is None else int(mean_image.shape[0])
+    image_size = loaded.image_side  # the side of the images it was trained on
     images = _check_array(check_images, image_size)
     wrapper = Preprocessed(
         loaded.model, loaded.norm, loaded.input_size, image_size, loaded.resize

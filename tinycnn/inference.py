@@ -115,6 +115,9 @@ class LoadedModel:
     iteration: int
     runtime: Runtime
     resize: int | None = None  # the side views are resized to for the model (None: the crop's)
+    # The side of the square images it was trained on; None in checkpoints from before it was
+    # recorded (then the mean image's side, else unknown and not checked).
+    image_size: int | None = None
     sha256: str = ""  # of the checkpoint's bytes as they were loaded (the probability cache's key)
 
     def logits(
@@ -124,11 +127,12 @@ class LoadedModel:
         batch_size: int = 500,
         progress: str | None = None,
     ) -> Tensor:
-        """(N, C) float32 logits on the CPU for (N, 64, 64, 3) uint8 images.
+        """(N, C) float32 logits on the CPU for (N, S, S, 3) uint8 images, S its image_size.
 
         progress: a label for a progress bar (None: no bar).
         """
         check_tta(tta)
+        self.check_image_size(tuple(images_u8.shape[1:3]))
         return predict_logits(
             self.model,
             images_u8,
@@ -151,6 +155,24 @@ class LoadedModel:
         """(N, C) float32 class probabilities on the CPU (TTA views averaged as probabilities)."""
         return self.logits(images_u8, tta, batch_size, progress).softmax(dim=1)
 
+    @property
+    def image_side(self) -> int:
+        """The side its input images should have: the one it was trained on where recorded,
+        else 64, Tiny ImageNet's."""
+        return self.image_size or 64
+
+    def check_image_size(self, shape: tuple[int, ...]) -> None:
+        """ConfigError for images of another side than the model was trained on: its crop
+        would take another part of them (a 56-pixel crop of a 64-pixel image is 77% of it, of a
+        128-pixel one 19%), and the predictions would be made on views it never saw."""
+        if self.image_size and tuple(shape) != (self.image_size, self.image_size):
+            size = "x".join(map(str, shape))
+            raise ConfigError(
+                f"{self.path}: trained on {self.image_size}x{self.image_size} images, given "
+                f"{size} ones; use data prepared at its side (tinycnn prepare --size "
+                f"{self.image_size})"
+            )
+
     def check_classes(self, classes: list[str], where: str) -> None:
         """A clear error when the data's class list is not the one the model was trained on."""
         check_classes(self.classes, classes, self.path, where)
@@ -161,10 +183,16 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
     runtime = runtime or make_runtime()
     payload, sha256 = read_checkpoint(path)
     model = runtime.prepare_model(model_from_checkpoint(payload, path)).eval()
+    norm = normalization_from_payload(payload["normalization"])
+    mean_image = norm.mean_image if norm is not None else None
+    # Checkpoints from before the image side was recorded: a mean image's side, else unknown.
+    image_size = payload.get("image_size") or (
+        None if mean_image is None else int(mean_image.shape[0])
+    )
     return LoadedModel(
         path=Path(path),
         model=model,
-        norm=normalization_from_payload(payload["normalization"]),
+        norm=norm,
         input_size=payload["input_size"],
         classes=payload["classes"],
         names=payload["names"],
@@ -173,6 +201,7 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
         iteration=payload["iteration"],
         runtime=runtime,
         resize=payload.get("resize"),
+        image_size=image_size,
         sha256=sha256,
     )
 
@@ -186,7 +215,8 @@ def images_tensor(array) -> Tensor:
 
 
 class Predictor(Protocol):
-    """Maps uint8 images (N, 64, 64, 3) to probabilities (N, C) over ``classes``, in that order."""
+    """Maps uint8 images (N, S, S, 3) to probabilities (N, C) over ``classes``, in that order;
+    S is its ``image_side`` (64 where it has none)."""
 
     classes: list[str]  # wnids
     names: list[str]  # words.txt names, one per class
@@ -209,6 +239,10 @@ class ModelPredictor:
     @property
     def names(self) -> list[str]:
         return self.loaded.names
+
+    @property
+    def image_side(self) -> int:
+        return self.loaded.image_side
 
     def __call__(self, images_u8: Tensor) -> Tensor:
         """(N, C) float32 probabilities on the CPU; images_u8: (N, 64, 64, 3) uint8."""

@@ -94,16 +94,17 @@ def check_classes(predictor_classes: list[str], data_classes: list[str], where: 
 
 
 def load_images(
-    paths: list[str | Path], max_pixels: int = MAX_PIXELS
+    paths: list[str | Path], max_pixels: int = MAX_PIXELS, side: int = IMAGE_SIZE
 ) -> tuple[list[Path], np.ndarray, list[tuple[Path, str]]]:
-    """Read image files and folders as 64x64 RGB; returns (files, images, failures).
+    """Read image files and folders as side x side RGB; returns (files, images, failures).
 
     paths: files (read whatever their suffix) and folders (searched recursively for files with a
     suffix Pillow knows, e.g. .jpg .png .gif .webp .bmp .tif; hidden files and folders and other
-    suffixes are left out; a folder's images in natural name order). images: (N, 64, 64, 3)
-    uint8, one per returned file. failures: (path, reason) for each path that does not exist,
-    folder without images, and file Pillow cannot read or that has more than max_pixels pixels
-    (0: no limit); the other files are still read.
+    suffixes are left out; a folder's images in natural name order). images: (N, side, side, 3)
+    uint8, one per returned file (side: the model's image side, 64 for Tiny ImageNet's).
+    failures: (path, reason) for each path that does not exist, folder without images, and file
+    Pillow cannot read or that has more than max_pixels pixels (0: no limit); the other files
+    are still read.
     """
     _check_max_pixels(max_pixels)
     files, arrays, failures, seen = [], [], [], set()
@@ -123,11 +124,11 @@ def load_images(
                 continue
             seen.add(key)
             try:
-                arrays.append(read_image(file, max_pixels))
+                arrays.append(read_image(file, max_pixels, side))
                 files.append(file)
             except Exception as exc:  # any one bad file is reported by name; the rest go on
                 failures.append((file, _failure_reason(exc)))
-    images = np.stack(arrays) if arrays else np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    images = np.stack(arrays) if arrays else np.empty((0, side, side, 3), np.uint8)
     return files, images, failures
 
 
@@ -149,16 +150,17 @@ def _folder_images(folder: Path, failures: list[tuple[Path, str]]) -> list[Path]
     return sorted(found, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
 
 
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """(64, 64, 3) uint8 RGB from any image Pillow reads (the first frame of an animation).
+def read_image(path: Path, max_pixels: int = MAX_PIXELS, side: int = IMAGE_SIZE) -> np.ndarray:
+    """(side, side, 3) uint8 RGB from any image Pillow reads (the first frame of an animation).
 
     ImageTooLargeError, before any decoding, when the header gives more than max_pixels pixels
     (0: no limit of tinycnn's; Pillow still refuses decompression bombs).
 
     The image is turned upright by its EXIF orientation, made RGB (transparency over white,
-    16-bit grayscale scaled to 8 bits) and, when it is not 64x64, squashed to 64x64 with Pillow's
-    antialiased bicubic filter, without cropping: the Tiny ImageNet images were made that way
-    (whole ImageNet images downsampled to 64x64), and the cache's --resize uses the same filter.
+    16-bit grayscale scaled to 8 bits) and, when it is not side x side, squashed to it with
+    Pillow's antialiased bicubic filter, without cropping: the Tiny ImageNet images were made
+    that way (whole ImageNet images downsampled to 64x64), and prepare --size uses the same
+    filter.
     """
     with warnings.catch_warnings():
         # Pillow warns about images between its bomb limit and twice it; ours is stricter.
@@ -173,8 +175,8 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             )
         image.load()  # decode now: a truncated file fails here, inside this file's report
         image = _to_rgb(ImageOps.exif_transpose(image))
-    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+    if image.size != (side, side):
+        image = image.resize((side, side), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -240,7 +242,9 @@ def predict_files(
     if top < 1:
         raise ConfigError(f"--top {top}: expected at least 1")
     predictor = as_predictor(models)
-    files, images, failed = load_images(paths, max_pixels)
+    # At the side the model was trained on (a Predictor of one's own: Tiny ImageNet's 64).
+    side = getattr(predictor, "image_side", IMAGE_SIZE)
+    files, images, failed = load_images(paths, max_pixels, side)
     probs = predict_batches(predictor, images, batch_size)
     values, indices = probs.topk(min(top, len(predictor.classes)), dim=1)
     rows = []

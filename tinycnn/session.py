@@ -183,6 +183,7 @@ class Session:
             "names": self.cache.names,
             "normalization": normalization_payload(self.norm),
             "input_size": self.eval_size,
+            "image_size": self.cache.image_size,  # the side of the images it takes
             "resize": self.resize(),
             "config": config_to_dict(self.cfg),
             "epoch": self.iteration // self.iters_per_epoch,

@@ -28,6 +28,7 @@ from tinycnn.data.prepare import prepare
 from tinycnn.data.synthetic import make_synthetic
 from tinycnn.demo import _report as demo_report
 from tinycnn.ensembles import ProbabilityCache
+from tinycnn.errors import ConfigError
 from tinycnn.evaluation import evaluate, split_rows
 from tinycnn.inference import load_model
 from tinycnn.runtime import make_runtime
@@ -510,3 +511,36 @@ def test_two_runs_of_one_folder_name_keep_a_curve_each(runs, tmp_path: Path) -> 
     assert list(curves) == [f"{a.name} (1)", f"{a.name} (2)", b.name]
     epochs = [[row["epoch"] for row in curves[name]] for name in curves]
     assert epochs == [[1, 2], [1], [1, 2]]
+
+
+def test_ambiguous_images_never_include_what_train_exclude_left_out(
+    runs, single, tmp_path: Path
+) -> None:
+    # Trained without the 6 images of a report's ambiguous.txt (and 2 a class held out): the
+    # next report scores only the 7 x 14 - 7 x 2 - 6 = 78 images it trained on.
+    cache, _, _ = runs
+    excluded = single.out / "ambiguous.txt"
+    overrides = [*SMALL, "train.epochs=2", "data.holdout_per_class=2"]
+    settings = [f"data.cache={json.dumps(str(cache))}", *overrides]
+    cfg = load_config(None, [*settings, f"data.exclude={json.dumps(str(excluded))}"])
+    train(cfg, tmp_path / "run", progress=False)
+    result = build_report(
+        [str(tmp_path / "run")], cache, tmp_path / "report", tsne_images=30, ambiguous=78,
+        scan_train=0, runtime=FP32, prob_cache=None,
+    )  # fmt: skip
+    section = result.data["ambiguous"]
+    assert section["scanned"] == section["training_images"] == 78
+    listed = (tmp_path / "report" / "ambiguous.txt").read_text(encoding="utf-8").splitlines()
+    assert len(listed) == 78
+    assert not set(listed) & set(excluded.read_text(encoding="utf-8").splitlines())
+    # The list gone: which images it trained on is not known, and the report says so.
+    moved = shutil.move(excluded, tmp_path / "moved.txt")
+    try:
+        with pytest.raises(ConfigError, match=r"the images it trained on.*cannot read it"):
+            build_report(
+                [str(tmp_path / "run")], cache, tmp_path / "again", tsne_images=30,
+                ambiguous=5, runtime=FP32, prob_cache=None,
+            )  # fmt: skip
+    finally:
+        shutil.move(moved, excluded)
+    assert not (tmp_path / "again").exists()

@@ -19,13 +19,14 @@ from tinycnn import __version__, distributed
 from tinycnn.analysis import classes as cls
 from tinycnn.analysis import figures, html, tsne
 from tinycnn.analysis.experiments import Member, expand_study, load_members, training_curves
-from tinycnn.analysis.scores import ensemble_row, holdout, score_members, train_probabilities
+from tinycnn.analysis.scores import ensemble_row, score_members, train_probabilities
 from tinycnn.atomic import FolderBuild, write_bytes, write_text
+from tinycnn.config import config_from_dict
 from tinycnn.data.cache import Cache, load_cache
 from tinycnn.ensembles import DEFAULT_PROB_CACHE, ProbabilityCache
 from tinycnn.errors import ConfigError
-from tinycnn.evaluation import split_rows
 from tinycnn.inference import LoadedModel
+from tinycnn.run_plan import training_rows
 from tinycnn.runtime import Runtime, make_runtime
 
 # About 35 s of t-SNE on 2 CPU cores (scikit-learn Barnes-Hut), plus the forward pass.
@@ -190,8 +191,8 @@ def _ambiguous_section(model: LoadedModel, count: int, scan: int, job: _Job) -> 
     start = time.perf_counter()
     cache = job.cache
     labels = np.asarray(cache.split("train").labels, np.int64)
-    held_out = split_rows(cache, "tune", model.config)[1] if holdout(model.config)[0] else []
-    rows = np.setdiff1d(np.arange(len(labels)), held_out)
+    rows = _trained_rows(model, cache)
+    trained = len(rows)
     if scan and scan < len(rows):
         rows = rows[tsne.sample_rows(labels[rows], scan, job.seed)]
     probs = np.zeros((len(labels), len(cache.classes)), np.float32)  # scored rows filled in
@@ -211,11 +212,23 @@ def _ambiguous_section(model: LoadedModel, count: int, scan: int, job: _Job) -> 
     return {
         "model": str(model.path),
         "scanned": len(rows),
-        "training_images": len(labels) - len(held_out),
+        "training_images": trained,
         "list": job.write("ambiguous.txt", text.encode("utf-8")),
         "images": images,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _trained_rows(model: LoadedModel, cache: Cache) -> np.ndarray:
+    """The rows of the train split the model trained on: less its tuning split and the images
+    its data.exclude list left out (a ConfigError naming the list where it cannot be read)."""
+    try:
+        return training_rows(config_from_dict(model.config), cache)[0]
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{model.path}: the ambiguous images are drawn from the images it trained on, and "
+            f"which those were is not known here: {exc}"
+        ) from None
 
 
 def _timed(timings: dict, name: str, work):

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import tinycnn
 from tests.helpers import (
     QUICK,
+    SMALL_PRESET,
     Small,
     assert_one_line_error,
     fail_fsync,
@@ -129,3 +132,40 @@ def test_stop_at_needs_a_positive_iteration_count(cache: Path, tmp_path: Path, v
     assert exit_info.value.code == 2
     assert f"{value!r} is not a number of iterations >= 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["ensemble", "RUN@epochs:1,2", "--data", "CACHE", "--weights", "nan,1"], ["weight nan"]),
+        (["ensemble", "RUN@epochs:1,2", "--data", "CACHE", "--weights", "inf,1"], ["weight inf"]),
+        (["ensemble", "RUN@epochs:1,2", "--data", "CACHE", "--weights=-1,2"], ["weight -1.0"]),
+        (["ensemble", "RUN@epochs:1,2", "--data", "CACHE", "--weights", "1,x"], ["'x' is not a"]),
+        (["predict", "RUN@epochs:1,2", "--images", "IMAGE", "--weights", "nan,1"], ["weight nan"]),
+        (["predict", "RUN@epochs:1,2", "--images", "IMAGE", "--weights", "x"], ["'x' is not a"]),
+        (["evaluate", "RUN@epochs:1,two", "--data", "CACHE"], ["'two' is not a positive"]),
+        (["experiment", "PRESET", "--data", "CACHE", "--budget-pflop", "nan"], ["--budget-pflop"]),
+        (["experiment", "PRESET", "--data", "CACHE", "--epochs-scale", "nan"], ["--epochs-scale"]),
+        (["export", "RUN", "--format", "torchscript", "--check-count", "-15"], ["count -15"]),
+        (["export", "RUN", "--format", "torchscript", "--check-count", "0"], ["--check-count 0"]),
+    ],
+)
+def test_malformed_numbers_are_one_line_errors_and_write_nothing(
+    run, tmp_path: Path, capsys, argv: list[str], fragments: list[str]
+) -> None:
+    # NaN weights had averaged to NaN probabilities (an error rate from argmax 0, exit 0); the
+    # others had ended in a traceback, or checked an export on a slice [:-15] of the images.
+    cache, folder = run
+    image = tmp_path / "in" / "image.png"
+    image.parent.mkdir()
+    Image.new("RGB", (64, 64), (90, 120, 30)).save(image)
+    preset = tmp_path / "in" / "small.toml"
+    preset.write_text(SMALL_PRESET)
+    names = {"RUN": str(folder), "CACHE": str(cache), "IMAGE": str(image), "PRESET": str(preset)}
+    argv = [re.sub("|".join(names), lambda m: names[m.group()], a) for a in argv]
+    out = tmp_path / "out"
+    if argv[0] in ("experiment", "export"):
+        argv += ["--out", str(out / ("m.pt" if argv[0] == "export" else "study"))]
+    code, _, err = run_cli(capsys, [*argv, "-q"] if argv[0] != "export" else argv)
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists()

@@ -56,8 +56,10 @@ def test_weighted_average_by_hand() -> None:
     assert np.allclose(average([a], [5]), a)
     assert np.allclose(average([a, b], [0.25, 0.75]), [[0.25, 0.75], [0.2, 0.8]])  # sum 1 is fine
     assert average([a, b], [1, 3]).dtype == np.float32
-    for bad in ([0, 0], [1, -1]):
-        with pytest.raises(ConfigError, match="must add up to more than 0"):
+    with pytest.raises(ConfigError, match="must add up to more than 0"):
+        average([a, b], [0, 0])
+    for bad in ([1, -1], [float("nan"), 1], [float("inf"), 1]):
+        with pytest.raises(ConfigError, match=r"ensemble weight .*: expected a finite number >= 0"):
             average([a, b], bad)
 
 

@@ -28,6 +28,8 @@ def test_member_specs(run) -> None:
     for bad, message in [
         (f"{folder}@sometimes", "unknown selection"),
         (f"{folder}@every:x", "not a positive whole number"),
+        (f"{folder}@epochs:1,two", "'two' is not a positive whole number"),
+        (f"{folder}@epochs:1.5", "'1.5' is not a positive whole number"),
         (f"{folder}@every:5", "selects no snapshot"),
         (f"{folder}@epochs:9", "no such checkpoint"),
         (str(folder / "nope"), "neither a checkpoint file nor a run folder"),
@@ -115,3 +117,29 @@ def test_last_k_is_the_k_most_recent_snapshots_by_iteration(
         "epoch-004.pt",
     ]
     assert len(resolve_members(f"{folder}@last:100")) == len(iterations)
+
+
+def test_cycle_snapshots_in_the_order_of_their_numbers(tmp_path: Path) -> None:
+    # cycle-100 sorts between cycle-10 and cycle-11 as text; the last three are 108-110.
+    folder = tmp_path / "cyclic"
+    (folder / "checkpoints").mkdir(parents=True)
+    for k in range(1, 111):
+        (folder / "checkpoints" / f"cycle-{k:02d}.pt").touch()
+    chosen = resolve_members(f"{folder}@cycles:3")
+    assert [p.name for p in chosen] == ["cycle-108.pt", "cycle-109.pt", "cycle-110.pt"]
+    everything = resolve_members(f"{folder}@cycles")
+    assert [p.name for p in everything] == [f"cycle-{k:02d}.pt" for k in range(1, 111)]
+
+
+def test_a_path_with_an_at_sign_is_a_path(tmp_path: Path) -> None:
+    # An existing path is taken whole; otherwise the selection follows the last @.
+    folder = tmp_path / "r@1"
+    (folder / "checkpoints").mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        (folder / "checkpoints" / name).touch()
+    ckpt = folder / "checkpoints"
+    assert resolve_members(str(folder)) == [ckpt / "best.pt"]
+    assert resolve_members(str(ckpt / "last.pt")) == [ckpt / "last.pt"]
+    assert resolve_members(f"{folder}@last") == [ckpt / "last.pt"]
+    with pytest.raises(ConfigError, match=r"r@1@sometimes: unknown selection"):
+        resolve_members(f"{folder}@sometimes")

@@ -106,6 +106,14 @@ def test_sizes_start_again_in_each_cycle() -> None:
     assert [schedule.input_size_at(i) for i in range(10)] == [32, 32, 64, 64, 64] * 2
 
 
+def test_more_cycles_than_iterations_is_refused() -> None:
+    # 2 epochs of 5 iterations behind a 1-epoch warm-up leave 5 iterations: at most 5 cycles.
+    cyclic = ('schedule.name="cyclic"', "train.epochs=2", "schedule.warmup_epochs=1")
+    assert _schedule(*cyclic, "schedule.cycles=5", per_epoch=5).cycle_ends() == [6, 7, 8, 9, 10]
+    with pytest.raises(ConfigError, match=r"schedule.cycles = 6: .* 5 iterations after its warm"):
+        _schedule(*cyclic, "schedule.cycles=6", per_epoch=5)
+
+
 def test_the_learning_rate_by_iteration() -> None:
     step = ("optim.lr=0.1", "schedule.warmup_epochs=1", "schedule.step_epochs=2", "train.epochs=4")
     schedule = _schedule(*step, per_epoch=4)

@@ -195,10 +195,26 @@ def _cache_warnings_in_one_line() -> Iterator[None]:
         print(f"tinycnn: warning: {warning.message}", file=sys.stderr)
 
 
+def _weights(text: str | None) -> list[float] | None:
+    """--weights W1,W2,...: one number a member (None: not given)."""
+    if not text:
+        return None
+    weights = []
+    for item in text.split(","):
+        try:
+            weights.append(float(item))
+        except ValueError:
+            raise ConfigError(
+                f"--weights {text}: {item.strip()!r} is not a number (one number a member, "
+                "separated by commas, e.g. 1,1,2)"
+            ) from None
+    return weights
+
+
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from tinycnn.ensembles import ensemble, format_result, save_result
 
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    weights = _weights(args.weights)
     with _cache_warnings_in_one_line():
         result = ensemble(
             args.members,
@@ -241,7 +257,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("say what to predict: --submission FILE (with --data) or --images PATH")
     if args.submission and not args.data:
         raise ConfigError("--submission needs --data CACHE (its test split is predicted)")
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    weights = _weights(args.weights)
     predictor = load_predictor(args.members, tta=args.tta, weights=weights, runtime=_runtime(args))
     if args.submission:
         progress = not (args.json or args.quiet)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +60,23 @@ def _rates(probs: np.ndarray, labels: Tensor) -> dict:
     return error_rates(torch.from_numpy(probs).clamp_min(1e-12).log(), labels)
 
 
-def average(probs: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Weighted mean of member probabilities (weights need not sum to 1)."""
-    total = float(sum(weights))
-    if total <= 0:
+def check_weights(weights: list[float], members: int) -> None:
+    """ConfigError unless there is one weight a member, each a finite number >= 0 (a NaN or
+    infinite weight makes every average NaN, whose argmax is class 0; a negative one makes
+    negative probabilities), adding up to more than 0."""
+    if len(weights) != members:
+        raise ConfigError(f"{len(weights)} weights for {members} members")
+    for weight in weights:
+        if not (isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0):
+            raise ConfigError(f"ensemble weight {weight!r}: expected a finite number >= 0")
+    if float(sum(weights)) <= 0:
         raise ConfigError(f"ensemble weights {weights} must add up to more than 0")
+
+
+def average(probs: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Weighted mean of member probabilities (weights need not sum to 1; check_weights)."""
+    check_weights(weights, len(probs))
+    total = float(sum(weights))
     out = np.zeros_like(probs[0], dtype=np.float64)
     for p, w in zip(probs, weights, strict=True):
         out += (w / total) * p
@@ -152,8 +165,8 @@ def ensemble(
     """
     specs = [specs] if isinstance(specs, str | Path) else specs
     paths = [p for spec in specs for p in resolve_members(str(spec))]
-    if weights is not None and len(weights) != len(paths):
-        raise ConfigError(f"{len(weights)} weights for {len(paths)} members")
+    if weights is not None:
+        check_weights(weights, len(paths))
     runtime = runtime or make_runtime()
     cache = load_cache(cache_dir)
     store = ProbabilityCache(prob_cache)
@@ -310,6 +323,5 @@ def load_predictor(
     if len(loaded) == 1 and not weights:
         return model_predictor(loaded[0], tta)
     weights = weights or [1.0] * len(loaded)
-    if len(weights) != len(loaded):
-        raise ConfigError(f"{len(weights)} weights for {len(loaded)} members")
+    check_weights(weights, len(loaded))
     return EnsemblePredictor(loaded, weights, tta)

@@ -199,6 +199,8 @@ def find_check_images(
     Returns: (the images, (N, S, S, 3) uint8, or None where no cache is found: export_model's
         random ones), and where they come from.
     """
+    if count < 1:
+        raise ConfigError(f"--check-count {count}: check on at least 1 image")
     checkpoint = resolve_checkpoint(checkpoint)
     # A damaged checkpoint without these fields is reported by export_model, in one line.
     config = load_checkpoint(checkpoint).get("config") if not data else {}

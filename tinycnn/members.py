@@ -14,7 +14,8 @@
                          (schedule.name = "cyclic"; cycle-*.pt), in order
     RUN_DIR@cycles:K     the last K of them
 
-A checkpoint file stands for itself.
+A checkpoint file stands for itself. A path that exists is taken whole, even with an @ in it;
+otherwise the selection follows the last @.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _snapshots(run: Path) -> list[Path]:
 
 
 def _position(path: Path) -> tuple[int, int]:
-    # For listing: iter-* then epoch-*, each by number (names are zero-padded).
+    # For listing: iter-* then epoch-* (or cycle-*), each by its number.
     kind, number = path.stem.split("-")
     return (0 if kind == "iter" else 1, int(number))
 
@@ -106,7 +107,10 @@ def _iters_per_epoch(run: Path, epoch_snapshots: list[Path]) -> int:
 
 def resolve_members(spec: str) -> list[Path]:
     """Checkpoint files named by one member spec (see the module docstring)."""
-    target, _, selection = spec.partition("@")
+    if Path(spec).exists() or "@" not in spec:
+        target, selection = spec, ""
+    else:
+        target, _, selection = spec.rpartition("@")
     path = Path(target)
     if path.is_file():
         if selection:
@@ -133,12 +137,12 @@ def resolve_members(spec: str) -> list[Path]:
         spacing, _, count = arg.partition(":")
         chosen = _apart(path, snapshots, _positive_int(spec, spacing), _positive_int(spec, count))
     elif kind == "epochs":
-        wanted = [int(v) for v in arg.split(",") if v.strip()]
+        wanted = [_positive_int(spec, v.strip()) for v in arg.split(",") if v.strip()]
         chosen = [_existing(path / "checkpoints" / f"epoch-{e:03d}.pt") for e in wanted]
     elif kind == "top":
         chosen = _top_epochs(path, _positive_int(spec, arg))
     elif kind == "cycles":
-        ends = sorted((path / "checkpoints").glob("cycle-*.pt"))  # zero-padded: cycle order
+        ends = sorted((path / "checkpoints").glob("cycle-*.pt"), key=_position)
         chosen = ends[-_positive_int(spec, arg) :] if arg else ends
         snapshots = snapshots + ends
     else:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from tinycnn.compute import PFLOP
 from tinycnn.config import RunConfig, ScheduleConfig
 from tinycnn.data.augment import AugmentConfig
+from tinycnn.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,28 @@ class Schedule:
             flops_by_size=dict(flops_by_size),
         )
         budget = cfg.train.max_pflop * PFLOP
-        if total is not None or not budget or not flops_by_size:
-            return schedule
-        # The most iterations whose schedule (sizes included) fits the budget (at least one).
-        fits = largest_fitting(1, epochs, lambda n: schedule.with_total(n).flops_until(n) <= budget)
-        return schedule.with_total(fits)
+        if total is None and budget and flops_by_size:
+            # The most iterations whose schedule (sizes included) fits the budget (at least 1).
+            fits = largest_fitting(
+                1, epochs, lambda n: schedule.with_total(n).flops_until(n) <= budget
+            )
+            schedule = schedule.with_total(fits)
+        if total is None:  # a fitted length (train.max_minutes) is the run's own, kept
+            schedule.check_cycles()
+        return schedule
+
+    def check_cycles(self) -> None:
+        """ConfigError for a cyclic schedule of more cycles than iterations after its warm-up
+        (cycles of no iteration: snapshots that repeat others, or none)."""
+        if self.shape.name != "cyclic":
+            return
+        warmup = min(round(self.shape.warmup_epochs * self.iters_per_epoch), self.total)
+        if self.shape.cycles > self.total - warmup:
+            raise ConfigError(
+                f"schedule.cycles = {self.shape.cycles}: more cycles than the run's "
+                f"{self.total - warmup} iterations after its warm-up; use at most "
+                f"{max(1, self.total - warmup)}, or train longer"
+            )
 
     def with_total(self, total: int) -> Schedule:
         """The same schedule stretched or cut to ``total`` iterations."""

@@ -111,9 +111,9 @@ def _check_study(names: list[str], epochs_scale: float, budget_pflop: float) -> 
     """ConfigError for two configs of one name, or a scale or budget out of range."""
     if len(set(names)) != len(names):
         raise ConfigError(f"two configs share a name ({', '.join(names)}); rename one")
-    if epochs_scale <= 0:
+    if not (math.isfinite(epochs_scale) and epochs_scale > 0):
         raise ConfigError(f"--epochs-scale {epochs_scale}: must be a positive number")
-    if budget_pflop < 0:
+    if not (math.isfinite(budget_pflop) and budget_pflop >= 0):
         raise ConfigError(f"--budget-pflop {budget_pflop}: must be a positive number (or 0)")
 
 

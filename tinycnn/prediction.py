@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from tinycnn.atomic import write_text
 from tinycnn.checkpoint import class_difference
 from tinycnn.data.cache import load_cache
+from tinycnn.data.decode import to_rgb
 from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.ensembles import load_predictor
 from tinycnn.errors import ConfigError, ImageTooLargeError
@@ -31,7 +32,6 @@ IMAGE_SIZE = 64
 IMAGE_SUFFIXES = frozenset(
     ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN or fmt == "MPO"
 )
-_WHITE = (255, 255, 255, 255)
 # Images with more pixels than this are refused before they are decoded (--max-pixels). Decoding
 # costs about 3 bytes a pixel, and several times that while converting: 50 megapixels (an
 # 8000x6000 48-megapixel phone photo fits) stays within a few hundred MB, where a 12000x12000 PNG
@@ -174,23 +174,10 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS, side: int = IMAGE_SIZE)
                 f"limit of {max_pixels:,} (--max-pixels); it was not decoded"
             )
         image.load()  # decode now: a truncated file fails here, inside this file's report
-        image = _to_rgb(ImageOps.exif_transpose(image))
+        image = to_rgb(ImageOps.exif_transpose(image))
     if image.size != (side, side):
         image = image.resize((side, side), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB view of any mode; the plain convert() would saturate 16-bit and blacken transparency."""
-    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
-        # 16-bit samples (PNG, TIFF): keep the high byte instead of clipping everything to 255.
-        wide = np.asarray(image, dtype=np.uint32)
-        image = Image.fromarray((wide >> 8).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        # Transparent pixels carry arbitrary colours; show them as a viewer would, on white.
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba)
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _check_max_pixels(max_pixels: int) -> None:

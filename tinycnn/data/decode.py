@@ -137,7 +137,7 @@ class _Worker:
                 result.grayscale.append(row)
             elif image.mode == "CMYK":
                 result.cmyk.append(row)
-            image = image.convert("RGB")
+            image = to_rgb(image)
         if image.size != (size, size):
             # Keep the aspect: crop the centre square, then resize (antialiased when shrinking).
             image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
@@ -269,3 +269,20 @@ def run_chunk(chunk: Chunk) -> ChunkResult:
     """Process-pool task."""
     assert _WORKER is not None, "init_worker was not called"
     return _WORKER.run(chunk)
+
+
+_WHITE = (255, 255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB view of any mode, as prepare and predict read images; the plain convert() would
+    saturate 16-bit samples and blacken transparent pixels."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
+        # 16-bit samples (PNG, TIFF): keep the high byte instead of clipping everything to 255.
+        wide = np.asarray(image, dtype=np.uint32)
+        image = Image.fromarray((wide >> 8).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        # Transparent pixels carry arbitrary colours; show them as a viewer would, on white.
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")

@@ -89,7 +89,7 @@ def prepare(
     out = Path(out).expanduser()
     _check_args(out, size)
     class_list = None if classes is None else read_class_list(classes)
-    source = open_source(src)
+    source = open_source(src, skip=[out])  # a cache inside a dataset folder is not its data
     options = _options(resize, skip_bad, size, classes, class_list)
     fingerprint = source.fingerprint()
     current, reason = (None, "--force") if force else _current_manifest(out, fingerprint, options)
@@ -201,7 +201,8 @@ def _current_manifest(out: Path, fingerprint: dict, options: dict) -> tuple[dict
 
     if identity(manifest.get("source", {})) != identity(fingerprint):
         return None, "the source changed"
-    old_options = manifest.get("options", {})
+    # The class list by its digest: --classes cls.txt and ./cls.txt are one list.
+    old_options, options = _without_path(manifest.get("options", {})), _without_path(options)
     if old_options != options:
         if {**old_options, "boxes": options.get("boxes")} == options:
             return None, "its boxes are in the original images' pixels (an older tinycnn)"
@@ -213,6 +214,10 @@ def _current_manifest(out: Path, fingerprint: dict, options: dict) -> tuple[dict
     except CacheError as exc:
         return None, f"the old cache is damaged: {str(exc).split('; rebuild it with')[0]}"
     return manifest, ""
+
+
+def _without_path(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k != "classes"}
 
 
 def _remove_stale_builds(out: Path) -> None:

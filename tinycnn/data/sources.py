@@ -59,21 +59,42 @@ class Source:
 
 
 class FolderSource(Source):
+    """A dataset folder. Linked folders are followed (each real folder read once: a link back
+    up the tree is no loop); ``skip``: folders left out, e.g. a cache prepared inside the
+    dataset folder, whose files would otherwise change the source's fingerprint at each build."""
+
     kind = "folder"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, skip: Iterable[Path] = ()) -> None:
         super().__init__(_find_folder_root(path))
         self._names: list[str] | None = None
+        self._skip = [os.path.realpath(p) for p in skip]
 
     def names(self) -> list[str]:
         if self._names is None:
-            found = []
-            for dirpath, _dirs, files in os.walk(self.path):
+            found, seen = [], {os.path.realpath(self.path)}
+            for dirpath, dirs, files in os.walk(self.path, followlinks=True):
+                kept = []
+                for d in dirs:
+                    real = os.path.realpath(os.path.join(dirpath, d))
+                    if real not in seen and not self._skipped(real):
+                        seen.add(real)
+                        kept.append(d)
+                dirs[:] = kept
                 rel_dir = os.path.relpath(dirpath, self.path)
                 prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
                 found.extend(prefix + f for f in files)
             self._names = found
         return self._names
+
+    def _skipped(self, real: str) -> bool:
+        # A skipped folder, or a prepare's temporary build or old copy beside it (.NAME.*).
+        parent, name = os.path.split(real)
+        for skip in self._skip:
+            beside = parent == os.path.dirname(skip)
+            if real == skip or (beside and name.startswith(f".{os.path.basename(skip)}.")):
+                return True
+        return False
 
     def read(self, rel: str) -> bytes:
         with open(self.path / rel, "rb") as f:
@@ -96,7 +117,7 @@ class FolderSource(Source):
         }
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "root": self.root, "_names": None}
+        return {"path": self.path, "root": self.root, "_names": None, "_skip": self._skip}
 
 
 class ZipSource(Source):
@@ -107,9 +128,17 @@ class ZipSource(Source):
         self._zip: zipfile.ZipFile | None = None
         self._pid = os.getpid()
         try:
-            all_names = [i.filename for i in self._open().infolist() if not i.is_dir()]
+            members = _zip_members(self._open())
         except (zipfile.BadZipFile, OSError) as exc:
             raise DataError(f"{path}: not a readable zip archive ({exc})") from None
+        self._infos: dict[str, zipfile.ZipInfo] | None = dict(members)
+        if len(self._infos) < len(members):  # zipfile reads the last copy for both
+            seen: set[str] = set()
+            twice = next(n for n, _ in members if n in seen or seen.add(n))
+            raise DataError(
+                f"{path}: holds {twice} twice; make the archive again with one copy of each file"
+            )
+        all_names = list(self._infos)
         self.root = _find_archive_root(path, all_names)
         cut = len(self.root)
         self._names = [n[cut:] for n in all_names if n.startswith(self.root)]
@@ -126,7 +155,10 @@ class ZipSource(Source):
 
     def read(self, rel: str) -> bytes:
         try:
-            return self._open().read(self.root + rel)
+            archive = self._open()
+            if self._infos is None:  # a worker: its own index of the archive it opened
+                self._infos = dict(_zip_members(archive))
+            return archive.read(self._infos[self.root + rel])
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
             raise DataError(f"{self.display(rel)}: cannot read from the archive ({exc})") from None
 
@@ -135,7 +167,14 @@ class ZipSource(Source):
         state = dict(self.__dict__)
         state["_zip"] = None
         state["_names"] = []
+        state["_infos"] = None
         return state
+
+
+def _zip_members(archive: zipfile.ZipFile) -> list[tuple[str, zipfile.ZipInfo]]:
+    """(name, entry) of each file of a zip, Finder's resource forks (__MACOSX/) left out."""
+    members = ((_zip_name(i), i) for i in archive.infolist() if not i.is_dir())
+    return [(name, info) for name, info in members if not name.startswith("__MACOSX/")]
 
 
 class TarGzSource(Source):
@@ -222,13 +261,26 @@ class TarGzSource(Source):
         return state
 
 
-def open_source(path: str | Path) -> Source:
-    """Open a dataset folder, .zip or .tar.gz/.tgz; a clear DataError for anything else."""
+def _zip_name(info: zipfile.ZipInfo) -> str:
+    """A zip member's name. Without the UTF-8 flag zipfile reads the name as cp437, but Info-ZIP's
+    zip (Linux, macOS) stores UTF-8 bytes without setting it: those bytes, where they are UTF-8."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return info.filename
+
+
+def open_source(path: str | Path, skip: Iterable[Path] = ()) -> Source:
+    """Open a dataset folder, .zip or .tar.gz/.tgz; a clear DataError for anything else.
+
+    skip: folders a dataset folder's files leave out (FolderSource)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
-        return FolderSource(path)
+        return FolderSource(path, skip)
     name = path.name.lower()
     if name.endswith(".zip"):
         return ZipSource(path)
@@ -279,9 +331,8 @@ def _find_archive_root(path: Path, names: list[str]) -> str:
             "top folder, as in the official tiny-imagenet-200/"
         )
     # A class-per-folder archive: train/CLASS/file at the top or inside one top folder.
-    folder_roots = sorted(
-        {n[: n.index("train/")] for n in names if re.match(r"^([^/]+/)?train/[^/]+/.", n)}
-    )
+    found = (re.match(r"^([^/]+/)?train/[^/]+/.", n) for n in names)
+    folder_roots = sorted({m.group(1) or "" for m in found if m})
     if len(folder_roots) == 1:
         return folder_roots[0]
     if folder_roots:

@@ -3,7 +3,8 @@
 Layout of the output folder: ``data/tiny-imagenet-synth/`` (official layout, real JPEGs),
 ``cache/`` (the prepared arrays), ``run/`` (a trained model with its metrics and checkpoints) and
 ``report/`` (the analysis report of the run: ``report/index.html``).
-Running the demo again reuses what is complete and resumes what is not.
+Running the demo again reuses what is complete and resumes what is not; a folder made with
+another --seed is refused (its data and run are that seed's).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import time
 from pathlib import Path
 
 from tinycnn.analysis import build_report
+from tinycnn.atomic import write_text
 from tinycnn.config import load_config
 from tinycnn.data.prepare import prepare
 from tinycnn.data.synthetic import make_synthetic
+from tinycnn.errors import ConfigError
+from tinycnn.run_folder import read_resolved_config
 from tinycnn.training import read_metrics, train
 
 DEMO_TOP = "tiny-imagenet-synth"
@@ -48,6 +52,7 @@ def run_demo(
     """
     start = time.perf_counter()
     out = Path(out)
+    _check_seed(out, seed)
     data = _generate(out, seed, say)
     prepared = prepare(data, out / "cache", progress=progress)
     counts = {name: split["count"] for name, split in prepared.manifest["splits"].items()}
@@ -86,6 +91,22 @@ def run_demo(
     }
 
 
+def _check_seed(out: Path, seed: int) -> None:
+    """ConfigError when out holds a demo made with another seed: reusing its data and run would
+    report that seed's results as this one's."""
+    made = {}
+    if (out / "data" / "seed.txt").is_file():
+        made["data"] = (out / "data" / "seed.txt").read_text().strip()
+    if (out / "run" / "config.toml").is_file():
+        made["run"] = str(read_resolved_config(out / "run")["train"]["seed"])
+    for what, other in made.items():
+        if other != str(seed):
+            raise ConfigError(
+                f"{out}: its {what} was made with --seed {other}, not {seed}; give another "
+                f"--out, or --seed {other} to go on with it"
+            )
+
+
 def _generate(out: Path, seed: int, say) -> Path:
     """The demo dataset's folder, generated unless a complete one is there."""
     data = out / "data" / DEMO_TOP
@@ -100,6 +121,7 @@ def _generate(out: Path, seed: int, say) -> Path:
             seed=seed,
             top_folder=DEMO_TOP,
         )
+        write_text(out / "data" / "seed.txt", f"{seed}\n")
     return data
 
 
@@ -108,14 +130,14 @@ def _train_run(run: Path, cache: Path, seed: int, progress: bool, say) -> None:
     cfg = load_config(
         None, [f"data.cache={json.dumps(str(cache))}", *DEMO_TRAINING, f"train.seed={seed}"]
     )
-    done = read_metrics(run)
+    done = read_metrics(run) if (run / "metrics.jsonl").is_file() else []
     result = None
-    if not done:
-        result = train(cfg, run, progress=progress)
-    elif len(done) < cfg.train.epochs:
+    if len(done) >= cfg.train.epochs:
+        say(f"run {run}: already trained ({len(done)} epochs)")
+    elif (run / "config.toml").is_file():  # stopped, even within its first epoch
         result = train(None, run, resume=True, progress=progress)
     else:
-        say(f"run {run}: already trained ({len(done)} epochs)")
+        result = train(cfg, run, progress=progress)
     if result is not None and result.stopped != "finished":
         # Saved and resumable: the next `tinycnn demo` continues where this one stopped.
         raise KeyboardInterrupt("demo training stopped; run the demo again to resume it")

@@ -169,3 +169,31 @@ def test_malformed_numbers_are_one_line_errors_and_write_nothing(
     code, _, err = run_cli(capsys, [*argv, "-q"] if argv[0] != "export" else argv)
     assert_one_line_error(code, err, *fragments)
     assert not out.exists()
+
+
+def test_paths_with_any_characters_reach_the_config_unchanged(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    # An emoji (outside the BMP: json.dumps wrote a surrogate pair TOML refuses, and the path
+    # was kept with its quotes), a quote and a backslash, in --data and --exclude alike.
+    import shutil
+
+    from tinycnn.run_folder import read_resolved_config
+
+    odd = tmp_path / 'data 😀 "q" \\ x'
+    shutil.copytree(cache, odd / "cache")
+    exclude = odd / "ex 😀.txt"
+    exclude.write_text((cache / "train_files.txt").read_text().splitlines()[0] + "\n")
+    code, _, err = run_cli(
+        capsys, train_argv(odd / "cache", tmp_path / "run", "--exclude", exclude)
+    )
+    assert code == 0, err
+    resolved = read_resolved_config(tmp_path / "run")
+    assert resolved["data"]["cache"] == str(odd / "cache")
+    assert resolved["data"]["exclude"] == str(exclude)
+    # A value meant as TOML (quoted) that is not valid TOML is an error, not a string.
+    code, _, err = run_cli(
+        capsys, train_argv(cache, tmp_path / "bad", "--set", 'data.exclude="unterminated')
+    )
+    assert_one_line_error(code, err, "not a valid TOML value")
+    assert not (tmp_path / "bad").exists()

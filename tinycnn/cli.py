@@ -91,7 +91,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from tinycnn import distributed
-    from tinycnn.config import load_config
+    from tinycnn.config import load_config, set_string
     from tinycnn.training import checkpoint_config, train
 
     if args.resume:
@@ -114,9 +114,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
         overrides = list(args.set)
         if args.data:
-            overrides.insert(0, f"data.cache={json.dumps(args.data)}")
+            overrides.insert(0, set_string("data.cache", args.data))
         if args.exclude:
-            overrides.append(f"data.exclude={json.dumps(str(Path(args.exclude).resolve()))}")
+            overrides.append(set_string("data.exclude", Path(args.exclude).resolve()))
         # --init-from without --config: the checkpoint's settings, with --set changes
         base = checkpoint_config(args.init_from) if args.init_from and not args.config else None
         cfg = load_config(args.config, overrides, base=base)

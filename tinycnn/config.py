@@ -8,6 +8,7 @@ one-line ConfigErrors that quote the key and the value.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import typing
@@ -244,9 +245,18 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=10")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as exc:
+        if text.strip()[:1] in "\"'[{":  # meant as TOML, and not valid TOML: say so
+            raise ConfigError(f"--set {item!r}: not a valid TOML value ({exc})") from None
         value = text  # a bare word: a string, as a user would mean it (model.name=paper8)
     raw.setdefault(parts[0], {})[parts[1]] = value
+
+
+def set_string(key: str, value: str | Path) -> str:
+    """A --set override giving key the string value exactly (a path with quotes, backslashes,
+    or characters outside the BMP, which json.dumps would escape as surrogate pairs TOML
+    refuses)."""
+    return f"{key}={json.dumps(str(value), ensure_ascii=False)}"
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:

@@ -9,13 +9,12 @@ another --seed is refused (its data and run are that seed's).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from tinycnn.analysis import build_report
 from tinycnn.atomic import write_text
-from tinycnn.config import load_config
+from tinycnn.config import load_config, set_string
 from tinycnn.data.prepare import prepare
 from tinycnn.data.synthetic import make_synthetic
 from tinycnn.errors import ConfigError
@@ -127,9 +126,7 @@ def _generate(out: Path, seed: int, say) -> Path:
 
 def _train_run(run: Path, cache: Path, seed: int, progress: bool, say) -> None:
     """Train the demo's run, resume an unfinished one, or say that it is already trained."""
-    cfg = load_config(
-        None, [f"data.cache={json.dumps(str(cache))}", *DEMO_TRAINING, f"train.seed={seed}"]
-    )
+    cfg = load_config(None, [set_string("data.cache", cache), *DEMO_TRAINING, f"train.seed={seed}"])
     done = read_metrics(run) if (run / "metrics.jsonl").is_file() else []
     result = None
     if len(done) >= cfg.train.epochs:

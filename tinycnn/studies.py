@@ -22,7 +22,7 @@ from tinycnn.analysis import build_report
 from tinycnn.analysis.experiments import PAPER_ENSEMBLE, identify_preset, paper_figure
 from tinycnn.atomic import write_text
 from tinycnn.compute import PFLOP, training_flops_per_image
-from tinycnn.config import RunConfig, load_config
+from tinycnn.config import RunConfig, load_config, set_string
 from tinycnn.crops import fit_crop
 from tinycnn.data.cache import load_cache
 from tinycnn.ensembles import DEFAULT_PROB_CACHE, ensemble
@@ -71,7 +71,7 @@ def run_experiments(
     out = Path(out)
     names = [Path(c).stem for c in configs]
     _check_study(names, epochs_scale, budget_pflop)
-    overrides = [f"data.cache={json.dumps(str(cache))}"]
+    overrides = [set_string("data.cache", cache)]
     if holdout_per_class is not None:
         overrides.append(f"data.holdout_per_class={holdout_per_class}")
     # Under torchrun every rank trains each run (rank 0 writes it); rank 0 alone tabulates,

@@ -311,8 +311,34 @@ def test_fetch_command_downloads_resumes_and_prepares(
         ("https://example.org/a/b/set.tar.gz", "/data/set.tar.gz"),
         ("https://example.org/a/folder/", "/data/folder"),
         ("file:///tmp/x.zip", "/data/x.zip"),
+        ("https://example.org/get/data.zip?download=1#top", "/data/data.zip"),  # not the query
+        ("https://example.org/my%20data.zip", "/data/my data.zip"),
         ("", "/data/download.zip"),
     ],
 )
 def test_archive_path_is_beside_the_cache_named_as_the_url(url: str, expected: str) -> None:
     assert fetch.archive_path(url, "/data") == Path(expected)
+
+
+@pytest.mark.parametrize(
+    ("url", "dest", "message"),
+    [
+        ("{source}", "out/tiny.zip", "expected an http://, https:// or file:// URL"),  # no scheme
+        ("ftp://example.org/x.zip", "out/tiny.zip", "expected an http://, https:// or file://"),
+        ("{uri}", "out", "is a folder; give the file to download into"),
+    ],
+)
+def test_a_url_without_a_scheme_or_a_folder_as_the_file_is_one_line(
+    tmp_path: Path, capsys, url: str, dest: str, message: str
+) -> None:
+    from tinycnn.cli import main
+
+    source = tmp_path / "source.zip"
+    source.write_bytes(PAYLOAD)
+    (tmp_path / "out").mkdir()
+    url = url.format(source=source, uri=source.as_uri())
+    argv = ["fetch", "--url", url, "--out", str(tmp_path / "cache"), "--archive"]
+    assert main([*argv, str(tmp_path / dest), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinycnn: error: ") and message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "source.zip"]

@@ -14,6 +14,7 @@ import re
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,10 @@ class Downloaded:
 
 
 def archive_path(url: str, folder: str | Path) -> Path:
-    """Where a download of ``url`` is kept unless told: in folder, named as the URL's last part."""
-    return Path(folder) / (url.rstrip("/").rsplit("/", 1)[-1] or "download.zip")
+    """Where a download of ``url`` is kept unless told: in folder, named as the last part of the
+    URL's path (no query string or fragment: ``data.zip?download=1`` is ``data.zip``)."""
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+    return Path(folder) / (name or "download.zip")
 
 
 def download(
@@ -76,6 +79,10 @@ def download(
     backoff_s: wait before attempt k is backoff_s * k seconds.
     """
     dest = Path(dest)
+    if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https", "file"):
+        raise DownloadError(f"{url}: expected an http://, https:// or file:// URL")
+    if dest.is_dir():
+        raise DownloadError(f"{dest}: is a folder; give the file to download into")
     part = dest.with_name(dest.name + ".part")
     if url == OFFICIAL_URL:
         size = OFFICIAL_SIZE if size is None else size

@@ -197,3 +197,39 @@ def test_paths_with_any_characters_reach_the_config_unchanged(
     )
     assert_one_line_error(code, err, "not a valid TOML value")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--set", 'optim.betas=["a", "b"]'], "optim.betas = ['a', 'b']: expected two numbers"),
+        (["--set", "model.options=3"], "model.options = 3: expected a table"),
+        (["--set", "data.holdout_seed=-1"], "data.holdout_seed = -1: must be a number >= 0"),
+    ],
+)
+def test_config_values_of_the_wrong_kind_are_one_line(
+    cache: Path, tmp_path: Path, capsys, extra: list[str], fragment: str
+) -> None:
+    code, _, err = run_cli(capsys, train_argv(cache, tmp_path / "run", *extra))
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prepare", "DATA", "--out", "OUT", "--workers", "-1"],
+        ["evaluate", "RUN", "--data", "DATA", "--batch-size", "0"],
+        ["evaluate", "RUN", "--data", "DATA", "--batch-size", "-3"],
+    ],
+)
+def test_counts_below_one_are_refused_by_the_parser(
+    cache: Path, tmp_path: Path, capsys, argv
+) -> None:
+    names = {"DATA": str(cache), "OUT": str(tmp_path / "out"), "RUN": str(tmp_path)}
+    argv = [names.get(a, a) for a in argv]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2  # argparse's usage error, naming the option and its value
+    assert f"argument {argv[-2]}: '{argv[-1]}' is not a whole number >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

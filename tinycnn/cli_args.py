@@ -58,6 +58,17 @@ def _add_prob_cache(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not cache member probabilities")
 
 
+def _count(text: str) -> int:
+    """A whole number >= 1 (processes, a batch's images)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def _iteration_count(text: str) -> int:
     try:
         value = int(text)
@@ -80,7 +91,7 @@ def _add_prepare(sub, shared: _Shared) -> argparse.ArgumentParser:
         "val/CLASS/*.jpg folder or archive",
     )
     p.add_argument("--out", required=True, help="cache folder to create or refresh")
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores)")
+    p.add_argument("--workers", type=_count, default=None, help="decode processes (default: cores)")
     p.add_argument(
         "--resize",
         action="store_true",
@@ -127,7 +138,7 @@ def _add_fetch(sub, shared: _Shared) -> argparse.ArgumentParser:
     p.add_argument("--sha256", help="expected sha256 of the archive")
     p.add_argument("--md5", help="expected md5 (the official zip's is checked by default)")
     p.add_argument("--size", type=int, help="expected size in bytes")
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores)")
+    p.add_argument("--workers", type=_count, default=None, help="decode processes (default: cores)")
     return p
 
 
@@ -173,7 +184,7 @@ def _add_evaluate(sub, shared: _Shared) -> argparse.ArgumentParser:
         "evaluate", parents=shared.inference, help="error rates, per-class accuracy, confusion"
     )
     p.add_argument("checkpoints", nargs="+", metavar=MEMBERS)
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=_count, default=500)
     return p
 
 

@@ -126,6 +126,7 @@ class RunConfig:
         _choice("data.normalization", self.data.normalization, NORMALIZATIONS)
         _positive("data.scale", self.data.scale)
         _at_least("data.holdout_per_class", self.data.holdout_per_class, 0)
+        _at_least("data.holdout_seed", self.data.holdout_seed, 0)
         _choice("model.init", self.model.init, INITS)
         _at_least("model.classifier_init_scale", self.model.classifier_init_scale, 0)
         _choice("optim.name", self.optim.name, OPTIMIZERS)
@@ -135,7 +136,8 @@ class RunConfig:
         _positive("optim.bias_lr_multiplier", self.optim.bias_lr_multiplier)
         _at_least("optim.clip_grad_norm", self.optim.clip_grad_norm, 0)
         _fraction("optim.label_smoothing", self.optim.label_smoothing)
-        if len(self.optim.betas) != 2 or not all(0 <= b < 1 for b in self.optim.betas):
+        betas = self.optim.betas
+        if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"optim.betas = {self.optim.betas}: expected two numbers in [0, 1)")
         _choice("schedule.name", self.schedule.name, SCHEDULES)
         _positive("schedule.step_epochs", self.schedule.step_epochs)
@@ -177,6 +179,10 @@ class RunConfig:
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key} = {value!r}: expected one of {', '.join(allowed)}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _at_least(key: str, value: float, low: float) -> None:
@@ -272,6 +278,11 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
             raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
         values = dict(values)
         if name == "model":  # every key that is not a ModelConfig field is a model option
+            if not isinstance(values.get("options", {}), dict):
+                raise ConfigError(
+                    f"model.options = {values['options']!r}: expected a table of model options "
+                    "(or set each as model.KEY)"
+                )
             known = {field.name for field in dataclasses.fields(ModelConfig)}
             options = {
                 **values.pop("options", {}),

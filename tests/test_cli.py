@@ -231,5 +231,6 @@ def test_counts_below_one_are_refused_by_the_parser(
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2  # argparse's usage error, naming the option and its value
-    assert f"argument {argv[-2]}: '{argv[-1]}' is not a whole number >= 1" in capsys.readouterr().err
+    message = f"argument {argv[-2]}: '{argv[-1]}' is not a whole number >= 1"
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

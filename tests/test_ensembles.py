@@ -562,3 +562,24 @@ def test_a_checkpoint_replaced_while_its_probabilities_are_computed_is_not_serve
     fresh = ensemble([str(other)], small.cache, runtime=FP32, prob_cache=None)
     np.testing.assert_array_equal(second.probabilities, fresh.probabilities)
     assert not np.array_equal(first.probabilities, second.probabilities)
+
+
+def test_members_tuned_on_other_held_out_images_are_not_averaged_on_tune(
+    run, tmp_path: Path
+) -> None:
+    # Another holdout seed holds out other images (the same count a class, so the labels line
+    # up): averaging row by row had mixed two images in each row, and greedy selected on them.
+    cache, folder = run
+    overrides = [*SMALL, "train.epochs=1", "data.holdout_per_class=2", "data.holdout_seed=7"]
+    other = tmp_path / "seed7"
+    train(load_config(None, [f"data.cache={json.dumps(str(cache))}", *overrides]), other,
+          progress=False)  # fmt: skip
+    specs = [str(folder), str(other)]
+    for kwargs in ({"split": "tune"}, {"greedy": True, "select_on": "tune"}):
+        with pytest.raises(ConfigError, match=r"holds out other training images than .* 2 / 7"):
+            ensemble(specs, cache, runtime=FP32, prob_cache=None, **kwargs)
+    on_val = ensemble(specs, cache, runtime=FP32, prob_cache=None, split="val")
+    assert len(on_val.members) == 2
+    same = ensemble([str(folder), f"{folder}@last"], cache, runtime=FP32, prob_cache=None,
+                    split="tune")  # fmt: skip
+    assert len(same.members) == 2

@@ -119,9 +119,11 @@ def member_probabilities(
 ) -> tuple[list[np.ndarray], Tensor]:
     """Each member's (N, C) probabilities on a split (cached), and the split's labels.
 
-    option: what chose the split, as errors name it (split_rows).
+    option: what chose the split, as errors name it (split_rows). ConfigError where the members
+    were tuned on different held-out images ("tune"): their rows would be averaged image by
+    image across different images.
     """
-    labels = None
+    labels, first = None, None
     probs = []
     for path in paths:
         loaded = load_model(path, runtime)
@@ -133,6 +135,15 @@ def member_probabilities(
             return loaded.probabilities(images, tta, batch_size, label).numpy()
 
         name, rows = split_rows(cache, split, loaded.config, option)
+        if first is None:
+            first = (path, rows, loaded.config["data"])
+        elif rows is not None and not np.array_equal(rows, first[1]):
+            raise ConfigError(
+                f"{option} {split}: {path} holds out other training images than {first[0]} "
+                f"(holdout_per_class / holdout_seed {_holdout(loaded.config['data'])} against "
+                f"{_holdout(first[2])}), so the members have no tuning images in common; use "
+                "val, or members trained with one held-out split"
+            )
         precision = runtime.precision
         probs.append(prob_cache.get(loaded.sha256, cache, split, tta, rows, precision, compute))
         if labels is None:  # the labels alone: no copy of the images
@@ -141,6 +152,10 @@ def member_probabilities(
                 np.asarray(split_labels if rows is None else split_labels[rows], np.int64)
             )
     return probs, labels
+
+
+def _holdout(data: dict) -> str:
+    return f"{data['holdout_per_class']} / {data['holdout_seed']}"
 
 
 def ensemble(

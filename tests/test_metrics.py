@@ -86,3 +86,15 @@ def test_top5_error_by_hand_with_seven_classes() -> None:
     assert confusion.sum() == 6 and confusion.diagonal().sum() == 2
     assert accuracy[0] == 0.5 and accuracy[6] == 1.0 and accuracy[4] == 0.0
     assert math.isnan(accuracy[1]) and math.isnan(accuracy[3])  # no images of that class
+
+
+def test_tied_logits_count_the_argmax_as_every_other_figure_does() -> None:
+    # All logits equal: argmax says class 0 for every image (so do training's error, the
+    # confusion matrix and predictions); topk's first index is another class on CPU.
+    labels = torch.cat([torch.zeros(30, dtype=torch.long), torch.arange(1, 8).repeat(10)])
+    logits = torch.zeros(100, 10)
+    rates = error_rates(logits, labels)
+    assert rates["top1_error"] == pytest.approx(0.7)  # by hand: 30 of 100 images are class 0
+    _, confusion = per_class_accuracy(logits, labels, 10)
+    assert rates["top1_error"] == pytest.approx(1 - confusion.trace().item() / 100)
+    assert rates["top5_error"] <= rates["top1_error"]  # a top-1 hit is a top-5 hit

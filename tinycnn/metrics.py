@@ -10,16 +10,19 @@ from torch import Tensor
 
 
 def error_rates(logits: Tensor, labels: Tensor) -> dict[str, float]:
-    """Top-1 and top-5 error (fractions in [0, 1]), mean cross-entropy loss, and the count."""
+    """Top-1 and top-5 error (fractions in [0, 1]), mean cross-entropy loss, and the count.
+
+    Top-1 is the argmax, as in training's error, the confusion matrix and every prediction (on
+    tied logits topk's first index is another one); a top-1 hit is a top-5 hit."""
     labels = labels.long()
     k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hits = top == labels[:, None]
+    hit1 = logits.argmax(dim=1) == labels
+    hit5 = hit1 | (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
     count = len(labels)
     return {
         "loss": float(F.cross_entropy(logits, labels)) if count else float("nan"),
-        "top1_error": float((~hits[:, 0]).float().mean()) if count else float("nan"),
-        "top5_error": float((~hits.any(dim=1)).float().mean()) if count else float("nan"),
+        "top1_error": float((~hit1).float().mean()) if count else float("nan"),
+        "top5_error": float((~hit5).float().mean()) if count else float("nan"),
         "count": count,
     }
 

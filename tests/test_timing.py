@@ -129,3 +129,112 @@ def test_a_time_fitted_run_ends_its_schedule_on_the_budget_and_resumes_on_it(
         assert result.iteration == total
         assert result.metrics[-1]["lr"] == pytest.approx(cfg.optim.lr / total)
     assert result.stopped in ("finished", "time budget")
+
+
+class _Clock:
+    """A stand-in for time.perf_counter that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("done", "total", "per_epoch", "expected"),
+    [
+        (0, 10, 7, 2),  # epoch 1's end (7) and the closing one (10)
+        (5, 10, 7, 2),
+        (7, 10, 7, 2),  # epoch 1's end just reached: its evaluation is still to run
+        (8, 10, 7, 1),
+        (10, 10, 7, 1),
+        (4, 60, 3, 19),  # 6, 9, ..., 60
+        (5, 21, 7, 3),
+        (5, 4, 7, 1),  # a run shorter than an epoch: its closing one
+    ],
+)
+def test_evaluations_left_by_hand(done: int, total: int, per_epoch: int, expected: int) -> None:
+    from tinycnn.schedule import evaluations_left
+
+    assert evaluations_left(done, total, per_epoch) == expected
+
+
+def test_the_time_to_go_counts_the_evaluation_of_a_mid_epoch_end(monkeypatch) -> None:
+    # 7 steps an epoch, 10 in all, 1 s a step, 5 s an evaluation: at iteration 5, 5 steps and
+    # 2 evaluations (at 7 and 10) are to come: 15 s (it had counted one: 10 s).
+    import tinycnn.timing
+
+    clock = _Clock()
+    monkeypatch.setattr(tinycnn.timing.time, "perf_counter", clock)
+    schedule = Schedule.build(load_config(None, ["train.epochs=2"]), 7, 56, {}, total=10)
+    budget = Budget(0, 0.0, 0, batch_size=16, eval_images=20)
+    budget.eval_seconds = 5.0
+    assert budget.remaining(schedule, 5, 1.0) == "00:00:15"
+
+
+def test_the_first_step_and_the_evaluations_are_not_taken_for_the_step_rate(monkeypatch) -> None:
+    # A 0.72 s first step (allocation, kernel choices) then 0.01 s steps: the closing
+    # evaluation of 2,400 images is estimated from the 0.01 s (2,400 x 0.01 / 8 / 2.5 = 1.2 s),
+    # not from the first step (86 s, which had ended a 45 s run after one step).
+    import tinycnn.timing
+
+    clock = _Clock()
+    monkeypatch.setattr(tinycnn.timing.time, "perf_counter", clock)
+    budget = Budget(0.75, 0.0, 0, batch_size=8, eval_images=2400)
+    clock.now = 0.72
+    budget.stepped(1)
+    assert not budget.exhausted(1)
+    for i in range(2, 6):
+        clock.now += 0.01
+        budget.stepped(i)
+    assert budget._eval_estimate(5) == pytest.approx(2400 * 0.01 / 8 / 2.5)
+    assert not budget.exhausted(5)
+    # The training clock stands still during an evaluation.
+    before = budget.training_clock()
+    budget.evaluating()
+    clock.now += 10.0
+    budget.evaluated(5)
+    assert budget.training_clock() == pytest.approx(before)
+
+
+def test_a_time_fit_times_the_steps_not_the_evaluations_between_them(monkeypatch) -> None:
+    # 7 steps an epoch: 3 evaluations (1 s each) fall among the 22 steps the fit times. The
+    # steps' rate is their own (0.067 s a step), and the fitted length spends what is left of
+    # 45 s (x 0.95) on 0.067 s steps and 1 s evaluations (by hand, below). Timing the
+    # evaluations as steps had fitted a run that used a quarter of its budget.
+    from types import SimpleNamespace
+
+    import tinycnn.timing
+    from tinycnn.timing import TimeFit
+
+    clock = _Clock()
+    monkeypatch.setattr(tinycnn.timing.time, "perf_counter", clock)
+    cfg = load_config(None, ["train.epochs=40", "train.batch_size=32"])
+    schedule = Schedule.build(cfg, 7, 56, {56: 1e9})
+    s = SimpleNamespace(
+        iteration=0, flops_done=0.0, schedule=schedule, cfg=cfg,
+        runtime=SimpleNamespace(device=torch.device("cpu")), eval_sets={"val": (None, [0] * 2400)},
+    )  # fmt: skip
+    s.fit_schedule = lambda total: setattr(s, "fitted", total)
+    budget = Budget(0.75, 0.0, 0, batch_size=32, eval_images=2400)
+    fit = TimeFit(0, budget, progress=False)
+    for it in range(1, 23):
+        clock.now += 0.067
+        s.iteration, s.flops_done = it, s.flops_done + 32 * 1e9
+        budget.stepped(it)
+        fit.measure(s)
+        if it % 7 == 0:
+            budget.evaluating()
+            clock.now += 1.0
+            budget.evaluated(it)
+    assert budget.step_seconds == {56: pytest.approx(0.067)}
+    left = (45 - (22 * 0.067 + 3 * 1.0)) * 0.95
+    expected = 22
+    while expected < 280:  # one more step fits while its steps and evaluations fit
+        n = expected + 1
+        evaluations = len([e for e in range(7, n + 1, 7) if e >= 22]) + bool(n % 7)
+        if (n - 22) * 0.067 + evaluations * 1.0 > left:
+            break
+        expected = n
+    assert s.fitted == expected

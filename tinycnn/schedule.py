@@ -225,13 +225,15 @@ def fit_total_to_time(
     step_seconds: Mapping[int, float],
     seconds_left: float,
     eval_images: int,
+    eval_seconds: float | None = None,
 ) -> int:
     """The most iterations (at least done + 1, at most the schedule's own total) whose steps
     after the first ``done`` and evaluations take ``seconds_left``, a step at side n taking
     ``step_seconds[n]``.
 
-    eval_images: the images of one evaluation (every split evaluated at an epoch's end); its
-    forward passes are counted as a third of a training step per image, at the final side.
+    eval_seconds: one evaluation's measured time (its splits, checkpoints and logs), where one
+    has run; else eval_images (the images of one evaluation) are counted as a third of a
+    training step per image, at the final side.
     """
     per_epoch, batch = schedule.iters_per_epoch, schedule.batch_size
 
@@ -239,11 +241,17 @@ def fit_total_to_time(
         fitted = schedule.with_total(total)
         steps = fitted.steps_seconds(done, step_seconds)
         size = fitted.input_size_at(total - 1)
-        evaluations = total // per_epoch - done // per_epoch
-        evaluations += bool(total % per_epoch)  # the closing one
-        return steps + evaluations * eval_images * step_seconds[size] / batch / 3
+        per_evaluation = eval_seconds or eval_images * step_seconds[size] / batch / 3
+        return steps + evaluations_left(done, total, per_epoch) * per_evaluation
 
     return largest_fitting(done + 1, schedule.total, lambda total: seconds(total) <= seconds_left)
+
+
+def evaluations_left(done: int, total: int, per_epoch: int) -> int:
+    """Evaluations still to run once ``done`` steps of ``total`` are taken: at each epoch end
+    from the current one on (one just reached is still to run) and at a mid-epoch end."""
+    first = max(1, -(-done // per_epoch))  # the first epoch end at or after done
+    return max(0, total // per_epoch - first + 1) + bool(total % per_epoch)
 
 
 def step_seconds_by_size(

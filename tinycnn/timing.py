@@ -10,7 +10,12 @@ import torch
 
 from tinycnn import distributed
 from tinycnn.data.augment import resize_views
-from tinycnn.schedule import Schedule, fit_total_to_time, step_seconds_by_size
+from tinycnn.schedule import (
+    Schedule,
+    evaluations_left,
+    fit_total_to_time,
+    step_seconds_by_size,
+)
 from tinycnn.session import Session
 
 
@@ -18,7 +23,8 @@ class Budget:
     """train.max_minutes as a wall-clock limit that leaves time for the closing evaluation.
 
     The closing evaluation's cost is the last measured one, or before any, an estimate from the
-    training rate: a forward pass costs about a third of a training step per image.
+    training rate: a forward pass costs about a third of a training step per image. The rate
+    leaves out the run's first step (allocation, kernel choices: often many times a step).
     """
 
     def __init__(
@@ -31,7 +37,9 @@ class Budget:
         self.eval_seconds: float | None = None
         self.step_seconds: dict[int, float] | None = None  # a step's seconds by side (the fit)
         self._eval_started = 0.0
+        self._eval_total = 0.0  # seconds spent in evaluations so far
         self._step_origin = (time.perf_counter(), iteration)
+        self._first = iteration  # the step after it starts the rate's clock (stepped)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.origin
@@ -41,7 +49,17 @@ class Budget:
 
     def evaluated(self, iteration: int) -> None:
         self.eval_seconds = time.perf_counter() - self._eval_started
+        self._eval_total += self.eval_seconds
         self._step_origin = (time.perf_counter(), iteration)
+
+    def stepped(self, iteration: int) -> None:
+        """Call after each step: the first one after the start is not timed."""
+        if iteration == self._first + 1 and self._step_origin[1] == self._first:
+            self._step_origin = (time.perf_counter(), iteration)
+
+    def training_clock(self) -> float:
+        """Seconds on a clock that stands still during evaluations: training steps' time."""
+        return time.perf_counter() - self._eval_total
 
     def _step_seconds(self, iteration: int) -> float:
         """Seconds per training step since the last evaluation (0 before the first step)."""
@@ -71,7 +89,7 @@ class Budget:
         elif step_flops:
             flops_left = schedule.flops_until(schedule.total) - schedule.flops_until(iteration)
             steps = flops_left / (step_flops * schedule.batch_size) * seconds_per_iteration
-        evaluations = -(-(schedule.total - iteration) // schedule.iters_per_epoch)
+        evaluations = evaluations_left(iteration, schedule.total, schedule.iters_per_epoch)
         left = steps + evaluations * (self.eval_seconds or 0.0)
         if self.seconds:
             left = min(left, max(self.seconds - self.elapsed(), 0.0))
@@ -115,11 +133,12 @@ class TimeFit:
         done = s.iteration - self.first
         if done in (self.WARM_UP, self.WARM_UP + self.TIMED) and s.runtime.device.type == "cuda":
             torch.cuda.synchronize(s.runtime.device)  # twice a run: time the work, not queueing
+        # The steps' own time: an evaluation between them (epochs of under 22 steps) is not a step.
         if done == self.WARM_UP:
-            self.start = (time.perf_counter(), s.flops_done)
+            self.start = (self.budget.training_clock(), s.flops_done)
         if done < self.WARM_UP + self.TIMED or self.start is None:
             return False
-        seconds = time.perf_counter() - self.start[0]
+        seconds = self.budget.training_clock() - self.start[0]
         rate = (s.flops_done - self.start[1]) / max(seconds, 1e-9)  # training FLOP/s
         per_image = s.schedule.flops_by_size
         measured = s.schedule.input_size_at(s.iteration - 1)
@@ -130,7 +149,9 @@ class TimeFit:
             step_seconds = step_seconds_by_size(step_seconds, probe_step_seconds(s, others))
         left = (self.budget.seconds - self.budget.elapsed()) * self.MARGIN
         images = sum(len(labels) for _, labels in s.eval_sets.values())
-        total = fit_total_to_time(s.schedule, s.iteration, step_seconds, left, images)
+        total = fit_total_to_time(
+            s.schedule, s.iteration, step_seconds, left, images, self.budget.eval_seconds
+        )
         # Every rank takes rank 0's length: one schedule for the whole job.
         s.fit_schedule(distributed.broadcast_int(total))
         self.budget.step_seconds = step_seconds

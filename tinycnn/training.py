@@ -297,6 +297,7 @@ def train_one_epoch(
             size = s.schedule.input_size_at(s.iteration)
             sums.add(train_step(s, rows), len(rows))
             s.advance(len(rows), size)
+            budget.stepped(s.iteration)
             snapshots = snapshot_names(s)  # iter-N every snapshot_every, cycle-NN
             # The numbers reach the host (and the ranks agree on a stop) every few steps.
             due = snapshots or sums.due(s.iteration, per_epoch, s.schedule.total)

@@ -148,6 +148,7 @@ def test_stop_at_needs_a_positive_iteration_count(cache: Path, tmp_path: Path, v
         (["experiment", "PRESET", "--data", "CACHE", "--epochs-scale", "nan"], ["--epochs-scale"]),
         (["export", "RUN", "--format", "torchscript", "--check-count", "-15"], ["count -15"]),
         (["export", "RUN", "--format", "torchscript", "--check-count", "0"], ["--check-count 0"]),
+        (["export", "RUN", "--format", "torchscript", "--data", "NOPE"], ["not a prepared cache"]),
     ],
 )
 def test_malformed_numbers_are_one_line_errors_and_write_nothing(
@@ -162,6 +163,7 @@ def test_malformed_numbers_are_one_line_errors_and_write_nothing(
     preset = tmp_path / "in" / "small.toml"
     preset.write_text(SMALL_PRESET)
     names = {"RUN": str(folder), "CACHE": str(cache), "IMAGE": str(image), "PRESET": str(preset)}
+    names["NOPE"] = str(tmp_path / "nope")
     argv = [re.sub("|".join(names), lambda m: names[m.group()], a) for a in argv]
     out = tmp_path / "out"
     if argv[0] in ("experiment", "export"):
@@ -233,4 +235,26 @@ def test_counts_below_one_are_refused_by_the_parser(
     assert exited.value.code == 2  # argparse's usage error, naming the option and its value
     message = f"argument {argv[-2]}: '{argv[-1]}' is not a whole number >= 1"
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "RUN", "--data", "DATA", "--out", "OUT", "--seed", "-1"],
+        ["report", "RUN", "--data", "DATA", "--out", "OUT", "--seed", "4294967296"],
+        ["demo", "--out", "OUT", "--seed", "-3"],
+    ],
+)
+def test_seeds_outside_what_numpy_takes_are_refused_by_the_parser(
+    cache: Path, tmp_path: Path, capsys, argv
+) -> None:
+    # The report had scored every member first, then died in numpy or scikit-learn.
+    names = {"DATA": str(cache), "OUT": str(tmp_path / "out"), "RUN": str(tmp_path)}
+    with pytest.raises(SystemExit) as exited:
+        main([names.get(a, a) for a in argv])
+    assert exited.value.code == 2
+    assert f"argument --seed: '{argv[-1]}' is not a whole number in [0, 2**32 - 1]" in (
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "out").exists()

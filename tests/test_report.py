@@ -544,3 +544,34 @@ def test_ambiguous_images_never_include_what_train_exclude_left_out(
     finally:
         shutil.move(moved, excluded)
     assert not (tmp_path / "again").exists()
+
+
+def test_per_class_top5_follows_the_summary_s_rule_on_ties() -> None:
+    # All probabilities equal (a model at chance): the classes' top-5 hits add up to the
+    # summary's top-5 error (argsort had taken other classes than topk: 0.975 against 0.970).
+    from tinycnn.analysis.classes import per_class_table
+    from tinycnn.metrics import error_rates
+
+    labels = np.arange(200).repeat(10)
+    probs = np.full((2000, 200), 1 / 200, np.float32)
+    table = per_class_table(probs, labels, [f"n{c}" for c in range(200)], ["x"] * 200)
+    hits = sum(row["top5_accuracy"] * row["count"] for row in table)
+    rates = error_rates(torch.from_numpy(np.log(probs)), torch.from_numpy(labels))
+    assert 1 - hits / 2000 == pytest.approx(rates["top5_error"])
+    assert sum(row["top1_accuracy"] * row["count"] for row in table) == 10  # class 0's, by hand
+
+
+def test_the_t_sne_legend_names_every_class(monkeypatch) -> None:
+    # A class folder named "_other" is a class; matplotlib leaves "_" labels out of a legend.
+    from tinycnn.analysis import figures
+
+    shown = []
+
+    def legend(fig) -> bytes:
+        shown.extend(text.get_text() for text in fig.axes[0].get_legend().get_texts())
+        return b""
+
+    monkeypatch.setattr(figures, "_png", legend)
+    points = np.random.default_rng(0).normal(size=(30, 2))
+    figures.tsne_scatter(points, np.arange(3).repeat(10), ["_other", "cat", "dog"])
+    assert [t.lstrip("\u200b") for t in shown] == ["_other", "cat", "dog"]

@@ -69,6 +69,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A random seed: a whole number in [0, 2**32 - 1] (what numpy and scikit-learn take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number in [0, 2**32 - 1]")
+    return value
+
+
 def _iteration_count(text: str) -> int:
     try:
         value = int(text)
@@ -300,7 +311,7 @@ def _add_models(sub, shared: _Shared) -> argparse.ArgumentParser:
 def _add_demo(sub, shared: _Shared) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[shared.quiet], help="the whole job on generated demo data")
     p.add_argument("--out", default="tinycnn-demo", help="output folder (default ./tinycnn-demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the generated data")
     return p
 
 
@@ -341,7 +352,7 @@ def _add_report(sub, shared: _Shared) -> argparse.ArgumentParser:
         "minutes: 100,000 took 7.5 min for configs/quick.toml's model on 2 cores), else a "
         "seeded sample of N spread over the classes",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the t-SNE and example choices")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the t-SNE and example choices")
     _add_prob_cache(p, "where member probabilities are cached (as for ensemble)")
     return p
 

@@ -203,14 +203,15 @@ def find_check_images(
         raise ConfigError(f"--check-count {count}: check on at least 1 image")
     checkpoint = resolve_checkpoint(checkpoint)
     # A damaged checkpoint without these fields is reported by export_model, in one line.
-    config = load_checkpoint(checkpoint).get("config") if not data else {}
-    cache_dir = data or (config or {}).get("data", {}).get("cache")
-    if not cache_dir or not (Path(cache_dir) / "manifest.json").is_file():
-        no_cache = "no cache found: pass --data CACHE to check on real ones"
-        return None, f"{CHECK_IMAGES} random images ({no_cache})"
-    val = load_cache(cache_dir).split("val")
+    if not data:  # the training cache, where it still is; data named must be a cache
+        config = load_checkpoint(checkpoint).get("config")
+        data = (config or {}).get("data", {}).get("cache")
+        if not data or not (Path(data) / "manifest.json").is_file():
+            no_cache = "no cache found: pass --data CACHE to check on real ones"
+            return None, f"{CHECK_IMAGES} random images ({no_cache})"
+    val = load_cache(data).split("val")
     count = min(count, len(val))
-    return val.images[:count], f"the first {count} val images of {cache_dir}"
+    return val.images[:count], f"the first {count} val images of {data}"
 
 
 def _require_onnx() -> None:

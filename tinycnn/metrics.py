@@ -15,9 +15,7 @@ def error_rates(logits: Tensor, labels: Tensor) -> dict[str, float]:
     Top-1 is the argmax, as in training's error, the confusion matrix and every prediction (on
     tied logits topk's first index is another one); a top-1 hit is a top-5 hit."""
     labels = labels.long()
-    k = min(5, logits.shape[1])
-    hit1 = logits.argmax(dim=1) == labels
-    hit5 = hit1 | (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+    hit1, hit5 = top_hits(logits, labels)
     count = len(labels)
     return {
         "loss": float(F.cross_entropy(logits, labels)) if count else float("nan"),
@@ -25,6 +23,14 @@ def error_rates(logits: Tensor, labels: Tensor) -> dict[str, float]:
         "top5_error": float((~hit5).float().mean()) if count else float("nan"),
         "count": count,
     }
+
+
+def top_hits(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(top-1 hit, top-5 hit) per row of scores (logits or probabilities): top-1 is the argmax,
+    and a top-1 hit is a top-5 hit (on ties, topk may leave the argmax's class out)."""
+    hit1 = scores.argmax(dim=1) == labels
+    k = min(5, scores.shape[1])
+    return hit1, hit1 | (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
 
 
 def per_class_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:

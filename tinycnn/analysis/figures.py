@@ -78,9 +78,10 @@ def tsne_scatter(points: np.ndarray, labels: np.ndarray, names: list[str]) -> by
     colours = _colours(len(present))
     for cls, colour in zip(present, colours, strict=True):
         mine = labels == cls
-        ax.scatter(
-            points[mine, 0], points[mine, 1], s=8, color=colour, label=short_name(names[cls])
-        )
+        # A label starting with "_" is left out of a legend: a zero-width space keeps it in.
+        label = short_name(names[cls])
+        label = f"\u200b{label}" if label.startswith("_") else label
+        ax.scatter(points[mine, 0], points[mine, 1], s=8, color=colour, label=label)
     if len(present) <= 20:
         ax.legend(fontsize=8, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
     ax.set(

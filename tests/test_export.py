@@ -18,7 +18,7 @@ from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
-from tinycnn.errors import ConfigError
+from tinycnn.errors import CacheError, ConfigError
 from tinycnn.export import (
     ExportError,
     Preprocessed,
@@ -202,20 +202,27 @@ def test_check_images_are_the_first_val_images(
     assert source == f"the first {expected_count} val images of {mini_cache}"
 
 
-@pytest.mark.parametrize("data", ["empty folder", "missing folder", "moved training cache"])
-def test_check_images_without_a_cache_are_random(checkpoints, tmp_path: Path, data: str) -> None:
-    folder = tmp_path / data
-    path = checkpoints["channel"]
-    if data == "empty folder":
-        folder.mkdir()
-    elif data == "moved training cache":  # the checkpoint's data.cache is gone; no --data
-        payload = checkpoint.load_checkpoint(path)
-        payload["config"]["data"]["cache"] = str(folder)
-        path = checkpoint.save_checkpoint(tmp_path / "moved.pt", payload)
-        folder = None
-    images, source = find_check_images(path, folder)
+def test_check_images_without_a_cache_are_random(checkpoints, tmp_path: Path) -> None:
+    # The checkpoint's data.cache is gone and no --data is given: random images, and why.
+    payload = checkpoint.load_checkpoint(checkpoints["channel"])
+    payload["config"]["data"]["cache"] = str(tmp_path / "moved")
+    path = checkpoint.save_checkpoint(tmp_path / "moved.pt", payload)
+    images, source = find_check_images(path, None)
     assert images is None
     assert source == "8 random images (no cache found: pass --data CACHE to check on real ones)"
+
+
+@pytest.mark.parametrize("data", ["empty folder", "missing folder"])
+def test_check_images_from_a_named_folder_that_is_no_cache_are_refused(
+    checkpoints, tmp_path: Path, data: str
+) -> None:
+    # --data names the cache to check on: one that is not a cache is an error, as in every
+    # command that takes --data (it had fallen back to random images).
+    folder = tmp_path / data
+    if data == "empty folder":
+        folder.mkdir()
+    with pytest.raises(CacheError, match="is not a prepared cache"):
+        find_check_images(checkpoints["channel"], folder)
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "ONNX", "", "onnx "])

@@ -379,9 +379,13 @@ def test_each_entry_point_refuses_an_invalid_config(entry: str) -> None:
         calls[entry]()
 
 
-def test_largest_padded_crop_is_allowed() -> None:
-    out = augment_batch(_images(2, 64, 64), AugmentConfig(crop=72, pad=4), _gen())
-    assert out.shape == (2, 3, 72, 72)
+def test_the_largest_crop_is_the_image_padding_only_shifts_it() -> None:
+    out = augment_batch(_images(2, 64, 64), AugmentConfig(crop=64, pad=4), _gen())
+    assert out.shape == (2, 3, 64, 64)
+    # Larger crops of the padded image would train, but evaluation's views come from the
+    # unpadded image: such a run died at its first evaluation, nothing saved.
+    with pytest.raises(ConfigError, match=r"crop must be <= the image side 64 .*got 65"):
+        augment_batch(_images(2, 64, 64), AugmentConfig(crop=65, pad=4), _gen())
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,8 @@ CNN5 = ["model.name=cnn5"]  # 3 max-pools and an fc layer: sides divisible by 8 
         (["model.name=paper8", "model.input_size=32"], 32, 32),  # fixed by the config
         ([*CNN5, "augment.crop=56"], 64, 56),  # set and fitting: kept
         ([*CNN5, "augment.crop=0"], 32, 0),  # the whole image: kept
-        ([*CNN5, "augment.crop=40", "augment.pad=4"], 32, 40),  # within the padding
+        ([*CNN5, "augment.crop=32", "augment.pad=4"], 32, 32),  # padding shifts the crop
+        ([*CNN5, "augment.pad=4"], 32, 24),  # unset: 7/8 of the image, padding or not
     ],
 )
 def test_the_crop_is_fitted_to_the_images_and_the_model(
@@ -41,7 +42,7 @@ def test_the_crop_is_fitted_to_the_images_and_the_model(
 @pytest.mark.parametrize(
     ("crop", "why"),
     [
-        (56, "a crop is at most the image side + 2 * augment.pad = 32"),
+        (56, "a crop is at most the image side, 32 (augment.pad only shifts it)"),
         (28, "model 'cnn5' does not take 28x28 inputs: input_size 28 must be divisible by 8"),
     ],
 )
@@ -54,6 +55,14 @@ def test_a_set_crop_that_does_not_fit_is_one_error_naming_the_key(crop: int, why
     assert why in text
     assert "Crops that fit the images and the model: 8, 16, 24, 32. Set one (e.g. --set " in text
     assert "augment.crop=24), or remove augment.crop from the config" in text
+
+
+def test_a_crop_larger_than_the_image_is_refused_even_within_the_padding() -> None:
+    # Training could crop 40 of a 32 + 2 * 4 padded image, but evaluation's centre crop comes
+    # from the unpadded image: such a run trained an epoch, then died unsaved.
+    cfg = load_config(None, [*CNN5, "augment.crop=40", "augment.pad=4"])
+    with pytest.raises(ConfigError, match=r"^augment.crop = 40 does not fit .* at most the image"):
+        fit_crop(cfg, 32, 10)
 
 
 def test_a_model_error_that_is_not_about_the_size_stays_the_models() -> None:

@@ -27,7 +27,9 @@ def fit_crop(cfg: RunConfig, image_side: int, num_classes: int) -> RunConfig:
     the nearest larger one that fits the images). Set: checked; a ConfigError when the images
     or the model cannot take it.
     """
-    crop, limit = cfg.augment.crop, image_side + 2 * cfg.augment.pad
+    # A crop is at most the image: augment.pad only shifts it. Evaluation, prediction and export
+    # take their views from the unpadded image, so a larger crop could train but never evaluate.
+    crop, limit = cfg.augment.crop, image_side
     if crop is None:
         target = min(default_crop(image_side), limit)
         order = [*range(target, 0, -1), *range(target + 1, limit + 1)]
@@ -43,7 +45,7 @@ def fit_crop(cfg: RunConfig, image_side: int, num_classes: int) -> RunConfig:
     if not fits:
         _build(cfg, side, num_classes)  # not about the size: the model's own error
     if crop > limit:
-        why = f"a crop is at most the image side + 2 * augment.pad = {limit}"
+        why = f"a crop is at most the image side, {limit} (augment.pad only shifts it)"
     else:
         why = f"model {cfg.model.name!r} does not take {side}x{side} inputs: {_why_not(cfg, side)}"
     unset = replace(cfg, augment=replace(cfg.augment, crop=None))

@@ -81,10 +81,11 @@ class AugmentConfig:
         if self.pad >= side:
             # Reflection cannot reach further than the image is wide.
             raise ConfigError(f"AugmentConfig.pad must be < image side {side}, got {self.pad!r}")
-        if self.crop is not None and self.crop > side + 2 * self.pad:
+        if self.crop is not None and self.crop > side:
+            # Evaluation's views come from the unpadded image: pad only shifts the crop.
             raise ConfigError(
-                f"AugmentConfig.crop must be <= image side + 2 * pad = {side + 2 * self.pad}, "
-                f"got {self.crop!r}"
+                f"AugmentConfig.crop must be <= the image side {side} (pad only shifts the "
+                f"crop), got {self.crop!r}"
             )
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:

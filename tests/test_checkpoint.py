@@ -75,6 +75,56 @@ def test_damaged_tensor_bytes_are_refused_naming_the_file_and_entry(run, damaged
     assert "CRC-32" in message and "use another checkpoint" in message and "\n" not in message
 
 
+def _same(a: object, b: object) -> bool:
+    """Equal payloads: tensors by their values, containers element by element."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+def _header_bytes(path: Path) -> list[int]:
+    """Offsets of every byte of the archive's headers: each entry's local header and name, and
+    the central directory with the end records (everything but the entries' data)."""
+    data = path.read_bytes()
+    offsets: list[int] = []
+    with zipfile.ZipFile(path) as archive:
+        for entry in archive.infolist():
+            (name_length,) = struct.unpack_from("<H", data, entry.header_offset + 26)
+            offsets += range(entry.header_offset, entry.header_offset + 30 + name_length)
+        directory = min(archive.start_dir, len(data))
+    return [*offsets, *range(directory, len(data))]
+
+
+def test_a_flipped_bit_in_any_zip_header_is_refused_or_harmless(run, tmp_path: Path) -> None:
+    # Every header byte with its lowest and its highest bit flipped: each load either refuses
+    # the file as a CheckpointError naming it, or reads the very same payload (flips in fields
+    # zipfile ignores). A flip in an entry's name (UnicodeDecodeError), in its flags ("is
+    # encrypted", a RuntimeError) or in the end record ("span multiple disks", BadZipFile from
+    # is_zipfile) had escaped as a traceback.
+    source = run[1] / "checkpoints" / "best.pt"
+    sound = load_checkpoint(source)
+    original = source.read_bytes()
+    path = tmp_path / "flipped.pt"
+    refused = 0
+    for offset in _header_bytes(source):
+        for bit in (0x01, 0x80):
+            data = bytearray(original)
+            data[offset] ^= bit
+            path.write_bytes(bytes(data))
+            try:
+                payload = load_checkpoint(path)
+            except CheckpointError as exc:
+                assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc), str(exc)
+                refused += 1
+                continue
+            assert _same(payload, sound), offset
+    assert refused > 100  # most header bytes matter
+
+
 def _tree(folder: Path) -> dict[str, bytes]:
     """Every file under folder and its bytes, but the lock (each command stamps its pid in)."""
     if not folder.exists():

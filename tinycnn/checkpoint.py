@@ -79,7 +79,11 @@ def _read_file(path: Path, file: BinaryIO, digest: bool) -> tuple[dict[str, Any]
         while chunk := file.read(1 << 20):
             hasher.update(chunk)
         sha256 = hasher.hexdigest()
-    if not zipfile.is_zipfile(file):  # every torch.save since 1.6 is a zip archive
+    try:  # is_zipfile lets some damaged end records through as BadZipFile
+        archive = zipfile.is_zipfile(file)
+    except _DAMAGED as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+    if not archive:  # every torch.save since 1.6 is a zip archive
         raise CheckpointError(
             f"{path}: not a readable checkpoint (not a PyTorch zip archive: truncated, or "
             "another kind of file)"
@@ -99,6 +103,12 @@ def _read_file(path: Path, file: BinaryIO, digest: bool) -> tuple[dict[str, Any]
             f"{path}: checkpoint format {payload.get('format')}, this tinycnn reads format {FORMAT}"
         )
     return payload, sha256
+
+
+# What zipfile raises on damaged headers: besides BadZipFile, a flipped bit in an entry's name
+# is a UnicodeDecodeError (a ValueError), one in its flags an "encrypted" RuntimeError, and
+# impossible sizes or offsets OSError, EOFError or NotImplementedError (a compression method).
+_DAMAGED = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError, RuntimeError)
 
 
 def _verify_entries(path: Path, file: BinaryIO) -> None:
@@ -129,7 +139,7 @@ def _verify_entries(path: Path, file: BinaryIO) -> None:
                         f"{path}: damaged checkpoint (entry {entry.filename}: {why}); use "
                         "another checkpoint, or a sound copy of this one"
                     ) from None
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+    except _DAMAGED as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
 
 

@@ -41,7 +41,7 @@ from tinycnn.ensembles import (
     format_result,
     greedy_select,
 )
-from tinycnn.errors import ConfigError
+from tinycnn.errors import CacheError, ConfigError
 from tinycnn.inference import load_model
 from tinycnn.members import resolve_members
 from tinycnn.runtime import make_runtime
@@ -216,6 +216,28 @@ def test_member_probabilities_are_cached_by_checkpoint(run, tmp_path: Path, monk
     assert calls == [sha[2], sha[3]]
     ensemble([f"{folder}@epochs:2,3,4"], cache, runtime=FP32, prob_cache=store)
     assert calls == [sha[2], sha[3], sha[4]]  # one more member: one run
+
+
+def test_damaged_pixels_are_refused_not_stored_under_the_sound_caches_key(
+    run, tmp_path: Path
+) -> None:
+    # The key names the data by the checksums the manifest records, not by the bytes read: an
+    # ensemble on a copy with zeroed val pixels stored its probabilities under the sound
+    # cache's key, and later ensembles on the sound cache were served them.
+    cache, folder = run
+    copy = tmp_path / "copy"
+    shutil.copytree(cache, copy)
+    images = copy / "val_images.npy"
+    data = bytearray(images.read_bytes())
+    data[-3000:] = bytes(3000)  # the same size: only the checksum can tell
+    images.write_bytes(bytes(data))
+    store = tmp_path / "probs"
+    with pytest.raises(CacheError, match=rf"{images}: content differs from the sha256"):
+        ensemble([f"{folder}@last"], copy, runtime=FP32, prob_cache=store)
+    assert not store.exists() or list(store.iterdir()) == []  # nothing stored
+    sound = ensemble([f"{folder}@last"], cache, runtime=FP32, prob_cache=None)
+    cached = ensemble([f"{folder}@last"], cache, runtime=FP32, prob_cache=store)
+    assert np.array_equal(cached.probabilities, sound.probabilities)
 
 
 def test_cli_ensemble_writes_files_only_with_out(run, tmp_path: Path, capsys, monkeypatch) -> None:

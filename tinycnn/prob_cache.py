@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tinycnn.atomic import write_bytes
-from tinycnn.data.cache import Cache
+from tinycnn.data.cache import Cache, verify_cache
 from tinycnn.errors import CacheError, OutputError
 from tinycnn.paths import PROB_CACHE
 
@@ -47,6 +47,7 @@ class ProbabilityCache:
         self.root = root
         self.writable = True
         self._warned = False
+        self._verified: set[tuple[str, str]] = set()
 
     def get(
         self,
@@ -74,6 +75,8 @@ class ProbabilityCache:
         probs = self._lookup(key, count, cache.num_classes)
         if probs is not None:
             return probs
+        if self.writable:
+            self._verify(cache, split)
         probs = compute()
         if self.writable:
             buffer = io.BytesIO()
@@ -85,6 +88,16 @@ class ProbabilityCache:
                 self.writable = False
                 self._warn(f"probability cache not written, going on without it ({exc})")
         return probs
+
+    def _verify(self, cache: Cache, split: str) -> None:
+        """CacheError naming the damaged file when the images an entry would be computed from
+        differ from the checksums the key names (Cache.content_id is made of the recorded
+        checksums, not of the bytes read): probabilities of damaged pixels stored under a sound
+        cache's key would outlive the damage. Once per cache and split (~1 s a GB)."""
+        source = split if split in cache.splits else "train"  # tune: held-out training rows
+        if (str(cache.path), source) not in self._verified:
+            verify_cache(cache, splits=[source])
+            self._verified.add((str(cache.path), source))
 
     @staticmethod
     def key(

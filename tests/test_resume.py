@@ -30,7 +30,8 @@ from tests.helpers import (
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.cli import main
 from tinycnn.config import load_config
-from tinycnn.resume import restore_best_copy
+from tinycnn.errors import RunFolderError
+from tinycnn.resume import kept_metrics, restore_best_copy
 from tinycnn.run_folder import read_metrics
 from tinycnn.training import train
 
@@ -169,6 +170,41 @@ def test_a_torn_metrics_line_is_rebuilt_on_resume(
     code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
     assert code == 0, err
     _assert_same_run(_run_record(out), uninterrupted, "torn metrics line")
+
+
+@pytest.mark.slow
+def test_a_lost_metrics_log_is_rebuilt_from_the_epoch_snapshots(
+    cache: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    # Killed after epoch 2's line, the log then lost: its rows come back from epoch-001.pt and
+    # epoch-002.pt, which hold their own rows (the resume had taken the history from the log
+    # alone: best.pt rewritten to a worse epoch, epoch 1's line gone, exit status 0).
+    out = tmp_path / "run"
+    process = paused(train_argv(cache, out), "logged", 6, tmp_path / "flag")
+    process.kill()
+    process.communicate(timeout=60)
+    (out / "metrics.jsonl").unlink()
+    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
+    assert code == 0, err
+    _assert_same_run(_run_record(out), uninterrupted, "metrics.jsonl lost")
+
+
+def test_a_log_that_cannot_give_the_best_error_seen_is_refused_naming_it(tmp_path: Path) -> None:
+    # The checkpoint saw a best tuning error of 0.5 (epoch 1); the log and epoch 1's snapshot
+    # are gone, so its rows (epoch 2's own, 0.7) cannot say which model best.pt must hold.
+    (tmp_path / "checkpoints").mkdir()
+    row = {"iteration": 20, "epoch": 2, "tune_top1_error": 0.7, "val_top1_error": 0.6}
+    payload = {"iteration": 20, "epoch": 2, "metrics": row, "best_error": 0.5}
+    with pytest.raises(RunFolderError) as caught:
+        kept_metrics(tmp_path, payload)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'metrics.jsonl'}: lacks the evaluation with the best")
+    assert "(50.0000%; the best of its lines: 70.0000%)" in message
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing rewritten
+    # The same checkpoint with the line of its best epoch logged resumes.
+    best = {"iteration": 10, "epoch": 1, "tune_top1_error": 0.5, "val_top1_error": 0.55}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(best) + "\n")
+    assert kept_metrics(tmp_path, payload) == [best, row]
 
 
 @pytest.mark.slow

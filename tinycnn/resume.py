@@ -8,11 +8,12 @@ folder say exactly what the run did up to the resume point; rank 0 writes, every
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from tinycnn.atomic import copy_file, write_text
 from tinycnn.checkpoint import load_checkpoint
-from tinycnn.errors import ConfigError
+from tinycnn.errors import ConfigError, RunFolderError
 from tinycnn.models.registry import model_options
 from tinycnn.run_folder import METRICS, STEPS, read_metrics, read_steps
 
@@ -32,9 +33,44 @@ def kept_metrics(out: Path, payload: dict, write: bool = True) -> list[dict]:
     logged = {r["iteration"] for r in rows}
     if own and not own.get("partial_epoch") and own["iteration"] not in logged:
         rows.append(own)
+    rows = sorted([*rows, *_snapshot_rows(out, payload, rows)], key=lambda r: r["iteration"])
+    _check_best(out, payload, rows)
     if write:
         _write_rows(out / METRICS, rows)
     return rows
+
+
+def _snapshot_rows(out: Path, payload: dict, rows: list[dict]) -> list[dict]:
+    """The rows of whole epochs up to the resume point that metrics.jsonl lacks (a lost or cut
+    file), from their epoch snapshots, which hold their own row; none where the log is whole."""
+    epochs = {int(r["epoch"]) for r in rows if float(r["epoch"]).is_integer()}
+    found = []
+    for path in sorted((out / "checkpoints").glob("epoch-*.pt")):
+        number = path.stem.removeprefix("epoch-")
+        if not number.isdigit() or int(number) in epochs or int(number) > payload["epoch"]:
+            continue
+        row = load_checkpoint(path)["metrics"]
+        if row and not row.get("partial_epoch") and row["iteration"] <= payload["iteration"]:
+            found.append(row)
+    return found
+
+
+def _check_best(out: Path, payload: dict, rows: list[dict]) -> None:
+    """RunFolderError naming metrics.jsonl when its rows cannot give the best error the
+    checkpoint saw: best.pt would go back to a worse model, the history would be short."""
+    seen = payload.get("best_error")  # absent before the format had it
+    own = payload["metrics"]
+    if seen is None or not math.isfinite(seen) or (own and own.get("partial_epoch")):
+        return  # a budget's partial evaluation may hold the best, and is dropped on resume
+    best = best_row(rows)
+    if best is None or best[selection_key(best)] != seen:
+        logged = "none" if best is None else f"{best[selection_key(best)]:.4%}"
+        raise RunFolderError(
+            f"{out / METRICS}: lacks the evaluation with the best error this run saw "
+            f"({seen:.4%}; the best of its lines: {logged}), and no epoch snapshot holds it: "
+            "the file was cut or replaced. Restore it from a copy, or train the run again "
+            "(resuming would make best.pt a worse model)"
+        )
 
 
 def trim_steps(out: Path, iteration: int) -> None:

@@ -33,6 +33,7 @@ from tinycnn.config import load_config
 from tinycnn.errors import RunFolderError
 from tinycnn.resume import kept_metrics, restore_best_copy
 from tinycnn.run_folder import read_metrics
+from tinycnn.runtime import keep_threads
 from tinycnn.training import train
 
 TIMING = ("seconds", "elapsed_seconds", "images_per_second")
@@ -391,6 +392,47 @@ def test_stop_at_pauses_where_asked_and_resume_equals_the_uninterrupted_run(
     assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 7
     assert main(["train", "--resume", str(out), "-q"]) == 0
     _assert_same_run(_run_record(out), uninterrupted, "--stop-at 4, then 7")
+
+
+def test_a_resume_on_fewer_cores_keeps_the_threads_it_trained_with(
+    cache: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    # train.threads = 0 (every core): trained on 2 cores, resumed where 1 is usable. oneDNN
+    # splits its sums by thread, so the resume went on with 1 thread and the run's weights
+    # differed from the uninterrupted run's; it now keeps the 2 the run trained with.
+    import tinycnn.runtime
+
+    wide = ["model.conv_channels=[32, 32, 64]", "model.fc_widths=[64]", "train.threads=0"]
+    sets = [a for s in wide for a in ("--set", s)]
+    monkeypatch.setattr(tinycnn.runtime, "usable_cores", lambda: 2)
+    assert main(train_argv(cache, tmp_path / "whole", *sets)) == 0
+    out = tmp_path / "cut"
+    assert main([*train_argv(cache, out, *sets), "--stop-at", "4"]) == 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["threads"] == 2
+    monkeypatch.setattr(tinycnn.runtime, "usable_cores", lambda: 1)
+    assert main(["train", "--resume", str(out), "--stop-at", "5"]) == 0
+    assert "resumed with 2 threads, as the run trained (this machine's cores give 1)" in (
+        capsys.readouterr().out
+    )
+    assert main(["train", "--resume", str(out), "-q"]) == 0
+    _assert_same_run(_run_record(out), _run_record(tmp_path / "whole"), "resumed on 1 core")
+
+
+def test_a_set_thread_count_is_kept_and_said_to_change_the_sums() -> None:
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert keep_threads(1, 0) is None and keep_threads(None, 0) is None  # nothing differs
+        note = keep_threads(2, 1)  # set: stays as set
+        assert torch.get_num_threads() == 1
+        assert note == (
+            "train.threads = 1: the run trained with 2 threads, so from here its sums differ "
+            "from an uninterrupted run's in their last bits"
+        )
+        assert keep_threads(2, 0).startswith("resumed with 2 threads")  # every core: the run's
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_step_log_windows_span_epochs(uninterrupted: dict) -> None:

@@ -127,6 +127,27 @@ def keep_precision(runtime: Runtime, trained: str | None, configured: str) -> Ru
     return with_precision(runtime, trained, "as the run trained so far")
 
 
+def keep_threads(trained: int | None, configured: int) -> str | None:
+    """A resumed CPU run's threads: as many as it trained with where train.threads = 0 (every
+    core: the cores may differ now), since oneDNN splits its reductions by thread and another
+    count changes the sums' last bits, and the run would no longer be the uninterrupted one's.
+    A set train.threads stays as set. Returns the line saying what differs, or None."""
+    current = torch.get_num_threads()
+    if not trained or trained == current:
+        return None
+    if configured == 0:
+        torch.set_num_threads(trained)
+        return (
+            f"resumed with {trained} threads, as the run trained (this machine's cores give "
+            f"{current}): the result stays the uninterrupted run's; --set train.threads=N "
+            "to choose"
+        )
+    return (
+        f"train.threads = {configured}: the run trained with {trained} threads, so from here "
+        "its sums differ from an uninterrupted run's in their last bits"
+    )
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

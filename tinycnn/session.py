@@ -39,7 +39,7 @@ from tinycnn.resume import (
     trim_steps,
 )
 from tinycnn.run_plan import RunPlan, build_model, normalization_of, tensorboard_writer_class
-from tinycnn.runtime import Runtime, keep_precision
+from tinycnn.runtime import Runtime, keep_precision, keep_threads
 from tinycnn.schedule import Schedule
 
 # What only a resume reads (from last.pt); snapshots and best.pt leave it out.
@@ -101,6 +101,7 @@ class Session:
     # train.compile = "auto": {input side: compiled}, as chosen (or, resumed, as the run had them)
     compile_choices: dict[int, bool] = field(default_factory=dict)
     compile_report: str | None = None  # the line on that timing, for the banner's caller
+    threads_note: str | None = None  # a resume's thread count against the run's, if they differ
     train_rows_digest: str = ""  # which training rows (holdout, data.exclude): a resume checks
 
     def __post_init__(self) -> None:
@@ -194,6 +195,8 @@ class Session:
             "flops_done": self.flops_done,
             "fitted_total": self.fitted_total,
             "precision": self.runtime.precision,  # a resume goes on in it (keep_precision)
+            # A resume goes on with as many (restore): oneDNN's reductions split by threads.
+            "threads": torch.get_num_threads() if self.runtime.device.type == "cpu" else None,
             # The conv kernels timed fastest on this machine: a resume computes with the same.
             "conv_kernels": CHOICES.used() if self.cfg.train.autotune else {},
             "compile_choices": {str(side): c for side, c in self.compile_choices.items()},
@@ -255,6 +258,7 @@ class Session:
         self.runtime = keep_precision(
             self.runtime, payload.get("precision"), self.cfg.train.precision
         )
+        self.threads_note = keep_threads(payload.get("threads"), self.cfg.train.threads)
         self.flops_done = payload.get("flops_done", self.schedule.flops_until(self.iteration))
         self.elapsed_before = payload["elapsed_seconds"]
         self.accum = TrainingSums.from_payload(payload["accumulator"])

@@ -111,6 +111,8 @@ def train(
             print(banner(session), flush=True)
             if session.compile_report:
                 print(session.compile_report, flush=True)
+            if session.threads_note:
+                print(session.threads_note, flush=True)
         stop = StopRequest(stop_at_iteration)
         with catching_signals(stop):
             return _loop(session, stop, progress, started)

@@ -40,6 +40,7 @@ from tinycnn.ensembles import (
     ensemble,
     format_result,
     greedy_select,
+    save_result,
 )
 from tinycnn.errors import CacheError, ConfigError
 from tinycnn.inference import load_model
@@ -469,6 +470,30 @@ def test_an_unwritable_probability_cache_is_one_warning_not_a_failure(
     lines = err.strip().splitlines()  # two members, one warning
     assert len(lines) == 1 and lines[0].startswith("tinycnn: warning: "), err
     assert str(store) in lines[0] and words in lines[0]
+
+
+def test_ensemble_json_comes_last_and_names_the_probabilities_bytes(
+    run, tmp_path: Path, monkeypatch
+) -> None:
+    # Two renames cannot be one: the probabilities go first and ensemble.json, renamed last,
+    # names their sha256, so a pair torn by a kill between them shows (json had gone first,
+    # with nothing to tell a new json beside old probabilities).
+    cache, folder = run
+    result = ensemble([f"{folder}@last"], cache, runtime=FP32, prob_cache=None)
+    renamed = []
+    original = Path.replace
+
+    def recording(self, target):
+        renamed.append(Path(target).name)
+        return original(self, target)
+
+    monkeypatch.setattr(Path, "replace", recording)
+    out = save_result(result, tmp_path / "ens")
+    assert renamed == ["probabilities.npy", "ensemble.json"]
+    saved = json.loads((out / "ensemble.json").read_text())
+    digest = hashlib.sha256((out / "probabilities.npy").read_bytes()).hexdigest()
+    assert saved["probabilities_sha256"] == digest
+    assert np.array_equal(np.load(out / "probabilities.npy"), result.probabilities)
 
 
 def _exponent_flipped(probs: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ one member's inference.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -250,19 +251,25 @@ def _member_rows(
 
 
 def save_result(result: EnsembleResult, out: str | Path) -> Path:
-    """Write probabilities.npy and ensemble.json into a folder, both or neither.
+    """Write probabilities.npy and ensemble.json into a folder, each whole.
 
-    OutputError (naming the file and the reason) when the folder cannot be written.
+    Both are written in full before either is renamed into place, the probabilities first:
+    ensemble.json, last, names their sha256 (``probabilities_sha256``), so a pair torn by a kill
+    between the two renames shows as a digest that differs. OutputError (naming the file and
+    the reason) when the folder cannot be written.
     """
     out = Path(out)
     probs = io.BytesIO()
     np.save(probs, result.probabilities)
-    text = json.dumps(result.to_json(), indent=1) + "\n"
-    # Both temporary files are written before either is renamed into place.
-    with atomic_path(out / "probabilities.npy") as probs_tmp:
+    digest = hashlib.sha256(probs.getbuffer()).hexdigest()
+    text = json.dumps({**result.to_json(), "probabilities_sha256": digest}, indent=1) + "\n"
+    # Contexts exit in reverse: probabilities.npy is renamed first, ensemble.json last.
+    with (
+        atomic_path(out / "ensemble.json") as json_tmp,
+        atomic_path(out / "probabilities.npy") as probs_tmp,
+    ):
         write_into(probs_tmp, probs.getbuffer())
-        with atomic_path(out / "ensemble.json") as json_tmp:
-            write_into(json_tmp, text.encode("utf-8"))
+        write_into(json_tmp, text.encode("utf-8"))
     return out
 
 

@@ -305,6 +305,34 @@ def test_resuming_a_run_that_used_its_time_budget_says_how_to_go_on(
     assert "used its whole train.max_minutes" in err and str(out / "config.toml") in err
 
 
+def test_a_run_its_time_budget_ended_resumes_only_with_a_larger_budget(
+    cache: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    # The budget stops a run while time is left (room for a step and the closing evaluation),
+    # so a resume had trained one step more past it, and again at each resume; and a resume
+    # refused for a spent budget had first rewritten metrics.jsonl without its final row.
+    import tinycnn.timing
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(tinycnn.timing.Budget, "exhausted", lambda self, iteration: iteration == 4)
+    assert main(train_argv(cache, out, "--set", "train.max_minutes=60")) == 0
+    monkeypatch.undo()
+    assert json.loads((out / "time-budget.json").read_text()) == {
+        "iteration": 4,
+        "max_minutes": 60.0,
+    }
+    before = {p.name: p.read_bytes() for p in [out / "metrics.jsonl", *out.glob("checkpoints/*")]}
+    assert main(["train", "--resume", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "used its whole train.max_minutes = 60 budget" in err, err
+    after = {p.name: p.read_bytes() for p in [out / "metrics.jsonl", *out.glob("checkpoints/*")]}
+    assert after == before  # nothing rewritten
+    config = out / "config.toml"
+    config.write_text(config.read_text().replace("max_minutes = 60.0", "max_minutes = 61.0"))
+    assert main(["train", "--resume", str(out), "-q"]) == 0
+    assert read_metrics(out)[-1]["iteration"] == 9  # on to the schedule's end
+
+
 def test_a_resumed_epochs_speed_counts_its_time_before_the_stop(
     cache: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -48,6 +48,27 @@ def test_a_study_trains_skips_and_resumes(cache: Path, tmp_path: Path, capsys) -
     assert (out / "small" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
 
 
+def test_a_row_its_time_budget_ended_is_finished(
+    cache: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # train.max_minutes ending a row is its result: a rerun of the study had resumed it (one
+    # more step past the budget, a changed row), then failed on the spent budget for good.
+    import tinycnn.timing
+
+    small = tmp_path / "small.toml"
+    small.write_text(SMALL_PRESET)
+    out = tmp_path / "study"
+    monkeypatch.setattr(tinycnn.timing.Budget, "exhausted", lambda self, iteration: iteration == 2)
+    [row] = run_experiments([small], cache, out, epochs_scale=0.5, report=False)
+    monkeypatch.undo()
+    assert read_metrics(out / "small")[-1]["iteration"] == 2
+    stamp = (out / "small" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_experiments([small], cache, out, epochs_scale=0.5, report=False) == [row]
+    assert "small: finished earlier" in capsys.readouterr().out
+    assert (out / "small" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+
+
 def test_a_paper_preset_shows_the_papers_figures(cache: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "study"
     preset = ROOT / "configs" / "paper" / "cnn5.toml"  # 30 epochs x 1/30

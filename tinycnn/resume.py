@@ -15,7 +15,7 @@ from tinycnn.atomic import copy_file, write_text
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.errors import ConfigError, RunFolderError
 from tinycnn.models.registry import model_options
-from tinycnn.run_folder import METRICS, STEPS, read_metrics, read_steps
+from tinycnn.run_folder import METRICS, STEPS, read_metrics, read_steps, time_budget_end
 
 
 def kept_metrics(out: Path, payload: dict, write: bool = True) -> list[dict]:
@@ -70,6 +70,20 @@ def _check_best(out: Path, payload: dict, rows: list[dict]) -> None:
             f"({seen:.4%}; the best of its lines: {logged}), and no epoch snapshot holds it: "
             "the file was cut or replaced. Restore it from a copy, or train the run again "
             "(resuming would make best.pt a worse model)"
+        )
+
+
+def check_budget_left(out: Path, payload: dict, minutes: float) -> None:
+    """ConfigError when train.max_minutes has ended the run at this resume point (or its time
+    is spent) and has not been raised since; checked before a resume rewrites anything."""
+    if not minutes:
+        return
+    ended = time_budget_end(out)
+    stopped = ended is not None and ended["iteration"] == payload["iteration"]
+    if payload["elapsed_seconds"] >= minutes * 60 or (stopped and minutes <= ended["max_minutes"]):
+        raise ConfigError(
+            f"{out}: the run has used its whole train.max_minutes = {minutes:g} budget; to "
+            f"train on, raise max_minutes in {out / 'config.toml'} and --resume"
         )
 
 

@@ -27,6 +27,17 @@ except ImportError:  # Windows: no advisory locks; runs are not protected agains
 LOCK = ".lock"
 METRICS = "metrics.jsonl"
 STEPS = "steps.jsonl"  # train.log_every: the training loss every N iterations
+TIME_BUDGET = "time-budget.json"  # where train.max_minutes ended the run: {iteration, max_minutes}
+
+
+def time_budget_end(run_dir: str | Path) -> dict | None:
+    """{"iteration", "max_minutes"} where train.max_minutes ended the run, or None (never, or
+    the file unreadable: then the elapsed time alone decides)."""
+    try:
+        data = json.loads((Path(run_dir) / TIME_BUDGET).read_text())
+        return {"iteration": int(data["iteration"]), "max_minutes": float(data["max_minutes"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextmanager

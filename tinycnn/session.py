@@ -32,6 +32,7 @@ from tinycnn.optim import build_optimizer
 from tinycnn.resume import (
     apply_retention,
     best_row,
+    check_budget_left,
     check_same_run,
     kept_metrics,
     restore_best_copy,
@@ -234,6 +235,7 @@ class Session:
     def restore(self, path: Path) -> None:
         """Go on from a resume point (last.pt): weights, optimiser, position, sums, logs."""
         payload = load_checkpoint(path)
+        check_budget_left(self.out, payload, self.cfg.train.max_minutes)  # before any write
         check_classes(payload["classes"], self.cache.classes, path, str(self.cache.path))
         if not self.cache.has_content_id(payload.get("data_id", self.cache.content_id)):
             raise ConfigError(

@@ -27,7 +27,7 @@ from tinycnn.crops import fit_crop
 from tinycnn.data.cache import load_cache
 from tinycnn.ensembles import DEFAULT_PROB_CACHE, ensemble
 from tinycnn.errors import ConfigError, Interrupted
-from tinycnn.run_folder import read_metrics, read_resolved_config
+from tinycnn.run_folder import read_metrics, read_resolved_config, time_budget_end
 from tinycnn.run_plan import build_model, training_rows
 from tinycnn.schedule import Schedule
 from tinycnn.training import RunResult, train
@@ -206,7 +206,12 @@ def _join_torchrun() -> distributed.Dist:
 def _finished(run: Path) -> bool:
     """True when the run's last evaluation is its schedule's end (not a stop on the way)."""
     rows = read_metrics(run)
-    if not rows or rows[-1].get("partial_epoch") or not (run / "config.toml").is_file():
+    if not rows or not (run / "config.toml").is_file():
+        return False
+    ended = time_budget_end(run)  # train.max_minutes ended it: that is the row's result
+    if ended is not None and ended["iteration"] == rows[-1]["iteration"]:
+        return True
+    if rows[-1].get("partial_epoch"):
         return False
     if "schedule_done" in rows[-1]:
         return rows[-1]["schedule_done"]

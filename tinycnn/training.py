@@ -12,6 +12,7 @@ uninterrupted one would have done.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,14 @@ from tinycnn.config import RunConfig, config_from_dict, to_toml
 from tinycnn.epochs import diverged, end_epoch, log_step
 from tinycnn.errors import ConfigError, CropError, TrainingDivergedError
 from tinycnn.models.conv import CHOICES
-from tinycnn.run_folder import METRICS, read_metrics, read_resolved_config, read_steps, run_lock
+from tinycnn.run_folder import (
+    METRICS,
+    TIME_BUDGET,
+    read_metrics,
+    read_resolved_config,
+    read_steps,
+    run_lock,
+)
 from tinycnn.run_plan import RunPlan, plan_run
 from tinycnn.runtime import agree_precision
 from tinycnn.session import Session, load_session
@@ -142,14 +150,7 @@ def _open(plan: RunPlan, out: Path, resume: bool, main: bool) -> Session:
     dist = distributed.init(plan.runtime.device)
     plan = plan.with_runtime(agree_precision(plan.runtime))
     distributed.barrier()  # the run folder is ready before any rank reads it
-    session = load_session(plan, out, resume=resume, dist=dist)
-    minutes = plan.cfg.train.max_minutes
-    if resume and minutes and session.elapsed_before >= minutes * 60:
-        raise ConfigError(
-            f"{out}: the run has used its whole train.max_minutes = {minutes:g} budget; to "
-            f"train on, raise max_minutes in {out / 'config.toml'} and --resume"
-        )
-    return session
+    return load_session(plan, out, resume=resume, dist=dist)  # a spent budget: refused there
 
 
 def _new_run_dir(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:
@@ -262,6 +263,8 @@ def _loop(s: Session, stop: StopRequest, progress: bool, started: float) -> RunR
         _evaluate(s, budget, s.accum.seconds, progress)
         reason = _flush(s, sums, stop, budget)  # nothing pending: only the agreement on a stop
         if reason and s.iteration < s.schedule.total:
+            if reason == "time budget":
+                _mark_time_budget(s)
             s.close()  # end_epoch has just saved the resume point
             return RunResult(s.out, s.model, s.metrics, reason, s.iteration, stop.signal)
     s.close()
@@ -357,10 +360,21 @@ def _stop(s: Session, reason: str, budget: Budget, stop: StopRequest, progress: 
     """Save the resume point mid-epoch; at a time budget also evaluate: that is the result."""
     if reason == "time budget":
         end_epoch(s, budget.elapsed(), s.accum.seconds, progress, partial=True)
+        _mark_time_budget(s)
     else:
         s.save("last", budget.elapsed())
     s.close()
     return RunResult(s.out, s.model, s.metrics, reason, s.iteration, stop.signal)
+
+
+def _mark_time_budget(s: Session) -> None:
+    """RUN/time-budget.json: train.max_minutes ended the run here. The run is then done (a study
+    skips it), and a resume trains on only once max_minutes is raised: the budget stops a run
+    before it runs out (room for a step and the closing evaluation), so the time alone would
+    let a resume take one more step, and again."""
+    if s.dist.main:
+        text = json.dumps({"iteration": s.iteration, "max_minutes": s.cfg.train.max_minutes})
+        write_text(s.out / TIME_BUDGET, text + "\n")
 
 
 def checkpoint_config(path: str | Path) -> RunConfig:

@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import SMALL_PRESET
 from tinycnn.cli import main
 from tinycnn.config import load_config
+from tinycnn.errors import ConfigError
 from tinycnn.run_folder import read_metrics, read_resolved_config
 from tinycnn.studies import run_experiments
 from tinycnn.training import train
@@ -22,7 +23,9 @@ from tinycnn.training import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_study_trains_skips_and_resumes(cache: Path, tmp_path: Path, capsys) -> None:
+def test_a_study_trains_skips_and_resumes(
+    cache: Path, disagreeing_cache: Path, tmp_path: Path, capsys
+) -> None:
     small = tmp_path / "small.toml"
     small.write_text(SMALL_PRESET)
     other = tmp_path / "other.toml"
@@ -46,6 +49,9 @@ def test_a_study_trains_skips_and_resumes(cache: Path, tmp_path: Path, capsys) -
     run_experiments([small, other], cache, out, epochs_scale=0.5, report=False)
     assert "small: finished earlier" in capsys.readouterr().out
     assert (out / "small" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    # The same study on other data (the same classes, other labels): its rows are not these.
+    with pytest.raises(ConfigError, match=rf"^{out / 'small'}: trained on other data than "):
+        run_experiments([small, other], disagreeing_cache, out, epochs_scale=0.5, report=False)
 
 
 def test_a_row_its_time_budget_ended_is_finished(
@@ -109,7 +115,7 @@ def _hand_ensemble_error(checkpoints: list[Path], cache: Path) -> float:
 
 @pytest.mark.slow
 def test_the_paper_table_by_one_command_at_a_small_budget(
-    cache: Path, tmp_path: Path, monkeypatch
+    cache: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     import tinycnn.studies
     from tinycnn.compute import PFLOP, training_flops_per_image
@@ -163,9 +169,18 @@ def test_the_paper_table_by_one_command_at_a_small_budget(
     assert section.index("3 8-layer CNNs, ensemble") < section.index("56.9%")
     # Again: every run is finished, so nothing trains; the ensemble rows come out the same.
     monkeypatch.setattr(tinycnn.studies, "train", lambda *a, **k: pytest.fail("trained again"))
-    assert main([*argv, "--budget-pflop", str(budget), "--no-report", "-q"]) == 0
+    options = ["--budget-pflop", str(budget), "--holdout-per-class", "2"]
+    assert main([*argv, *options, "--no-report", "-q"]) == 0
     again = {row["name"]: row for row in json.loads((out / "table.json").read_text())}
     assert again[nine]["val_top1_error"] == rows[nine]["val_top1_error"]
+    # Other options ask for other rows: the ones here are not passed off as theirs (they had
+    # been skipped, and the table rewritten under the new command).
+    table = (out / "table.json").read_bytes()
+    for other in (["--budget-pflop", str(2 * budget), "--holdout-per-class", "2"], options[:2]):
+        assert main([*argv, *other, "--no-report", "-q"]) == 1
+        err = capsys.readouterr().err
+        assert f"{out}/" in err and ": trained with " in err and "give another --out" in err, err
+    assert (out / "table.json").read_bytes() == table
 
 
 @pytest.mark.slow

@@ -21,8 +21,9 @@ from tinycnn import distributed
 from tinycnn.analysis import build_report
 from tinycnn.analysis.experiments import PAPER_ENSEMBLE, identify_preset, paper_figure
 from tinycnn.atomic import write_text
+from tinycnn.checkpoint import load_checkpoint
 from tinycnn.compute import PFLOP, training_flops_per_image
-from tinycnn.config import RunConfig, load_config, set_string
+from tinycnn.config import RunConfig, config_to_dict, load_config, set_string
 from tinycnn.crops import fit_crop
 from tinycnn.data.cache import load_cache
 from tinycnn.ensembles import DEFAULT_PROB_CACHE, ensemble
@@ -81,6 +82,8 @@ def run_experiments(
     rows = []
     for config, name in zip(configs, names, strict=True):
         run, result = out / name, None
+        if (run / "config.toml").is_file():  # trained before: with this study's options?
+            _check_same_row(run, _study_config(config, overrides, epochs_scale, budget_pflop))
         if _finished(run):
             if say:
                 print(f"{name}: finished earlier, {run}", flush=True)
@@ -115,6 +118,45 @@ def _check_study(names: list[str], epochs_scale: float, budget_pflop: float) -> 
         raise ConfigError(f"--epochs-scale {epochs_scale}: must be a positive number")
     if not (math.isfinite(budget_pflop) and budget_pflop >= 0):
         raise ConfigError(f"--budget-pflop {budget_pflop}: must be a positive number (or 0)")
+
+
+# What the study's options (--epochs-scale, --budget-pflop, --holdout-per-class) set in a row's
+# config: a rerun with other options must not reuse, or resume, a row trained with these.
+_STUDY_KEYS = (
+    ("train", "epochs"),
+    ("train", "max_pflop"),
+    ("train", "snapshot_every"),
+    ("schedule", "step_epochs"),
+    ("schedule", "warmup_epochs"),
+    ("data", "holdout_per_class"),
+)
+
+
+def _check_same_row(run: Path, cfg: RunConfig) -> None:
+    """ConfigError when the row in ``run`` was trained with other study options, or on other
+    data, than ``cfg`` (the row as this study would train it): its figures would stand in this
+    study's table under this command."""
+    trained = read_resolved_config(run)
+    wanted = config_to_dict(cfg)
+    for section, key in _STUDY_KEYS:
+        old, new = trained.get(section, {}).get(key), wanted[section][key]
+        same = old == new or (
+            isinstance(old, int | float) and math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12)
+        )
+        if not same:
+            raise ConfigError(
+                f"{run}: trained with {section}.{key} = {old!r}, this study gives it {new!r} "
+                "(--epochs-scale, --budget-pflop and --holdout-per-class set it); run the study "
+                "with the options it was trained with, or give another --out"
+            )
+    last = run / "checkpoints" / "last.pt"
+    if last.is_file():
+        data_id = load_checkpoint(last).get("data_id")
+        if data_id and not load_cache(cfg.data.cache).has_content_id(data_id):
+            raise ConfigError(
+                f"{run}: trained on other data than {cfg.data.cache}; run the study on the "
+                "cache it was trained on, or give another --out"
+            )
 
 
 def _stop_if_interrupted(name: str, result: RunResult | None, main: bool) -> None:

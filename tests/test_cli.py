@@ -163,13 +163,41 @@ def test_malformed_numbers_are_one_line_errors_and_write_nothing(
     preset = tmp_path / "in" / "small.toml"
     preset.write_text(SMALL_PRESET)
     names = {"RUN": str(folder), "CACHE": str(cache), "IMAGE": str(image), "PRESET": str(preset)}
+    out = tmp_path / "out"
     names["NOPE"] = str(tmp_path / "nope")
     argv = [re.sub("|".join(names), lambda m: names[m.group()], a) for a in argv]
-    out = tmp_path / "out"
     if argv[0] in ("experiment", "export"):
         argv += ["--out", str(out / ("m.pt" if argv[0] == "export" else "study"))]
     code, _, err = run_cli(capsys, [*argv, "-q"] if argv[0] != "export" else argv)
     assert_one_line_error(code, err, *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # Checked before any work: the submission had been written before --top was refused.
+        (["predict", "RUN", "--data", "CACHE", "--submission", "SUB", "--top", "0"], "'0' is not"),
+        (["predict", "RUN", "--images", "SUB", "--max-pixels", "-1"], "'-1' is not a whole number"),
+        # Before a download: --size 0 had ended in a traceback, a short --sha256 after it.
+        (["fetch", "--url", "file:///x.tar.gz", "--out", "OUT", "--size", "0"], "'0' is not a"),
+        (
+            ["fetch", "--url", "file:///x.tar.gz", "--out", "OUT", "--sha256", "abc"],
+            "64 hex digits",
+        ),
+    ],
+)
+def test_bad_limits_are_refused_by_the_parser_before_any_work(
+    run, tmp_path: Path, capsys, argv: list[str], message: str
+) -> None:
+    cache, folder = run
+    out = tmp_path / "out"
+    names = {"RUN": str(folder), "CACHE": str(cache), "SUB": str(out / "s.tsv"), "OUT": str(out)}
+    argv = [names.get(a, a) for a in argv]
+    with pytest.raises(SystemExit) as ended:
+        main(argv)
+    assert ended.value.code == 2
+    assert message in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -69,6 +69,25 @@ def _count(text: str) -> int:
     return value
 
 
+def _whole(text: str) -> int:
+    """A whole number >= 0 (a limit where 0 means none)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def _sha256(text: str) -> str:
+    """A sha256 digest: 64 hex digits (checked before a download, not after it)."""
+    digest = text.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 digest (64 hex digits)")
+    return digest
+
+
 def _seed(text: str) -> int:
     """A random seed: a whole number in [0, 2**32 - 1] (what numpy and scikit-learn take)."""
     try:
@@ -146,9 +165,9 @@ def _add_fetch(sub, shared: _Shared) -> argparse.ArgumentParser:
     p.add_argument("--url", default=OFFICIAL_URL, help=f"archive URL (default {OFFICIAL_URL})")
     p.add_argument("--out", required=True, help="cache folder to create")
     p.add_argument("--archive", help="where to keep the download (default: beside --out)")
-    p.add_argument("--sha256", help="expected sha256 of the archive")
+    p.add_argument("--sha256", type=_sha256, help="expected sha256 of the archive")
     p.add_argument("--md5", help="expected md5 (the official zip's is checked by default)")
-    p.add_argument("--size", type=int, help="expected size in bytes")
+    p.add_argument("--size", type=_count, help="expected size in bytes")
     p.add_argument("--workers", type=_count, default=None, help="decode processes (default: cores)")
     return p
 
@@ -244,10 +263,10 @@ def _add_predict(sub, shared: _Shared) -> argparse.ArgumentParser:
     p.add_argument("--submission", metavar="FILE", help="write test_K.JPEG<TAB>wnid lines")
     p.add_argument("--data", help="prepared cache whose test split --submission predicts")
     p.add_argument("--weights", help="comma-separated member weights (default: equal)")
-    p.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--top", type=_count, default=5, help="classes to show per image (default 5)")
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=_whole,
         default=50_000_000,
         help="refuse larger images before decoding them, reported as not predicted (default "
         "50000000: 50 megapixels, a few hundred MB to decode; 0: no limit but Pillow's)",

@@ -575,3 +575,22 @@ def test_the_t_sne_legend_names_every_class(monkeypatch) -> None:
     points = np.random.default_rng(0).normal(size=(30, 2))
     figures.tsne_scatter(points, np.arange(3).repeat(10), ["_other", "cat", "dog"])
     assert [t.lstrip("\u200b") for t in shown] == ["_other", "cat", "dog"]
+
+
+def test_the_papers_ensemble_figure_stands_beside_3_runs_of_its_dropout_presets_only() -> None:
+    # Any 2 or more checkpoints of those presets had been given the paper's "3 8-layer CNNs"
+    # figures: 2 runs, or 3 snapshots of one run.
+    from tinycnn.analysis.experiments import ensemble_paper_figure
+
+    def row(run: str, checkpoint: str, preset: str = "paper8_l2_5e-4") -> dict:
+        return {"run": run, "checkpoint": f"{run}/{checkpoint}", "preset": preset}
+
+    three = [row("a", "last.pt"), row("b", "last.pt", "paper8_l2_1e-4"), row("c", "last.pt")]
+    assert ensemble_paper_figure(three) == {
+        "row": "3 8-layer CNNs, ensemble",
+        "val": 56.9,
+        "test": 56.7,
+    }
+    assert ensemble_paper_figure(three[:2]) is None
+    assert ensemble_paper_figure([row("a", f"epoch-00{k}.pt") for k in (1, 2, 3)]) is None
+    assert ensemble_paper_figure([*three[:2], row("c", "last.pt", "cnn5")]) is None

@@ -17,7 +17,7 @@ from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.errors import ConfigError
 from tinycnn.run_folder import read_metrics, read_resolved_config
-from tinycnn.studies import run_experiments
+from tinycnn.studies import ensemble_rows, run_experiments
 from tinycnn.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,6 +181,12 @@ def test_the_paper_table_by_one_command_at_a_small_budget(
         err = capsys.readouterr().err
         assert f"{out}/" in err and ": trained with " in err and "give another --out" in err, err
     assert (out / "table.json").read_bytes() == table
+    # Two of the runs are not the paper's 3-model ensemble: their row says 2, without its figures.
+    two = [rows["paper8_l2_1e-4"], rows["paper8_l2_5e-4"]]
+    made = {r["name"]: r for r in ensemble_rows(two, out, cache, None, progress=False)}
+    assert set(made) == {"2 8-layer CNNs, ensemble", snapshots, "2 models x 3 snapshots"}
+    assert all(r["paper_val_error"] is None for r in made.values())
+    assert made["2 8-layer CNNs, ensemble"]["model"] == "ensemble of 2"
 
 
 @pytest.mark.slow

@@ -304,11 +304,13 @@ def ensemble_rows(
         return []
     spacing = {r["name"]: _snapshot_spacing(out / r["name"]) for r in models}
     snapshot_run = next((r for r in models if r["preset"] == "paper8_l2_5e-4"), models[0])
-    wanted = [(PAPER_ENSEMBLE[0], [f"{out / r['name']}@last" for r in models])]
+    # The paper's row (and its figures) only where it is the paper's ensemble: 3 models.
+    three = PAPER_ENSEMBLE[0] if len(models) == 3 else f"{len(models)} 8-layer CNNs, ensemble"
+    wanted = [(three, [f"{out / r['name']}@last" for r in models])]
     if all(spacing.values()):
         apart = {r["name"]: f"{out / r['name']}@apart:{spacing[r['name']]}:3" for r in models}
-        wanted.append((f"{snapshot_run['name']}, 3 snapshots", [apart[snapshot_run["name"]]]))
-        wanted.append((f"{len(models)} models x 3 snapshots", list(apart.values())))
+        wanted.append((f"{snapshot_run['name']}, {{}} snapshots", [apart[snapshot_run["name"]]]))
+        wanted.append((f"{len(models)} models x {{}} snapshots", list(apart.values())))
     return [
         _ensemble_row(name, specs, models, cache, prob_cache, progress) for name, specs in wanted
     ]
@@ -332,6 +334,9 @@ def _ensemble_row(
         for split in splits
     }
     val = scored["val"]
+    # The snapshots a short run has: maybe under 3 each.
+    each, extra = divmod(len(val.members), len(specs))
+    name = name.replace("{}", str(each) if not extra else f"{len(val.members) / len(specs):.3g}")
     runs = {Path(spec.partition("@")[0]).name for spec in specs}
     used = [r for r in models if r["name"] in runs]
     paper = PAPER_ENSEMBLE if name == PAPER_ENSEMBLE[0] else None

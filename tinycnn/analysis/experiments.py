@@ -173,8 +173,14 @@ def experiment_row(member: Member, params: int) -> dict:
 
 
 def ensemble_paper_figure(rows: list[dict]) -> dict | None:
-    """The paper's ensemble row when every member follows an 8-layer dropout preset."""
-    if len(rows) > 1 and all((r["preset"] or "").startswith("paper8_l2") for r in rows):
+    """The paper's ensemble row when the members are what it ensembled: 3 runs of its 8-layer
+    dropout presets, one model each (not two runs, nor snapshots of one)."""
+    runs = {r["run"] or r["checkpoint"] for r in rows}
+    if (
+        len(rows) == 3
+        and len(runs) == 3
+        and all((r["preset"] or "").startswith("paper8_l2") for r in rows)
+    ):
         row, val, test = PAPER_ENSEMBLE
         return {"row": row, "val": val, "test": test}
     return None

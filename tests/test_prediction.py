@@ -215,8 +215,10 @@ def test_load_images_converts_to_64x64_rgb(tmp_path: Path) -> None:
     assert (images[0] == gray[:, :, None]).all()
     assert (images[1] == 255).all()  # transparency shown on white, not as its hidden black
     assert (images[2] == 128).all()  # scaled to 8 bits, not clipped to 255
-    squashed = odd.resize((64, 64), Image.Resampling.BICUBIC)  # whole image, no crop
-    assert np.array_equal(images[3], np.asarray(squashed))
+    # Its centre square (37 x 37 from x = 31.5), resized: as prepare caches it (it had been
+    # squashed whole, so --images and --submission saw other pixels of one file).
+    square = odd.resize((64, 64), Image.Resampling.BICUBIC, box=(31.5, 0, 68.5, 37))
+    assert np.array_equal(images[3], np.asarray(square))
     assert np.array_equal(images[4], upright)
     with Image.open(files[5]) as cmyk:
         assert np.array_equal(images[5], np.asarray(cmyk.convert("RGB")))  # as the cache does

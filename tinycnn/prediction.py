@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from tinycnn.atomic import write_text
 from tinycnn.checkpoint import class_difference
 from tinycnn.data.cache import load_cache
-from tinycnn.data.decode import to_rgb
+from tinycnn.data.decode import fit_square, to_rgb
 from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.ensembles import load_predictor
 from tinycnn.errors import ConfigError, ImageTooLargeError
@@ -157,10 +157,9 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS, side: int = IMAGE_SIZE)
     (0: no limit of tinycnn's; Pillow still refuses decompression bombs).
 
     The image is turned upright by its EXIF orientation, made RGB (transparency over white,
-    16-bit grayscale scaled to 8 bits) and, when it is not side x side, squashed to it with
-    Pillow's antialiased bicubic filter, without cropping: the Tiny ImageNet images were made
-    that way (whole ImageNet images downsampled to 64x64), and prepare --size uses the same
-    filter.
+    16-bit grayscale scaled to 8 bits) and, when it is not side x side, cut to its centre square
+    and resized to side x side (antialiased bicubic): what prepare does to such images
+    (decode.fit_square), so a file predicted here and from a cache gets the same pixels.
     """
     with warnings.catch_warnings():
         # Pillow warns about images between its bomb limit and twice it; ours is stricter.
@@ -175,9 +174,7 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS, side: int = IMAGE_SIZE)
             )
         image.load()  # decode now: a truncated file fails here, inside this file's report
         image = to_rgb(ImageOps.exif_transpose(image))
-    if image.size != (side, side):
-        image = image.resize((side, side), Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(fit_square(image, side), dtype=np.uint8)
 
 
 def _check_max_pixels(max_pixels: int) -> None:

@@ -138,10 +138,15 @@ class _Worker:
             elif image.mode == "CMYK":
                 result.cmyk.append(row)
             image = to_rgb(image)
-        if image.size != (size, size):
-            # Keep the aspect: crop the centre square, then resize (antialiased when shrinking).
-            image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
+        return fit_square(image, size)
+
+
+def fit_square(image: Image.Image, size: int) -> Image.Image:
+    """image as size x size: its centre square, resized (antialiased bicubic); as it is when
+    already that size. What prepare does to images of another size, and predict likewise."""
+    if image.size == (size, size):
         return image
+    return ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
 
 
 def _write_all(fd: int, row: np.ndarray, offset: int) -> None:

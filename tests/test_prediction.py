@@ -404,3 +404,15 @@ def test_cli_predict_submission_and_files_with_an_ensemble(
     assert main(["predict", str(folder), "--images", str(tmp_path / "missing.png")]) == 1
     assert main(["predict", str(folder)]) == 1
     assert "say what to predict" in capsys.readouterr().err
+
+
+def test_submission_names_are_unique_paths_under_the_test_folder() -> None:
+    # Base names alone: test/day1/img_0.png and test/day2/img_0.png were two "img_0.png" lines.
+    from tinycnn.prediction import submission_names
+
+    official = ["test/images/test_0.JPEG", "test/images/test_1.JPEG"]
+    assert submission_names(official) == ["test_0.JPEG", "test_1.JPEG"]
+    nested = ["test/day1/img_0.png", "test/day2/img_0.png", "test/img_0.png"]
+    assert submission_names(nested) == ["day1/img_0.png", "day2/img_0.png", "img_0.png"]
+    assert submission_names(["test/a/b/x.png"]) == ["x.png"]
+    assert submission_names([]) == []

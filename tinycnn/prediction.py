@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -76,11 +77,21 @@ def write_submission(
     label = "predict test" if progress else None
     top1 = predict_batches(predictor, test.images, batch_size, label).argmax(dim=1).tolist()
     lines = [
-        f"{PurePosixPath(file).name}\t{predictor.classes[k]}\n"
-        for file, k in zip(test.files, top1, strict=True)
+        f"{name}\t{predictor.classes[k]}\n"
+        for name, k in zip(submission_names(test.files), top1, strict=True)
     ]
     write_text(Path(out_file), "".join(lines))  # OutputError: disk full, read-only folder
     return len(lines)
+
+
+def submission_names(files: list[str]) -> list[str]:
+    """Each test file named from the folder that holds them all: test_K.JPEG for the official
+    test/images/, day1/img_0.png for a test/ folder with subfolders (where base names alone
+    could repeat: two lines for two images, one name)."""
+    if not files:
+        return []
+    common = posixpath.commonpath([posixpath.dirname(f) for f in files])
+    return [posixpath.relpath(f, common or ".") for f in files]
 
 
 def check_classes(predictor_classes: list[str], data_classes: list[str], where: str) -> None:

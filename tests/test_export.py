@@ -225,6 +225,18 @@ def test_check_images_from_a_named_folder_that_is_no_cache_are_refused(
         find_check_images(checkpoints["channel"], folder)
 
 
+def test_check_images_of_another_side_are_refused_naming_both_sides(
+    checkpoints, mini_archive: Path, tmp_path: Path
+) -> None:
+    # A cache of 32x32 images: the message had been about an internal parameter's shape.
+    small = prepare(mini_archive, tmp_path / "c32", workers=1, size=32, resize=True, progress=False)
+    with pytest.raises(ConfigError) as caught:
+        find_check_images(checkpoints["channel"], small.path)
+    message = str(caught.value)
+    assert message.startswith(f"--data {small.path}: its images are 32x32, and ")
+    assert "was trained on 64x64 ones" in message
+
+
 @pytest.mark.parametrize("fmt", ["tflite", "ONNX", "", "onnx "])
 def test_unknown_format_is_a_config_error(checkpoints, tmp_path: Path, fmt: str) -> None:
     with pytest.raises(ConfigError, match="expected one of onnx, torchscript"):

@@ -209,7 +209,15 @@ def find_check_images(
         if not data or not (Path(data) / "manifest.json").is_file():
             no_cache = "no cache found: pass --data CACHE to check on real ones"
             return None, f"{CHECK_IMAGES} random images ({no_cache})"
-    val = load_cache(data).split("val")
+    cache = load_cache(data)
+    side = load_checkpoint(checkpoint).get("image_size", cache.image_size)
+    if cache.image_size != side:  # its images could not be what the export takes
+        raise ConfigError(
+            f"--data {data}: its images are {cache.image_size}x{cache.image_size}, and "
+            f"{checkpoint} was trained on {side}x{side} ones; check the export on a cache of "
+            "those (the one it trained on), or leave --data out"
+        )
+    val = cache.split("val")
     count = min(count, len(val))
     return val.images[:count], f"the first {count} val images of {data}"
 

@@ -416,3 +416,20 @@ def test_submission_names_are_unique_paths_under_the_test_folder() -> None:
     assert submission_names(nested) == ["day1/img_0.png", "day2/img_0.png", "img_0.png"]
     assert submission_names(["test/a/b/x.png"]) == ["x.png"]
     assert submission_names([]) == []
+
+
+def test_a_folder_s_symlinked_subfolders_are_followed_once(tmp_path: Path) -> None:
+    # os.walk had skipped them: "folder holds no image files". A link back up is not a loop.
+    from tinycnn.prediction import _folder_images
+
+    photos = tmp_path / "elsewhere" / "photos"
+    photos.mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(photos / name)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "linked").symlink_to(photos, target_is_directory=True)
+    (photos / "up").symlink_to(folder, target_is_directory=True)  # a loop
+    failures: list = []
+    found = _folder_images(folder, failures)
+    assert found == [folder / "linked" / "a.png", folder / "linked" / "b.png"] and not failures

@@ -153,8 +153,17 @@ def _folder_images(folder: Path, failures: list[tuple[Path, str]]) -> list[Path]
         failures.append((Path(exc.filename or folder), f"cannot list folder ({exc.strerror})"))
 
     found = []
-    for root, dirs, names in os.walk(folder, onerror=unlistable):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .git, .ipynb_checkpoints, ...
+    visited = {os.path.realpath(folder)}
+    # Symlinked subfolders are followed (as prepare follows linked class folders), each real
+    # folder once: a link back up the tree would loop.
+    for root, dirs, names in os.walk(folder, onerror=unlistable, followlinks=True):
+        kept = []
+        for d in dirs:
+            real = os.path.realpath(os.path.join(root, d))
+            if not d.startswith(".") and real not in visited:  # .git, .ipynb_checkpoints, ...
+                visited.add(real)
+                kept.append(d)
+        dirs[:] = kept
         for name in names:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 found.append(Path(root, name))

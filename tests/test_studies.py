@@ -248,3 +248,15 @@ def test_a_budget_shrinks_what_the_preset_really_spends(cache: Path, tmp_path: P
     same, raw = study("same", 2 * cost)
     assert same["train_pflop"] == cost and same["iteration"] == whole["iteration"]
     assert raw["schedule"]["warmup_epochs"] == 0.5 and raw["train"]["max_pflop"] == 2e-5
+
+
+def test_a_budget_under_one_step_is_refused(cache: Path, tmp_path: Path) -> None:
+    # It had trained one step anyway, thousands of times the budget, and said nothing.
+    from tinycnn.studies import scale_to_budget
+
+    small = tmp_path / "small.toml"
+    small.write_text(SMALL_PRESET)
+    cfg = load_config(small, [f"data.cache={json.dumps(str(cache))}"])
+    with pytest.raises(ConfigError, match=r"^--budget-pflop 1e-12: less than one training step"):
+        scale_to_budget(cfg, 1e-12)
+    assert scale_to_budget(cfg, 1e-6).train.max_pflop == 1e-6  # a few steps: scaled

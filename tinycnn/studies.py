@@ -221,6 +221,12 @@ def scale_to_budget(cfg: RunConfig, pflop: float) -> RunConfig:
     cost = planned.flops_until(planned.total) / PFLOP
     if cost <= pflop:
         return cfg
+    step = planned.flops_until(1) / PFLOP
+    if pflop < step:  # a run is at least one step: it would spend many times the budget
+        raise ConfigError(
+            f"--budget-pflop {pflop:g}: less than one training step of {cfg.model.name} here "
+            f"({step:.3g} PFLOP); give at least that"
+        )
     r = pflop / cost
     train_cfg = replace(
         cfg.train,

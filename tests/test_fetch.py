@@ -269,6 +269,18 @@ def test_file_url_works_offline(tmp_path: Path) -> None:
     assert got.size == len(PAYLOAD) and dest.read_bytes() == PAYLOAD
 
 
+def test_a_file_url_that_cannot_be_read_fails_at_once(tmp_path: Path, monkeypatch) -> None:
+    # A missing local file or a folder does not heal: it had been retried with waits.
+    waits: list[float] = []
+    monkeypatch.setattr(fetch.time, "sleep", waits.append)
+    missing = tmp_path / "missing.zip"
+    with pytest.raises(DownloadError, match=r"cannot read it \(No such file or directory\)$"):
+        fetch.download(missing.as_uri(), tmp_path / "out" / "x.zip", retries=3, backoff_s=1.0)
+    with pytest.raises(DownloadError, match="cannot read it"):
+        fetch.download(tmp_path.as_uri(), tmp_path / "out" / "x.zip", retries=3, backoff_s=1.0)
+    assert waits == []
+
+
 def test_fetch_command_downloads_resumes_and_prepares(
     served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

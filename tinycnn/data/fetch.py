@@ -142,6 +142,11 @@ def _fetch_with_retries(
             return _fetch_once(url, part, size, timeout, bar)
         except _TRANSIENT as err:  # HTTP errors became DownloadError inside: not retried
             failure = err
+            if url.lower().startswith("file:"):  # a local file missing or unreadable stays so
+                reason = getattr(err, "reason", err)
+                raise DownloadError(
+                    f"{url}: cannot read it ({getattr(reason, 'strerror', None) or reason})"
+                ) from None
     if part.exists():
         kept = f"{part.stat().st_size} bytes kept in {part}, call again to resume"
     else:  # e.g. offline: no connection, so no part file to point at

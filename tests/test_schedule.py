@@ -484,3 +484,24 @@ def test_sizes_per_cycle_restart_the_sizes_in_each_cycle_and_the_budget_counts_t
     for name in ("cycle-01.pt", "cycle-02.pt"):
         loaded = load_model(checkpoints / name)
         assert (loaded.input_size, loaded.resize) == (56, None), name
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cosine", "step"])
+def test_a_run_cut_inside_its_warm_up_warms_for_half_of_it_then_decays(name: str) -> None:
+    # 211 warm-up iterations, a budget of 60: the rate had ended partway up its ramp (0.057 of
+    # 0.2 at the last step) instead of decaying where the budget ends. Hand values: warm-up of
+    # 30, lr (i + 1) / 30 * 0.2; then onecycle linear and cosine to 0 over the other 30.
+    from tinycnn.schedule import lr_at
+
+    cfg = ScheduleConfig(name=name, warmup_epochs=0.3, step_epochs=1000.0)
+    lrs = [lr_at(i, 703, 60, 0.2, cfg) for i in range(60)]
+    assert lrs[:30] == pytest.approx([(i + 1) / 30 * 0.2 for i in range(30)])
+    tail = {
+        "onecycle": [0.2 * (1 - (i - 30) / 30) for i in range(30, 60)],
+        "cosine": [0.1 * (1 + math.cos(math.pi * (i - 30) / 30)) for i in range(30, 60)],
+        "step": [0.2] * 30,
+    }[name]
+    assert lrs[30:] == pytest.approx(tail)
+    # A warm-up shorter than the run stays as set: 20 of 60 iterations.
+    short = ScheduleConfig(name=name, warmup_epochs=0.2, step_epochs=1000.0)
+    assert [lr_at(i, 100, 60, 0.2, short) for i in (9, 19)] == pytest.approx([0.1, 0.2])

@@ -76,7 +76,7 @@ class Schedule:
         (cycles of no iteration: snapshots that repeat others, or none)."""
         if self.shape.name != "cyclic":
             return
-        warmup = min(round(self.shape.warmup_epochs * self.iters_per_epoch), self.total)
+        warmup = warmup_iterations(self.shape, self.iters_per_epoch, self.total)
         if self.shape.cycles > self.total - warmup:
             raise ConfigError(
                 f"schedule.cycles = {self.shape.cycles}: more cycles than the run's "
@@ -175,7 +175,7 @@ def lr_at(
     iteration: int, iters_per_epoch: int, total_iters: int, base_lr: float, cfg: ScheduleConfig
 ) -> float:
     """Learning rate for one iteration (0-based) of a run of total_iters iterations."""
-    warmup = round(cfg.warmup_epochs * iters_per_epoch)
+    warmup = warmup_iterations(cfg, iters_per_epoch, total_iters)
     if iteration < warmup:
         return base_lr * (iteration + 1) / warmup
     if cfg.name == "constant":
@@ -198,6 +198,14 @@ def lr_at(
     return floor + (base_lr - floor) * (1 - progress)  # onecycle: warm-up, then linear to floor
 
 
+def warmup_iterations(cfg: ScheduleConfig, iters_per_epoch: int, total_iters: int) -> int:
+    """The warm-up's iterations: schedule.warmup_epochs' worth, or half the run where a budget
+    (train.max_pflop, train.max_minutes) cut the run inside it: the rate would otherwise end
+    partway up its ramp instead of decaying where the budget ends."""
+    warmup = round(cfg.warmup_epochs * iters_per_epoch)
+    return warmup if warmup < total_iters else total_iters // 2
+
+
 def cycle_ends(iters_per_epoch: int, total_iters: int, cfg: ScheduleConfig) -> list[int]:
     """Iteration counts at which a cyclic schedule's cycles end (the last is total_iters).
 
@@ -205,7 +213,7 @@ def cycle_ends(iters_per_epoch: int, total_iters: int, cfg: ScheduleConfig) -> l
     iterations allow; a schedule that is not cyclic is one cycle. Snapshots are taken once an
     end's iteration is done.
     """
-    warmup = min(round(cfg.warmup_epochs * iters_per_epoch), total_iters)
+    warmup = warmup_iterations(cfg, iters_per_epoch, total_iters)
     cycles = cfg.cycles if cfg.name == "cyclic" else 1
     return [warmup + round((k + 1) * (total_iters - warmup) / cycles) for k in range(cycles)]
 

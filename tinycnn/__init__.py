@@ -38,8 +38,9 @@ module goes into it; tests/test_layers.py checks every import against it.
    evaluation -> ensembles               ensemble()
 8. prediction, export, analysis/,        submissions and image files; ONNX/TorchScript; the report;
    studies                               tinycnn experiment: presets trained and tabulated
-9. demo, cli_args -> cli -> __main__     the demo; the command line, a thin layer over the above:
-                                         its arguments, then parse and call; python -m tinycnn
+9. demo, cli_types -> cli_args -> cli    the demo; the command line, a thin layer over the above:
+   -> __main__                           its argument types and arguments, then parse and call;
+                                         python -m tinycnn
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from tinycnn import __version__
 from tinycnn.choices import PRECISIONS, TTA_VIEWS
+from tinycnn.cli_types import count, iteration_count, seed, sha256, whole
 from tinycnn.data.fetch import OFFICIAL_URL
 from tinycnn.paths import PROB_CACHE
 
@@ -58,57 +59,6 @@ def _add_prob_cache(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not cache member probabilities")
 
 
-def _count(text: str) -> int:
-    """A whole number >= 1 (processes, a batch's images)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return value
-
-
-def _whole(text: str) -> int:
-    """A whole number >= 0 (a limit where 0 means none)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return value
-
-
-def _sha256(text: str) -> str:
-    """A sha256 digest: 64 hex digits (checked before a download, not after it)."""
-    digest = text.strip().lower()
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 digest (64 hex digits)")
-    return digest
-
-
-def _seed(text: str) -> int:
-    """A random seed: a whole number in [0, 2**32 - 1] (what numpy and scikit-learn take)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number in [0, 2**32 - 1]")
-    return value
-
-
-def _iteration_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of iterations >= 1")
-    return value
-
-
 def _add_prepare(sub, shared: _Shared) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prepare",
@@ -121,7 +71,7 @@ def _add_prepare(sub, shared: _Shared) -> argparse.ArgumentParser:
         "val/CLASS/*.jpg folder or archive",
     )
     p.add_argument("--out", required=True, help="cache folder to create or refresh")
-    p.add_argument("--workers", type=_count, default=None, help="decode processes (default: cores)")
+    p.add_argument("--workers", type=count, default=None, help="decode processes (default: cores)")
     p.add_argument(
         "--resize",
         action="store_true",
@@ -165,10 +115,10 @@ def _add_fetch(sub, shared: _Shared) -> argparse.ArgumentParser:
     p.add_argument("--url", default=OFFICIAL_URL, help=f"archive URL (default {OFFICIAL_URL})")
     p.add_argument("--out", required=True, help="cache folder to create")
     p.add_argument("--archive", help="where to keep the download (default: beside --out)")
-    p.add_argument("--sha256", type=_sha256, help="expected sha256 of the archive")
+    p.add_argument("--sha256", type=sha256, help="expected sha256 of the archive")
     p.add_argument("--md5", help="expected md5 (the official zip's is checked by default)")
-    p.add_argument("--size", type=_count, help="expected size in bytes")
-    p.add_argument("--workers", type=_count, default=None, help="decode processes (default: cores)")
+    p.add_argument("--size", type=count, help="expected size in bytes")
+    p.add_argument("--workers", type=count, default=None, help="decode processes (default: cores)")
     return p
 
 
@@ -196,7 +146,7 @@ def _add_train(sub, shared: _Shared) -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument(
         "--stop-at",
-        type=_iteration_count,
+        type=iteration_count,
         metavar="ITERATIONS",
         help="pause once the run has done this many iterations in all (at the next progress "
         "update): a checkpoint as after Ctrl-C, exit status 0; --resume continues it",
@@ -214,7 +164,7 @@ def _add_evaluate(sub, shared: _Shared) -> argparse.ArgumentParser:
         "evaluate", parents=shared.inference, help="error rates, per-class accuracy, confusion"
     )
     p.add_argument("checkpoints", nargs="+", metavar=MEMBERS)
-    p.add_argument("--batch-size", type=_count, default=500)
+    p.add_argument("--batch-size", type=count, default=500)
     return p
 
 
@@ -263,10 +213,10 @@ def _add_predict(sub, shared: _Shared) -> argparse.ArgumentParser:
     p.add_argument("--submission", metavar="FILE", help="write test_K.JPEG<TAB>wnid lines")
     p.add_argument("--data", help="prepared cache whose test split --submission predicts")
     p.add_argument("--weights", help="comma-separated member weights (default: equal)")
-    p.add_argument("--top", type=_count, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--top", type=count, default=5, help="classes to show per image (default 5)")
     p.add_argument(
         "--max-pixels",
-        type=_whole,
+        type=whole,
         default=50_000_000,
         help="refuse larger images before decoding them, reported as not predicted (default "
         "50000000: 50 megapixels, a few hundred MB to decode; 0: no limit but Pillow's)",
@@ -330,7 +280,7 @@ def _add_models(sub, shared: _Shared) -> argparse.ArgumentParser:
 def _add_demo(sub, shared: _Shared) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[shared.quiet], help="the whole job on generated demo data")
     p.add_argument("--out", default="tinycnn-demo", help="output folder (default ./tinycnn-demo)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the generated data")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the generated data")
     return p
 
 
@@ -371,7 +321,7 @@ def _add_report(sub, shared: _Shared) -> argparse.ArgumentParser:
         "minutes: 100,000 took 7.5 min for configs/quick.toml's model on 2 cores), else a "
         "seeded sample of N spread over the classes",
     )
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the t-SNE and example choices")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the t-SNE and example choices")
     _add_prob_cache(p, "where member probabilities are cached (as for ensemble)")
     return p
 

@@ -59,11 +59,20 @@ def _finish(process: subprocess.Popen) -> tuple[int, str]:
     return process.returncode, err
 
 
-def _kill_and_resume(cache: Path, out: Path, phase: str, iteration: int) -> str:
+def _kill_at(cache: Path, out: Path, phase: str, iteration: int) -> None:
+    """Train into out, killed (SIGKILL: no handler, no cleanup) at phase@iteration."""
     process = paused(train_argv(cache, out), phase, iteration, out.with_suffix(".paused"))
-    process.kill()  # SIGKILL: no handler, no cleanup
+    process.kill()
     process.communicate(timeout=60)
-    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
+
+
+def _resume(out: Path) -> tuple[int, str]:
+    return _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
+
+
+def _kill_and_resume(cache: Path, out: Path, phase: str, iteration: int) -> str:
+    _kill_at(cache, out, phase, iteration)
+    code, err = _resume(out)
     assert code == 0, f"resume after a kill at {phase}@{iteration} failed: {err}"
     return err
 
@@ -160,15 +169,13 @@ def test_a_torn_metrics_line_is_rebuilt_on_resume(
 ) -> None:
     out = tmp_path / "run"
     # Killed while writing epoch 1's line: its checkpoints are saved, its line is half there.
-    process = paused(train_argv(cache, out), "best", 3, tmp_path / "flag")
-    process.kill()
-    process.communicate(timeout=60)
+    _kill_at(cache, out, "best", 3)
     log = out / "metrics.jsonl"
     assert not log.exists()
     line = json.dumps(uninterrupted["metrics"][0])
     log.write_text(line[: len(line) // 2])  # a line cut off by the kill
     assert read_metrics(out) == [], "the torn line is dropped on reading"
-    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
+    code, err = _resume(out)
     assert code == 0, err
     _assert_same_run(_run_record(out), uninterrupted, "torn metrics line")
 
@@ -181,11 +188,9 @@ def test_a_lost_metrics_log_is_rebuilt_from_the_epoch_snapshots(
     # epoch-002.pt, which hold their own rows (the resume had taken the history from the log
     # alone: best.pt rewritten to a worse epoch, epoch 1's line gone, exit status 0).
     out = tmp_path / "run"
-    process = paused(train_argv(cache, out), "logged", 6, tmp_path / "flag")
-    process.kill()
-    process.communicate(timeout=60)
+    _kill_at(cache, out, "logged", 6)
     (out / "metrics.jsonl").unlink()
-    code, err = _finish(start_tinycnn(["train", "--resume", str(out), "-q"]))
+    code, err = _resume(out)
     assert code == 0, err
     _assert_same_run(_run_record(out), uninterrupted, "metrics.jsonl lost")
 

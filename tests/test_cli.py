@@ -185,6 +185,10 @@ def test_malformed_numbers_are_one_line_errors_and_write_nothing(
             ["fetch", "--url", "file:///x.tar.gz", "--out", "OUT", "--sha256", "abc"],
             "64 hex digits",
         ),
+        (
+            ["fetch", "--url", "file:///x.tar.gz", "--out", "OUT", "--md5", "90528d7c"],
+            "32 hex digits",
+        ),
     ],
 )
 def test_bad_limits_are_refused_by_the_parser_before_any_work(

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from tinycnn import __version__
 from tinycnn.choices import PRECISIONS, TTA_VIEWS
-from tinycnn.cli_types import count, iteration_count, seed, sha256, whole
+from tinycnn.cli_types import count, iteration_count, md5, seed, sha256, whole
 from tinycnn.data.fetch import OFFICIAL_URL
 from tinycnn.paths import PROB_CACHE
 
@@ -116,7 +116,9 @@ def _add_fetch(sub, shared: _Shared) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="cache folder to create")
     p.add_argument("--archive", help="where to keep the download (default: beside --out)")
     p.add_argument("--sha256", type=sha256, help="expected sha256 of the archive")
-    p.add_argument("--md5", help="expected md5 (the official zip's is checked by default)")
+    p.add_argument(
+        "--md5", type=md5, help="expected md5 (the official zip's is checked by default)"
+    )
     p.add_argument("--size", type=count, help="expected size in bytes")
     p.add_argument("--workers", type=count, default=None, help="decode processes (default: cores)")
     return p

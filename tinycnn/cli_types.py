@@ -28,9 +28,19 @@ def _at_least(text: str, low: int) -> int:
 
 def sha256(text: str) -> str:
     """A sha256 digest: 64 hex digits (checked before a download, not after it)."""
+    return _hex_digest(text, "sha256", 64)
+
+
+def md5(text: str) -> str:
+    """An md5 digest: 32 hex digits (checked before a download, not after it)."""
+    return _hex_digest(text, "md5", 32)
+
+
+def _hex_digest(text: str, name: str, digits: int) -> str:
     digest = text.strip().lower()
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 digest (64 hex digits)")
+    if len(digest) != digits or any(c not in "0123456789abcdef" for c in digest):
+        message = f"{text!r} is not a valid {name} digest ({digits} hex digits)"
+        raise argparse.ArgumentTypeError(message)
     return digest
 
 

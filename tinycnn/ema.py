@@ -18,8 +18,8 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
     """ema <- d * ema + (1 - d) * model after optimisation step ``step`` (1-based).
 
     d = min(decay, (1 + step) / (10 + step)): early on the average follows the weights closely
-    (timm's warm-up), so a short run's EMA is not stuck near the initialisation. Buffers (batch
-    norm statistics) are copied, not averaged.
+    (the num_updates warm-up of TensorFlow's ExponentialMovingAverage), so a short run's EMA is
+    not stuck near the initialisation. Buffers (batch norm statistics) are copied, not averaged.
     """
     d = min(decay, (1 + step) / (10 + step))
     ema_params = list(ema.parameters())

@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from tinycnn import cli_args
+from tinycnn import cli_args, cli_ranks
 from tinycnn.errors import ConfigError, Interrupted, TinycnnError
 
 
@@ -350,43 +348,6 @@ def _raise_interrupt(signum: int, _frame) -> None:
     raise Interrupted(signum)
 
 
-# Commands whose model passes torchrun shards over the ranks (predict_logits gathers the logits).
-SHARDED = ("evaluate", "ensemble", "predict", "report")
-
-
-def _sharded(command: str) -> bool:
-    """Whether this is a sharded command under torchrun with more than one rank."""
-    return command in SHARDED and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-
-
-@contextlib.contextmanager
-def _rank_scratch(sharded: bool) -> Iterator[Path | None]:
-    """Yields, on a sharded command's ranks other than 0, a temporary folder for their output
-    files, with their stdout silenced: they write nothing the user sees. Else None."""
-    rank = os.environ.get("RANK", "0")
-    if not sharded or rank == "0":
-        yield None
-        return
-    with (
-        tempfile.TemporaryDirectory(prefix=f"tinycnn-rank{rank}-") as scratch,
-        open(os.devnull, "w") as devnull,
-        contextlib.redirect_stdout(devnull),
-    ):
-        yield Path(scratch)
-
-
-def _rank_args(args: argparse.Namespace, scratch: Path | None) -> argparse.Namespace:
-    """A copy of args as one rank of a sharded command runs it: output files in scratch (if
-    any), and no probability cache: every rank computes every member afresh, since a cache hit
-    on one rank and not another would leave the others waiting in a gather."""
-    changes: dict[str, object] = {"no_cache": True} if "no_cache" in vars(args) else {}
-    if scratch is not None:
-        for name in ("out", "submission"):
-            if getattr(args, name, None):
-                changes[name] = str(scratch / Path(getattr(args, name)).name)
-    return argparse.Namespace(**{**vars(args), **changes})
-
-
 def run() -> NoReturn:
     """The process's entry (the ``tinycnn`` script, ``python -m tinycnn``): main's status as the
     exit status; a process of a torchrun job exits without the interpreter's teardown
@@ -403,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so cleanup code (temporary folders, checkpoints) runs.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        sharded = _sharded(args.command)
-        with _rank_scratch(sharded) as scratch:
-            return args.func(_rank_args(args, scratch) if sharded else args)
+        sharded = cli_ranks.sharded(args.command)
+        with cli_ranks.rank_scratch(sharded) as scratch:
+            return args.func(cli_ranks.rank_args(args, scratch) if sharded else args)
     except TinycnnError as exc:
         print(f"tinycnn: error: {exc}", file=sys.stderr)
         return 1

@@ -94,20 +94,7 @@ def train(
     main = distributed.from_env().main
     with run_lock(out) if main else contextlib.nullcontext():
         if resume:
-            cfg = _resumed_config(out, data)
-            # A run with no checkpoint yet starts afresh: from its init checkpoint, if any.
-            resume = (out / "checkpoints" / "last.pt").is_file()
-            if not resume:
-                _check_nothing_trained(out)
-            try:
-                plan = plan_run(cfg, None if resume else cfg.train.init_from or None)
-            except CropError as exc:  # its advice (--set augment.crop) is not a resume's
-                side = exc.image_side
-                raise ConfigError(
-                    f"{cfg.data.cache}: its images are {side}x{side}, and {out} trained on "
-                    f"crops of {cfg.augment.crop} ({exc.why}); resume it with a cache of the "
-                    "images it trained on, or train afresh on this one"
-                ) from None
+            plan, resume = _resume_plan(out, data)
         elif main:
             _new_run_dir(out, plan.cfg, plan.flops_by_size)
             faults.pause_point("started", 0)
@@ -116,14 +103,37 @@ def train(
             _write_config(out, plan.cfg, plan.flops_by_size)
         progress = progress and session.dist.main
         if progress:
-            print(banner(session), flush=True)
-            if session.compile_report:
-                print(session.compile_report, flush=True)
-            if session.threads_note:
-                print(session.threads_note, flush=True)
+            _announce(session)
         stop = StopRequest(stop_at_iteration)
         with catching_signals(stop):
             return _loop(session, stop, progress, started)
+
+
+def _resume_plan(out: Path, data: str | Path | None) -> tuple[RunPlan, bool]:
+    """The plan of resuming the run in ``out``, and whether it has a checkpoint to resume from
+    (a run with none yet starts afresh: from its init checkpoint, if any)."""
+    cfg = _resumed_config(out, data)
+    resume = (out / "checkpoints" / "last.pt").is_file()
+    if not resume:
+        _check_nothing_trained(out)
+    try:
+        return plan_run(cfg, None if resume else cfg.train.init_from or None), resume
+    except CropError as exc:  # its advice (--set augment.crop) is not a resume's
+        side = exc.image_side
+        raise ConfigError(
+            f"{cfg.data.cache}: its images are {side}x{side}, and {out} trained on "
+            f"crops of {cfg.augment.crop} ({exc.why}); resume it with a cache of the "
+            "images it trained on, or train afresh on this one"
+        ) from None
+
+
+def _announce(session: Session) -> None:
+    """Print the run's banner and what its start chose (compiled steps, threads)."""
+    print(banner(session), flush=True)
+    if session.compile_report:
+        print(session.compile_report, flush=True)
+    if session.threads_note:
+        print(session.threads_note, flush=True)
 
 
 def _absolute(cfg: RunConfig, init_from: str | Path | None) -> tuple[RunConfig, Path | None]:

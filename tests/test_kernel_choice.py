@@ -69,7 +69,19 @@ def test_two_processes_keep_each_others_shapes(tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == {KEY: {"forward": True}, other: {"forward": False}}
 
 
-@pytest.mark.parametrize("text", ["{not json", '["a list"]', '{"k": {"forward": "yes"}}', ""])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        '["a list"]',
+        '{"k": {"forward": "yes"}}',
+        "",
+        # Damage under the very shape being timed (a TypeError had stopped every run here).
+        json.dumps({KEY: None}),
+        json.dumps({KEY: ["forward"]}),
+        json.dumps({KEY: "x"}),
+    ],
+)
 def test_a_damaged_file_is_timed_again_and_rewritten(tmp_path: Path, text: str) -> None:
     path = tmp_path / "m.json"
     path.write_text(text)
@@ -182,13 +194,14 @@ def test_the_two_kernels_are_timed_in_turns_so_a_burst_of_load_hits_both(monkeyp
 @pytest.mark.parametrize("forward", [False, True])
 @pytest.mark.parametrize("input_grad", [False, True])
 @pytest.mark.parametrize("weight_grad", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
 def test_every_timed_choice_gives_the_plain_convolutions_results(
-    forward: bool, input_grad: bool, weight_grad: bool, monkeypatch
+    forward: bool, input_grad: bool, weight_grad: bool, channels_last: bool, monkeypatch
 ) -> None:
     choices = KernelChoices(path=None)
     choices.pin(
         {
-            shape_key(64, 96, 4, 4, torch.float32): {
+            shape_key(64, 96, 4, 4, torch.float32, channels_last=channels_last): {
                 "forward": forward,
                 "input_grad": input_grad,
                 "weight_grad": weight_grad,
@@ -198,7 +211,10 @@ def test_every_timed_choice_gives_the_plain_convolutions_results(
     monkeypatch.setattr(conv_module, "CHOICES", choices)
     torch.manual_seed(0)
     conv = Conv3x3(64, 96)
-    x = torch.randn(8, 64, 4, 4, requires_grad=True)
+    x = torch.randn(8, 64, 4, 4)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     assert conv.tap_paths(x) == (forward, input_grad, weight_grad)
     out = conv(x)
     grad_out = torch.randn_like(out)
@@ -222,7 +238,7 @@ def test_a_large_map_or_float64_keeps_the_rules_untimed(monkeypatch) -> None:
     assert choices.used() == {}
     with torch.no_grad():
         conv.float()(torch.randn(2, 16, 4, 4))
-    assert list(choices.used()) == ["16x16@4x4:float32"]  # keyed by shape and dtype
+    assert list(choices.used()) == ["16x16@4x4:float32/nchw"]  # by shape, dtype and layout
 
 
 def _run_cfg(cache: Path, *extra: str):
@@ -275,6 +291,12 @@ def test_a_run_keeps_its_choices_and_a_resume_computes_with_them(
     train(_run_cfg(cache, "train.autotune=false"), off, progress=False, stop_at_iteration=1)
     assert not choices.enabled
     assert load_checkpoint(off / "checkpoints" / "last.pt")["conv_kernels"] == {}
+    # Loaded for evaluation: each its own run's setting and choices.
+    from tinycnn.inference import load_model
+
+    loaded = load_model(run / "checkpoints" / "last.pt").kernels
+    assert loaded.enabled and loaded.by_layout and loaded.choices[key] == saved[key]
+    assert load_model(off / "checkpoints" / "last.pt").kernels.enabled is False
     choices.reset(enabled=True)
 
 
@@ -335,5 +357,84 @@ def test_a_machine_file_that_cannot_be_written_costs_the_timing_not_the_run(
     choices = KernelChoices(tmp_path / "kernels.json")
     chosen = choices.choose("8x8@4x4:float32:t1", ("forward",), lambda name: (1.0, 0.5))
     assert chosen == {"forward": True}
+    assert "not kept" in choices.take_report()  # not "kept in" a file that was not written
     compile_choice._save(tmp_path / "compile.json", "key", True)  # no error either
     assert not (tmp_path / "kernels.json").exists() and not (tmp_path / "compile.json").exists()
+
+
+def _recording(monkeypatch, choices: KernelChoices) -> list[dict]:
+    """Conv3x3's timing calls, recorded (each returns: the matmuls twice as fast)."""
+    calls: list[dict] = []
+
+    def measure(name, c_in, c_out, height, width, dtype, batch, kernels, channels_last=True):
+        calls.append({"pass": name, "batch": batch, "channels_last": channels_last})
+        return 1.0, 0.5
+
+    monkeypatch.setattr(conv_module, "CHOICES", choices)
+    monkeypatch.setattr(conv_module, "_measure_pass", measure)
+    return calls
+
+
+def test_a_shape_is_timed_at_a_training_batch_whatever_batch_meets_it_first(monkeypatch) -> None:
+    # A one-image prediction had timed a shape at batch 1 and every later training run on the
+    # machine took that choice (512 at 2x2, fp32: oneDNN at batch 1, the matmuls 1.7x at 128).
+    from tinycnn.models.kernel_choice import TIMED_BATCH
+
+    calls = _recording(monkeypatch, KernelChoices(path=None))
+    with torch.no_grad():
+        Conv3x3(8, 8)(torch.randn(1, 8, 2, 2).contiguous(memory_format=torch.channels_last))
+    assert calls == [{"pass": "forward", "batch": TIMED_BATCH, "channels_last": True}]
+
+
+def test_the_inputs_layout_is_timed_and_keyed_apart(monkeypatch) -> None:
+    # The two layouts rank the kernels differently (512 at 2x2, fp32 forward: the matmuls
+    # 0.57x oneDNN's time on channels_last, 1.08x on NCHW): an NCHW run had taken choices
+    # timed on channels_last tensors.
+    choices = KernelChoices(path=None)
+    calls = _recording(monkeypatch, choices)
+    conv, x = Conv3x3(8, 8), torch.randn(4, 8, 2, 2)
+    with torch.no_grad():
+        conv(x)  # NCHW
+        conv(x.contiguous(memory_format=torch.channels_last))
+    assert [c["channels_last"] for c in calls] == [False, True]
+    assert sorted(choices.used()) == ["8x8@2x2:float32", "8x8@2x2:float32/nchw"]
+    # A checkpoint saved before the layout was keyed pins its choice for either layout.
+    choices.pin({"8x8@2x2:float32": {"forward": False}}, by_layout=False)
+    assert choices.choose(shape_key(8, 8, 2, 2, torch.float32, channels_last=False),
+                          ("forward",), _timer({}, [])) == {"forward": False}  # fmt: skip
+
+
+def test_a_resume_times_the_passes_its_run_had_not_met_and_keeps_them(tmp_path: Path) -> None:
+    choices = KernelChoices(path=None)
+    choices.pin({KEY: {"forward": False}})  # met only without gradients before the checkpoint
+    calls: list[str] = []
+    seconds = {"input_grad": (1.0, 0.5), "weight_grad": (1.0, 2.0)}
+    passes = ("forward", "input_grad", "weight_grad")
+    expected = {"forward": False, "input_grad": True, "weight_grad": False}
+    assert choices.choose(KEY, passes, _timer(seconds, calls)) == expected
+    assert calls == ["input_grad", "weight_grad"]  # the pinned forward kept, not re-timed
+    assert choices.used()["512x512@2x2:float32"] == expected  # the next checkpoint has them
+
+
+def test_a_loaded_model_computes_with_its_runs_setting_and_choices(monkeypatch) -> None:
+    # evaluate / predict had timed shapes for a run trained with train.autotune = false, and
+    # ignored the choices a run saved, whatever the kernels its own evaluations had used.
+    from tinycnn.models.kernel_choice import SavedChoices
+
+    choices = KernelChoices(path=None)
+    calls = _recording(monkeypatch, choices)
+    conv = Conv3x3(8, 8)
+    x = torch.randn(4, 8, 2, 2).contiguous(memory_format=torch.channels_last)
+    off = SavedChoices.from_payload({"conv_kernels": {}, "config": {"train": {"autotune": False}}})
+    with torch.no_grad(), choices.running(off):
+        conv(x)
+    assert calls == [] and choices.used() == {} and choices.enabled  # restored after
+    saved = {"conv_kernels": {"8x8@2x2:float32": {"forward": False}}, "conv_kernels_by_layout": 1}
+    pinned = SavedChoices.from_payload({**saved, "config": {"train": {"autotune": True}}})
+    with torch.no_grad(), choices.running(pinned):
+        assert conv.tap_paths(x) == (False, False, False)  # its own choice, not the timing's
+    assert calls == [] and choices.pinned == {}
+    with torch.no_grad():
+        assert conv.tap_paths(x) == (True, False, False)  # outside: timed here
+    assert len(calls) == 1
+    assert SavedChoices.from_payload({"config": {}}).enabled is False  # before autotuning

@@ -5,6 +5,7 @@ Training's evaluations, evaluation, ensembles, prediction and export all run thr
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +26,8 @@ from tinycnn.choices import TTA_VIEWS
 from tinycnn.data.augment import center_crop, flip_views, resize_views, ten_crop
 from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError, TinycnnError
+from tinycnn.models.conv import CHOICES
+from tinycnn.models.kernel_choice import STATIC_RULES, SavedChoices
 from tinycnn.runtime import Runtime, make_runtime
 
 
@@ -119,6 +122,8 @@ class LoadedModel:
     # recorded (then the mean image's side, else unknown and not checked).
     image_size: int | None = None
     sha256: str = ""  # of the checkpoint's bytes as they were loaded (the probability cache's key)
+    # Its run's conv kernels (timed, or the static rules): evaluation computes as the run did.
+    kernels: SavedChoices = STATIC_RULES
 
     def logits(
         self,
@@ -133,17 +138,21 @@ class LoadedModel:
         """
         check_tta(tta)
         self.check_image_size(tuple(images_u8.shape[1:3]))
-        return predict_logits(
-            self.model,
-            images_u8,
-            self.runtime,
-            size=self.input_size,
-            norm=self.norm,
-            batch_size=batch_size,
-            tta=tta,
-            progress=progress,
-            resize=self.resize,
-        )
+        with CHOICES.running(self.kernels):
+            logits = predict_logits(
+                self.model,
+                images_u8,
+                self.runtime,
+                size=self.input_size,
+                norm=self.norm,
+                batch_size=batch_size,
+                tta=tta,
+                progress=progress,
+                resize=self.resize,
+            )
+        if progress and (timed := CHOICES.take_report()):  # shapes its run never met
+            print(timed, file=sys.stderr)
+        return logits
 
     def probabilities(
         self,
@@ -203,6 +212,7 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
         resize=payload.get("resize"),
         image_size=image_size,
         sha256=sha256,
+        kernels=SavedChoices.from_payload(payload),
     )
 
 

@@ -28,6 +28,7 @@ from tinycnn.distributed import Dist, broadcast_int, sync_batch_norm
 from tinycnn.ema import make_ema
 from tinycnn.errors import ConfigError
 from tinycnn.models.conv import CHOICES
+from tinycnn.models.kernel_choice import SavedChoices
 from tinycnn.optim import build_optimizer
 from tinycnn.resume import (
     apply_retention,
@@ -200,6 +201,7 @@ class Session:
             "threads": torch.get_num_threads() if self.runtime.device.type == "cpu" else None,
             # The conv kernels timed fastest on this machine: a resume computes with the same.
             "conv_kernels": CHOICES.used() if self.cfg.train.autotune else {},
+            "conv_kernels_by_layout": True,
             "compile_choices": {str(side): c for side, c in self.compile_choices.items()},
             "train_rows": self.train_rows_digest,
             "optimizer": self.optimizer.state_dict(),
@@ -250,8 +252,9 @@ class Session:
             self.ema.load_state_dict(payload["model"]["state"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.compile_choices = {int(k): v for k, v in payload.get("compile_choices", {}).items()}
-        if "conv_kernels" in payload:
-            CHOICES.pin(payload["conv_kernels"])
+        saved = SavedChoices.from_payload(payload)
+        if saved.enabled:
+            CHOICES.pin(saved.choices, saved.by_layout)
         else:  # saved before autotuning: the static rules, as the run had them
             CHOICES.reset(enabled=False)
         self.iteration = payload["iteration"]

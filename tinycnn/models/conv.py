@@ -41,7 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinycnn.models.kernel_choice import MAX_TIMED_POSITIONS, KernelChoices, machine_file, shape_key
+from tinycnn.models.kernel_choice import (
+    MAX_TIMED_POSITIONS,
+    TIMED_BATCH,
+    KernelChoices,
+    machine_file,
+    shape_key,
+)
 from tinycnn.models.kernel_choice import measure_pass as _measure_pass
 
 # Where the nine matmuls are the faster kernels, by the dtype they run in: (narrowest channel
@@ -215,14 +221,16 @@ class Conv3x3(nn.Conv2d):
         chosen = None
         if dtype in TIMED_DTYPES and height * width <= MAX_TIMED_POSITIONS:
             passes = tuple(name for name, need in needed.items() if need)
+            layout = {"channels_last": x.is_contiguous(memory_format=torch.channels_last)}
+            key = shape_key(*shape, **layout)
 
             def measure(name: str) -> tuple[float, float]:
-                return _measure_pass(name, *shape, batch=x.shape[0], kernels=_KERNELS)
+                return _measure_pass(name, *shape, TIMED_BATCH, _KERNELS, **layout)
 
             if torch.compiler.is_compiling():  # a traced graph takes what is known: no timing
-                chosen = CHOICES.known(shape_key(*shape))  # nor file reads in the trace
+                chosen = CHOICES.known(key)  # nor file reads in the trace
             else:
-                chosen = CHOICES.choose(shape_key(*shape), passes, measure)
+                chosen = CHOICES.choose(key, passes, measure)
         chosen = chosen or {}
         return tuple(need and chosen.get(name, rules[name]) for name, need in needed.items())
 

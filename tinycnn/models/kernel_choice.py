@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,12 +43,21 @@ MARGIN = 0.95  # the matmuls are chosen where they take under 95% of oneDNN's ti
 
 
 def shape_key(
-    c_in: int, c_out: int, height: int, width: int, dtype: torch.dtype, threads: int | None = None
+    c_in: int,
+    c_out: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    threads: int | None = None,
+    channels_last: bool = True,
 ) -> str:
-    """A layer shape's key: channels, map, dtype and the threads it runs on (default: this
-    process's), since one thread and two can rank the kernels differently."""
+    """A layer shape's key: channels, map, dtype, the input's layout (channels_last, or
+    "/nchw") and the threads it runs on (default: this process's), since one thread and two,
+    or the two layouts, can rank the kernels differently."""
     threads = _threads() if threads is None else threads
-    return f"{c_in}x{c_out}@{height}x{width}:{str(dtype).removeprefix('torch.')}:t{threads}"
+    layout = "" if channels_last else "/nchw"
+    dtype_name = str(dtype).removeprefix("torch.")
+    return f"{c_in}x{c_out}@{height}x{width}:{dtype_name}{layout}:t{threads}"
 
 
 # A traced forward reads it once, as a constant (no graph break, and no guard: a graph compiled
@@ -62,6 +72,29 @@ def _without_threads(key: str) -> str:
     return key.rsplit(":t", 1)[0] if key.count(":") == 2 else key
 
 
+@dataclass(frozen=True)
+class SavedChoices:
+    """What a checkpoint says of its run's kernels: whether it timed them (else the static
+    rules), the choices it computed with, and whether their keys name the input's layout."""
+
+    enabled: bool
+    choices: dict[str, dict[str, bool]]
+    by_layout: bool
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> SavedChoices:
+        """A checkpoint's; one saved before autotuning ran by the static rules."""
+        if "conv_kernels" not in payload:
+            return STATIC_RULES
+        autotune = payload.get("config", {}).get("train", {}).get("autotune", True)
+        by_layout = payload.get("conv_kernels_by_layout", False)
+        return cls(bool(autotune), payload["conv_kernels"], by_layout)
+
+
+# Kernels by the static rules alone (a checkpoint from before autotuning, a model built here).
+STATIC_RULES = SavedChoices(enabled=False, choices={}, by_layout=True)
+
+
 class KernelChoices:
     """Per layer shape, whether each pass runs as nine matmuls (True) or on oneDNN (False).
 
@@ -74,8 +107,10 @@ class KernelChoices:
         self.enabled = enabled
         self.table: dict[str, dict[str, bool]] = {}
         self.pinned: dict[str, dict[str, bool]] = {}  # a resumed run's own choices
+        self.pinned_by_layout = True
         self.timed_keys: set[str] = set()  # shapes timed since the last report
         self.timed_seconds = 0.0
+        self.unsaved = False  # the file could not be written since the last report
         self._loaded = False
 
     def choose(
@@ -87,13 +122,11 @@ class KernelChoices:
         """The choice for each of ``passes`` of a shape, timing (``measure(pass)``: oneDNN's and
         the matmuls' seconds) those not yet known; None when autotuning is off."""
         pinned = self._pinned(key)
-        if pinned is not None:
+        if not self.enabled or (pinned is not None and all(p in pinned for p in passes)):
             return pinned
-        if not self.enabled:
-            return None
         self._load()
         known = self.table.setdefault(key, {})
-        missing = [p for p in passes if p not in known]
+        missing = [p for p in passes if p not in known and p not in (pinned or {})]
         if missing:
             start = time.perf_counter()
             for name in missing:
@@ -103,6 +136,9 @@ class KernelChoices:
             self.timed_seconds += time.perf_counter() - start
             self.timed_keys.add(key)
             self._save(key)
+        if pinned is not None:  # passes the resumed run had not met: kept from now on
+            pinned.update({p: known[p] for p in passes if p not in pinned})
+            return pinned
         return known
 
     def known(self, key: str) -> dict[str, bool] | None:
@@ -117,7 +153,10 @@ class KernelChoices:
         """A resumed run's choice for the shape, whatever threads it ran on then or runs on
         now (and from checkpoints written before the thread count was part of the key): a
         resume computes as the run did."""
-        return self.pinned.get(_without_threads(key))
+        key = _without_threads(key)
+        if not self.pinned_by_layout:  # saved before the layout was keyed: one choice for both
+            key = key.replace("/nchw", "")
+        return self.pinned.get(key)
 
     def used(self) -> dict[str, dict[str, bool]]:
         """The choices this process computes with (made or read, for its thread count, and a
@@ -127,26 +166,50 @@ class KernelChoices:
         mine = {_without_threads(k): v for k, v in self.table.items() if k.endswith(threads)}
         return {**mine, **self.pinned}
 
-    def pin(self, choices: dict[str, dict[str, bool]]) -> None:
-        """Take a run's saved choices as they are (a resume), whatever the file says now."""
+    def pin(self, choices: dict[str, dict[str, bool]], by_layout: bool = True) -> None:
+        """Take a run's saved choices as they are (a resume), whatever the file says now.
+
+        by_layout: False for choices saved before the input's layout was part of the key
+        (checkpoints without ``conv_kernels_by_layout``), which the run took for either layout.
+        """
         self.pinned = {_without_threads(key): dict(value) for key, value in choices.items()}
+        self.pinned_by_layout = by_layout
 
     def reset(self, enabled: bool) -> None:
         """A new run in this process: its setting, no pinned choices."""
-        self.enabled, self.pinned = enabled, {}
-        self.timed_keys, self.timed_seconds = set(), 0.0
+        self.enabled, self.pinned, self.pinned_by_layout = enabled, {}, True
+        self.timed_keys, self.timed_seconds, self.unsaved = set(), 0.0, False
+
+    @contextlib.contextmanager
+    def running(self, saved: SavedChoices) -> Iterator[None]:
+        """Within: a loaded checkpoint's own setting and choices (its evaluations compute as
+        the run's did; shapes it never met are timed or ruled as it would have); after: the
+        ones before, so members of an ensemble each keep their own."""
+        before = (self.enabled, self.pinned, self.pinned_by_layout)
+        self.enabled = saved.enabled
+        self.pin(saved.choices, saved.by_layout)
+        try:
+            yield
+        finally:
+            self.enabled, self.pinned, self.pinned_by_layout = before
 
     def take_report(self) -> str | None:
         """One line on the timing done since the last report, or None."""
         shapes = len(self.timed_keys)
         if not shapes:
             return None
-        where = f" (kept in {self.path})" if self.path else ""
+        where = ""
+        if self.path:
+            where = (
+                f" (not kept: {self.path} unwritable)"
+                if self.unsaved
+                else f" (kept in {self.path})"
+            )
         line = (
             f"conv kernels: timed oneDNN against matmuls for {shapes} layer "
             f"shape{'s' * (shapes > 1)} in {self.timed_seconds:.1f} s{where}"
         )
-        self.timed_keys, self.timed_seconds = set(), 0.0
+        self.timed_keys, self.timed_seconds, self.unsaved = set(), 0.0, False
         return line
 
     def _load(self) -> None:
@@ -165,10 +228,13 @@ class KernelChoices:
             return
 
         def add(saved: dict) -> None:
-            saved[key] = {**saved.get(key, {}), **self.table[key]}
+            old = saved.get(key)  # another process's choices, or damage: replaced
+            saved[key] = {**(old if isinstance(old, dict) else {}), **self.table[key]}
 
-        with contextlib.suppress(OSError, OutputError):  # unwritable: timed again next time
+        try:
             update_json(self.path, add)
+        except (OSError, OutputError):  # unwritable: timed again next time
+            self.unsaved = True
 
 
 def machine_file(root: Path = KERNEL_CACHE) -> Path:
@@ -208,14 +274,17 @@ def measure_pass(
     dtype: torch.dtype,
     batch: int,
     kernels: dict[str, tuple[Callable, Callable]],
+    channels_last: bool = True,
 ) -> tuple[float, float]:
     """Seconds of one pass of this shape, (oneDNN's, the matmuls'): each the fastest of its
-    timed calls after a warm-up, on random channels_last tensors, gradients off.
+    timed calls after a warm-up, on random tensors of batch images in the given layout,
+    gradients off. The layers time at TIMED_BATCH whatever batch meets a shape first (a
+    one-image prediction ranks the kernels otherwise than a training batch, and the choice is
+    kept for both).
 
     kernels: pass name -> (oneDNN's, the matmuls'), each called as f(x, weight, grad_out).
     """
-    batch = min(batch, TIMED_BATCH)
-    layout = torch.channels_last
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     # A generator of its own: the run's random streams (dropout) must not see the timing.
     generator = torch.Generator().manual_seed(0)
 

@@ -344,7 +344,7 @@ def test_scale_must_be_a_positive_number(scale) -> None:
 )
 def test_bad_config_names_the_field_and_value(changes: dict, field: str) -> None:
     cfg = AugmentConfig(**changes)
-    with pytest.raises(ConfigError, match=rf"AugmentConfig\.{field}\b") as caught:
+    with pytest.raises(ConfigError, match=rf"augment\.{field}\b") as caught:
         cfg.validate()
     assert repr(changes[field]) in str(caught.value)
     assert "\n" not in str(caught.value)
@@ -360,7 +360,7 @@ def test_bad_config_names_the_field_and_value(changes: dict, field: str) -> None
 )
 def test_config_too_big_for_the_images(cfg: AugmentConfig, field: str) -> None:
     cfg.validate()  # fine in itself
-    with pytest.raises(ConfigError, match=rf"AugmentConfig\.{field}"):
+    with pytest.raises(ConfigError, match=rf"augment\.{field}"):
         augment_batch(_images(2, 64, 64), cfg, _gen())
 
 
@@ -375,7 +375,7 @@ def test_each_entry_point_refuses_an_invalid_config(entry: str) -> None:
             images, sample_params(good, 2, 8, 8, _gen()), bad, _gen()
         ),
     }
-    with pytest.raises(ConfigError, match=r"AugmentConfig\.tint must be a number >= 0, got -1.0"):
+    with pytest.raises(ConfigError, match=r"augment\.tint must be a number >= 0, got -1.0"):
         calls[entry]()
 
 
@@ -493,7 +493,7 @@ def test_mean_image_is_subtracted_before_cropping_and_mirroring() -> None:
 
 
 def test_sizes_per_cycle_must_be_a_boolean() -> None:
-    with pytest.raises(ConfigError, match=r"AugmentConfig\.sizes_per_cycle must be true or false"):
+    with pytest.raises(ConfigError, match=r"augment\.sizes_per_cycle must be true or false"):
         AugmentConfig(sizes=[32, 64], size_until=[0.5], sizes_per_cycle=1).validate()
 
 
@@ -510,7 +510,7 @@ def test_sizes_per_cycle_must_be_a_boolean() -> None:
     ],
 )
 def test_impossible_size_schedules_are_named(sizes, until, message) -> None:
-    with pytest.raises(ConfigError, match=r"AugmentConfig\.size") as error:
+    with pytest.raises(ConfigError, match=r"augment\.size") as error:
         AugmentConfig(sizes=sizes, size_until=until).validate()
     assert message in str(error.value)
 

@@ -96,6 +96,7 @@ def test_paper_presets_cover_the_results_table() -> None:
         ("", ["epochs=3"], "expected section.key=value"),
         ("", ["train.epochs"], "expected section.key=value"),
         ("[train\n", [], "not valid TOML"),
+        ("epochs = 1\n", [], "epochs = 1 is outside any [section]"),  # was: section [epochs]
     ],
 )
 def test_bad_configs(tmp_path: Path, text: str, overrides: list[str], message: str) -> None:
@@ -105,6 +106,43 @@ def test_bad_configs(tmp_path: Path, text: str, overrides: list[str], message: s
         load_config(path, overrides)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_config_files_errors_name_the_file(tmp_path: Path) -> None:
+    # An unknown key had been named without its file: in a study of many presets, which one?
+    path = tmp_path / "typo.toml"
+    path.write_text("[train]\nepochz = 1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown key train.epochz"):
+        load_config(path)
+    (tmp_path / "utf16.toml").write_text("[train]\nepochs = 1\n", encoding="utf-16")
+    (tmp_path / "folder.toml").mkdir()
+    for name in ("utf16.toml", "folder.toml"):  # had been tracebacks
+        with pytest.raises(ConfigError, match=rf"^{tmp_path / name}: cannot read it"):
+            load_config(tmp_path / name)
+
+
+def test_a_config_files_relative_paths_are_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # They had been taken from the folder the command ran in: another folder's excl.txt was
+    # used without a word, or the cache was not found.
+    project = tmp_path / "project" / "configs"
+    project.mkdir(parents=True)
+    path = project / "rel.toml"
+    path.write_text(
+        '[data]\ncache = "../data/mini"\nexclude = "excl.txt"\n'
+        '[train]\ninit_from = "/abs/best.pt"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(Path("..") / "project" / "configs" / "rel.toml")
+    assert Path(cfg.data.cache).resolve() == tmp_path / "project" / "data" / "mini"
+    assert Path(cfg.data.exclude).resolve() == project / "excl.txt"
+    assert cfg.train.init_from == "/abs/best.pt"
+    # --set values are the user's, typed here: relative to the current folder.
+    cfg = load_config(path, ['data.cache="here"'])
+    assert cfg.data.cache == "here"
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -22,18 +22,52 @@ from tinycnn.training import train
     [
         ("train.device=cuda:0", "CUDA is not available"),
         ("data.holdout_per_class=12", "data.holdout_per_class = 12: class 0 has only 12"),
+        # Each of these had left a run folder (.lock, config.toml), some with a traceback;
+        # a study rerun then "resumed" the refused start with the old preset.
+        ("augment.pad=64", "augment.pad must be < image side"),
+        ("train.device=meta", "train.device = 'meta': expected auto, cpu or cuda"),
+        ("train.device=xpu", "train.device = 'xpu': expected auto, cpu or cuda"),
+        ("optim.eps=-1", "optim.eps = -1.0: must be a positive number"),
+        ("optim.eps=nan", "optim.eps = nan: must be a positive number"),
+        ("optim.momentum=0", 'optim.momentum = 0: optim.name = "nesterov" needs a momentum'),
+        ("train.seed=18446744073709551616", "train.seed = 18446744073709551616: must be in"),
+        ("train.threads=100000", "train.threads = 100000: at most 1024"),
     ],
 )
 def test_a_failed_start_leaves_no_run_folder(
     cache: Path, tmp_path: Path, capsys, setting: str, message: str
 ) -> None:
-    if setting.startswith("train.device") and torch.cuda.is_available():
+    if setting.startswith("train.device=cuda") and torch.cuda.is_available():
         setting = "train.device=cuda:99"
         message = "cuda:99"
+    extra = ["--set", "optim.name=nesterov"] if "momentum" in setting else []
     out = tmp_path / "run"
-    assert main(train_argv(cache, out, "--set", setting)) == 1
-    assert message in capsys.readouterr().err
+    assert main(train_argv(cache, out, *extra, "--set", setting)) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_start_refused_after_the_folder_is_made_leaves_nothing_behind(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    # More cycles than iterations is found where the schedule is built, after the run folder
+    # is made: the folder it made goes; in a folder that was there, the files it wrote go.
+    cyclic = ["--set", "schedule.name=cyclic", "--set", "schedule.cycles=100000"]
+    out = tmp_path / "run"
+    assert main(train_argv(cache, out, *cyclic)) == 1
+    assert "schedule.cycles = 100000" in capsys.readouterr().err
+    assert not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(train_argv(cache, out, *cyclic)) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    # A folder that holds a run is refused as before, and keeps every file.
+    assert main(train_argv(cache, out, "--stop-at", "1")) == 0
+    held = sorted(p.name for p in out.iterdir())
+    assert main(train_argv(cache, out, *cyclic)) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == held
 
 
 def test_training_refuses_a_damaged_cache(cache: Path, tmp_path: Path, capsys) -> None:
@@ -112,3 +146,18 @@ def test_tensorboard_missing_is_one_clear_error(cache: Path, tmp_path: Path, mon
     with pytest.raises(ConfigError, match="needs the tensorboard package"):
         train(small_config(cache, "train.tensorboard=true"), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_an_edited_run_config_and_a_bad_device_option_are_named(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    assert main(train_argv(cache, out, "--stop-at", "1")) == 0
+    config = out / "config.toml"
+    config.write_text(config.read_text().replace("max_minutes =", "max_minute ="))
+    assert main(["train", "--resume", str(out), "-q"]) == 1
+    assert f"tinycnn: error: {config}: unknown key train.max_minute" in capsys.readouterr().err
+    # evaluate's --device had been blamed on train.device, which the user had not typed.
+    argv = ["evaluate", str(out), "--data", str(cache), "--device", "foo"]
+    assert main(argv) == 1
+    assert "tinycnn: error: --device foo: not a device" in capsys.readouterr().err

@@ -52,6 +52,17 @@ def test_a_study_trains_skips_and_resumes(
     # The same study on other data (the same classes, other labels): its rows are not these.
     with pytest.raises(ConfigError, match=rf"^{out / 'small'}: trained on other data than "):
         run_experiments([small, other], disagreeing_cache, out, epochs_scale=0.5, report=False)
+    # The preset edited since its row trained: the row is not the preset's any more.
+    small.write_text(SMALL_PRESET + "[optim]\nlr = 0.05\n")
+    with pytest.raises(ConfigError, match=rf"^{out / 'small'}: trained with optim.lr = 0.001, "):
+        run_experiments([small, other], cache, out, epochs_scale=0.5, report=False)
+    # A typo in the last preset is found before the first trains (it had been, hours later).
+    typo = tmp_path / "typo.toml"
+    typo.write_text(SMALL_PRESET.replace("epochs = 4", "epochz = 4"))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ConfigError, match=rf"^{typo}: unknown key train.epochz"):
+        run_experiments([other, typo], cache, fresh, epochs_scale=0.5, report=False)
+    assert not (fresh / "other").exists()
 
 
 def test_a_row_its_time_budget_ended_is_finished(

@@ -250,8 +250,8 @@ def test_augment_config_is_checked_once_at_load_not_per_step(
 
     monkeypatch.setattr(AugmentConfig, "validate", counted)
     train(cfg, tmp_path / "run", progress=False)
-    assert checked == [(64, 64)]  # load_session, for the cache's images
-    with pytest.raises(ConfigError, match=r"AugmentConfig\.tint must be a number >= 0, got -1.0"):
+    assert checked == [(64, 64)]  # plan_run, for the cache's images
+    with pytest.raises(ConfigError, match=r"augment\.tint must be a number >= 0, got -1.0"):
         train(bad, tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad" / "checkpoints" / "last.pt").exists()
 

@@ -150,8 +150,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _runtime(args: argparse.Namespace):
     """The device and precision of args; under torchrun, the process group joined too."""
     from tinycnn import distributed
-    from tinycnn.runtime import agree_precision, make_runtime
+    from tinycnn.runtime import agree_precision, make_runtime, resolve_device
 
+    resolve_device(args.device, "--device")  # its errors name the option typed
     runtime = make_runtime(args.device, args.precision)
     distributed.init(runtime.device)
     return agree_precision(runtime)

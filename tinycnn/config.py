@@ -132,6 +132,9 @@ class RunConfig:
         _choice("optim.name", self.optim.name, OPTIMIZERS)
         _positive("optim.lr", self.optim.lr)
         _fraction("optim.momentum", self.optim.momentum)
+        if self.optim.name == "nesterov" and self.optim.momentum == 0:
+            raise ConfigError('optim.momentum = 0: optim.name = "nesterov" needs a momentum > 0')
+        _positive("optim.eps", self.optim.eps)
         _at_least("optim.weight_decay", self.optim.weight_decay, 0)
         _positive("optim.bias_lr_multiplier", self.optim.bias_lr_multiplier)
         _at_least("optim.clip_grad_norm", self.optim.clip_grad_norm, 0)
@@ -167,6 +170,10 @@ class RunConfig:
             )
         for name in ("threads", "snapshot_every", "keep_snapshots", "log_every"):
             _at_least(f"train.{name}", getattr(self.train, name), 0)
+        if self.train.threads > MAX_THREADS:
+            raise ConfigError(f"train.threads = {self.train.threads}: at most {MAX_THREADS}")
+        if not 0 <= self.train.seed < 2**63:
+            raise ConfigError(f"train.seed = {self.train.seed!r}: must be in [0, 2**63 - 1]")
         _at_least("train.max_minutes", self.train.max_minutes, 0)
         _at_least("train.max_pflop", self.train.max_pflop, 0)
         if self.train.fit_to_time and not self.train.max_minutes:
@@ -174,6 +181,9 @@ class RunConfig:
         if not 0 <= self.train.ema_decay < 1:
             raise ConfigError(f"train.ema_decay = {self.train.ema_decay!r}: expected 0 <= d < 1")
         return self
+
+
+MAX_THREADS = 1024  # train.threads beyond it: a typo (torch crashed at 100,000)
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -223,12 +233,33 @@ def load_config(
             loaded = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as exc:  # a folder, unreadable, not UTF-8
+            raise ConfigError(f"{path}: cannot read it as a TOML config ({exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        _beside(loaded, path.parent)
         _lay_over(raw, loaded)
+        try:  # the file's own sections, keys and types: their errors name it
+            config_from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     for item in overrides:
         _apply_override(raw, item)
     return config_from_dict(raw).validate()
+
+
+# The keys that name files: relative in a config file, they are relative to the file's folder.
+PATH_KEYS = (("data", "cache"), ("data", "exclude"), ("train", "init_from"))
+
+
+def _beside(loaded: dict[str, Any], folder: Path) -> None:
+    """A config file's relative paths made relative to its own folder (as it was written),
+    not to wherever the command runs; --set values stay relative to the current folder."""
+    for section, key in PATH_KEYS:
+        values = loaded.get(section)
+        value = values.get(key) if isinstance(values, dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            values[key] = str(folder / value)
 
 
 def _lay_over(raw: dict[str, Any], loaded: dict[str, Any]) -> None:
@@ -269,6 +300,11 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     """Build a RunConfig from nested dicts, checking section names, keys and types."""
     sections = {f.name: f for f in dataclasses.fields(RunConfig)}
     for name in raw:
+        if name not in sections and not isinstance(raw[name], dict):
+            raise ConfigError(
+                f"{name} = {raw[name]!r} is outside any [section]; put it under its section "
+                f"({', '.join(sections)})"
+            )
         if name not in sections:
             raise ConfigError(f"unknown config section [{name}]; sections: {', '.join(sections)}")
     built = {}

@@ -62,6 +62,9 @@ def plan_run(cfg: RunConfig, init_from: str | Path | None = None) -> RunPlan:
     train_rows, tune_rows = training_rows(cfg, cache)
     image_side = cache.image_size
     cfg = fit_crop(cfg, image_side, cache.num_classes)  # unset: 7/8 of the side
+    # Checked once here, for these images (before the run folder is made): every training
+    # step then augments without a check.
+    cfg.augment.validate((image_side, image_side))
     size = cfg.augment.crop or image_side
     with torch.device("meta"):  # checks the model options without allocating anything
         model = build_model(cfg, cache.num_classes, size, initialise=False)

@@ -148,17 +148,22 @@ def keep_threads(trained: int | None, configured: int) -> str | None:
     )
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """The torch device ``name`` stands for on this machine; a ConfigError naming ``option``
+    (where the name came from: a config key or a command-line option) for one it cannot use."""
+    what = f"{option} {name}" if option.startswith("--") else f"{option} = {name!r}"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(
-            f"train.device = {name!r}: not a device (auto, cpu, cuda, cuda:1)"
-        ) from None
+        raise ConfigError(f"{what}: not a device (auto, cpu, cuda, cuda:1)") from None
+    if device.type not in ("cpu", "cuda"):  # torch knows more, but tinycnn runs on these
+        raise ConfigError(f"{what}: expected auto, cpu or cuda (cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine")
+        raise ConfigError(f"{what}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{what}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 

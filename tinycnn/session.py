@@ -297,8 +297,6 @@ def load_session(
     cfg, cache, runtime = plan.cfg, plan.cache, plan.runtime
     CHOICES.reset(enabled=cfg.train.autotune)
     images, labels = _load_rows(cache, "train", plan.train_rows)
-    # Checked once here, for these images: every training step then augments without a check.
-    cfg.augment.validate(tuple(images.shape[1:3]))
     if runtime.device.type == "cuda":  # the uint8 split lives on the GPU: no copy per batch
         images, labels = images.to(runtime.device), labels.to(runtime.device)
     eval_sets = {"val": _load_rows(cache, "val", None)}

@@ -79,11 +79,13 @@ def run_experiments(
     # prints and writes the report, whose passes the ranks share.
     main = _join_torchrun().main
     say = progress and main
+    # Every preset read and checked before any trains: a typo in the last is not found hours in.
+    cfgs = [_study_config(c, overrides, epochs_scale, budget_pflop) for c in configs]
     rows = []
-    for config, name in zip(configs, names, strict=True):
+    for config, name, cfg in zip(configs, names, cfgs, strict=True):
         run, result = out / name, None
         if (run / "config.toml").is_file():  # trained before: with this study's options?
-            _check_same_row(run, _study_config(config, overrides, epochs_scale, budget_pflop))
+            _check_same_row(run, cfg, config)
         if _finished(run):
             if say:
                 print(f"{name}: finished earlier, {run}", flush=True)
@@ -92,7 +94,6 @@ def run_experiments(
                 print(f"{name}: resuming {run}", flush=True)
             result = train(None, run, resume=True, progress=progress)
         else:
-            cfg = _study_config(config, overrides, epochs_scale, budget_pflop)
             result = train(cfg, run, progress=progress)
         _stop_if_interrupted(name, result, main)
         distributed.barrier()  # rank 0 has written the run's last metrics line
@@ -132,23 +133,47 @@ _STUDY_KEYS = (
 )
 
 
-def _check_same_row(run: Path, cfg: RunConfig) -> None:
-    """ConfigError when the row in ``run`` was trained with other study options, or on other
-    data, than ``cfg`` (the row as this study would train it): its figures would stand in this
-    study's table under this command."""
+# Keys of a row's config that say where or how it runs, not what it trains: they may differ.
+_WHERE_KEYS = {
+    ("data", "cache"),  # the data is compared by content below
+    ("data", "exclude"),
+    ("train", "init_from"),
+    ("train", "max_minutes"),  # raised to resume a run its time budget stopped
+    ("train", "threads"),
+    ("train", "device"),
+    ("train", "tensorboard"),
+    ("train", "log_every"),
+    ("train", "eval_batch_size"),
+    ("train", "keep_snapshots"),
+}
+
+
+def _check_same_row(run: Path, cfg: RunConfig, config: str | Path) -> None:
+    """ConfigError when the row in ``run`` was trained with other study options, another
+    preset (``config`` edited since), or on other data, than ``cfg`` (the row as this study
+    would train it): its figures would stand in this study's table under this command."""
     trained = read_resolved_config(run)
     wanted = config_to_dict(cfg)
     for section, key in _STUDY_KEYS:
         old, new = trained.get(section, {}).get(key), wanted[section][key]
-        same = old == new or (
-            isinstance(old, int | float) and math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12)
-        )
-        if not same:
+        if not _same(old, new):
             raise ConfigError(
                 f"{run}: trained with {section}.{key} = {old!r}, this study gives it {new!r} "
                 "(--epochs-scale, --budget-pflop and --holdout-per-class set it); run the study "
                 "with the options it was trained with, or give another --out"
             )
+    for section, values in wanted.items():
+        for key, new in values.items():
+            had = trained.get(section, {})
+            if (section, key) in _WHERE_KEYS or key not in had:  # not in older run folders
+                continue
+            if (section, key) == ("augment", "crop") and new is None:  # fitted when trained
+                continue
+            if not _same(had[key], new):
+                raise ConfigError(
+                    f"{run}: trained with {section}.{key} = {had[key]!r}, {config} now gives "
+                    f"{new!r}; give another --out for the changed preset, or restore it"
+                )
     last = run / "checkpoints" / "last.pt"
     if last.is_file():
         data_id = load_checkpoint(last).get("data_id")
@@ -157,6 +182,15 @@ def _check_same_row(run: Path, cfg: RunConfig) -> None:
                 f"{run}: trained on other data than {cfg.data.cache}; run the study on the "
                 "cache it was trained on, or give another --out"
             )
+
+
+def _same(old: object, new: object) -> bool:
+    """Equal values, numbers within rounding (a TOML file's float against a computed one)."""
+    if isinstance(old, list) and isinstance(new, list | tuple):
+        return len(old) == len(new) and all(map(_same, old, new))
+    numbers = isinstance(old, int | float) and isinstance(new, int | float)
+    numbers = numbers and not isinstance(old, bool) and not isinstance(new, bool)
+    return old == new or (numbers and math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12))
 
 
 def _stop_if_interrupted(name: str, result: RunResult | None, main: bool) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from tinycnn.epochs import diverged, end_epoch, log_step
 from tinycnn.errors import ConfigError, CropError, TrainingDivergedError
 from tinycnn.models.conv import CHOICES
 from tinycnn.run_folder import (
+    LOCK,
     METRICS,
     TIME_BUDGET,
     read_metrics,
@@ -92,13 +95,15 @@ def train(
         plan = plan_run(*_absolute(cfg, init_from))
     # Under torchrun, rank 0 holds the run folder's lock and writes it; the others read.
     main = distributed.from_env().main
+    fresh = Fresh(out, main and not resume)  # before the lock makes the folder
     with run_lock(out) if main else contextlib.nullcontext():
-        if resume:
-            plan, resume = _resume_plan(out, data)
-        elif main:
+        if not resume and main:  # refuses a folder that holds a run (then nothing is removed)
             _new_run_dir(out, plan.cfg, plan.flops_by_size)
             faults.pause_point("started", 0)
-        session = _open(plan, out, resume, main)
+        with fresh.removed_if_refused():
+            if resume:
+                plan, resume = _resume_plan(out, data)
+            session = _open(plan, out, resume, main)
         if data is not None and main:  # the moved cache holds the run's data: remember where
             _write_config(out, plan.cfg, plan.flops_by_size)
         progress = progress and session.dist.main
@@ -107,6 +112,31 @@ def train(
         stop = StopRequest(stop_at_iteration)
         with catching_signals(stop):
             return _loop(session, stop, progress, started)
+
+
+class Fresh:
+    """A new run's folder as it was before the start (``new``: rank 0 starting a new run)."""
+
+    def __init__(self, out: Path, new: bool) -> None:
+        self.out, self.new = out, new
+        self.made, self.lock_made = not out.exists(), not (out / LOCK).exists()
+
+    @contextlib.contextmanager
+    def removed_if_refused(self) -> Iterator[None]:
+        """Around the start: where it fails (a setting refused on the way in), the folder it
+        made, or the files it wrote in one that was there, are removed, so nothing half-made
+        is left for a later --resume or study to pick up."""
+        try:
+            yield
+        except Exception:
+            if self.new:
+                if self.made:
+                    shutil.rmtree(self.out, ignore_errors=True)
+                else:
+                    (self.out / "config.toml").unlink(missing_ok=True)
+                    if self.lock_made:
+                        (self.out / LOCK).unlink(missing_ok=True)
+            raise
 
 
 def _resume_plan(out: Path, data: str | Path | None) -> tuple[RunPlan, bool]:
@@ -186,7 +216,11 @@ def _resumed_config(out: Path, data: str | Path | None) -> RunConfig:
     how to point at the cache when the one it names is gone."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is a file; --out must be a run folder")
-    cfg = config_from_dict(read_resolved_config(out)).validate()
+    try:
+        cfg = config_from_dict(read_resolved_config(out)).validate()
+    except ConfigError as exc:  # an edited config.toml: say which file
+        where = out / "config.toml"
+        raise ConfigError(exc if str(exc).startswith(str(where)) else f"{where}: {exc}") from None
     if data is not None:
         cache = Path(data).expanduser().resolve()
         return replace(cfg, data=replace(cfg.data, cache=str(cache)))

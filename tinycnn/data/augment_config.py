@@ -44,19 +44,19 @@ class AugmentConfig:
             if name == "crop" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"AugmentConfig.{name} must be an integer >= 0, got {value!r}")
+                raise ConfigError(f"augment.{name} must be an integer >= 0, got {value!r}")
         for name in ("flip", "sizes_per_cycle"):
             if not isinstance(getattr(self, name), bool):
                 value = getattr(self, name)
-                raise ConfigError(f"AugmentConfig.{name} must be true or false, got {value!r}")
+                raise ConfigError(f"augment.{name} must be true or false, got {value!r}")
         for name in ("tint", "contrast", "noise_std", "mixup", "cutmix"):
             value = getattr(self, name)
             real = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not real or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"AugmentConfig.{name} must be a number >= 0, got {value!r}")
+                raise ConfigError(f"augment.{name} must be a number >= 0, got {value!r}")
         if self.contrast >= 1:
             # A factor of 0 or less would blank or invert the image.
-            raise ConfigError(f"AugmentConfig.contrast must be < 1, got {self.contrast!r}")
+            raise ConfigError(f"augment.contrast must be < 1, got {self.contrast!r}")
         self._validate_sizes()
         if image_size is not None:
             self._validate_size(*image_size)
@@ -64,27 +64,27 @@ class AugmentConfig:
     def _validate_sizes(self) -> None:
         sizes, until = list(self.sizes), list(self.size_until)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
-            raise ConfigError(f"AugmentConfig.sizes must be whole numbers > 0, got {sizes!r}")
+            raise ConfigError(f"augment.sizes must be whole numbers > 0, got {sizes!r}")
         if len(until) != max(len(sizes) - 1, 0):
             raise ConfigError(
-                f"AugmentConfig.size_until = {until!r}: give one fraction for each size but the "
+                f"augment.size_until = {until!r}: give one fraction for each size but the "
                 f"last ({max(len(sizes) - 1, 0)} for sizes = {sizes!r})"
             )
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in until)
         if not numbers or not all(a < b for a, b in zip([0, *until], [*until, 1], strict=True)):
             raise ConfigError(
-                f"AugmentConfig.size_until = {until!r}: fractions must rise strictly within (0, 1)"
+                f"augment.size_until = {until!r}: fractions must rise strictly within (0, 1)"
             )
 
     def _validate_size(self, height: int, width: int) -> None:
         side = min(height, width)
         if self.pad >= side:
             # Reflection cannot reach further than the image is wide.
-            raise ConfigError(f"AugmentConfig.pad must be < image side {side}, got {self.pad!r}")
+            raise ConfigError(f"augment.pad must be < image side {side}, got {self.pad!r}")
         if self.crop is not None and self.crop > side:
             # Evaluation's views come from the unpadded image: pad only shifts the crop.
             raise ConfigError(
-                f"AugmentConfig.crop must be <= the image side {side} (pad only shifts the "
+                f"augment.crop must be <= the image side {side} (pad only shifts the "
                 f"crop), got {self.crop!r}"
             )
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 import tinycnn
 from tests.helpers import Small, assert_one_line_error, run_cli
@@ -281,3 +282,15 @@ def test_cli_train_with_num_classes_is_one_line(
     code, _, err = run_cli(capsys, [*argv, "--set", "model.num_classes=5"])
     assert_one_line_error(code, err, "model.num_classes = 5", "comes from the data")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("path", ["/data/a\nb", "/data/tab\there", "/data/del\x7fx", 'q"\\u'])
+def test_any_path_round_trips_through_a_run_folders_toml(path: str) -> None:
+    # A newline in an --exclude path had made a run whose config.toml could not be read back
+    # (its --resume failed); \x7f in a path had made a --set the user never typed fail.
+    from tinycnn.config import config_from_dict, set_string
+
+    cfg = load_config(None, [set_string("data.exclude", path)])
+    assert cfg.data.exclude == path
+    again = config_from_dict(tomllib.loads(to_toml(cfg)))
+    assert again.data.exclude == path

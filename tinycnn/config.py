@@ -8,7 +8,6 @@ one-line ConfigErrors that quote the key and the value.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import typing
@@ -293,7 +292,18 @@ def set_string(key: str, value: str | Path) -> str:
     """A --set override giving key the string value exactly (a path with quotes, backslashes,
     or characters outside the BMP, which json.dumps would escape as surrogate pairs TOML
     refuses)."""
-    return f"{key}={json.dumps(str(value), ensure_ascii=False)}"
+    return f"{key}={toml_string(str(value))}"
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string holding ``text`` exactly: backslashes, quotes and control characters
+    (which TOML refuses raw: a newline in a path had made a run folder that could not resume)
+    escaped; everything else as it is."""
+    escaped = (
+        "\\" + c if c in '\\"' else f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+        for c in text
+    )
+    return '"' + "".join(escaped) + '"'
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
@@ -383,7 +393,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):

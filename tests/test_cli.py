@@ -290,3 +290,30 @@ def test_seeds_outside_what_numpy_takes_are_refused_by_the_parser(
         capsys.readouterr().err
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # Each had been accepted, one of the two silently winning or the option unused.
+        (["train", "--data", "CACHE", "--set", 'data.cache="/elsewhere"', "--out", "OUT"],
+         "--data and --set data.cache both set data.cache"),
+        (["train", "--data", "CACHE", "--exclude", "X", "--set", 'data.exclude="Y"', "--out",
+          "OUT"], "--exclude and --set data.exclude both set data.exclude"),
+        (["train", "--data", "CACHE", "--init-from", "RUN", "--set", 'train.init_from="Z"',
+          "--out", "OUT"], "--init-from and --set train.init_from both set it"),
+        (["predict", "RUN", "--images", "OUT", "--data", "CACHE"],
+         "is read only for --submission FILE"),
+        (["ensemble", "RUN", "--data", "CACHE", "--select-on", "val"],
+         "--select-on val chooses members for --greedy; add --greedy"),
+    ],
+)  # fmt: skip
+def test_an_option_that_would_be_ignored_is_refused(
+    run, tmp_path: Path, capsys, argv: list[str], message: str
+) -> None:
+    cache, folder = run
+    out = tmp_path / "out"
+    names = {"RUN": str(folder), "CACHE": str(cache), "OUT": str(out)}
+    assert main([names.get(a, a) for a in argv]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()

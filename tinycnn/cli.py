@@ -111,6 +111,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.out:
             raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
         overrides = list(args.set)
+        _check_no_double(args)
         if args.data:
             overrides.insert(0, set_string("data.cache", args.data))
         if args.exclude:
@@ -138,6 +139,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return 0
         return 128 + (result.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     return 0
+
+
+def _check_no_double(args: argparse.Namespace) -> None:
+    """ConfigError where an option and a --set name one setting (one had silently won)."""
+    keys = {item.partition("=")[0].strip() for item in args.set}
+    for option, key in (("data", "data.cache"), ("exclude", "data.exclude")):
+        if getattr(args, option) and key in keys:
+            raise ConfigError(f"--{option} and --set {key} both set {key}; give one of them")
+    if args.init_from and "train.init_from" in keys:
+        raise ConfigError("--init-from and --set train.init_from both set it; give one of them")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -214,6 +225,10 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     from tinycnn.ensembles import ensemble, format_result, save_result
 
     weights = _weights(args.weights)
+    if args.select_on and not args.greedy:
+        raise ConfigError(
+            f"--select-on {args.select_on} chooses members for --greedy; add --greedy"
+        )
     with _cache_warnings_in_one_line():
         result = ensemble(
             args.members,
@@ -222,7 +237,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
             tta=args.tta,
             weights=weights,
             greedy=args.greedy,
-            select_on=args.select_on,
+            select_on=args.select_on or "tune",
             runtime=_runtime(args),
             prob_cache=None if args.no_cache else Path(args.prob_cache),
             progress=not (args.json or args.quiet),
@@ -256,6 +271,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("say what to predict: --submission FILE (with --data) or --images PATH")
     if args.submission and not args.data:
         raise ConfigError("--submission needs --data CACHE (its test split is predicted)")
+    if args.data and not args.submission:
+        raise ConfigError(f"--data {args.data} is read only for --submission FILE; add one")
     weights = _weights(args.weights)
     predictor = load_predictor(args.members, tta=args.tta, weights=weights, runtime=_runtime(args))
     if args.submission:

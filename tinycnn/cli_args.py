@@ -185,7 +185,7 @@ def _add_ensemble(sub, shared: _Shared) -> argparse.ArgumentParser:
         action="store_true",
         help="choose members greedily (with replacement) on --select-on",
     )
-    p.add_argument("--select-on", default="tune", help="split for --greedy (default: tune)")
+    p.add_argument("--select-on", help="split for --greedy (default: tune)")
     p.add_argument(
         "--out",
         metavar="DIR",

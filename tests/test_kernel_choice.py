@@ -402,6 +402,12 @@ def test_the_inputs_layout_is_timed_and_keyed_apart(monkeypatch) -> None:
     choices.pin({"8x8@2x2:float32": {"forward": False}}, by_layout=False)
     assert choices.choose(shape_key(8, 8, 2, 2, torch.float32, channels_last=False),
                           ("forward",), _timer({}, [])) == {"forward": False}  # fmt: skip
+    # Its next checkpoint keys them by layout, so a second resume still finds them.
+    assert choices.used()["8x8@2x2:float32/nchw"] == {"forward": False}
+    again = KernelChoices(path=None)
+    again.pin(choices.used(), by_layout=True)
+    assert again.choose(shape_key(8, 8, 2, 2, torch.float32, channels_last=False),
+                        ("forward",), _timer({}, [])) == {"forward": False}  # fmt: skip
 
 
 def test_a_resume_times_the_passes_its_run_had_not_met_and_keeps_them(tmp_path: Path) -> None:

@@ -164,7 +164,10 @@ class KernelChoices:
         any thread count."""
         threads = f":t{_threads()}"
         mine = {_without_threads(k): v for k, v in self.table.items() if k.endswith(threads)}
-        return {**mine, **self.pinned}
+        pinned = dict(self.pinned)
+        if not self.pinned_by_layout:  # saved before the layout was keyed: each for both
+            pinned.update({f"{key}/nchw": value for key, value in self.pinned.items()})
+        return {**mine, **pinned}
 
     def pin(self, choices: dict[str, dict[str, bool]], by_layout: bool = True) -> None:
         """Take a run's saved choices as they are (a resume), whatever the file says now.

@@ -1,10 +1,12 @@
 """What a run's EMA of the weights (train.ema_decay) gives against its raw weights, and how much
 of the difference is batch-norm statistics: the checkpoint's saved (EMA) weights as evaluated
 and saved, the raw weights of the same checkpoint (``train_state``), and the EMA weights with
-their batch-norm statistics recomputed on training images (a cumulative average over
---batches batches of 128 centre views, as torch.optim.swa_utils.update_bn does).
+their batch-norm statistics recomputed on --images of the run's training images as training
+does since train.ema_bn_images (tinycnn.inference.recompute_batch_norm: a cumulative average
+over batches of 128 centre views, as torch.optim.swa_utils.update_bn does). A checkpoint saved
+with recomputed statistics shows its first and third figures equal.
 
-Usage: python bench/ema_check.py RUN --data CACHE [--checkpoint last.pt] [--batches 60]
+Usage: python bench/ema_check.py RUN --data CACHE [--checkpoint last.pt] [--images 7680]
 Prints val top-1 errors; asserts nothing.
 """
 
@@ -13,31 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
 from tinycnn.checkpoint import load_checkpoint
-from tinycnn.data.augment import center_crop
+from tinycnn.config import config_from_dict
 from tinycnn.data.cache import load_cache
+from tinycnn.ema import ema_bn_rows
 from tinycnn.evaluation import evaluate_loaded
-from tinycnn.inference import images_tensor, load_model
-
-
-def recompute_batch_norm(loaded, images, batches: int, seed: int = 0) -> None:
-    """The loaded model's batch-norm statistics recomputed on ``batches`` x 128 of images."""
-    rows = np.sort(np.random.default_rng(seed).choice(len(images), batches * 128, replace=False))
-    norms = [m for m in loaded.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for module in norms:
-        module.reset_running_stats()
-        module.momentum = None  # a cumulative average over the batches
-    loaded.model.train()
-    with torch.no_grad(), loaded.runtime.autocast():
-        for lo in range(0, len(rows), 128):
-            batch = images_tensor(images[rows[lo : lo + 128]])
-            views = center_crop(batch, loaded.input_size, loaded.norm)
-            loaded.model(views.to(memory_format=torch.channels_last))
-    loaded.model.eval()
+from tinycnn.inference import images_tensor, load_model, recompute_batch_norm
+from tinycnn.run_plan import training_rows
 
 
 def main() -> None:
@@ -45,7 +29,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--data", required=True)
     parser.add_argument("--checkpoint", default="last.pt")
-    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--images", type=int, default=7680)
     args = parser.parse_args()
     path = Path(args.run) / "checkpoints" / args.checkpoint
     cache = load_cache(args.data)
@@ -63,7 +47,17 @@ def main() -> None:
     loaded.model.load_state_dict(payload["train_state"])
     raw = error()
     loaded.model.load_state_dict(ema_state)
-    recompute_batch_norm(loaded, cache.split("train").images, args.batches)
+    cfg = config_from_dict(payload["config"])
+    train_rows, _ = training_rows(cfg, cache)  # the run's own: without its held-out rows
+    rows = train_rows[ema_bn_rows(len(train_rows), args.images, cfg.train.seed).numpy()]
+    recompute_batch_norm(
+        loaded.model,
+        images_tensor(cache.split("train").images[rows]),
+        loaded.runtime,
+        size=loaded.input_size,
+        norm=loaded.norm,
+        resize=loaded.resize,
+    )
     recalibrated = error()
     print(f"checkpoint                        {path}")
     print(f"EMA weights, as saved             val top-1 error {saved:.2%}")

@@ -1,5 +1,6 @@
-"""ema.py: the weights' moving average: by hand, what is evaluated, batch norm's statistics kept
-from the trained model, and carried across a resume."""
+"""ema.py: the weights' moving average: by hand, what is evaluated, batch norm's statistics
+recomputed for its weights (or, train.ema_bn_images = 0, kept from the trained model), and
+carried across a resume."""
 
 from __future__ import annotations
 
@@ -60,12 +61,13 @@ def test_the_weight_ema_is_the_hand_computed_average_and_what_is_evaluated(
     assert evaluation.loss == pytest.approx(result.metrics[-1]["val_loss"], rel=1e-5)
 
 
-def test_the_ema_checkpoint_holds_the_trained_models_batch_norm_statistics(
+def test_without_recomputing_the_ema_holds_the_trained_models_batch_norm_statistics(
     synth_sources: dict[str, Path], tmp_path: Path, monkeypatch
 ) -> None:
-    # The EMA averages parameters only; batch norm's running statistics (buffers) are the trained
-    # model's. Their truth is written here from the inputs each BN layer saw in training:
-    # mean <- 0.9 mean + 0.1 batch mean, var <- 0.9 var + 0.1 unbiased batch var, from 0 and 1.
+    # The EMA averages parameters only; with train.ema_bn_images = 0 batch norm's running
+    # statistics (buffers) are the trained model's. Their truth is written here from the inputs
+    # each BN layer saw in training: mean <- 0.9 mean + 0.1 batch mean, var <- 0.9 var + 0.1
+    # unbiased batch var, from 0 and 1.
     import tinycnn.session
 
     cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
@@ -91,6 +93,7 @@ def test_the_ema_checkpoint_holds_the_trained_models_batch_norm_statistics(
         "train.ema_decay=0.5",
         "model.batch_norm=true",
         'train.precision="fp32"',
+        "train.ema_bn_images=0",
     )
     result = train(cfg, tmp_path / "run", progress=False)
     payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -115,11 +118,90 @@ def test_the_ema_checkpoint_holds_the_trained_models_batch_norm_statistics(
     )
 
 
+def test_recompute_batch_norm_averages_each_batchs_statistics_with_dropout_off() -> None:
+    # Truth by hand: the centre views of uint8 images are their pixel values (no normalisation,
+    # the whole image); the statistics are the plain mean over the batches (4, 4, 2 images) of
+    # each batch's channel means and unbiased variances. Dropout before the batch norm stays off.
+    from tinycnn.inference import recompute_batch_norm
+    from tinycnn.runtime import make_runtime
+
+    images = torch.randint(
+        0, 256, (10, 6, 6, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    norm = nn.BatchNorm2d(3, momentum=0.3)
+    norm.running_mean.fill_(5.0)  # stale statistics: reset, not averaged into
+    model = nn.Sequential(nn.Dropout(0.5), norm).train()
+    recompute_batch_norm(
+        model, images, make_runtime("cpu", "fp32"), size=6, norm=None, batch_size=4
+    )
+    pixels = images.permute(0, 3, 1, 2).double()
+    batches = [pixels[0:4], pixels[4:8], pixels[8:10]]
+    mean = sum(b.mean(dim=(0, 2, 3)) for b in batches) / 3
+    var = sum(b.var(dim=(0, 2, 3), unbiased=True) for b in batches) / 3
+    torch.testing.assert_close(norm.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norm.running_var.double(), var, rtol=1e-5, atol=1e-6)
+    assert not model.training and not norm.training and norm.momentum == 0.3
+
+
+def test_the_rows_that_recompute_batch_norm_are_the_runs_own_and_leave_torchs_rng_alone() -> None:
+    from tinycnn.ema import ema_bn_rows
+
+    before = torch.get_rng_state()
+    rows = ema_bn_rows(1000, 300, seed=7)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(rows, ema_bn_rows(1000, 300, seed=7))  # at every point of the run
+    assert len(set(rows.tolist())) == 300 and rows.tolist() == sorted(rows.tolist())
+    assert rows.min() >= 0 and rows.max() < 1000
+    assert not torch.equal(rows, ema_bn_rows(1000, 300, seed=8))
+    assert ema_bn_rows(50, 300, seed=7).tolist() == list(range(50))  # fewer: all of them
+
+
+def test_the_ema_checkpoint_holds_batch_norm_statistics_recomputed_for_its_weights(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    # The reference: PyTorch's own torch.optim.swa_utils.update_bn, over the centre views of all
+    # the training images (fewer than train.ema_bn_images) in batches of 128, on the EMA's
+    # weights as saved. The logged evaluation is of those statistics.
+    from torch.optim.swa_utils import update_bn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import tinycnn
+    from tinycnn.data.augment import center_crop
+    from tinycnn.data.cache import load_cache
+    from tinycnn.inference import images_tensor, load_model
+    from tinycnn.runtime import make_runtime
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    cfg = cnn5_config(
+        cache, "train.epochs=2", "train.ema_decay=0.5", "model.batch_norm=true",
+        'train.precision="fp32"',
+    )  # fmt: skip
+    result = train(cfg, tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "checkpoints" / "epoch-002.pt"
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    state, raw = payload["model"]["state"], payload["train_state"]
+    loaded = load_model(path, make_runtime("cpu", "fp32"))
+    images = images_tensor(load_cache(cache).split("train").images)
+    views = center_crop(images, loaded.input_size, loaded.norm)
+    update_bn(DataLoader(TensorDataset(views), batch_size=128), loaded.model)
+    expected = loaded.model.state_dict()
+    means = [k for k in state if k.endswith("running_mean")]
+    assert len(means) == 4
+    for key in means + [k.replace("mean", "var") for k in means]:
+        torch.testing.assert_close(state[key], expected[key], rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(state[key], raw[key], rtol=1e-3), key  # not the raw ones
+    [evaluation] = tinycnn.evaluate(path, cache, runtime=make_runtime("cpu", "fp32"))
+    assert evaluation.top1_error == result.metrics[-1]["val_top1_error"]
+    assert evaluation.loss == pytest.approx(result.metrics[-1]["val_loss"], rel=1e-5)
+
+
 def test_a_resumed_run_continues_the_same_ema(
     synth_sources: dict[str, Path], tmp_path: Path
 ) -> None:
     cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
-    cfg = cnn5_config(cache, "train.epochs=2", "train.ema_decay=0.9")
+    # Batch norm statistics recomputed on 20 of the 60 training images: the same 20 each time.
+    bn = ("model.batch_norm=true", "train.ema_bn_images=20")
+    cfg = cnn5_config(cache, "train.epochs=2", "train.ema_decay=0.9", *bn)
     train(cfg, tmp_path / "whole", progress=False)
     train(cfg, tmp_path / "cut", progress=False, stop_at_iteration=4)
     train(None, tmp_path / "cut", resume=True, progress=False)

@@ -101,6 +101,9 @@ class TrainConfig:
     # and keep the faster (models/kernel_choice.py); false: the static rules of models/conv.py.
     autotune: bool = True
     ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999), evaluated and saved; 0 = off
+    # Training images whose centre views recompute the EMA's batch-norm statistics for its own
+    # weights before it is evaluated or saved; 0 = copy the raw weights' (measured worse)
+    ema_bn_images: int = 7680
     tensorboard: bool = False  # also write TensorBoard logs (needs the tensorboard package)
     init_from: str = ""  # the checkpoint whose weights the run started from ("": initialised)
 
@@ -179,6 +182,7 @@ class RunConfig:
             raise ConfigError("train.fit_to_time = true needs a time budget: set train.max_minutes")
         if not 0 <= self.train.ema_decay < 1:
             raise ConfigError(f"train.ema_decay = {self.train.ema_decay!r}: expected 0 <= d < 1")
+        _at_least("train.ema_bn_images", self.train.ema_bn_images, 0)
         return self
 
 

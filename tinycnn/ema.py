@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,10 +20,18 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 
     d = min(decay, (1 + step) / (10 + step)): early on the average follows the weights closely
     (the num_updates warm-up of TensorFlow's ExponentialMovingAverage), so a short run's EMA is
-    not stuck near the initialisation. Buffers (batch norm statistics) are copied, not averaged.
+    not stuck near the initialisation. Buffers (batch norm statistics) are copied, not averaged:
+    they are recomputed for the EMA's weights where it is used (Session.model_for_use).
     """
     d = min(decay, (1 + step) / (10 + step))
     ema_params = list(ema.parameters())
     torch._foreach_lerp_(ema_params, list(model.parameters()), 1 - d)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
+
+
+def ema_bn_rows(count: int, wanted: int, seed: int) -> torch.Tensor:
+    """The training rows (sorted) whose views recompute an EMA's batch-norm statistics: the
+    same at every point of a run, drawn from its seed without touching the training's RNG."""
+    rows = np.random.default_rng(seed).choice(count, min(wanted, count), replace=False)
+    return torch.from_numpy(np.sort(rows))

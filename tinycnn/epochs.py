@@ -61,7 +61,7 @@ def evaluate_epoch(
     counts = {"train": s.accum.seen}
     for name, (images, labels) in s.eval_sets.items():
         logits = predict_logits(
-            s.evaluated_model,
+            s.model_for_use(),
             images,
             s.runtime,
             size=s.eval_size,

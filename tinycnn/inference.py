@@ -92,6 +92,47 @@ def predict_logits(
     return torch.cat(outputs).cpu() if outputs else torch.empty(0)
 
 
+@torch.no_grad()
+def recompute_batch_norm(
+    model: nn.Module,
+    images_u8: Tensor,
+    runtime: Runtime,
+    *,
+    size: int,
+    norm: Normalization | None,
+    resize: int | None = None,
+    batch_size: int = 128,
+) -> None:
+    """Set every batch-norm layer's running mean and variance to their average over the
+    images' centre views, batch by batch (the cumulative average of
+    torch.optim.swa_utils.update_bn): the statistics of the model's own weights, for weights
+    that were never trained as they are (an EMA, an average).
+
+    Only the batch-norm layers compute in training mode (dropout stays off); the model is left
+    in eval mode. Every process of a torchrun job calls it alike (a SyncBatchNorm reduces).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not len(images_u8):
+        return
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average over the batches
+        module.train()
+    norm = norm.to(runtime.device) if norm is not None else None
+    for lo in range(0, len(images_u8), batch_size):
+        batch = images_u8[lo : lo + batch_size].to(runtime.device, non_blocking=True)
+        views = center_crop(batch, size, norm)
+        if resize is not None:
+            views = resize_views(views, resize)
+        with runtime.autocast():
+            model(views)
+    for module, momentum in zip(norms, momenta, strict=True):
+        module.momentum = momentum
+    model.eval()
+
+
 def _classes(model: nn.Module) -> int:
     """The number of logits of a model that received no images here (a rank with no share)."""
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]

@@ -25,8 +25,9 @@ from tinycnn.config import RunConfig, config_to_dict
 from tinycnn.data.cache import Cache
 from tinycnn.data.normalization import Normalization
 from tinycnn.distributed import Dist, broadcast_int, sync_batch_norm
-from tinycnn.ema import make_ema
+from tinycnn.ema import ema_bn_rows, make_ema
 from tinycnn.errors import ConfigError
+from tinycnn.inference import recompute_batch_norm
 from tinycnn.models.conv import CHOICES
 from tinycnn.models.kernel_choice import SavedChoices
 from tinycnn.optim import build_optimizer
@@ -105,6 +106,7 @@ class Session:
     compile_report: str | None = None  # the line on that timing, for the banner's caller
     threads_note: str | None = None  # a resume's thread count against the run's, if they differ
     train_rows_digest: str = ""  # which training rows (holdout, data.exclude): a resume checks
+    ema_bn_at: int = -1  # the iteration the EMA's batch-norm statistics were computed at
 
     def __post_init__(self) -> None:
         generator_device = self.runtime.device if self.runtime.device.type == "cuda" else "cpu"
@@ -119,10 +121,26 @@ class Session:
     def checkpoints(self) -> Path:
         return self.out / "checkpoints"
 
-    @property
-    def evaluated_model(self) -> nn.Module:
-        """The weights evaluated and saved for use: the EMA's, when on."""
-        return self.ema if self.ema is not None else self.model
+    def model_for_use(self) -> nn.Module:
+        """The weights evaluated and saved for use: the EMA's, when on, its batch-norm
+        statistics recomputed for its own weights (train.ema_bn_images) once per point of the
+        run. Copied from the raw weights instead, they cost a measured 1.45 points of val top-1
+        error on a short 10 PFLOP-preset run (bench/ema_check.py). Deterministic: a resume that
+        recomputes them at its saved point gets the same statistics."""
+        if self.ema is None:
+            return self.model
+        count = self.cfg.train.ema_bn_images
+        if count and self.ema_bn_at != self.iteration:
+            recompute_batch_norm(
+                self.ema,
+                self.train_images[ema_bn_rows(len(self.train_labels), count, self.cfg.train.seed)],
+                self.runtime,
+                size=self.eval_size,
+                norm=self.norm,
+                resize=self.resize(),
+            )
+            self.ema_bn_at = self.iteration
+        return self.ema
 
     def resize(self) -> int | None:
         """The side the crop is resized to for the model now: that of the last step, if any."""
@@ -179,7 +197,7 @@ class Session:
             "model": {
                 "name": model.tinycnn_name,
                 "options": model.tinycnn_options,
-                "state": _cpu_state(self.evaluated_model),
+                "state": _cpu_state(self.model_for_use()),
             },
             "classes": self.cache.classes,
             "data_id": self.cache.content_id,  # a resume checks it trains on the same data
@@ -224,6 +242,7 @@ class Session:
         names = [name] if isinstance(name, str) else list(name)
         snapshots = [self.checkpoints / f"{n}.pt" for n in names if n != "last"]
         path = snapshots[0] if snapshots else self.checkpoints / "last.pt"
+        self.model_for_use()  # on every rank: a SyncBatchNorm's statistics reduce over them
         if not self.dist.main:  # every rank holds the same state: one writes it
             return path
         payload = self.payload(elapsed, metrics)

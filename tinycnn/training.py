@@ -286,6 +286,8 @@ def _loop(s: Session, stop: StopRequest, progress: bool, started: float) -> RunR
     (a signal, --stop-at, the time budget) leaves a checkpoint to resume from."""
     cfg = s.cfg
     eval_images = sum(len(labels) for _, labels in s.eval_sets.values())
+    if s.ema is not None:  # the views that recompute its batch-norm statistics, as many
+        eval_images += min(cfg.train.ema_bn_images, len(s.train_labels))
     budget = Budget(
         cfg.train.max_minutes,
         started - s.elapsed_before,

@@ -17,7 +17,8 @@ from tinycnn.cli import main
 from tinycnn.config import load_config
 from tinycnn.errors import ConfigError
 from tinycnn.run_folder import read_metrics, read_resolved_config
-from tinycnn.studies import ensemble_rows, run_experiments
+from tinycnn.studies import run_experiments
+from tinycnn.study_table import ensemble_rows
 from tinycnn.training import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,7 +37,8 @@ module goes into it; tests/test_layers.py checks every import against it.
 7. members, prob_cache ->                member specs, the probability cache; evaluate();
    evaluation -> ensembles               ensemble()
 8. prediction, export, analysis/,        submissions and image files; ONNX/TorchScript; the report;
-   studies                               tinycnn experiment: presets trained and tabulated
+   study_table -> studies                a study's table (runs, the paper's ensembles); tinycnn
+                                         experiment: presets trained and tabulated
 9. demo, cli_types -> cli_args,         the demo; the command line, a thin layer over the above:
    cli_ranks -> cli -> __main__          its argument types and arguments, a sharded command's
                                          ranks under torchrun, then parse and call;

@@ -317,7 +317,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from tinycnn import distributed
-    from tinycnn.studies import format_table, run_experiments
+    from tinycnn.studies import run_experiments
+    from tinycnn.study_table import format_table
 
     rows = run_experiments(
         args.configs,

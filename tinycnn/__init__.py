@@ -11,9 +11,9 @@ as layer 1. This is the one list of the layers (README.md and CONTRIBUTING.md po
 module goes into it; tests/test_layers.py checks every import against it.
 
 1. errors, atomic, paths, choices,       one error family; atomic writes; where caches live;
-   faults, cores                         the names a user picks from (TTA views, precisions);
+   faults, cores, toml_text              the names a user picks from (TTA views, precisions);
                                          the kill tests' pause points; the CPU cores this process
-                                         may use
+                                         may use; TOML strings and values written exactly
 2. data/                                 files -> cache: sources (tar_stream reads .tar.gz),
                                          layouts, decode (the workers)
                                          and decode_pool (their pool), prepare, cache (its
@@ -31,9 +31,10 @@ module goes into it; tests/test_layers.py checks every import against it.
 5. inference, metrics, advice            a loaded model, batched logits and TTA views, Predictor;
                                          error rates, per-class accuracy; the not-learning warning
 6. optim, schedule, run_plan,            optimisers; iteration -> lr, input side, FLOPs; the checked
-   compile_choice ->                     plan of a run; where train.compile = "auto" compiles;
-   session -> steps, epochs, timing ->   a run's state; one step, an epoch's end,
-   training                              the wall clock; train(): the loop
+   compile_choice -> step_model ->       plan of a run; where train.compile = "auto" compiles;
+   session -> steps, epochs, timing,     what a step calls (DDP, compiled); a run's state; one
+   run_start -> training                 step, an epoch's end, the wall clock; a run's start (its
+                                         folder, or its resume's plan); train(): the loop
 7. members, prob_cache ->                member specs, the probability cache; evaluate();
    evaluation -> ensembles               ensemble()
 8. prediction, export, analysis/,        submissions and image files; ONNX/TorchScript; the report;

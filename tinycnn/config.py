@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 from tinycnn.choices import PRECISIONS
 from tinycnn.data.augment import AugmentConfig
 from tinycnn.errors import ConfigError
+from tinycnn.toml_text import toml_string, toml_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +40,12 @@ class DataConfig:
     holdout_seed: int = 0  # which ones: fixed apart from train.seed, so runs share one split
     exclude: str = ""  # file of training images to leave out, a name a line (ambiguous.txt)
 
+    def validate(self) -> None:
+        _choice("data.normalization", self.normalization, NORMALIZATIONS)
+        _positive("data.scale", self.scale)
+        _at_least("data.holdout_per_class", self.holdout_per_class, 0)
+        _at_least("data.holdout_seed", self.holdout_seed, 0)
+
 
 @dataclass
 class ModelConfig:
@@ -47,6 +54,16 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
     # Output layer's initial weights times this after init (0 = zeros): the initial logits' scale.
     classifier_init_scale: float = 1.0
+
+    def validate(self) -> None:
+        if "num_classes" in self.options:  # create_model gets it from the cache
+            raise ConfigError(
+                f"model.num_classes = {self.options['num_classes']!r}: the number of "
+                "classes comes from the data (the cache's class list); remove this key, or "
+                "prepare a cache that holds only the classes you want"
+            )
+        _choice("model.init", self.init, INITS)
+        _at_least("model.classifier_init_scale", self.classifier_init_scale, 0)
 
 
 @dataclass
@@ -62,6 +79,20 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
     eps: float = 1e-8  # adamw / adagrad
 
+    def validate(self) -> None:
+        _choice("optim.name", self.name, OPTIMIZERS)
+        _positive("optim.lr", self.lr)
+        _fraction("optim.momentum", self.momentum)
+        if self.name == "nesterov" and self.momentum == 0:
+            raise ConfigError('optim.momentum = 0: optim.name = "nesterov" needs a momentum > 0')
+        _positive("optim.eps", self.eps)
+        _at_least("optim.weight_decay", self.weight_decay, 0)
+        _positive("optim.bias_lr_multiplier", self.bias_lr_multiplier)
+        _at_least("optim.clip_grad_norm", self.clip_grad_norm, 0)
+        _fraction("optim.label_smoothing", self.label_smoothing)
+        if len(self.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas = {self.betas}: expected two numbers in [0, 1)")
+
 
 @dataclass
 class ScheduleConfig:
@@ -74,6 +105,19 @@ class ScheduleConfig:
     # and snapshotted at its end (checkpoints/cycle-NN.pt, member spec RUN@cycles): Huang et
     # al.'s "Snapshot Ensembles: Train 1, get M for free".
     cycles: int = 1
+
+    def validate(self) -> None:
+        _choice("schedule.name", self.name, SCHEDULES)
+        _positive("schedule.step_epochs", self.step_epochs)
+        _positive("schedule.gamma", self.gamma)
+        _at_least("schedule.warmup_epochs", self.warmup_epochs, 0)
+        _fraction("schedule.final_lr_fraction", self.final_lr_fraction)
+        _at_least("schedule.cycles", self.cycles, 1)
+        if self.cycles > 1 and self.name != "cyclic":
+            raise ConfigError(
+                f'schedule.cycles = {self.cycles} needs schedule.name = "cyclic" '
+                f"(it is {self.name!r})"
+            )
 
 
 @dataclass
@@ -107,6 +151,26 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard logs (needs the tensorboard package)
     init_from: str = ""  # the checkpoint whose weights the run started from ("": initialised)
 
+    def validate(self) -> None:
+        _at_least("train.epochs", self.epochs, 1)
+        _at_least("train.batch_size", self.batch_size, 1)
+        _at_least("train.eval_batch_size", self.eval_batch_size, 1)
+        _choice("train.precision", self.precision, PRECISIONS)
+        if not isinstance(self.compile, bool) and self.compile != "auto":
+            raise ConfigError(f'train.compile = {self.compile!r}: expected true, false or "auto"')
+        for name in ("threads", "snapshot_every", "keep_snapshots", "log_every", "ema_bn_images"):
+            _at_least(f"train.{name}", getattr(self, name), 0)
+        if self.threads > MAX_THREADS:
+            raise ConfigError(f"train.threads = {self.threads}: at most {MAX_THREADS}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"train.seed = {self.seed!r}: must be in [0, 2**63 - 1]")
+        _at_least("train.max_minutes", self.max_minutes, 0)
+        _at_least("train.max_pflop", self.max_pflop, 0)
+        if self.fit_to_time and not self.max_minutes:
+            raise ConfigError("train.fit_to_time = true needs a time budget: set train.max_minutes")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay = {self.ema_decay!r}: expected 0 <= d < 1")
+
 
 @dataclass
 class RunConfig:
@@ -118,43 +182,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> RunConfig:
-        """Check every value; returns self so calls chain."""
-        if "num_classes" in self.model.options:  # create_model gets it from the cache
-            raise ConfigError(
-                f"model.num_classes = {self.model.options['num_classes']!r}: the number of "
-                "classes comes from the data (the cache's class list); remove this key, or "
-                "prepare a cache that holds only the classes you want"
-            )
-        _choice("data.normalization", self.data.normalization, NORMALIZATIONS)
-        _positive("data.scale", self.data.scale)
-        _at_least("data.holdout_per_class", self.data.holdout_per_class, 0)
-        _at_least("data.holdout_seed", self.data.holdout_seed, 0)
-        _choice("model.init", self.model.init, INITS)
-        _at_least("model.classifier_init_scale", self.model.classifier_init_scale, 0)
-        _choice("optim.name", self.optim.name, OPTIMIZERS)
-        _positive("optim.lr", self.optim.lr)
-        _fraction("optim.momentum", self.optim.momentum)
-        if self.optim.name == "nesterov" and self.optim.momentum == 0:
-            raise ConfigError('optim.momentum = 0: optim.name = "nesterov" needs a momentum > 0')
-        _positive("optim.eps", self.optim.eps)
-        _at_least("optim.weight_decay", self.optim.weight_decay, 0)
-        _positive("optim.bias_lr_multiplier", self.optim.bias_lr_multiplier)
-        _at_least("optim.clip_grad_norm", self.optim.clip_grad_norm, 0)
-        _fraction("optim.label_smoothing", self.optim.label_smoothing)
-        betas = self.optim.betas
-        if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
-            raise ConfigError(f"optim.betas = {self.optim.betas}: expected two numbers in [0, 1)")
-        _choice("schedule.name", self.schedule.name, SCHEDULES)
-        _positive("schedule.step_epochs", self.schedule.step_epochs)
-        _positive("schedule.gamma", self.schedule.gamma)
-        _at_least("schedule.warmup_epochs", self.schedule.warmup_epochs, 0)
-        _fraction("schedule.final_lr_fraction", self.schedule.final_lr_fraction)
-        _at_least("schedule.cycles", self.schedule.cycles, 1)
-        if self.schedule.cycles > 1 and self.schedule.name != "cyclic":
-            raise ConfigError(
-                f'schedule.cycles = {self.schedule.cycles} needs schedule.name = "cyclic" '
-                f"(it is {self.schedule.name!r})"
-            )
+        """Check every value, section by section; returns self so calls chain."""
+        self.data.validate()
+        self.model.validate()
+        self.optim.validate()
+        self.schedule.validate()
         self.augment.validate()
         cyclic_sizes = self.schedule.name == "cyclic" and self.augment.sizes
         if self.augment.sizes_per_cycle and not cyclic_sizes:
@@ -162,27 +194,7 @@ class RunConfig:
                 "augment.sizes_per_cycle = true needs augment.sizes and schedule.name = "
                 f'"cyclic" (sizes = {self.augment.sizes}, schedule.name = {self.schedule.name!r})'
             )
-        _at_least("train.epochs", self.train.epochs, 1)
-        _at_least("train.batch_size", self.train.batch_size, 1)
-        _at_least("train.eval_batch_size", self.train.eval_batch_size, 1)
-        _choice("train.precision", self.train.precision, PRECISIONS)
-        if not isinstance(self.train.compile, bool) and self.train.compile != "auto":
-            raise ConfigError(
-                f'train.compile = {self.train.compile!r}: expected true, false or "auto"'
-            )
-        for name in ("threads", "snapshot_every", "keep_snapshots", "log_every"):
-            _at_least(f"train.{name}", getattr(self.train, name), 0)
-        if self.train.threads > MAX_THREADS:
-            raise ConfigError(f"train.threads = {self.train.threads}: at most {MAX_THREADS}")
-        if not 0 <= self.train.seed < 2**63:
-            raise ConfigError(f"train.seed = {self.train.seed!r}: must be in [0, 2**63 - 1]")
-        _at_least("train.max_minutes", self.train.max_minutes, 0)
-        _at_least("train.max_pflop", self.train.max_pflop, 0)
-        if self.train.fit_to_time and not self.train.max_minutes:
-            raise ConfigError("train.fit_to_time = true needs a time budget: set train.max_minutes")
-        if not 0 <= self.train.ema_decay < 1:
-            raise ConfigError(f"train.ema_decay = {self.train.ema_decay!r}: expected 0 <= d < 1")
-        _at_least("train.ema_bn_images", self.train.ema_bn_images, 0)
+        self.train.validate()
         return self
 
 
@@ -299,17 +311,6 @@ def set_string(key: str, value: str | Path) -> str:
     return f"{key}={toml_string(str(value))}"
 
 
-def toml_string(text: str) -> str:
-    """A TOML basic string holding ``text`` exactly: backslashes, quotes and control characters
-    (which TOML refuses raw: a newline in a path had made a run folder that could not resume)
-    escaped; everything else as it is."""
-    escaped = (
-        "\\" + c if c in '\\"' else f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
-        for c in text
-    )
-    return '"' + "".join(escaped) + '"'
-
-
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     """Build a RunConfig from nested dicts, checking section names, keys and types."""
     sections = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -386,20 +387,6 @@ def to_toml(cfg: RunConfig) -> str:
         lines.append(f"\n[{section}]")
         # None is a key left unset (TOML has no null): a run's config has it resolved.
         lines.extend(
-            f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None
+            f"{key} = {toml_value(value)}" for key, value in values.items() if value is not None
         )
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")

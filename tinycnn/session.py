@@ -20,11 +20,10 @@ from tinycnn.checkpoint import (
     normalization_payload,
     save_checkpoint,
 )
-from tinycnn.compile_choice import SizeDispatch, agree_kernels, choose, compiled_per_side
 from tinycnn.config import RunConfig, config_to_dict
 from tinycnn.data.cache import Cache
 from tinycnn.data.normalization import Normalization
-from tinycnn.distributed import Dist, broadcast_int, sync_batch_norm
+from tinycnn.distributed import Dist, sync_batch_norm
 from tinycnn.ema import ema_bn_rows, make_ema
 from tinycnn.errors import ConfigError
 from tinycnn.inference import recompute_batch_norm
@@ -44,6 +43,7 @@ from tinycnn.resume import (
 from tinycnn.run_plan import RunPlan, build_model, normalization_of, tensorboard_writer_class
 from tinycnn.runtime import Runtime, keep_precision, keep_threads
 from tinycnn.schedule import Schedule
+from tinycnn.step_model import build_step_model
 
 # What only a resume reads (from last.pt); snapshots and best.pt leave it out.
 RESUME_ONLY = ("optimizer", "train_state")
@@ -354,61 +354,12 @@ def load_session(
             session.ema.load_state_dict(model.state_dict())
     if cfg.train.tensorboard and dist.main:
         session.writer = tensorboard_writer_class()(str(out / "tensorboard"))
-    session.step_model = _step_model(session)
+    built = build_step_model(
+        model, cfg, session.schedule, plan.eval_size, runtime, dist, session.compile_choices
+    )
+    session.step_model = built.module
+    session.compile_choices, session.compile_report = built.compile_choices, built.compile_report
     return session
-
-
-def _step_model(s: Session) -> nn.Module:
-    """What a training step calls: the model, wrapped in DDP under torchrun, compiled when asked
-    (train.compile; "auto": at the input sides where it is timed faster, compile_choice.py);
-    built after the weights are in place (DDP starts from rank 0's anyway)."""
-    model, runtime, dist = s.model, s.runtime, s.dist
-    if dist.active and s.cfg.train.autotune:
-        sides = [side for steps, side in s.schedule.phases() if steps > 0]
-        batch = s.cfg.train.batch_size // dist.world
-        agree_kernels(s.model, sides, s.eval_size, batch, runtime)
-    choose_sides = s.cfg.train.compile == "auto"
-    compiled = compiled_per_side(model) if choose_sides else None
-    if choose_sides:  # timed on the bare model: DDP's hooks must see only real steps
-        s.compile_choices = _compile_choices(s, compiled)
-    step_model = model
-    if dist.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        cuda = runtime.device.type == "cuda"
-        step_model = DistributedDataParallel(model, device_ids=[runtime.device] if cuda else None)
-        compiled = None  # compile the DDP wrapper instead
-    if s.cfg.train.compile is True:  # compiled once per input side; evaluation runs it eager
-        return compiled_per_side(step_model)
-    sides = {side for side, chosen in s.compile_choices.items() if chosen}
-    if not choose_sides or not sides:
-        return step_model
-    # (not `compiled or ...`: a compiled module's truth asks the model for a len() it lacks)
-    compiled = compiled if compiled is not None else compiled_per_side(step_model)
-    return SizeDispatch(step_model, compiled, sides)
-
-
-def _compile_choices(s: Session, compiled: nn.Module) -> dict[int, bool]:
-    """{input side: compile it} for the sides the schedule trains at: a resumed run's own, else
-    read from this machine's file of choices or timed (rank 0's, under torchrun)."""
-    train = s.cfg.train
-    sides = sorted({side for steps, side in s.schedule.phases() if steps > 0})
-    setting = (
-        f"autotune={train.autotune} deterministic={train.deterministic} "
-        f"sync_batch_norm={train.sync_batch_norm and s.dist.active}"
-    )
-    choices, s.compile_report = choose(
-        s.model,
-        compiled,
-        sides,
-        train.batch_size // s.dist.world,
-        s.runtime,
-        setting=setting,
-        pinned=s.compile_choices,
-        agree=broadcast_int,
-        main=s.dist.main,
-    )
-    return choices
 
 
 def _load_rows(cache: Cache, split: str, rows: np.ndarray | None):

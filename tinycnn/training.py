@@ -1,11 +1,12 @@
 """train(): a run from its config to its last checkpoint, read top to bottom.
 
-train checks everything first (run_plan.py) and only then makes the run folder; load_session
-(session.py) builds the run's state; the loop then trains one epoch at a time (train_one_epoch:
-steps.py's train_step, snapshots, the stop checks) and closes each with its evaluation, its
-snapshot and its metrics line (epochs.py). The whole training split lives in memory as one
-uint8 tensor; a batch is an index slice, augmented by batched tensor ops on the model's device.
-All randomness is derived from (train.seed, iteration), so a resumed run repeats exactly what the
+train checks everything first (run_plan.py) and only then makes the run folder (run_start.py:
+a new run's folder, or a resumed run's plan); load_session (session.py) builds the run's state;
+the loop then trains one epoch at a time (train_one_epoch: steps.py's train_step, snapshots, the
+stop checks) and closes each with its evaluation, its snapshot and its metrics line (epochs.py).
+The whole training split lives in memory as one uint8 tensor; a batch is an index slice,
+augmented by batched tensor ops on the model's device. All randomness is derived from
+(train.seed, iteration), so a resumed run repeats exactly what the
 uninterrupted one would have done.
 """
 
@@ -14,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,24 +24,29 @@ from torch import nn
 from tqdm import tqdm
 
 from tinycnn import distributed, faults
-from tinycnn.atomic import remove_stale_temporaries, write_text
+from tinycnn.atomic import write_text
 from tinycnn.checkpoint import load_checkpoint
-from tinycnn.config import RunConfig, config_from_dict, to_toml
+from tinycnn.config import RunConfig, config_from_dict
 from tinycnn.epochs import diverged, end_epoch, log_step
-from tinycnn.errors import ConfigError, CropError, TrainingDivergedError
+from tinycnn.errors import TrainingDivergedError
 from tinycnn.models.conv import CHOICES
 from tinycnn.run_folder import (
-    LOCK,
-    METRICS,
     TIME_BUDGET,
     read_metrics,
-    read_resolved_config,
     read_steps,
     run_lock,
 )
-from tinycnn.run_plan import RunPlan, plan_run
-from tinycnn.runtime import agree_precision
-from tinycnn.session import Session, load_session
+from tinycnn.run_plan import plan_run
+from tinycnn.run_start import (
+    Fresh,
+    absolute,
+    new_run_dir,
+    open_session,
+    resume_plan,
+    resumed_config,
+    write_config,
+)
+from tinycnn.session import Session
 from tinycnn.steps import (
     StepSums,
     StopRequest,
@@ -90,71 +94,28 @@ def train(
     started = time.perf_counter()  # train.max_minutes counts from here
     out = Path(out)
     if resume:
-        _resumed_config(out, data)  # a clear error before the lock makes a folder
+        resumed_config(out, data)  # a clear error before the lock makes a folder
     else:  # every check before the run folder is made: a failed start leaves nothing behind
-        plan = plan_run(*_absolute(cfg, init_from))
+        plan = plan_run(*absolute(cfg, init_from))
     # Under torchrun, rank 0 holds the run folder's lock and writes it; the others read.
     main = distributed.from_env().main
     fresh = Fresh(out, main and not resume)  # before the lock makes the folder
     with run_lock(out) if main else contextlib.nullcontext():
         if not resume and main:  # refuses a folder that holds a run (then nothing is removed)
-            _new_run_dir(out, plan.cfg, plan.flops_by_size)
+            new_run_dir(out, plan.cfg, plan.flops_by_size)
             faults.pause_point("started", 0)
         with fresh.removed_if_refused():
             if resume:
-                plan, resume = _resume_plan(out, data)
-            session = _open(plan, out, resume, main)
+                plan, resume = resume_plan(out, data)
+            session = open_session(plan, out, resume, main)
         if data is not None and main:  # the moved cache holds the run's data: remember where
-            _write_config(out, plan.cfg, plan.flops_by_size)
+            write_config(out, plan.cfg, plan.flops_by_size)
         progress = progress and session.dist.main
         if progress:
             _announce(session)
         stop = StopRequest(stop_at_iteration)
         with catching_signals(stop):
             return _loop(session, stop, progress, started)
-
-
-class Fresh:
-    """A new run's folder as it was before the start (``new``: rank 0 starting a new run)."""
-
-    def __init__(self, out: Path, new: bool) -> None:
-        self.out, self.new = out, new
-        self.made, self.lock_made = not out.exists(), not (out / LOCK).exists()
-
-    @contextlib.contextmanager
-    def removed_if_refused(self) -> Iterator[None]:
-        """Around the start: where it fails (a setting refused on the way in), the folder it
-        made, or the files it wrote in one that was there, are removed, so nothing half-made
-        is left for a later --resume or study to pick up."""
-        try:
-            yield
-        except Exception:
-            if self.new:
-                if self.made:
-                    shutil.rmtree(self.out, ignore_errors=True)
-                else:
-                    (self.out / "config.toml").unlink(missing_ok=True)
-                    if self.lock_made:
-                        (self.out / LOCK).unlink(missing_ok=True)
-            raise
-
-
-def _resume_plan(out: Path, data: str | Path | None) -> tuple[RunPlan, bool]:
-    """The plan of resuming the run in ``out``, and whether it has a checkpoint to resume from
-    (a run with none yet starts afresh: from its init checkpoint, if any)."""
-    cfg = _resumed_config(out, data)
-    resume = (out / "checkpoints" / "last.pt").is_file()
-    if not resume:
-        _check_nothing_trained(out)
-    try:
-        return plan_run(cfg, None if resume else cfg.train.init_from or None), resume
-    except CropError as exc:  # its advice (--set augment.crop) is not a resume's
-        side = exc.image_side
-        raise ConfigError(
-            f"{cfg.data.cache}: its images are {side}x{side}, and {out} trained on "
-            f"crops of {cfg.augment.crop} ({exc.why}); resume it with a cache of the "
-            "images it trained on, or train afresh on this one"
-        ) from None
 
 
 def _announce(session: Session) -> None:
@@ -164,89 +125,6 @@ def _announce(session: Session) -> None:
         print(session.compile_report, flush=True)
     if session.threads_note:
         print(session.threads_note, flush=True)
-
-
-def _absolute(cfg: RunConfig, init_from: str | Path | None) -> tuple[RunConfig, Path | None]:
-    """cfg with the paths a run depends on (its cache, excluded images, initial weights) made
-    absolute, so that --resume, evaluate... work from any folder; the init checkpoint, if any."""
-    if cfg.data.cache:
-        cache = Path(cfg.data.cache).expanduser().resolve()
-        cfg = replace(cfg, data=replace(cfg.data, cache=str(cache)))
-    if cfg.data.exclude:  # read again by a resume, from wherever it runs
-        exclude = Path(cfg.data.exclude).expanduser().resolve()
-        cfg = replace(cfg, data=replace(cfg.data, exclude=str(exclude)))
-    init_from = init_from or cfg.train.init_from or None  # part of the run's config
-    if init_from is not None:
-        init_from = Path(init_from).expanduser().resolve()
-        cfg = replace(cfg, train=replace(cfg.train, init_from=str(init_from)))
-    return cfg, init_from
-
-
-def _open(plan: RunPlan, out: Path, resume: bool, main: bool) -> Session:
-    """The run's session, in its process group, its folder swept of a killed run's temporaries."""
-    if main:  # half-written files of a killed run (kill -9 runs no cleanup): 26 MB in 8 kills
-        for folder in (out, out / "checkpoints"):
-            remove_stale_temporaries(folder)
-    dist = distributed.init(plan.runtime.device)
-    plan = plan.with_runtime(agree_precision(plan.runtime))
-    distributed.barrier()  # the run folder is ready before any rank reads it
-    return load_session(plan, out, resume=resume, dist=dist)  # a spent budget: refused there
-
-
-def _new_run_dir(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:
-    if (out / "checkpoints" / "last.pt").exists() or (out / "metrics.jsonl").exists():
-        raise ConfigError(
-            f"{out}: already holds a run; continue it with --resume {out}, or choose a new --out"
-        )
-    _write_config(out, cfg, flops)
-
-
-def _write_config(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:
-    sizes = cfg.augment.sizes or [cfg.augment.crop or max(flops)]
-    per_size = ", ".join(f"{flops[side] / 1e9:.3f} at {side}x{side}" for side in sizes)
-    compute = (
-        f"\n# Training compute: GFLOP per image (forward + backward, torch's FlopCounterMode): "
-        f"{per_size}; metrics.jsonl has train_pflop.\n"
-    )
-    write_text(out / "config.toml", to_toml(cfg) + compute)
-
-
-def _resumed_config(out: Path, data: str | Path | None) -> RunConfig:
-    """The run's own config, its cache replaced by ``data`` when given; a ConfigError saying
-    how to point at the cache when the one it names is gone."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is a file; --out must be a run folder")
-    try:
-        cfg = config_from_dict(read_resolved_config(out)).validate()
-    except ConfigError as exc:  # an edited config.toml: say which file
-        where = out / "config.toml"
-        raise ConfigError(exc if str(exc).startswith(str(where)) else f"{where}: {exc}") from None
-    if data is not None:
-        cache = Path(data).expanduser().resolve()
-        return replace(cfg, data=replace(cfg.data, cache=str(cache)))
-    if cfg.data.cache and not Path(cfg.data.cache).exists():
-        raise ConfigError(
-            f"{out / 'config.toml'}: the run's cache {cfg.data.cache} is gone (moved or "
-            f"deleted); if it moved, point at it with: tinycnn train --resume {out} --data "
-            "CACHE"
-        )
-    return cfg
-
-
-def _check_nothing_trained(out: Path) -> None:
-    """A run folder without last.pt starts afresh only if it never trained: with its resume
-    point gone but epochs logged or snapshots kept, starting over would mix a new run's files
-    with the old one's."""
-    logged = out / METRICS
-    rows = len(logged.read_text(encoding="utf-8").splitlines()) if logged.is_file() else 0
-    kept = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
-    if rows or kept:
-        what = [f"{rows} evaluation{'s' * (rows != 1)} logged"] if rows else []
-        what += [f"checkpoints {', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''}"] * bool(kept)
-        raise ConfigError(
-            f"{out / 'checkpoints' / 'last.pt'}: missing, but the run has trained "
-            f"({'; '.join(what)}); put last.pt back to resume, or train afresh in a new folder"
-        )
 
 
 def banner(s: Session) -> str:

@@ -4,9 +4,10 @@ and saved, the raw weights of the same checkpoint (``train_state``), and the EMA
 their batch-norm statistics recomputed on --images of the run's training images as training
 does since train.ema_bn_images (tinycnn.inference.recompute_batch_norm: a cumulative average
 over batches of 128 centre views, as torch.optim.swa_utils.update_bn does). A checkpoint saved
-with recomputed statistics shows its first and third figures equal.
+with statistics recomputed alike (the same number of images) shows its first and third figures
+equal, up to the kernels' rounding.
 
-Usage: python bench/ema_check.py RUN --data CACHE [--checkpoint last.pt] [--images 7680]
+Usage: python bench/ema_check.py RUN --data CACHE [--checkpoint last.pt] [--images N]
 Prints val top-1 errors; asserts nothing.
 """
 
@@ -21,6 +22,7 @@ from tinycnn.data.cache import load_cache
 from tinycnn.ema import ema_bn_rows
 from tinycnn.evaluation import evaluate_loaded
 from tinycnn.inference import images_tensor, load_model, recompute_batch_norm
+from tinycnn.models.conv import CHOICES
 from tinycnn.run_plan import training_rows
 
 
@@ -29,7 +31,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--data", required=True)
     parser.add_argument("--checkpoint", default="last.pt")
-    parser.add_argument("--images", type=int, default=7680)
+    parser.add_argument("--images", type=int, help="default: the run's train.ema_bn_images")
     args = parser.parse_args()
     path = Path(args.run) / "checkpoints" / args.checkpoint
     cache = load_cache(args.data)
@@ -49,15 +51,17 @@ def main() -> None:
     loaded.model.load_state_dict(ema_state)
     cfg = config_from_dict(payload["config"])
     train_rows, _ = training_rows(cfg, cache)  # the run's own: without its held-out rows
-    rows = train_rows[ema_bn_rows(len(train_rows), args.images, cfg.train.seed).numpy()]
-    recompute_batch_norm(
-        loaded.model,
-        images_tensor(cache.split("train").images[rows]),
-        loaded.runtime,
-        size=loaded.input_size,
-        norm=loaded.norm,
-        resize=loaded.resize,
-    )
+    count = args.images or cfg.train.ema_bn_images or 7680
+    rows = train_rows[ema_bn_rows(len(train_rows), count, cfg.train.seed).numpy()]
+    with CHOICES.running(loaded.kernels):  # the run's own conv kernels, as its evaluations
+        recompute_batch_norm(
+            loaded.model,
+            images_tensor(cache.split("train").images[rows]),
+            loaded.runtime,
+            size=loaded.input_size,
+            norm=loaded.norm,
+            resize=loaded.resize,
+        )
     recalibrated = error()
     print(f"checkpoint                        {path}")
     print(f"EMA weights, as saved             val top-1 error {saved:.2%}")

@@ -91,6 +91,8 @@ def test_paper_presets_cover_the_results_table() -> None:
         ("", ["optim.clip_grad_norm=-1"], "optim.clip_grad_norm = -1.0: must be a number >= 0"),
         ("", ["optim.name=rmsprop"], "optim.name = 'rmsprop': expected one of"),
         ("", ["train.epochs=0"], "train.epochs = 0: must be a number >= 1"),
+        ("", ["train.ema_bn_images=1"], "train.ema_bn_images = 1: expected 0 (copy"),
+        ("", ["train.ema_bn_images=-5"], "train.ema_bn_images = -5: expected 0 (copy"),
         ("", ["schedule.name=exp"], "schedule.name = 'exp'"),
         ("", ["train.precision=fp16"], "train.precision = 'fp16'"),
         ("", ["augment.contrast=1.5"], "contrast must be < 1"),

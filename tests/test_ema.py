@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tests.helpers import cnn5_config
-from tinycnn.checkpoint import load_checkpoint
+from tinycnn.checkpoint import load_checkpoint, save_checkpoint
 from tinycnn.data.prepare import prepare
 from tinycnn.training import train
 
@@ -120,27 +120,49 @@ def test_without_recomputing_the_ema_holds_the_trained_models_batch_norm_statist
 
 def test_recompute_batch_norm_averages_each_batchs_statistics_with_dropout_off() -> None:
     # Truth by hand: the centre views of uint8 images are their pixel values (no normalisation,
-    # the whole image); the statistics are the plain mean over the batches (4, 4, 2 images) of
-    # each batch's channel means and unbiased variances. Dropout before the batch norm stays off.
+    # the whole image); the statistics are the plain mean over the batches of each batch's
+    # channel means and unbiased variances. Batches of 4 of 10 images: 4, then 6 (the remainder
+    # of 2 joins the last). Dropout before the batch norm stays off.
     from tinycnn.inference import recompute_batch_norm
     from tinycnn.runtime import make_runtime
 
-    images = torch.randint(
-        0, 256, (10, 6, 6, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
-    )
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 6, 6, 3), dtype=torch.uint8, generator=generator)
     norm = nn.BatchNorm2d(3, momentum=0.3)
     norm.running_mean.fill_(5.0)  # stale statistics: reset, not averaged into
     model = nn.Sequential(nn.Dropout(0.5), norm).train()
-    recompute_batch_norm(
-        model, images, make_runtime("cpu", "fp32"), size=6, norm=None, batch_size=4
-    )
+    runtime = make_runtime("cpu", "fp32")
+    recompute_batch_norm(model, images, runtime, size=6, norm=None, batch_size=4)
     pixels = images.permute(0, 3, 1, 2).double()
-    batches = [pixels[0:4], pixels[4:8], pixels[8:10]]
-    mean = sum(b.mean(dim=(0, 2, 3)) for b in batches) / 3
-    var = sum(b.var(dim=(0, 2, 3), unbiased=True) for b in batches) / 3
+    batches = [pixels[0:4], pixels[4:10]]
+    mean = sum(b.mean(dim=(0, 2, 3)) for b in batches) / 2
+    var = sum(b.var(dim=(0, 2, 3), unbiased=True) for b in batches) / 2
     torch.testing.assert_close(norm.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(norm.running_var.double(), var, rtol=1e-5, atol=1e-6)
     assert not model.training and not norm.training and norm.momentum == 0.3
+
+
+def test_recompute_batch_norm_takes_no_batch_of_one_and_restores_the_model_on_an_error() -> None:
+    # 5 images in batches of 4 would leave a batch of one, which BatchNorm1d refuses; and an
+    # error in the forward pass must not leave the model in training mode with no momentum.
+    from tinycnn.inference import recompute_batch_norm
+    from tinycnn.runtime import make_runtime
+
+    images = torch.randint(0, 256, (5, 2, 2, 3), dtype=torch.uint8)
+    model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(12, momentum=0.2))
+    runtime = make_runtime("cpu", "fp32")
+    recompute_batch_norm(model, images, runtime, size=2, norm=None, batch_size=4)
+    flat = images.permute(0, 3, 1, 2).reshape(5, 12).double()
+    torch.testing.assert_close(model[1].running_mean.double(), flat.mean(0), rtol=1e-5, atol=1e-5)
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("broken")
+
+    model = nn.Sequential(nn.BatchNorm2d(3, momentum=0.2), Broken())
+    with pytest.raises(RuntimeError, match="broken"):
+        recompute_batch_norm(model, images, runtime, size=2, norm=None, batch_size=4)
+    assert model[0].momentum == 0.2 and not model[0].training and not model.training
 
 
 def test_the_rows_that_recompute_batch_norm_are_the_runs_own_and_leave_torchs_rng_alone() -> None:
@@ -159,29 +181,35 @@ def test_the_rows_that_recompute_batch_norm_are_the_runs_own_and_leave_torchs_rn
 def test_the_ema_checkpoint_holds_batch_norm_statistics_recomputed_for_its_weights(
     synth_sources: dict[str, Path], tmp_path: Path
 ) -> None:
-    # The reference: PyTorch's own torch.optim.swa_utils.update_bn, over the centre views of all
-    # the training images (fewer than train.ema_bn_images) in batches of 128, on the EMA's
-    # weights as saved. The logged evaluation is of those statistics.
+    # The reference: PyTorch's own torch.optim.swa_utils.update_bn, over the centre views of
+    # train.ema_bn_images = 30 of the run's own training rows, on the EMA's weights as saved.
+    # The logged evaluation is of those statistics.
     from torch.optim.swa_utils import update_bn
     from torch.utils.data import DataLoader, TensorDataset
 
     import tinycnn
     from tinycnn.data.augment import center_crop
     from tinycnn.data.cache import load_cache
+    from tinycnn.ema import ema_bn_rows
     from tinycnn.inference import images_tensor, load_model
+    from tinycnn.run_plan import training_rows
     from tinycnn.runtime import make_runtime
 
     cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
     cfg = cnn5_config(
         cache, "train.epochs=2", "train.ema_decay=0.5", "model.batch_norm=true",
-        'train.precision="fp32"',
+        'train.precision="fp32"', "train.ema_bn_images=30", "data.holdout_per_class=2",
     )  # fmt: skip
     result = train(cfg, tmp_path / "run", progress=False)
     path = tmp_path / "run" / "checkpoints" / "epoch-002.pt"
     payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     state, raw = payload["model"]["state"], payload["train_state"]
     loaded = load_model(path, make_runtime("cpu", "fp32"))
-    images = images_tensor(load_cache(cache).split("train").images)
+    # 30 of the rows the run trained on (not the held-out ones), as ema_bn_rows draws them
+    train_rows = training_rows(cfg, load_cache(cache))[0]
+    assert len(train_rows) > 30
+    rows = train_rows[ema_bn_rows(len(train_rows), 30, cfg.train.seed).numpy()]
+    images = images_tensor(load_cache(cache).split("train").images[rows])
     views = center_crop(images, loaded.input_size, loaded.norm)
     update_bn(DataLoader(TensorDataset(views), batch_size=128), loaded.model)
     expected = loaded.model.state_dict()
@@ -212,3 +240,48 @@ def test_a_resumed_run_continues_the_same_ema(
             assert torch.equal(cut["model"][key][name], tensor), name
     for name, tensor in whole["train_state"].items():
         assert torch.equal(cut["train_state"][name], tensor), name
+
+
+def test_a_run_from_before_ema_bn_images_resumes_copying_the_statistics_as_it_trained(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    # Its config.toml has no train.ema_bn_images: the recompute (the new default) would change
+    # its evaluations and best.pt halfway; it resumes as the run trained, copying them.
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    cfg = cnn5_config(cache, "train.epochs=2", "train.ema_decay=0.9", "model.batch_norm=true")
+    run = tmp_path / "run"
+    train(cfg, run, progress=False, stop_at_iteration=4)
+    config = run / "config.toml"
+    text = config.read_text()
+    assert "ema_bn_images = 7680\n" in text
+    config.write_text(text.replace("ema_bn_images = 7680\n", ""))
+    last = run / "checkpoints" / "last.pt"  # nor has the config its checkpoint holds
+    payload = load_checkpoint(last)
+    del payload["config"]["train"]["ema_bn_images"]
+    save_checkpoint(last, payload)
+    train(None, run, resume=True, progress=False)
+    payload = load_checkpoint(run / "checkpoints" / "last.pt")
+    state, raw = payload["model"]["state"], payload["train_state"]
+    means = [k for k in state if k.endswith(("running_mean", "running_var"))]
+    assert len(means) == 8
+    for key in means:
+        assert torch.equal(state[key], raw[key]), key
+
+
+def test_the_time_budget_counts_the_recompute_as_evaluation_work(
+    synth_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    from tinycnn.run_plan import plan_run
+    from tinycnn.session import load_session
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    for extra, added in (
+        (["model.batch_norm=true", "train.ema_bn_images=25"], 25),
+        (["model.batch_norm=true", "train.ema_bn_images=1000"], 60),  # all 60 training images
+        (["model.batch_norm=true", "train.ema_bn_images=0"], 0),
+        (["model.batch_norm=false"], 0),  # no statistics to recompute
+    ):
+        cfg = cnn5_config(cache, "train.ema_decay=0.9", *extra)
+        session = load_session(plan_run(cfg), tmp_path / f"run{len(extra)}{added}")
+        evaluation = sum(len(labels) for _, labels in session.eval_sets.values())
+        assert session.images_per_evaluation() == evaluation + added, extra

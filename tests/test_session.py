@@ -1,5 +1,5 @@
-"""The session's step model under train.compile: torch.compile'd training steps train the weights
-of eager ones."""
+"""The session's step model: under train.compile, torch.compile'd training steps train the weights
+of eager ones; a resumed run builds it in the precision it trained in."""
 
 from __future__ import annotations
 
@@ -83,3 +83,34 @@ def test_compiled_steps_take_one_static_graph_per_side(
         config = load_config(None, [*overrides, f"train.compile={compile_value}"])
         train(config, tmp_path / f"run-{len(compile_value)}", progress=False, stop_at_iteration=1)
         assert calls and all(kwargs.get("dynamic") is False for kwargs in calls)
+
+
+def test_a_resumed_run_builds_its_step_in_the_precision_it_trained_in(
+    synth_sources: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    # With train.precision = "auto" a resume takes the precision the run trained in
+    # (runtime.keep_precision, in Session.restore); what a step calls is built after that, in
+    # it: the kernels agreed and the compile choices timed are those of that precision.
+    from dataclasses import replace
+
+    import tinycnn.session
+    from tests.helpers import cnn5_config
+
+    cache = prepare(synth_sources["folder"], tmp_path / "cache", progress=False).path
+    run = tmp_path / "run"
+    train(cnn5_config(cache, "train.epochs=2"), run, progress=False, stop_at_iteration=2)
+    kept, given = [], []
+
+    def keep_precision(runtime, trained, configured):
+        kept.append(replace(runtime, why="as the run trained so far"))  # a new object
+        return kept[-1]
+
+    def build_step_model(model, cfg, schedule, eval_size, runtime, *args):
+        given.append(runtime)
+        return original(model, cfg, schedule, eval_size, runtime, *args)
+
+    original = tinycnn.session.build_step_model
+    monkeypatch.setattr(tinycnn.session, "keep_precision", keep_precision)
+    monkeypatch.setattr(tinycnn.session, "build_step_model", build_step_model)
+    train(None, run, resume=True, progress=False)
+    assert len(kept) == 1 and len(given) == 1 and given[0] is kept[0]

@@ -56,12 +56,6 @@ class ModelConfig:
     classifier_init_scale: float = 1.0
 
     def validate(self) -> None:
-        if "num_classes" in self.options:  # create_model gets it from the cache
-            raise ConfigError(
-                f"model.num_classes = {self.options['num_classes']!r}: the number of "
-                "classes comes from the data (the cache's class list); remove this key, or "
-                "prepare a cache that holds only the classes you want"
-            )
         _choice("model.init", self.init, INITS)
         _at_least("model.classifier_init_scale", self.classifier_init_scale, 0)
 
@@ -158,7 +152,7 @@ class TrainConfig:
         _choice("train.precision", self.precision, PRECISIONS)
         if not isinstance(self.compile, bool) and self.compile != "auto":
             raise ConfigError(f'train.compile = {self.compile!r}: expected true, false or "auto"')
-        for name in ("threads", "snapshot_every", "keep_snapshots", "log_every", "ema_bn_images"):
+        for name in ("threads", "snapshot_every", "keep_snapshots", "log_every"):
             _at_least(f"train.{name}", getattr(self, name), 0)
         if self.threads > MAX_THREADS:
             raise ConfigError(f"train.threads = {self.threads}: at most {MAX_THREADS}")
@@ -170,6 +164,11 @@ class TrainConfig:
             raise ConfigError("train.fit_to_time = true needs a time budget: set train.max_minutes")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay = {self.ema_decay!r}: expected 0 <= d < 1")
+        if self.ema_bn_images == 1 or not self.ema_bn_images >= 0:
+            raise ConfigError(
+                f"train.ema_bn_images = {self.ema_bn_images!r}: expected 0 (copy the trained "
+                "model's batch-norm statistics) or a number of images >= 2"
+            )
 
 
 @dataclass
@@ -183,6 +182,12 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check every value, section by section; returns self so calls chain."""
+        if "num_classes" in self.model.options:  # create_model gets it from the cache
+            raise ConfigError(
+                f"model.num_classes = {self.model.options['num_classes']!r}: the number of "
+                "classes comes from the data (the cache's class list); remove this key, or "
+                "prepare a cache that holds only the classes you want"
+            )
         self.data.validate()
         self.model.validate()
         self.optim.validate()

@@ -35,3 +35,8 @@ def ema_bn_rows(count: int, wanted: int, seed: int) -> torch.Tensor:
     same at every point of a run, drawn from its seed without touching the training's RNG."""
     rows = np.random.default_rng(seed).choice(count, min(wanted, count), replace=False)
     return torch.from_numpy(np.sort(rows))
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether the model has statistics to recompute for an EMA (batch norm layers)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -102,35 +102,46 @@ def recompute_batch_norm(
     norm: Normalization | None,
     resize: int | None = None,
     batch_size: int = 128,
+    split_over_ranks: bool = False,
 ) -> None:
     """Set every batch-norm layer's running mean and variance to their average over the
     images' centre views, batch by batch (the cumulative average of
     torch.optim.swa_utils.update_bn): the statistics of the model's own weights, for weights
     that were never trained as they are (an EMA, an average).
 
-    Only the batch-norm layers compute in training mode (dropout stays off); the model is left
-    in eval mode. Every process of a torchrun job calls it alike (a SyncBatchNorm reduces).
+    Batches of ``batch_size`` images, the remainder joined to the last (batch norm refuses a
+    batch of one image). Only the batch-norm layers compute in training mode (dropout stays
+    off); the model is left in eval mode, its momenta as they were, whatever happens. Every
+    process of a torchrun job calls it alike: each computes every batch whole, or with
+    ``split_over_ranks`` (batch norm over the global batch) its share of each.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or not len(images_u8):
+    if not norms or len(images_u8) < 2:
         return
     momenta = [m.momentum for m in norms]
-    model.eval()
-    for module in norms:
-        module.reset_running_stats()
-        module.momentum = None  # a cumulative average over the batches
-        module.train()
     norm = norm.to(runtime.device) if norm is not None else None
-    for lo in range(0, len(images_u8), batch_size):
-        batch = images_u8[lo : lo + batch_size].to(runtime.device, non_blocking=True)
-        views = center_crop(batch, size, norm)
-        if resize is not None:
-            views = resize_views(views, resize)
-        with runtime.autocast():
-            model(views)
-    for module, momentum in zip(norms, momenta, strict=True):
-        module.momentum = momentum
-    model.eval()
+    d = distributed.current()
+    stops = list(range(batch_size, len(images_u8) + 1, batch_size)) or [len(images_u8)]
+    stops[-1] = len(images_u8)
+    try:
+        model.eval()
+        for module in norms:
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the batches
+            module.train()
+        for lo, hi in zip([0, *stops[:-1]], stops, strict=True):
+            batch = images_u8[lo:hi]
+            if split_over_ranks and d.active:
+                batch = batch[distributed.share(len(batch), d)]
+            views = center_crop(batch.to(runtime.device, non_blocking=True), size, norm)
+            if resize is not None:
+                views = resize_views(views, resize)
+            with runtime.autocast():
+                model(views)
+    finally:
+        for module, momentum in zip(norms, momenta, strict=True):
+            module.momentum = momentum
+        model.eval()
 
 
 def _classes(model: nn.Module) -> int:

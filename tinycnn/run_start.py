@@ -20,6 +20,10 @@ from tinycnn.run_plan import RunPlan, plan_run
 from tinycnn.runtime import agree_precision
 from tinycnn.session import Session, load_session
 
+# Settings added to tinycnn after a run may have started, whose default changes what a run
+# computes: a run folder whose config.toml lacks one resumes with the value it trained with.
+AS_TRAINED_BEFORE = {("train", "ema_bn_images"): 0}  # the EMA copied batch norm's statistics
+
 
 class Fresh:
     """A new run's folder as it was before the start (``new``: rank 0 starting a new run)."""
@@ -115,7 +119,11 @@ def resumed_config(out: Path, data: str | Path | None) -> RunConfig:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is a file; --out must be a run folder")
     try:
-        cfg = config_from_dict(read_resolved_config(out)).validate()
+        raw = read_resolved_config(out)
+        for (section, key), value in AS_TRAINED_BEFORE.items():
+            if isinstance(raw.get(section), dict) and key not in raw[section]:
+                raw[section][key] = value
+        cfg = config_from_dict(raw).validate()
     except ConfigError as exc:  # an edited config.toml: say which file
         where = out / "config.toml"
         raise ConfigError(exc if str(exc).startswith(str(where)) else f"{where}: {exc}") from None

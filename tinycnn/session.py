@@ -1,6 +1,7 @@
 """The state of one training run: its data in memory, model, optimiser, schedule, position and
-sums, and its checkpoints. Built once by load_session from a RunPlan (run_plan.py); changed only
-by its own methods, which the training loop (training.py) calls."""
+sums, and its checkpoints. Built once by load_session from a RunPlan (run_plan.py), when a run
+starts or resumes (run_start.py); changed only by its own methods, which the training loop
+(training.py) calls."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from tinycnn.config import RunConfig, config_to_dict
 from tinycnn.data.cache import Cache
 from tinycnn.data.normalization import Normalization
 from tinycnn.distributed import Dist, sync_batch_norm
-from tinycnn.ema import ema_bn_rows, make_ema
+from tinycnn.ema import ema_bn_rows, has_batch_norm, make_ema
 from tinycnn.errors import ConfigError
 from tinycnn.inference import recompute_batch_norm
 from tinycnn.models.conv import CHOICES
@@ -126,21 +127,34 @@ class Session:
         statistics recomputed for its own weights (train.ema_bn_images) once per point of the
         run. Copied from the raw weights instead, they cost a measured 1.45 points of val top-1
         error on a short 10 PFLOP-preset run (bench/ema_check.py). Deterministic: a resume that
-        recomputes them at its saved point gets the same statistics."""
+        recomputes them at its saved point gets the same statistics. Every rank calls it at the
+        same points (a global batch norm reduces over the ranks)."""
         if self.ema is None:
             return self.model
-        count = self.cfg.train.ema_bn_images
-        if count and self.ema_bn_at != self.iteration:
+        if self.ema_bn_at != self.iteration and self.ema_bn_count():
+            rows = ema_bn_rows(len(self.train_labels), self.ema_bn_count(), self.cfg.train.seed)
             recompute_batch_norm(
                 self.ema,
-                self.train_images[ema_bn_rows(len(self.train_labels), count, self.cfg.train.seed)],
+                self.train_images[rows],
                 self.runtime,
                 size=self.eval_size,
                 norm=self.norm,
                 resize=self.resize(),
+                split_over_ranks=self.cfg.train.sync_batch_norm,
             )
-            self.ema_bn_at = self.iteration
+        self.ema_bn_at = self.iteration
         return self.ema
+
+    def ema_bn_count(self) -> int:
+        """The training images whose views recompute the EMA's batch-norm statistics at each
+        evaluation and save: 0 without an EMA, without batch norm, or with ema_bn_images = 0."""
+        if self.ema is None or not has_batch_norm(self.ema):
+            return 0
+        return min(self.cfg.train.ema_bn_images, len(self.train_labels))
+
+    def images_per_evaluation(self) -> int:
+        """The images one evaluation runs through the model (the time budget's estimate)."""
+        return sum(len(labels) for _, labels in self.eval_sets.values()) + self.ema_bn_count()
 
     def resize(self) -> int | None:
         """The side the crop is resized to for the model now: that of the last step, if any."""
@@ -197,7 +211,7 @@ class Session:
             "model": {
                 "name": model.tinycnn_name,
                 "options": model.tinycnn_options,
-                "state": _cpu_state(self.model_for_use()),
+                "state": _cpu_state(self.ema if self.ema is not None else self.model),
             },
             "classes": self.cache.classes,
             "data_id": self.cache.content_id,  # a resume checks it trains on the same data
@@ -242,7 +256,7 @@ class Session:
         names = [name] if isinstance(name, str) else list(name)
         snapshots = [self.checkpoints / f"{n}.pt" for n in names if n != "last"]
         path = snapshots[0] if snapshots else self.checkpoints / "last.pt"
-        self.model_for_use()  # on every rank: a SyncBatchNorm's statistics reduce over them
+        self.model_for_use()  # on every rank (a global batch norm reduces), before payload
         if not self.dist.main:  # every rank holds the same state: one writes it
             return path
         payload = self.payload(elapsed, metrics)
@@ -354,8 +368,8 @@ def load_session(
             session.ema.load_state_dict(model.state_dict())
     if cfg.train.tensorboard and dist.main:
         session.writer = tensorboard_writer_class()(str(out / "tensorboard"))
-    built = build_step_model(
-        model, cfg, session.schedule, plan.eval_size, runtime, dist, session.compile_choices
+    built = build_step_model(  # in the resumed run's own precision (restore: keep_precision)
+        model, cfg, session.schedule, plan.eval_size, session.runtime, dist, session.compile_choices
     )
     session.step_model = built.module
     session.compile_choices, session.compile_report = built.compile_choices, built.compile_report

@@ -148,9 +148,13 @@ class TimeFit:
         if others - {measured}:
             step_seconds = step_seconds_by_size(step_seconds, probe_step_seconds(s, others))
         left = (self.budget.seconds - self.budget.elapsed()) * self.MARGIN
-        images = sum(len(labels) for _, labels in s.eval_sets.values())
-        total = fit_total_to_time(
-            s.schedule, s.iteration, step_seconds, left, images, self.budget.eval_seconds
+        total = fit_total_to_time(  # evaluations as the budget counts them (EMA's included)
+            s.schedule,
+            s.iteration,
+            step_seconds,
+            left,
+            self.budget.eval_images,
+            self.budget.eval_seconds,
         )
         # Every rank takes rank 0's length: one schedule for the whole job.
         s.fit_schedule(distributed.broadcast_int(total))

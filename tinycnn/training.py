@@ -163,9 +163,7 @@ def _loop(s: Session, stop: StopRequest, progress: bool, started: float) -> RunR
     """Epochs until the schedule's end: each trained, then evaluated, saved and logged; a stop
     (a signal, --stop-at, the time budget) leaves a checkpoint to resume from."""
     cfg = s.cfg
-    eval_images = sum(len(labels) for _, labels in s.eval_sets.values())
-    if s.ema is not None:  # the views that recompute its batch-norm statistics, as many
-        eval_images += min(cfg.train.ema_bn_images, len(s.train_labels))
+    eval_images = s.images_per_evaluation()
     budget = Budget(
         cfg.train.max_minutes,
         started - s.elapsed_before,

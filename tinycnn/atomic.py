@@ -280,3 +280,24 @@ class FolderBuild:
                 failed = self.path / Path(failed).relative_to(self.tmp)
             where = OSError(cause.errno, cause.strerror, str(failed) if failed else None)
             raise output_error(self.path, where) from None
+
+
+def remove_stale_builds(out: Path) -> None:
+    """Leftovers of a killed build of the folder ``out`` (.NAME.tmp-PID-xxxx whose process is
+    gone, .NAME.old-PID of an interrupted swap_in_folder)."""
+    remove_stale_temporaries(out.parent, out.name)
+    for old in out.parent.glob(f".{out.name}.old-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def swap_in_folder(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` into place as ``out``, replacing an older one."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)

@@ -111,7 +111,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.out:
             raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
         overrides = list(args.set)
-        _check_no_double(args)
+        cli_args.check_no_double(args)
         if args.data:
             overrides.insert(0, set_string("data.cache", args.data))
         if args.exclude:
@@ -139,16 +139,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return 0
         return 128 + (result.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     return 0
-
-
-def _check_no_double(args: argparse.Namespace) -> None:
-    """ConfigError where an option and a --set name one setting (one had silently won)."""
-    keys = {item.partition("=")[0].strip() for item in args.set}
-    for option, key in (("data", "data.cache"), ("exclude", "data.exclude")):
-        if getattr(args, option) and key in keys:
-            raise ConfigError(f"--{option} and --set {key} both set {key}; give one of them")
-    if args.init_from and "train.init_from" in keys:
-        raise ConfigError("--init-from and --set train.init_from both set it; give one of them")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from tinycnn import __version__
 from tinycnn.choices import PRECISIONS, TTA_VIEWS
 from tinycnn.cli_types import count, iteration_count, md5, seed, sha256, whole
 from tinycnn.data.fetch import OFFICIAL_URL
+from tinycnn.errors import ConfigError
 from tinycnn.paths import PROB_CACHE
 
 MEMBERS = "CHECKPOINT|RUN_DIR[@SELECTION]"
@@ -359,3 +360,13 @@ def build_parser(
     for name, add in COMMANDS.items():
         add(sub, shared).set_defaults(func=handlers[name])
     return parser
+
+
+def check_no_double(args: argparse.Namespace) -> None:
+    """ConfigError where an option and a --set name one setting (one had silently won)."""
+    keys = {item.partition("=")[0].strip() for item in args.set}
+    for option, key in (("data", "data.cache"), ("exclude", "data.exclude")):
+        if getattr(args, option) and key in keys:
+            raise ConfigError(f"--{option} and --set {key} both set {key}; give one of them")
+    if args.init_from and "train.init_from" in keys:
+        raise ConfigError("--init-from and --set train.init_from both set it; give one of them")

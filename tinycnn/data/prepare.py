@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,8 @@ from tqdm import tqdm
 from tinycnn import __version__
 from tinycnn.atomic import (
     output_error,
-    remove_stale_temporaries,
+    remove_stale_builds,
+    swap_in_folder,
     temporary_path,
     write_failure,
     write_json,
@@ -95,7 +95,7 @@ def prepare(
     current, reason = (None, "--force") if force else _current_manifest(out, fingerprint, options)
     if current is not None:
         return PrepareResult(out, current, False, time.perf_counter() - start)
-    _remove_stale_builds(out)
+    remove_stale_builds(out)
     tmp = temporary_path(out)
     try:
         tmp.mkdir(parents=True)
@@ -108,7 +108,7 @@ def prepare(
             resize_all = resize or layout.kind == "folders"
             manifest = _build(pool, source, layout, tmp, skip_bad, progress, size, resize_all)
         _write_manifest(tmp, manifest, fingerprint, options, start)
-        _swap_in(tmp, out)
+        swap_in_folder(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         # A full or read-only disk, met by a worker or here: one line; the old cache is intact.
@@ -218,26 +218,6 @@ def _current_manifest(out: Path, fingerprint: dict, options: dict) -> tuple[dict
 
 def _without_path(options: dict) -> dict:
     return {k: v for k, v in options.items() if k != "classes"}
-
-
-def _remove_stale_builds(out: Path) -> None:
-    # Leftovers of a killed prepare: .NAME.tmp-PID-xxxx whose process is gone.
-    remove_stale_temporaries(out.parent, out.name)
-    for old in out.parent.glob(f".{out.name}.old-*"):
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename the finished build into place, replacing an older cache."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def _build(

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,8 +46,8 @@ from tinycnn.ensembles import (
 from tinycnn.errors import CacheError, ConfigError
 from tinycnn.inference import load_model
 from tinycnn.members import resolve_members
-from tinycnn.runtime import make_runtime
-from tinycnn.training import train
+from tinycnn.runtime import make_runtime, with_precision
+from tinycnn.training import read_metrics, train
 
 
 def test_weighted_average_by_hand() -> None:
@@ -114,6 +115,24 @@ def test_identical_members_equal_the_member(run, tmp_path: Path) -> None:
     assert np.allclose(one.probabilities, two.probabilities, atol=1e-6)
     assert one.ensemble["top1_error"] == two.ensemble["top1_error"] and two.gain == 0
     assert "ensemble: the same top-1 error as its best member" in format_result(two)
+
+
+def test_cached_probabilities_are_keyed_by_the_precision_they_were_computed_in(
+    run, tmp_path: Path
+) -> None:
+    # With "auto", a member computes in the precision its run trained in (load_model), whatever
+    # this machine's auto chose; the cache entry must name that precision, or a later call asking
+    # for the other one by name would be handed these probabilities.
+    cache, folder = run
+    logged = read_metrics(folder)[-1]
+    other = "fp32" if logged["precision"] == "bf16" else "bf16"
+    chosen = with_precision(FP32, other, "this machine")
+    store, spec = tmp_path / "probs", f"{folder}@last"
+    auto = ensemble([spec], cache, runtime=replace(chosen, requested="auto"), prob_cache=store)
+    assert auto.members[0]["loss"] == pytest.approx(logged["val_loss"], rel=1e-4)
+    forced = ensemble([spec], cache, runtime=replace(chosen, requested=other), prob_cache=store)
+    assert len(list(store.glob("*.npy"))) == 2
+    assert forced.members[0]["loss"] != pytest.approx(auto.members[0]["loss"], rel=1e-6)
 
 
 def test_ensemble_is_the_mean_of_member_probabilities(run) -> None:

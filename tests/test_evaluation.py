@@ -4,6 +4,7 @@ tuning split), a foreign class list, and the evaluate and ensemble commands."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from tinycnn.ensembles import (
 )
 from tinycnn.errors import ConfigError
 from tinycnn.evaluation import evaluate
-from tinycnn.runtime import make_runtime
+from tinycnn.runtime import make_runtime, with_precision
 from tinycnn.training import read_metrics
 
 
@@ -52,6 +53,24 @@ def test_evaluate_matches_the_training_log(run) -> None:
         assert again.top1_error == logged[f"{split}_top1_error"], split
         assert again.top5_error == logged[f"{split}_top5_error"], split
         assert again.loss == pytest.approx(logged[f"{split}_loss"], rel=1e-6), split
+
+
+def test_auto_precision_evaluates_a_model_in_the_precision_it_trained_in(run) -> None:
+    # A machine whose "auto" chose the other precision (bf16 where the run trained in fp32, or the
+    # reverse) still reproduces the run's log: each model computes as it trained; a precision
+    # asked for by name is kept, and gives other numbers.
+    cache, folder = run
+    logged = read_metrics(folder)[-1]
+    other = "fp32" if logged["precision"] == "bf16" else "bf16"
+    chosen = with_precision(make_runtime(precision="fp32", threads=1), other, "this machine")
+    auto = replace(chosen, requested="auto")
+    (result,) = evaluate([f"{folder}@last"], cache, runtime=auto)
+    assert result.precision == logged["precision"]
+    assert result.top1_error == logged["val_top1_error"]
+    assert result.loss == pytest.approx(logged["val_loss"], rel=1e-6)
+    (forced,) = evaluate([f"{folder}@last"], cache, runtime=replace(chosen, requested=other))
+    assert forced.precision == other
+    assert forced.loss != pytest.approx(logged["val_loss"], rel=1e-6)
 
 
 def test_ten_crop_and_flip_tta_run(run) -> None:
@@ -87,6 +106,11 @@ def test_cli_evaluate_and_ensemble(run, tmp_path: Path, capsys) -> None:
     )
     result = json.loads(capsys.readouterr().out)
     assert {"top1_error", "top5_error", "count", "per_class", "confusion", "loss"} <= set(result)
+    # The table says the precision each model computed in: with auto, its run's own.
+    assert main(["evaluate", str(folder), "--data", str(cache), "-q"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[-1] == "precision"
+    assert row.split()[-1] == read_metrics(folder)[-1]["precision"]
     assert main(["evaluate", str(folder), "--data", str(cache), "--split", "test"]) == 1
     assert "test has no labels" in capsys.readouterr().err
     out = tmp_path / "ens"

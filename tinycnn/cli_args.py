@@ -44,7 +44,13 @@ class _Shared(NamedTuple):
     def make(cls) -> _Shared:
         runtime = argparse.ArgumentParser(add_help=False)
         runtime.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-        runtime.add_argument("--precision", default="auto", choices=PRECISIONS)
+        runtime.add_argument(
+            "--precision",
+            default="auto",
+            choices=PRECISIONS,
+            help="auto (default): each model in the precision its run trained in, where this "
+            "machine runs it; fp32 or bf16: all in that one",
+        )
         json = argparse.ArgumentParser(add_help=False)
         json.add_argument("--json", action="store_true", help="print one JSON object")
         data = argparse.ArgumentParser(add_help=False)

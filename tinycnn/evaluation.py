@@ -137,13 +137,13 @@ def format_evaluations(results: list[Evaluation], names: dict[str, str], worst: 
     """A short table for people (percent), then the best and worst classes of each result."""
     lines = [
         f"{'checkpoint':<44} {'split':<5} {'tta':<6} {'images':>6} {'top-1 err':>9} "
-        f"{'top-5 err':>9} {'loss':>6} {'img/s':>7}"
+        f"{'top-5 err':>9} {'loss':>6} {'img/s':>7} precision"
     ]
     for r in results:
         name = r.checkpoint if len(r.checkpoint) <= 44 else "..." + r.checkpoint[-41:]
         lines.append(
             f"{name:<44} {r.split:<5} {r.tta:<6} {r.count:>6} {r.top1_error:>9.2%} "
-            f"{r.top5_error:>9.2%} {r.loss:>6.3f} {r.images_per_second:>7.0f}"
+            f"{r.top5_error:>9.2%} {r.loss:>6.3f} {r.images_per_second:>7.0f} {r.precision}"
         )
     for r in results:
         ranked = sorted((a, w) for w, a in r.per_class.items() if not math.isnan(a))

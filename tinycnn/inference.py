@@ -28,7 +28,7 @@ from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.models.conv import CHOICES
 from tinycnn.models.kernel_choice import STATIC_RULES, SavedChoices
-from tinycnn.runtime import Runtime, make_runtime
+from tinycnn.runtime import Runtime, keep_precision, make_runtime
 
 
 def check_tta(tta: str) -> None:
@@ -240,9 +240,14 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
-    """Returns a LoadedModel: a checkpoint ready for inference on runtime's device."""
+    """Returns a LoadedModel: a checkpoint ready for inference on runtime's device, in the
+    precision its run trained in where runtime's was "auto" and this machine runs that one (so
+    that evaluating a run gives the figures it logged), else in runtime's."""
     runtime = runtime or make_runtime()
     payload, sha256 = read_checkpoint(path)
+    runtime = keep_precision(
+        runtime, payload.get("precision"), runtime.requested, "as the model trained"
+    )
     model = runtime.prepare_model(model_from_checkpoint(payload, path)).eval()
     norm = normalization_from_payload(payload["normalization"])
     mean_image = norm.mean_image if norm is not None else None

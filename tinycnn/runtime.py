@@ -25,6 +25,7 @@ class Runtime:
     autocast_dtype: torch.dtype | None  # None: plain fp32
     channels_last: bool
     why: str = ""  # why this precision, for the training banner
+    requested: str = "auto"  # the precision asked for: auto lets a loaded model keep its own
 
     def autocast(self):
         """Context for a forward pass: bf16 autocast on the fast path, nothing otherwise."""
@@ -116,15 +117,18 @@ def agree_precision(runtime: Runtime) -> Runtime:
     return with_precision(runtime, "bf16" if bf16 else "fp32", "as rank 0 measured")
 
 
-def keep_precision(runtime: Runtime, trained: str | None, configured: str) -> Runtime:
+def keep_precision(
+    runtime: Runtime, trained: str | None, configured: str, why: str = "as the run trained so far"
+) -> Runtime:
     """A resumed run's runtime: with precision = "auto", the precision the run trained in so far
     (bf16 is timed anew in each process, and the rest of the run must be what an uninterrupted
-    one would have done), where this machine runs it; a set precision stays as set."""
+    one would have done), where this machine runs it; a set precision stays as set. Loading a
+    model for inference does the same, so that its figures are the ones its run logged."""
     if configured != "auto" or trained not in ("bf16", "fp32") or trained == runtime.precision:
         return runtime
     if trained == "bf16" and not bf16_supported(runtime.device):
         return runtime
-    return with_precision(runtime, trained, "as the run trained so far")
+    return with_precision(runtime, trained, why)
 
 
 def keep_threads(trained: int | None, configured: int) -> str | None:
@@ -189,7 +193,7 @@ def make_runtime(
         reuse_freed_memory()
     if precision == "bf16" and not bf16_supported(dev):
         raise ConfigError(f"train.precision = 'bf16': {dev} has no fast bf16; use auto or fp32")
-    runtime = Runtime(dev, None, channels_last)
+    runtime = Runtime(dev, None, channels_last, requested=precision)
     if precision != "auto":
         return with_precision(runtime, precision, "as configured")
     if not bf16_supported(dev):

@@ -247,3 +247,57 @@ def test_the_package_has_no_import_cycle() -> None:
             visit(module, [], state)
     print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports, cycles: {cycles}")
     assert not cycles
+
+
+# The modules tested through the module that uses them, and the file their tests are in; every
+# other module M has its own tests/test_M.py (CONTRIBUTING.md): a new module gets one, or a line
+# here.
+TESTED_IN = {
+    "analysis/classes.py": "test_report.py",
+    "analysis/experiments.py": "test_report.py",
+    "analysis/figures.py": "test_report.py",
+    "analysis/html.py": "test_report.py",
+    "analysis/html_sections.py": "test_report.py",
+    "analysis/scores.py": "test_report.py",
+    "analysis/tsne.py": "test_report.py",
+    "choices.py": "test_inference.py",  # the TTA views and precisions
+    "cli_args.py": "test_cli.py",
+    "cli_ranks.py": "test_distributed.py",  # the commands sharded under torchrun
+    "cli_types.py": "test_cli.py",
+    "cores.py": "test_runtime.py",
+    "data/augment_config.py": "test_augment.py",
+    "data/normalization.py": "test_augment.py",
+    "data/sources.py": "test_layout.py",
+    "data/synthetic_images.py": "test_synthetic.py",
+    "data/tar_stream.py": "test_layout.py",
+    "data/tiny_imagenet.py": "test_layout.py",
+    "errors.py": "test_cli.py",  # one line and a non-zero exit for each kind of error
+    "faults.py": "test_resume.py",
+    "models/fast.py": "test_models.py",
+    "models/init.py": "test_models.py",
+    "models/paper.py": "test_models.py",
+    "models/registry.py": "test_models.py",
+    "models/resnet.py": "test_models.py",
+    "paths.py": "test_kernel_choice.py",  # TINYCNN_CACHE moving the caches
+    "prob_cache.py": "test_ensembles.py",
+    "run_start.py": "test_resume.py",
+}
+
+
+def test_every_module_s_tests_are_where_contributing_says() -> None:
+    tests = ROOT / "tests"
+    modules = {
+        str(path.relative_to(PACKAGE)): path
+        for path in _package_files().values()
+        if not path.name.startswith("__")
+    }
+    for module, file in TESTED_IN.items():
+        assert module in modules, f"TESTED_IN names no such module: tinycnn/{module}"
+        assert (tests / file).is_file(), f"TESTED_IN: tinycnn/{module}'s tests/{file} is missing"
+        own = tests / f"test_{Path(module).stem}.py"
+        assert not own.exists(), f"tinycnn/{module} has {own.name}: drop it from TESTED_IN"
+    untested = [
+        m for m in sorted(modules)
+        if m not in TESTED_IN and not (tests / f"test_{Path(m).stem}.py").is_file()
+    ]  # fmt: skip
+    assert not untested, f"modules without tests/test_M.py or a TESTED_IN line: {untested}"

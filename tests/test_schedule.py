@@ -216,6 +216,9 @@ SCHEDULES = [
     ({"name": "cosine", "final_lr_fraction": 0.1}, 25, 10, 100, 0.1 + 0.9 * (1 + 2**-0.5) / 2),
     ({"name": "cosine", "final_lr_fraction": 0.1}, 150, 10, 100, 0.1),  # past the end: the floor
     ({"name": "cosine", "warmup_epochs": 1}, 60, 10, 110, 0.5),  # half-way after the warm-up
+    # one iteration after a 2-iteration warm-up: at its end, the floor
+    ({"name": "cosine", "warmup_epochs": 2, "final_lr_fraction": 0.1}, 2, 1, 3, 1.0),
+    ({"name": "cosine", "warmup_epochs": 2, "final_lr_fraction": 0.1}, 3, 1, 3, 0.1),
     ({"name": "onecycle", "warmup_epochs": 1, "final_lr_fraction": 0.1}, 9, 10, 110, 1.0),
     ({"name": "onecycle", "warmup_epochs": 1, "final_lr_fraction": 0.1}, 60, 10, 110, 0.55),
     ({"name": "onecycle", "warmup_epochs": 1, "final_lr_fraction": 0.1}, 110, 10, 110, 0.1),
@@ -232,6 +235,16 @@ SCHEDULES = [
     ({"name": "cyclic", "cycles": 2, "warmup_epochs": 1}, 35, 10, 110, 0.5),
     ({"name": "cyclic", "cycles": 2, "warmup_epochs": 1}, 60, 10, 110, 1.0),
     ({"name": "cyclic", "cycles": 1}, 50, 10, 100, 0.5),  # one cycle: the cosine schedule
+    # at and past the last cycle's end: its floor, not a new cycle's start
+    (
+        {"name": "cyclic", "cycles": 2, "final_lr_fraction": 0.1},
+        99,
+        10,
+        100,
+        0.1 + 0.45 * (1 + math.cos(math.pi * 49 / 50)),
+    ),
+    ({"name": "cyclic", "cycles": 2, "final_lr_fraction": 0.1}, 100, 10, 100, 0.1),
+    ({"name": "cyclic", "cycles": 2, "final_lr_fraction": 0.1}, 150, 10, 100, 0.1),
 ]
 
 # (schedule options, iterations per epoch, total iterations, expected cycle ends)

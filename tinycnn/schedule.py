@@ -186,11 +186,13 @@ def lr_at(
     floor = base_lr * cfg.final_lr_fraction
     if cfg.name == "cyclic":
         start = warmup
-        for end in cycle_ends(iters_per_epoch, total_iters, cfg):
+        for end in cycle_ends(iters_per_epoch, total_iters, cfg):  # each cycle >= 1 iteration
             if iteration < end:
                 break
             start = end
-        progress = min(1.0, (iteration - start) / max(1, end - start))
+        else:  # past the last cycle's end: its floor, as the other shapes
+            return floor
+        progress = (iteration - start) / (end - start)
         return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     progress = min(1.0, (iteration - warmup) / max(1, total_iters - warmup))
     if cfg.name == "cosine":

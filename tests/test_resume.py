@@ -29,7 +29,7 @@ from tests.helpers import (
 )
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.cli import main
-from tinycnn.config import load_config
+from tinycnn.config import load_config, tomllib
 from tinycnn.errors import RunFolderError
 from tinycnn.resume import kept_metrics, restore_best_copy
 from tinycnn.run_folder import read_metrics
@@ -308,6 +308,7 @@ def test_resuming_a_run_that_used_its_time_budget_says_how_to_go_on(
     assert main(["train", "--resume", str(out), "-q"]) == 1
     err = capsys.readouterr().err
     assert "used its whole train.max_minutes" in err and str(out / "config.toml") in err
+    assert f"tinycnn train --resume {out} --set train.max_minutes=M" in err
 
 
 def test_a_run_its_time_budget_ended_resumes_only_with_a_larger_budget(
@@ -333,9 +334,21 @@ def test_a_run_its_time_budget_ended_resumes_only_with_a_larger_budget(
     after = {p.name: p.read_bytes() for p in [out / "metrics.jsonl", *out.glob("checkpoints/*")]}
     assert after == before  # nothing rewritten
     config = out / "config.toml"
-    config.write_text(config.read_text().replace("max_minutes = 60.0", "max_minutes = 61.0"))
-    assert main(["train", "--resume", str(out), "-q"]) == 0
+    written = config.read_bytes()
+    # --set gives it more time (as the message says), and only what a resume may change.
+    resume = ["train", "--resume", str(out), "-q", "--set"]
+    for refused in ("train.max_minutes=60", "optim.lr=0.5", "data.cache=elsewhere"):
+        assert main([*resume, refused]) == 1, refused
+        err = capsys.readouterr().err
+        assert (refused in err or "= 60 budget" in err) and len(err.splitlines()) == 1, err
+    assert "--resume takes --set only for" in err and "train.max_minutes" in err, err
+    now = {p.name: p.read_bytes() for p in [out / "metrics.jsonl", *out.glob("checkpoints/*")]}
+    assert now == before and config.read_bytes() == written  # nothing rewritten
+    assert main([*resume, "train.max_minutes=61"]) == 0
     assert read_metrics(out)[-1]["iteration"] == 9  # on to the schedule's end
+    # The run's config.toml records the new budget: a plain --resume later keeps it.
+    assert tomllib.loads(config.read_text())["train"]["max_minutes"] == 61.0
+    assert config.read_text().replace("61.0", "60.0") == written.decode()
 
 
 def test_a_resumed_epochs_speed_counts_its_time_before_the_stop(

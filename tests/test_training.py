@@ -281,7 +281,9 @@ def test_sigterm_saves_and_resume_finishes(cache: Path, tmp_path: Path, capsys) 
     assert 6 <= stopped_at < 120, "stopped mid-run, with its position saved"
     assert main(["train", "--resume", str(out), "--set", "train.epochs=2", "-q"]) == 1
     err = capsys.readouterr().err
-    assert "takes no --config, --set, --init-from, --exclude or --out" in err
+    assert "--resume takes --set only for" in err and "train.max_minutes" in err, err
+    assert main(["train", "--resume", str(out), "--config", "x.toml", "-q"]) == 1
+    assert "takes no --config, --init-from, --exclude or --out" in capsys.readouterr().err
     assert main(["train", "--resume", str(out), "-q"]) == 0
     assert len(read_metrics(out)) == 40 and read_metrics(out)[-1]["iteration"] == 120
 

@@ -93,11 +93,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tinycnn.training import checkpoint_config, train
 
     if args.resume:
-        if args.config or args.set or args.init_from or args.exclude or args.out:
+        if args.config or args.init_from or args.exclude or args.out:
             raise ConfigError(
                 "--resume continues a run with its own config.toml; it takes no "
-                "--config, --set, --init-from, --exclude or --out (--data only where its "
-                "cache moved)"
+                "--config, --init-from, --exclude or --out (--data only where its cache "
+                "moved, --set only for what a resumed run may change: train.max_minutes, ...)"
             )
         result = train(
             None,
@@ -106,6 +106,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             stop_at_iteration=args.stop_at,
             data=args.data,
+            changes=args.set,
         )
     else:
         if not args.out:

@@ -82,8 +82,9 @@ def check_budget_left(out: Path, payload: dict, minutes: float) -> None:
     stopped = ended is not None and ended["iteration"] == payload["iteration"]
     if payload["elapsed_seconds"] >= minutes * 60 or (stopped and minutes <= ended["max_minutes"]):
         raise ConfigError(
-            f"{out}: the run has used its whole train.max_minutes = {minutes:g} budget; to "
-            f"train on, raise max_minutes in {out / 'config.toml'} and --resume"
+            f"{out}: the run has used its whole train.max_minutes = {minutes:g} budget "
+            f"({out / 'config.toml'}); to train on, give it more: tinycnn train --resume "
+            f"{out} --set train.max_minutes=M (M > {minutes:g}, the whole run's minutes)"
         )
 
 
@@ -149,6 +150,11 @@ RESUME_MAY_CHANGE = {
     "data.cache", "data.exclude", "train.init_from", "train.max_minutes", "train.threads",
     "train.tensorboard", "train.keep_snapshots", "train.eval_batch_size", "train.log_every",
 }  # fmt: skip
+# Those `tinycnn train --resume RUN --set KEY=VALUE` changes (and records in config.toml); the
+# paths are --data's (data.cache) or fixed with the run's training rows.
+RESUME_SET_KEYS = tuple(
+    sorted(RESUME_MAY_CHANGE - {"data.cache", "data.exclude", "train.init_from"})
+)
 
 
 def _with_model_defaults(config: dict) -> dict:

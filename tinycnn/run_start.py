@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from tinycnn import distributed
 from tinycnn.atomic import remove_stale_temporaries, write_text
-from tinycnn.config import RunConfig, config_from_dict, to_toml
+from tinycnn.config import RunConfig, config_from_dict, load_config, to_toml
 from tinycnn.errors import ConfigError, CropError
+from tinycnn.resume import RESUME_SET_KEYS
 from tinycnn.run_folder import LOCK, METRICS, read_resolved_config
 from tinycnn.run_plan import RunPlan, plan_run
 from tinycnn.runtime import agree_precision
@@ -50,10 +51,12 @@ class Fresh:
             raise
 
 
-def resume_plan(out: Path, data: str | Path | None) -> tuple[RunPlan, bool]:
+def resume_plan(
+    out: Path, data: str | Path | None, changes: Sequence[str] = ()
+) -> tuple[RunPlan, bool]:
     """The plan of resuming the run in ``out``, and whether it has a checkpoint to resume from
     (a run with none yet starts afresh: from its init checkpoint, if any)."""
-    cfg = resumed_config(out, data)
+    cfg = resumed_config(out, data, changes)
     resume = (out / "checkpoints" / "last.pt").is_file()
     if not resume:
         _check_nothing_trained(out)
@@ -113,9 +116,10 @@ def write_config(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:
     write_text(out / "config.toml", to_toml(cfg) + compute)
 
 
-def resumed_config(out: Path, data: str | Path | None) -> RunConfig:
-    """The run's own config, its cache replaced by ``data`` when given; a ConfigError saying
-    how to point at the cache when the one it names is gone."""
+def resumed_config(out: Path, data: str | Path | None, changes: Sequence[str] = ()) -> RunConfig:
+    """The run's own config, its cache replaced by ``data`` when given and ``changes``
+    ("section.key=value", RESUME_SET_KEYS only: a time budget, what the run writes) applied; a
+    ConfigError saying how to point at the cache when the one it names is gone."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is a file; --out must be a run folder")
     try:
@@ -127,6 +131,7 @@ def resumed_config(out: Path, data: str | Path | None) -> RunConfig:
     except ConfigError as exc:  # an edited config.toml: say which file
         where = out / "config.toml"
         raise ConfigError(exc if str(exc).startswith(str(where)) else f"{where}: {exc}") from None
+    cfg = _changed(cfg, changes)
     if data is not None:
         cache = Path(data).expanduser().resolve()
         return replace(cfg, data=replace(cfg.data, cache=str(cache)))
@@ -137,6 +142,18 @@ def resumed_config(out: Path, data: str | Path | None) -> RunConfig:
             "CACHE"
         )
     return cfg
+
+
+def _changed(cfg: RunConfig, changes: Sequence[str]) -> RunConfig:
+    """cfg with a resume's --set changes, each of a key a resumed run may change."""
+    for item in changes:
+        key = item.partition("=")[0].strip()
+        if key not in RESUME_SET_KEYS:
+            raise ConfigError(
+                f"--set {item}: a resumed run trains on as it began, so --resume takes --set "
+                f"only for {', '.join(RESUME_SET_KEYS)} (--data where its cache moved)"
+            )
+    return load_config(None, list(changes), base=cfg) if changes else cfg
 
 
 def _check_nothing_trained(out: Path) -> None:

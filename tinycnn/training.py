@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def train(
     progress: bool = True,
     stop_at_iteration: int | None = None,
     data: str | Path | None = None,
+    changes: Sequence[str] = (),
 ) -> RunResult:
     """Train cfg's model on cfg.data.cache into the run folder ``out``; returns a RunResult.
 
@@ -86,6 +88,8 @@ def train(
       a run folder with no checkpoint yet starts afresh from its config.toml.
     data: with resume, the run's cache where it is now (it moved): the same data is checked,
       and the run's config.toml then names it.
+    changes: with resume, "section.key=value" changes of the keys a resumed run may change
+      (resume.RESUME_SET_KEYS: a larger train.max_minutes, ...), recorded in its config.toml.
     init_from: start from a checkpoint's weights with this config's (new) hyperparameters.
     stop_at_iteration: behave as if interrupted once this many iterations are done in all
       (`tinycnn train --stop-at`): a checkpoint to resume from, RunResult.signal None.
@@ -94,7 +98,7 @@ def train(
     started = time.perf_counter()  # train.max_minutes counts from here
     out = Path(out)
     if resume:
-        resumed_config(out, data)  # a clear error before the lock makes a folder
+        resumed_config(out, data, changes)  # a clear error before the lock makes a folder
     else:  # every check before the run folder is made: a failed start leaves nothing behind
         plan = plan_run(*absolute(cfg, init_from))
     # Under torchrun, rank 0 holds the run folder's lock and writes it; the others read.
@@ -106,9 +110,11 @@ def train(
             faults.pause_point("started", 0)
         with fresh.removed_if_refused():
             if resume:
-                plan, resume = resume_plan(out, data)
+                plan, resume = resume_plan(out, data, changes)
             session = open_session(plan, out, resume, main)
-        if data is not None and main:  # the moved cache holds the run's data: remember where
+        # The moved cache holds the run's data, the changes passed the resume's checks: the
+        # run's config.toml says so from now on.
+        if (data is not None or changes) and main:
             write_config(out, plan.cfg, plan.flops_by_size)
         progress = progress and session.dist.main
         if progress:

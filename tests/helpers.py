@@ -341,3 +341,16 @@ def fail_fsync(
 def save_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int], fmt: str = "JPEG"):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).save(path, fmt, **({"quality": 100} if fmt == "JPEG" else {}))
+
+
+def bn_recompute_case() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A small model with two batch-norm layers (seeded) and 10 uint8 8x8 images: at batch_size
+    3, batches of 3, 3 and 4 (the remainder joins the last), for recompute_batch_norm."""
+    generator = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4),
+    )  # fmt: skip
+    images = torch.randint(0, 256, (10, 8, 8, 3), dtype=torch.uint8, generator=generator)
+    return model.eval(), images

@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import SMALL_PRESET
+from tests.helpers import SMALL_PRESET, bn_recompute_case
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.data.prepare import prepare
+from tinycnn.inference import recompute_batch_norm
 from tinycnn.models.kernel_choice import PASSES, machine_file
 from tinycnn.run_folder import METRICS, STEPS
+from tinycnn.runtime import make_runtime
 
 # 5 classes x 16 images = 80 training images, batch 16: 5 iterations an epoch.
 CNN5 = [
@@ -200,6 +202,23 @@ def test_the_recipe_s_techniques_run_alike_in_two_processes(cache: Path, tmp_pat
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-12)
         assert b["train_top1_error"] == a["train_top1_error"]
         assert b["val_top1_error"] == a["val_top1_error"]
+
+
+def test_batch_norm_recomputed_in_two_processes_is_that_of_one(tmp_path: Path) -> None:
+    # Without a global batch norm each rank runs whole batches of its own, round-robin, and the
+    # ranks' averages are pooled, weighted by their batches: one process's statistics (computed
+    # here, its cases by hand in tests/test_inference.py) for a share of the work each.
+    model, images = bn_recompute_case()
+    runtime = make_runtime("cpu", "fp32", channels_last=False, threads=1)
+    recompute_batch_norm(model, images, runtime, size=8, norm=None, batch_size=3)
+    expected = {k: v for k, v in model.state_dict().items() if "running" in k}
+    _run(_torchrun(str(tmp_path), entry=("-m", "tests.bn_recompute_main")))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert [r["batches"] for r in ranks] == [[3, 4], [3]]  # batches 0 and 2; batch 1
+    for rank in ranks:
+        assert rank["stats"].keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.allclose(rank["stats"][key], value, rtol=1e-5, atol=1e-6), key
 
 
 @pytest.mark.slow

@@ -112,8 +112,9 @@ def recompute_batch_norm(
     Batches of ``batch_size`` images, the remainder joined to the last (batch norm refuses a
     batch of one image). Only the batch-norm layers compute in training mode (dropout stays
     off); the model is left in eval mode, its momenta as they were, whatever happens. Every
-    process of a torchrun job calls it alike: each computes every batch whole, or with
-    ``split_over_ranks`` (batch norm over the global batch) its share of each.
+    process of a torchrun job calls it alike: the batches are dealt out to the ranks, each runs
+    its own whole, and the ranks' averages are pooled (weighted by their batches); with
+    ``split_over_ranks`` (batch norm over the global batch) each runs its share of each.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or len(images_u8) < 2:
@@ -123,13 +124,17 @@ def recompute_batch_norm(
     d = distributed.current()
     stops = list(range(batch_size, len(images_u8) + 1, batch_size)) or [len(images_u8)]
     stops[-1] = len(images_u8)
+    batches = list(zip([0, *stops[:-1]], stops, strict=True))
+    deal = d.active and not split_over_ranks
+    if deal:  # batch norm per process: whole batches, round-robin
+        batches = batches[d.rank :: d.world]
     try:
         model.eval()
         for module in norms:
             module.reset_running_stats()
             module.momentum = None  # a cumulative average over the batches
             module.train()
-        for lo, hi in zip([0, *stops[:-1]], stops, strict=True):
+        for lo, hi in batches:
             batch = images_u8[lo:hi]
             if split_over_ranks and d.active:
                 batch = batch[distributed.share(len(batch), d)]
@@ -138,6 +143,8 @@ def recompute_batch_norm(
                 views = resize_views(views, resize)
             with runtime.autocast():
                 model(views)
+        if deal:
+            _pool_over_ranks(norms)
     finally:
         for module, momentum in zip(norms, momenta, strict=True):
             module.momentum = momentum
@@ -271,6 +278,29 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
         sha256=sha256,
         kernels=SavedChoices.from_payload(payload),
     )
+
+
+def _pool_over_ranks(norms: list[nn.modules.batchnorm._BatchNorm]) -> None:
+    """Each rank's running statistics, the cumulative averages over its own batches, made those
+    over every rank's batches: summed weighted by the batches each rank ran, in one all-reduce.
+    A rank that ran none (more ranks than batches) adds nothing."""
+    norms = [m for m in norms if m.running_mean is not None]
+    parts = []
+    for m in norms:
+        n = m.num_batches_tracked.to(torch.float64).reshape(1)
+        parts += [m.running_mean.double() * n, m.running_var.double() * n, n]
+    if not parts:
+        return
+    total = distributed.all_sum(torch.cat(parts))
+    at = 0
+    for m in norms:
+        c = m.running_mean.numel()
+        n = total[at + 2 * c]
+        if n > 0:  # a layer no batch reached keeps its reset statistics, as in one process
+            m.running_mean.copy_(total[at : at + c] / n)
+            m.running_var.copy_(total[at + c : at + 2 * c] / n)
+            m.num_batches_tracked.fill_(int(n.item()))
+        at += 2 * c + 1
 
 
 def images_tensor(array) -> Tensor:

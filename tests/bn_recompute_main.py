@@ -24,6 +24,6 @@ if __name__ == "__main__":
     recompute_batch_norm(
         model, images, runtime, size=8, norm=None, batch_size=3, split_over_ranks=split
     )
-    stats = {k: v for k, v in model.state_dict().items() if "running" in k}
+    stats = {k: v for k, v in model.state_dict().items() if "running" in k or "batches" in k}
     torch.save({"stats": stats, "batches": seen}, out / f"rank{d.rank}.pt")
     distributed.shutdown()

@@ -123,6 +123,18 @@ def run(synth_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def fp32_run(run, tmp_path_factory: pytest.TempPathFactory):
+    """A 1-epoch run of the `run` fixture's recipe on its cache, trained in fp32 whatever this
+    machine's auto takes; returns (cache, run)."""
+    cache, _ = run
+    folder = tmp_path_factory.mktemp("fp32run") / "run"
+    precision = 'train.precision="fp32"'
+    options = [f"data.cache={json.dumps(str(cache))}", *SMALL, "train.epochs=1", precision]
+    train(load_config(None, options), folder, progress=False)
+    return cache, folder
+
+
+@pytest.fixture(scope="session")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Small:
     """A tiny model stopped after two iterations on generated data (5 classes, a tune split)."""
     root = tmp_path_factory.mktemp("hardening")

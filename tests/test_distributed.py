@@ -204,17 +204,21 @@ def test_the_recipe_s_techniques_run_alike_in_two_processes(cache: Path, tmp_pat
         assert b["val_top1_error"] == a["val_top1_error"]
 
 
-def test_batch_norm_recomputed_in_two_processes_is_that_of_one(tmp_path: Path) -> None:
-    # Without a global batch norm each rank runs whole batches of its own, round-robin, and the
-    # ranks' averages are pooled, weighted by their batches: one process's statistics (computed
-    # here, its cases by hand in tests/test_inference.py) for a share of the work each.
+@pytest.mark.parametrize(("nproc", "batches"), [(2, [[3, 4], [3]]), (4, [[3], [3], [4], []])])
+def test_batch_norm_recomputed_in_several_processes_is_that_of_one(
+    tmp_path: Path, nproc: int, batches: list[list[int]]
+) -> None:
+    # Without a global batch norm each rank runs whole batches of its own, round-robin (of 3, 3
+    # and 4 images), and the ranks' averages are pooled, weighted by their batches (none, for a
+    # rank past the last): one process's statistics (computed here, its cases by hand in
+    # tests/test_inference.py) for a share of the work each.
     model, images = bn_recompute_case()
     runtime = make_runtime("cpu", "fp32", channels_last=False, threads=1)
     recompute_batch_norm(model, images, runtime, size=8, norm=None, batch_size=3)
-    expected = {k: v for k, v in model.state_dict().items() if "running" in k}
-    _run(_torchrun(str(tmp_path), entry=("-m", "tests.bn_recompute_main")))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
-    assert [r["batches"] for r in ranks] == [[3, 4], [3]]  # batches 0 and 2; batch 1
+    expected = {k: v for k, v in model.state_dict().items() if "running" in k or "batches" in k}
+    _run(_torchrun(str(tmp_path), nproc=nproc, entry=("-m", "tests.bn_recompute_main")))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(nproc)]
+    assert [r["batches"] for r in ranks] == batches
     for rank in ranks:
         assert rank["stats"].keys() == expected.keys()
         for key, value in expected.items():

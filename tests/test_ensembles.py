@@ -118,19 +118,17 @@ def test_identical_members_equal_the_member(run, tmp_path: Path) -> None:
 
 
 def test_cached_probabilities_are_keyed_by_the_precision_they_were_computed_in(
-    run, tmp_path: Path
+    fp32_run, tmp_path: Path
 ) -> None:
-    # With "auto", a member computes in the precision its run trained in (load_model), whatever
-    # this machine's auto chose; the cache entry must name that precision, or a later call asking
-    # for the other one by name would be handed these probabilities.
-    cache, folder = run
+    # Where auto takes bf16, a member trained in fp32 computes in fp32 (load_model): the cache
+    # entry must say fp32, or a later call asking for bf16 by name would be handed these.
+    cache, folder = fp32_run
     logged = read_metrics(folder)[-1]
-    other = "fp32" if logged["precision"] == "bf16" else "bf16"
-    chosen = with_precision(FP32, other, "this machine")
+    bf16 = with_precision(FP32, "bf16", "this machine")
     store, spec = tmp_path / "probs", f"{folder}@last"
-    auto = ensemble([spec], cache, runtime=replace(chosen, requested="auto"), prob_cache=store)
+    auto = ensemble([spec], cache, runtime=replace(bf16, requested="auto"), prob_cache=store)
     assert auto.members[0]["loss"] == pytest.approx(logged["val_loss"], rel=1e-4)
-    forced = ensemble([spec], cache, runtime=replace(chosen, requested=other), prob_cache=store)
+    forced = ensemble([spec], cache, runtime=replace(bf16, requested="bf16"), prob_cache=store)
     assert len(list(store.glob("*.npy"))) == 2
     assert forced.members[0]["loss"] != pytest.approx(auto.members[0]["loss"], rel=1e-6)
 
@@ -412,7 +410,8 @@ KEY_CHANGES = {
     "rows": lambda k: {**k, "split": "tune", "rows": np.array([1, 2, 3])},
     "tune rows": lambda k: {**k, "split": "tune", "rows": np.array([1, 2, 4])},
     "tta": lambda k: {**k, "tta": "flip"},
-    "precision": lambda k: {**k, "precision": "bf16"},
+    "precision": lambda k: {**k, "computed_in": "cpu bf16"},
+    "device": lambda k: {**k, "computed_in": "cuda fp32"},  # TF32 convolutions, by default
 }
 
 
@@ -428,7 +427,7 @@ def test_probability_cache_key_covers_everything_probabilities_depend_on(
         "split": "val",
         "tta": "center",
         "rows": None,
-        "precision": "fp32",
+        "computed_in": "cpu fp32",
         "other_checkpoint": hashlib.sha256(other.read_bytes()).hexdigest(),
     }
 

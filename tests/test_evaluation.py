@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.helpers import FP32, numbers_by_hand, reference_probabilities
+from tinycnn.checkpoint import load_checkpoint, save_checkpoint
 from tinycnn.cli import main
 from tinycnn.data.cache import load_cache
 from tinycnn.data.prepare import prepare
@@ -55,22 +56,26 @@ def test_evaluate_matches_the_training_log(run) -> None:
         assert again.loss == pytest.approx(logged[f"{split}_loss"], rel=1e-6), split
 
 
-def test_auto_precision_evaluates_a_model_in_the_precision_it_trained_in(run) -> None:
-    # A machine whose "auto" chose the other precision (bf16 where the run trained in fp32, or the
-    # reverse) still reproduces the run's log: each model computes as it trained; a precision
-    # asked for by name is kept, and gives other numbers.
-    cache, folder = run
+def test_auto_precision_keeps_a_model_trained_in_fp32_in_fp32(fp32_run, tmp_path: Path) -> None:
+    # Where auto takes bf16, a model trained in fp32 still computes in fp32, and its run's logged
+    # figures come back; a precision asked for by name is kept, and gives other numbers.
+    cache, folder = fp32_run
     logged = read_metrics(folder)[-1]
-    other = "fp32" if logged["precision"] == "bf16" else "bf16"
-    chosen = with_precision(make_runtime(precision="fp32", threads=1), other, "this machine")
-    auto = replace(chosen, requested="auto")
-    (result,) = evaluate([f"{folder}@last"], cache, runtime=auto)
-    assert result.precision == logged["precision"]
-    assert result.top1_error == logged["val_top1_error"]
+    assert logged["precision"] == "fp32"
+    bf16 = with_precision(make_runtime(precision="fp32", threads=1), "bf16", "this machine")
+    (result,) = evaluate([f"{folder}@last"], cache, runtime=replace(bf16, requested="auto"))
+    assert result.precision == "fp32" and result.top1_error == logged["val_top1_error"]
     assert result.loss == pytest.approx(logged["val_loss"], rel=1e-6)
-    (forced,) = evaluate([f"{folder}@last"], cache, runtime=replace(chosen, requested=other))
-    assert forced.precision == other
+    (forced,) = evaluate([f"{folder}@last"], cache, runtime=replace(bf16, requested="bf16"))
+    assert forced.precision == "bf16"
     assert forced.loss != pytest.approx(logged["val_loss"], rel=1e-6)
+    # A model trained in bf16 computes as auto chose: bf16 only where this machine's auto took it
+    # (elsewhere bf16 is slow, or emulated).
+    payload = load_checkpoint(folder / "checkpoints" / "last.pt")
+    save_checkpoint(tmp_path / "bf16.pt", {**payload, "precision": "bf16"})
+    fp32 = replace(make_runtime(precision="fp32", threads=1), requested="auto")
+    (kept,) = evaluate([tmp_path / "bf16.pt"], cache, runtime=fp32)
+    assert kept.precision == "fp32"
 
 
 def test_ten_crop_and_flip_tta_run(run) -> None:

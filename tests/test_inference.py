@@ -76,3 +76,19 @@ def test_recompute_batch_norm_takes_no_batch_of_one_and_restores_the_model_on_an
     with pytest.raises(RuntimeError, match="broken"):
         recompute_batch_norm(model, images, runtime, size=2, norm=None, batch_size=4)
     assert model[0].momentum == 0.2 and not model[0].training and not model.training
+
+
+def test_recompute_under_torchrun_refuses_to_deal_out_a_global_batch_norm(monkeypatch) -> None:
+    # Ranks that ran different batches through a batch norm over the global batch would wait on
+    # each other's collectives forever: dealing batches out is for per-process batch norm only.
+    from tinycnn import distributed
+    from tinycnn.inference import recompute_batch_norm
+
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Dist(rank=0, world=2))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), distributed.GlobalBatchNorm2d(4))
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    images = torch.zeros(4, 8, 8, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="split_over_ranks"):
+        recompute_batch_norm(model, images, FP32, size=8, norm=None, batch_size=2)
+    assert not calls  # refused before any batch

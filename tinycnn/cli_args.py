@@ -48,8 +48,8 @@ class _Shared(NamedTuple):
             "--precision",
             default="auto",
             choices=PRECISIONS,
-            help="auto (default): each model in the precision its run trained in, where this "
-            "machine runs it; fp32 or bf16: all in that one",
+            help="auto (default): bf16 where this machine is faster in it, but fp32 for a "
+            "model trained in fp32; fp32 or bf16: every model in that one",
         )
         json = argparse.ArgumentParser(add_help=False)
         json.add_argument("--json", action="store_true", help="print one JSON object")

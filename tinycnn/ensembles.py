@@ -145,8 +145,8 @@ def member_probabilities(
                 f"{_holdout(first[2])}), so the members have no tuning images in common; use "
                 "val, or members trained with one held-out split"
             )
-        precision = loaded.runtime.precision  # each member's own (load_model)
-        probs.append(prob_cache.get(loaded.sha256, cache, split, tta, rows, precision, compute))
+        computed_in = loaded.runtime.computed_in  # each member's own (load_model)
+        probs.append(prob_cache.get(loaded.sha256, cache, split, tta, rows, computed_in, compute))
         if labels is None:  # the labels alone: no copy of the images
             split_labels = cache.split(name).labels
             labels = torch.from_numpy(

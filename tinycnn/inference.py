@@ -28,7 +28,7 @@ from tinycnn.data.normalization import Normalization
 from tinycnn.errors import ConfigError, TinycnnError
 from tinycnn.models.conv import CHOICES
 from tinycnn.models.kernel_choice import STATIC_RULES, SavedChoices
-from tinycnn.runtime import Runtime, keep_precision, make_runtime
+from tinycnn.runtime import Runtime, make_runtime, with_precision
 
 
 def check_tta(tta: str) -> None:
@@ -126,6 +126,8 @@ def recompute_batch_norm(
     stops[-1] = len(images_u8)
     batches = list(zip([0, *stops[:-1]], stops, strict=True))
     deal = d.active and not split_over_ranks
+    if deal and any(isinstance(m, _GLOBAL_NORMS) for m in norms):
+        raise ValueError("a global batch norm takes split_over_ranks: every rank in every batch")
     if deal:  # batch norm per process: whole batches, round-robin
         batches = batches[d.rank :: d.world]
     try:
@@ -247,14 +249,15 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
-    """Returns a LoadedModel: a checkpoint ready for inference on runtime's device, in the
-    precision its run trained in where runtime's was "auto" and this machine runs that one (so
-    that evaluating a run gives the figures it logged), else in runtime's."""
+    """Returns a LoadedModel: a checkpoint ready for inference on runtime's device, in
+    runtime's precision, but for a model trained in fp32 under a runtime of precision "auto"
+    (make_runtime's): that one stays in fp32, so that evaluating its run gives the figures it
+    logged where auto would take bf16. (A bf16-trained model computes in bf16 only where auto
+    takes it: elsewhere bf16 is not fast, or emulated.)"""
     runtime = runtime or make_runtime()
     payload, sha256 = read_checkpoint(path)
-    runtime = keep_precision(
-        runtime, payload.get("precision"), runtime.requested, "as the model trained"
-    )
+    if runtime.requested == "auto" and payload.get("precision") == "fp32":
+        runtime = with_precision(runtime, "fp32", "as the model trained")
     model = runtime.prepare_model(model_from_checkpoint(payload, path)).eval()
     norm = normalization_from_payload(payload["normalization"])
     mean_image = norm.mean_image if norm is not None else None
@@ -278,6 +281,10 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LoadedModel:
         sha256=sha256,
         kernels=SavedChoices.from_payload(payload),
     )
+
+
+# Batch norms whose statistics span the ranks: every rank must run every batch (its share).
+_GLOBAL_NORMS = (distributed.GlobalBatchNorm1d, distributed.GlobalBatchNorm2d, nn.SyncBatchNorm)
 
 
 def _pool_over_ranks(norms: list[nn.modules.batchnorm._BatchNorm]) -> None:

@@ -35,12 +35,13 @@ class ProbabilityCache:
     the file is later: a training run may replace best.pt meanwhile), the data's content
     (``Cache.content_id``: a rebuilt cache with other pixels or labels gets new entries,
     whatever its source), the split and its rows (tune follows the run's holdout settings), the
-    TTA, the precision and the entry format. Each file is named ``KEY-DIGEST.npy``, DIGEST being
-    its bytes' own: flipped bits anywhere, even ones that leave the values plausible, are seen,
-    and the entry is computed again. The cache is an optimisation: when it cannot be read or
-    written (a read-only TINYCNN_CACHE, a full disk, a cache prepared without checksums), a
-    ProbabilityCacheWarning says so once and the probabilities are computed as if there were no
-    cache.
+    TTA, the device kind and precision they were computed in (``Runtime.computed_in``: a GPU's
+    fp32 may be TF32, bf16 rounds otherwise) and the entry format. Each file is named
+    ``KEY-DIGEST.npy``, DIGEST being its bytes' own: flipped bits anywhere, even ones that leave
+    the values plausible, are seen, and the entry is computed again. The cache is an
+    optimisation: when it cannot be read or written (a read-only TINYCNN_CACHE, a full disk, a
+    cache prepared without checksums), a ProbabilityCacheWarning says so once and the
+    probabilities are computed as if there were no cache.
     """
 
     def __init__(self, root: Path | None) -> None:
@@ -56,7 +57,7 @@ class ProbabilityCache:
         split: str,
         tta: str,
         rows: np.ndarray | None,
-        precision: str,
+        computed_in: str,
         compute,
     ) -> np.ndarray:
         """compute()'s (N, C) probabilities, from the cache when an intact entry matches.
@@ -67,7 +68,7 @@ class ProbabilityCache:
         if self.root is None:
             return compute()
         try:
-            key = self.key(checkpoint_sha256, cache, split, tta, rows, precision)
+            key = self.key(checkpoint_sha256, cache, split, tta, rows, computed_in)
         except CacheError as exc:  # e.g. a cache without checksums: no content id
             self._warn(f"not caching probabilities ({exc})")
             return compute()
@@ -106,7 +107,7 @@ class ProbabilityCache:
         split: str,
         tta: str,
         rows: np.ndarray | None,
-        precision: str,
+        computed_in: str,
     ) -> str:
         """32 hex digits naming one member's probabilities on one split of one dataset."""
         rows_id = "all" if rows is None else hashlib.sha256(np.asarray(rows, np.int64)).hexdigest()
@@ -116,7 +117,7 @@ class ProbabilityCache:
             "split": split,
             "rows": rows_id,
             "tta": tta,
-            "precision": precision,
+            "computed_in": computed_in,
             "format": FORMAT,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]

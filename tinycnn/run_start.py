@@ -118,8 +118,8 @@ def write_config(out: Path, cfg: RunConfig, flops: dict[int, float]) -> None:
 
 def resumed_config(out: Path, data: str | Path | None, changes: Sequence[str] = ()) -> RunConfig:
     """The run's own config, its cache replaced by ``data`` when given and ``changes``
-    ("section.key=value", RESUME_SET_KEYS only: a time budget, what the run writes) applied; a
-    ConfigError saying how to point at the cache when the one it names is gone."""
+    ("section.key=value", RESUME_SET_KEYS only: a time budget, threads, what the run writes)
+    applied; a ConfigError saying how to point at the cache when the one it names is gone."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is a file; --out must be a run folder")
     try:

@@ -25,7 +25,9 @@ class Runtime:
     autocast_dtype: torch.dtype | None  # None: plain fp32
     channels_last: bool
     why: str = ""  # why this precision, for the training banner
-    requested: str = "auto"  # the precision asked for: auto lets a loaded model keep its own
+    # The precision make_runtime was asked for: with "auto" a loaded fp32 model stays in fp32
+    # (inference.load_model); "" (a Runtime made otherwise) keeps the precision as it is.
+    requested: str = ""
 
     def autocast(self):
         """Context for a forward pass: bf16 autocast on the fast path, nothing otherwise."""
@@ -40,6 +42,12 @@ class Runtime:
     @property
     def precision(self) -> str:
         return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
+
+    @property
+    def computed_in(self) -> str:
+        """The device kind and precision, e.g. "cpu bf16": what numbers computed here depend on
+        besides the model and its input (the probability cache's key)."""
+        return f"{self.device.type} {self.precision}"
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -117,18 +125,15 @@ def agree_precision(runtime: Runtime) -> Runtime:
     return with_precision(runtime, "bf16" if bf16 else "fp32", "as rank 0 measured")
 
 
-def keep_precision(
-    runtime: Runtime, trained: str | None, configured: str, why: str = "as the run trained so far"
-) -> Runtime:
+def keep_precision(runtime: Runtime, trained: str | None, configured: str) -> Runtime:
     """A resumed run's runtime: with precision = "auto", the precision the run trained in so far
     (bf16 is timed anew in each process, and the rest of the run must be what an uninterrupted
-    one would have done), where this machine runs it; a set precision stays as set. Loading a
-    model for inference does the same, so that its figures are the ones its run logged."""
+    one would have done), where this machine runs it; a set precision stays as set."""
     if configured != "auto" or trained not in ("bf16", "fp32") or trained == runtime.precision:
         return runtime
     if trained == "bf16" and not bf16_supported(runtime.device):
         return runtime
-    return with_precision(runtime, trained, why)
+    return with_precision(runtime, trained, "as the run trained so far")
 
 
 def keep_threads(trained: int | None, configured: int) -> str | None:

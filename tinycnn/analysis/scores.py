@@ -33,8 +33,8 @@ def split_probabilities(
         images, _ = labelled_split(cache, split, loaded.config)
         return loaded.logits(images, progress=bar).softmax(1).numpy()
 
-    precision = loaded.runtime.precision
-    probs = store.get(loaded.sha256, cache, split, "center", rows, precision, compute)
+    computed_in = loaded.runtime.computed_in
+    probs = store.get(loaded.sha256, cache, split, "center", rows, computed_in, compute)
     return probs, labels
 
 
@@ -48,8 +48,8 @@ def train_probabilities(
         bar = f"train images {Path(loaded.path).name}" if progress else None
         return loaded.logits(images, progress=bar).softmax(1).numpy()
 
-    precision = loaded.runtime.precision
-    return store.get(loaded.sha256, cache, "train", "center", rows, precision, compute)
+    computed_in = loaded.runtime.computed_in
+    return store.get(loaded.sha256, cache, "train", "center", rows, computed_in, compute)
 
 
 def holdout(config: dict) -> tuple[int, int]:

@@ -397,6 +397,35 @@ def test_an_iteration_snapshot_keeps_its_epochs_step_time(
     assert saved["accumulator"]["seconds"] >= 0.5  # mid-epoch 1: its two steps, the slow one
 
 
+def test_an_epochs_step_time_leaves_out_its_snapshot_saves(
+    cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # A clock that jumps 1,000 s while snapshot iter-2 is saved (with its EMA recompute): the
+    # epoch's seconds and images/s time its steps, not the save.
+    import types
+
+    import tinycnn.training
+
+    cfg = load_config(
+        None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.snapshot_every=2"]
+    )
+    jump = [0.0]
+    clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + jump[0])
+    real_pause = tinycnn.faults.pause_point
+
+    def slow_save(phase: str, iteration: int) -> None:
+        if phase == "snapshot" and iteration == 2:
+            jump[0] += 1000.0
+        real_pause(phase, iteration)
+
+    monkeypatch.setattr(tinycnn.training, "time", clock)
+    monkeypatch.setattr(tinycnn.faults, "pause_point", slow_save)
+    rows = train(cfg, tmp_path / "run", progress=False).metrics
+    epoch_1 = next(r for r in rows if r["epoch"] == 1)
+    assert 0 < epoch_1["seconds"] < 1000, epoch_1
+    assert epoch_1["images_per_second"] == pytest.approx(48 / epoch_1["seconds"])
+
+
 @pytest.mark.slow
 def test_an_epoch_evaluated_after_a_kill_reports_its_step_time(cache: Path, tmp_path: Path) -> None:
     # Killed after epoch 1's closing snapshot, before its evaluation: the resume evaluates it.

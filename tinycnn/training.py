@@ -249,8 +249,10 @@ def train_one_epoch(
             faults.pause_point("step", s.iteration)
             if snapshots:
                 s.clock_epoch(before, time.perf_counter() - start)
+                saving = time.perf_counter()
                 s.save(snapshots, budget.elapsed())  # last.pt once, however many names
                 faults.pause_point("snapshot", s.iteration)
+                start += time.perf_counter() - saving  # the epoch's clock times steps only
             # At an epoch's or the schedule's end, stop after its evaluation.
             if reason and s.iteration % per_epoch and s.iteration < s.schedule.total:
                 s.clock_epoch(before, time.perf_counter() - start)

@@ -61,7 +61,9 @@ def test_top_k_picks_the_k_lowest_selection_errors(tmp_path: Path) -> None:
     ckpt = run / "checkpoints"
     assert resolve_members(f"{run}@top:2") == [ckpt / "epoch-004.pt", ckpt / "epoch-002.pt"]
     assert resolve_members(f"{run}@top:1") == [ckpt / "epoch-004.pt"]
-    assert len(resolve_members(f"{run}@top:9")) == 4
+    assert len(resolve_members(f"{run}@top:4")) == 4
+    with pytest.raises(ConfigError, match=r"@top:5: selects 4 of the 5 snapshots asked for"):
+        resolve_members(f"{run}@top:5")  # fewer members than asked: no silent smaller ensemble
     # Without a tuning split the val error decides.
     val_only = [{k: v for k, v in r.items() if k != "tune_top1_error"} for r in rows[:3]]
     run = _fake_run(tmp_path / "val", val_only, epochs=[1, 2, 3])
@@ -82,7 +84,7 @@ def test_top_k_scores_a_budget_ended_runs_final_weights_as_last_pt(tmp_path: Pat
     ckpt = run / "checkpoints"
     (ckpt / "last.pt").write_bytes(b"")
     assert resolve_members(f"{run}@top:2") == [ckpt / "last.pt", ckpt / "epoch-002.pt"]
-    assert resolve_members(f"{run}@top:9") == [
+    assert resolve_members(f"{run}@top:4") == [
         ckpt / "last.pt",
         ckpt / "epoch-002.pt",
         ckpt / "epoch-003.pt",
@@ -116,7 +118,13 @@ def test_last_k_is_the_k_most_recent_snapshots_by_iteration(
         "epoch-003.pt",
         "epoch-004.pt",
     ]
-    assert len(resolve_members(f"{folder}@last:100")) == len(iterations)
+    assert len(iterations) == 6
+    with pytest.raises(ConfigError, match=r"@last:7: selects 6 of the 7 snapshots asked for") as e:
+        resolve_members(f"{folder}@last:7")
+    assert "(the run has iter-0000004.pt, " in str(e.value)
+    assert len(resolve_members(f"{folder}@apart:4:6")) == 6
+    with pytest.raises(ConfigError, match=r"@apart:4:7: selects 6 of the 7 snapshots asked for"):
+        resolve_members(f"{folder}@apart:4:7")
 
 
 def test_cycle_snapshots_in_the_order_of_their_numbers(tmp_path: Path) -> None:
@@ -129,6 +137,8 @@ def test_cycle_snapshots_in_the_order_of_their_numbers(tmp_path: Path) -> None:
     assert [p.name for p in chosen] == ["cycle-108.pt", "cycle-109.pt", "cycle-110.pt"]
     everything = resolve_members(f"{folder}@cycles")
     assert [p.name for p in everything] == [f"cycle-{k:02d}.pt" for k in range(1, 111)]
+    with pytest.raises(ConfigError, match=r"@cycles:111: selects 110 of the 111 snapshots"):
+        resolve_members(f"{folder}@cycles:111")
 
 
 def test_a_path_with_an_at_sign_is_a_path(tmp_path: Path) -> None:

@@ -71,3 +71,32 @@ def test_the_markdown_table_by_hand() -> None:
     assert "| 25.00% | +1.20% | 77.60% |" in text.splitlines()[header + 3]
     assert "| -0.40% |" in format_table([dict(ensemble, gain_vs_best_member=-0.004)])
     assert "gain_vs_best_member: the best member's val error minus the ensemble's" in text
+
+
+def test_a_short_runs_snapshot_ensemble_asks_for_the_snapshots_it_has(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # Two lambda runs, snapshots every 4 iterations: one ran 8 iterations (2 snapshots), the
+    # other 12 (3). A selection short of its K is an error (members.py), so the short run's
+    # snapshot ensemble asks for its 2, the other's for the paper's 3.
+    import tinycnn.study_table
+    from tinycnn.members import resolve_members
+
+    rows, iterations = [], {"paper8_l2_5e-4": 8, "paper8_l2_1e-4": 12}
+    for preset, last in iterations.items():
+        metrics = [{"iteration": last, "epoch": 1, "val_top1_error": 0.5}]
+        run = _run_folder(tmp_path / preset, preset, "train.snapshot_every=4", metrics=metrics)
+        (run / "checkpoints").mkdir()
+        for i in range(4, last + 1, 4):
+            (run / "checkpoints" / f"iter-{i:07d}.pt").touch()
+        rows.append({"name": preset, "preset": preset})
+    asked = {}
+    monkeypatch.setattr(
+        tinycnn.study_table, "_ensemble_row", lambda name, specs, *_: asked.update({name: specs})
+    )
+    tinycnn.study_table.ensemble_rows(rows, tmp_path, "cache", None, progress=False)
+    short = f"{tmp_path / 'paper8_l2_5e-4'}@apart:4:2"
+    long = f"{tmp_path / 'paper8_l2_1e-4'}@apart:4:3"
+    assert asked["paper8_l2_5e-4, {} snapshots"] == [short]
+    assert asked["2 models x {} snapshots"] == [short, long]
+    assert [len(resolve_members(spec)) for spec in (short, long)] == [2, 3]

@@ -14,6 +14,7 @@
                          (schedule.name = "cyclic"; cycle-*.pt), in order
     RUN_DIR@cycles:K     the last K of them
 
+A selection that asks for K snapshots and finds fewer is an error naming those the run has.
 A checkpoint file stands for itself. A path that exists is taken whole, even with an @ in it;
 otherwise the selection follows the last @.
 """
@@ -25,6 +26,12 @@ from pathlib import Path
 from tinycnn.checkpoint import load_checkpoint
 from tinycnn.errors import ConfigError
 from tinycnn.run_folder import read_metrics
+
+
+def snapshot_count(run: str | Path) -> int:
+    """How many different models a run's snapshots hold (what @last:K and @apart:N:K can
+    take): iter-*, epoch-* and a budget-ended last.pt, one per iteration."""
+    return len(_by_iteration(Path(run), _snapshots(Path(run))))
 
 
 def _snapshots(run: Path) -> list[Path]:
@@ -124,6 +131,7 @@ def resolve_members(spec: str) -> list[Path]:
     if kind in ("best", "last") and not arg:
         return [_existing(path / "checkpoints" / f"{kind}.pt")]
     snapshots = _snapshots(path)
+    wanted = None  # the count a @KIND:K selection asks for
     if kind == "every":
         step = _positive_int(spec, arg)
         chosen = [
@@ -132,27 +140,34 @@ def resolve_members(spec: str) -> list[Path]:
             if p.stem.startswith("iter-") and int(p.stem.split("-")[1]) % step == 0
         ]
     elif kind == "last":
-        chosen = _most_recent(path, snapshots, _positive_int(spec, arg))
+        wanted = _positive_int(spec, arg)
+        chosen = _most_recent(path, snapshots, wanted)
     elif kind == "apart":
         spacing, _, count = arg.partition(":")
-        chosen = _apart(path, snapshots, _positive_int(spec, spacing), _positive_int(spec, count))
+        wanted = _positive_int(spec, count)
+        chosen = _apart(path, snapshots, _positive_int(spec, spacing), wanted)
     elif kind == "epochs":
-        wanted = [_positive_int(spec, v.strip()) for v in arg.split(",") if v.strip()]
-        chosen = [_existing(path / "checkpoints" / f"epoch-{e:03d}.pt") for e in wanted]
+        numbers = [_positive_int(spec, v.strip()) for v in arg.split(",") if v.strip()]
+        chosen = [_existing(path / "checkpoints" / f"epoch-{e:03d}.pt") for e in numbers]
     elif kind == "top":
-        chosen = _top_epochs(path, _positive_int(spec, arg))
+        wanted = _positive_int(spec, arg)
+        chosen = _top_epochs(path, wanted)
     elif kind == "cycles":
         ends = sorted((path / "checkpoints").glob("cycle-*.pt"), key=_position)
-        chosen = ends[-_positive_int(spec, arg) :] if arg else ends
+        wanted = _positive_int(spec, arg) if arg else None
+        chosen = ends[-wanted:] if wanted else ends
         snapshots = snapshots + ends
     else:
         raise ConfigError(
             f"{spec}: unknown selection @{kind}; use best, last, every:N, top:K, "
             "last:K, epochs:LIST, apart:N:K, cycles or cycles:K"
         )
-    if not chosen:
+    if not chosen or (wanted and len(chosen) < wanted):
+        # Fewer members than asked for would change the ensemble without a word (last:30 for
+        # last:3 on a run of 6 snapshots).
+        found = f"selects {len(chosen)} of the {wanted} snapshots asked for" if chosen else ""
         raise ConfigError(
-            f"{spec}: selects no snapshot (the run has "
+            f"{spec}: {found or 'selects no snapshot'} (the run has "
             f"{', '.join(p.name for p in snapshots) or 'none'})"
         )
     return chosen

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tinycnn.analysis.experiments import PAPER_ENSEMBLE, identify_preset, paper_figure
 from tinycnn.ensembles import ensemble
+from tinycnn.members import snapshot_count
 from tinycnn.run_folder import read_metrics, read_resolved_config
 
 COLUMNS = (
@@ -72,7 +73,12 @@ def ensemble_rows(
     three = PAPER_ENSEMBLE[0] if len(models) == 3 else f"{len(models)} 8-layer CNNs, ensemble"
     wanted = [(three, [f"{out / r['name']}@last" for r in models])]
     if all(spacing.values()):
-        apart = {r["name"]: f"{out / r['name']}@apart:{spacing[r['name']]}:3" for r in models}
+        # 3 snapshots each, or all that a short run has (a selection short of its K is an error)
+        count = {r["name"]: max(1, min(3, snapshot_count(out / r["name"]))) for r in models}
+        apart = {
+            r["name"]: f"{out / r['name']}@apart:{spacing[r['name']]}:{count[r['name']]}"
+            for r in models
+        }
         wanted.append((f"{snapshot_run['name']}, {{}} snapshots", [apart[snapshot_run["name"]]]))
         wanted.append((f"{len(models)} models x {{}} snapshots", list(apart.values())))
     return [

@@ -280,7 +280,7 @@ def test_info_verify(cache_copy: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["info", str(cache_copy), "--verify"]) == 0
     files = len(list(cache_copy.iterdir())) - 1
     assert f"verified {files} files" in capsys.readouterr().out
-    assert main(["info", str(cache_copy)]) == 0  # without --verify: sizes only, still fine
+    assert main(["info", str(cache_copy)]) == 0  # without --verify: the small files only
     _zero_pixels(cache_copy)
     capsys.readouterr()
     assert main(["info", str(cache_copy), "--verify"]) == 1
@@ -388,3 +388,46 @@ def test_opening_a_cache_checks_its_labels_and_other_small_files(cache_copy: Pat
     with pytest.raises(CacheError) as info:
         load_cache(cache_copy)
     assert str(cache_copy / "val_labels.npy") in str(info.value) and "damaged" in str(info.value)
+
+
+def test_info_checks_the_small_files_without_verify(cache_copy: Path, capsys) -> None:
+    # A flipped label (or file name) is found by plain info too, in milliseconds; the image
+    # arrays' pixels only by --verify (info opens no split).
+    _zero_pixels(cache_copy)
+    assert main(["info", str(cache_copy)]) == 0
+    name = _flipped_text_byte(cache_copy)
+    capsys.readouterr()
+    assert main(["info", str(cache_copy)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{cache_copy / name}: content differs" in err and "\n" not in err
+
+
+def test_a_split_is_checked_when_first_opened(cache_copy: Path) -> None:
+    images = np.load(cache_copy / "val_images.npy", mmap_mode="r+")
+    images[3, 10, 10, 1] ^= 0x01  # one bit of one pixel
+    images.flush()
+    cache = load_cache(cache_copy)
+    assert cache.verified == set()
+    assert len(cache.split("train")) > 0 and cache.verified == {"train"}
+    with pytest.raises(CacheError, match=r"val_images\.npy: content differs .*--force"):
+        cache.split("val")
+    assert "val" not in cache.verified
+    with pytest.raises(CacheError, match=r"val_images\.npy: content differs"):
+        cache.split("val")  # still refused: a failed check is not remembered as passed
+
+
+def test_a_split_is_read_once_for_its_check(pristine: Path, monkeypatch) -> None:
+    read = []
+    real = cache_module.checksum_files
+
+    def counting(paths, checksums=None):
+        read.extend(p.name for p in paths if p.name.endswith("_images.npy"))
+        return real(paths, checksums)
+
+    monkeypatch.setattr(cache_module, "checksum_files", counting)
+    cache = load_cache(pristine)
+    for _ in range(3):
+        cache.split("val")
+    cache_module.verify_cache(cache, splits=["train"])  # as training does before it opens them
+    cache.split("train")
+    assert read == ["val_images.npy", "train_images.npy"]

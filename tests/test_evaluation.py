@@ -129,3 +129,31 @@ def test_cli_evaluate_and_ensemble(run, tmp_path: Path, capsys) -> None:
     assert "ensemble (val, center)" in text and "top-1 error" in text and "its best member" in text
     assert np.load(out / "probabilities.npy").shape == (20, 5)
     assert len(json.loads((out / "ensemble.json").read_text())["members"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("split", "argv"),
+    [
+        ("val", ["evaluate", "{run}", "--data", "{cache}"]),
+        ("train", ["evaluate", "{run}", "--data", "{cache}", "--split", "tune"]),
+        ("test", ["predict", "{run}", "--data", "{cache}", "--submission", "{out}"]),
+    ],
+)
+def test_commands_refuse_damaged_pixels_of_the_split_they_read(
+    run, tmp_path: Path, capsys, split: str, argv: list[str]
+) -> None:
+    # Same-size damage (one bit of one pixel) that the manifest's sizes cannot see: each
+    # command checks the image array it reads, and writes nothing.
+    import shutil
+
+    cache, folder = run
+    copy = Path(shutil.copytree(cache, tmp_path / "copy"))
+    images = np.load(copy / f"{split}_images.npy", mmap_mode="r+")
+    images[-1, 5, 5, 0] ^= 0x01
+    images.flush()
+    out = tmp_path / "submission.txt"
+    args = [a.format(run=folder, cache=copy, out=out) for a in argv]
+    assert main([*args, "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{copy / f'{split}_images.npy'}: content differs" in err and "\n" not in err
+    assert not out.exists()

@@ -53,9 +53,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import time
 
-    from tinycnn.data.cache import read_manifest, summarize, verify_cache
+    from tinycnn.data.cache import load_cache, summarize, verify_cache
 
-    manifest = read_manifest(Path(args.cache))
+    manifest = load_cache(args.cache).manifest  # checks the small files (labels, boxes, ...)
     if args.verify:
         start = time.perf_counter()
         verify_cache(args.cache)

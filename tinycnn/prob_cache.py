@@ -48,7 +48,6 @@ class ProbabilityCache:
         self.root = root
         self.writable = True
         self._warned = False
-        self._verified: set[tuple[str, str]] = set()
 
     def get(
         self,
@@ -96,9 +95,8 @@ class ProbabilityCache:
         checksums, not of the bytes read): probabilities of damaged pixels stored under a sound
         cache's key would outlive the damage. Once per cache and split (~1 s a GB)."""
         source = split if split in cache.splits else "train"  # tune: held-out training rows
-        if (str(cache.path), source) not in self._verified:
+        if source not in cache.verified:
             verify_cache(cache, splits=[source])
-            self._verified.add((str(cache.path), source))
 
     @staticmethod
     def key(

@@ -12,9 +12,10 @@ Layout of a cache folder (format 1; S = image_size, 64 unless prepared with --si
 
 Opening a cache maps the image arrays (``np.load(mmap_mode="r")``): nothing is read until used.
 Opening checks the manifest against its own digest (an edited class list or count is refused) and
-each file's size against the manifest (cheap); ``verify_cache`` also checks each
-file's sha256, recorded by prepare, which catches same-size damage (zeroed pixels, a rewritten
-header). An image array's checksum is made of its rows' (checksums.py: the decode workers hash
+each file's size against the manifest (cheap) and the small files' sha256 (milliseconds);
+``verify_cache`` checks each file's sha256, recorded by prepare, which catches same-size damage
+(zeroed pixels, a rewritten header), and runs for a split's files when the split is first
+opened. An image array's checksum is made of its rows' (checksums.py: the decode workers hash
 the rows they write, so prepare never reads the arrays back); caches from before record the
 whole file's sha256 and are checked that way.
 """
@@ -61,6 +62,7 @@ class Cache:
         self.manifest = read_manifest(self.path)
         self.classes: list[str] = self.manifest["classes"]
         self.names: list[str] = self.manifest["names"]
+        self.verified: set[str] = set()  # splits whose files matched their checksums
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +101,11 @@ class Cache:
         return content_id == _content_id(self.classes, {**checksums, **whole})
 
     def split(self, name: str) -> SplitData:
-        """Open one split; its images are memory-mapped, the small arrays are read."""
+        """Open one split; its images are memory-mapped, the small arrays are read.
+
+        The split's files are checked against their sha256 the first time (``verify_cache``:
+        reads the image array once, ~1 s per GB), so no command reads damaged pixels.
+        """
         if name not in self.manifest["splits"]:
             raise CacheError(f"{self.path}: no split {name!r} (has {', '.join(self.splits)})")
         labels_path = self.path / f"{name}_labels.npy"
@@ -107,7 +113,7 @@ class Cache:
         files_text = (self.path / f"{name}_files.txt").read_text(encoding="utf-8")
         count = self.manifest["splits"][name]["count"]
         size = self.image_size
-        return SplitData(
+        data = SplitData(
             name=name,
             images=self._load(f"{name}_images.npy", (count, size, size, 3), np.uint8, mmap=True),
             labels=self._load(labels_path.name, (count,), np.int16)
@@ -118,6 +124,9 @@ class Cache:
             else None,
             files=files_text.splitlines(),
         )
+        if name not in self.verified and self.manifest.get("checksums"):
+            verify_cache(self, splits=[name])  # a cache from before checksums opens unchecked
+        return data
 
     @cached_property
     def mean_image(self) -> np.ndarray:
@@ -159,7 +168,7 @@ def load_cache(path: str | Path) -> Cache:
 
     Its small files (labels, boxes, file lists, the mean image: a few MB) are checked against
     their sha256 every time (milliseconds), so no command scores or trains on damaged labels;
-    the image arrays are checked by ``verify_cache``, which training runs for its splits.
+    an image array is checked when its split is first opened (``Cache.split``).
     """
     cache = Cache(path)
     if cache.manifest.get("checksums"):  # a cache from before checksums opens unchecked
@@ -195,6 +204,7 @@ def verify_cache(cache_or_path: Cache | str | Path, splits: Iterable[str] | None
             f"{listed}{more}: content differs from the sha256 recorded when the cache was "
             f"prepared (the file is damaged); {rebuild_hint(cache.path, cache.manifest)}"
         )
+    cache.verified.update(cache.splits if splits is None else splits)
 
 
 def _content_id(classes: list[str], checksums: dict[str, str]) -> str:

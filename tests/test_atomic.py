@@ -68,9 +68,26 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_parent_that_is_a_file_is_one_output_error(tmp_path: Path) -> None:
-    (tmp_path / "plain").write_text("a file")
-    with pytest.raises(OutputError, match="not a folder"):
-        write_text(tmp_path / "plain" / "sub" / "x.txt", "hi")
+    plain = tmp_path / "plain"
+    plain.write_text("a file")
+    with pytest.raises(OutputError, match="not a folder") as info:
+        write_text(plain / "sub" / "x.txt", "hi")
+    assert str(info.value).startswith(f"{plain / 'sub' / 'x.txt'}: cannot write (a parent is a")
+    assert f"not a folder: {plain});" in str(info.value)  # the file in the way, named
+
+
+def test_a_folder_written_over_a_file_says_so(tmp_path: Path) -> None:
+    # e.g. tinycnn report ... --out a.png: the path itself is the file, not a parent.
+    plain = tmp_path / "a.png"
+    plain.write_text("a file")
+    with pytest.raises(OutputError) as info, atomic.FolderBuild(plain) as build:
+        (build.tmp / "index.html").write_text("<html>")
+        build.publish()
+    assert str(info.value) == (
+        f"{plain}: cannot write (it is a file, and a folder is written here); choose another "
+        "path; nothing was written"
+    )
+    assert plain.read_text() == "a file" and [p.name for p in tmp_path.iterdir()] == ["a.png"]
 
 
 def test_other_errors_pass_through(tmp_path: Path) -> None:

@@ -317,3 +317,43 @@ def test_an_option_that_would_be_ignored_is_refused(
     assert main([names.get(a, a) for a in argv]) == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "target"),
+    [
+        (["predict", "{run}", "--data", "{cache}", "--submission", "{out}"], "folder"),
+        (["ensemble", "{run}@last:2", "--data", "{cache}", "--no-cache", "--out", "{out}"], "file"),
+        (["report", "{run}", "--data", "{cache}", "--no-cache", "--out", "{out}"], "file"),
+        (["predict", "{run}", "--data", "{cache}", "--submission", "{out}/sub.txt"], "file"),
+    ],
+)
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(
+    run, tmp_path: Path, capsys, monkeypatch, command: list[str], target: str
+) -> None:
+    # A folder where the submission goes, a file where a folder goes or among the parents:
+    # said at once, not after every image was scored (the full test split: minutes).
+    import tinycnn.inference
+
+    cache, folder = run
+    out = tmp_path / "out"
+    out.mkdir() if target == "folder" else out.write_text("something")
+
+    def scored(*args, **kwargs):
+        raise AssertionError("scored images before checking the output path")
+
+    monkeypatch.setattr(tinycnn.inference.LoadedModel, "logits", scored)
+    argv = [a.format(run=folder, cache=cache, out=out) for a in command]
+    assert main([*argv, "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    reason = (
+        {
+            "folder": "(it is a folder)",
+            "file": "(it is a file, and a folder is written here)",
+        }[target]
+        if not argv[-1].endswith("sub.txt")
+        else f"(a parent is a file, not a folder: {out})"
+    )
+    assert f"cannot write {reason}; " in err and err.endswith("nothing was written"), err
+    assert "\n" not in err
+    assert (out.is_dir() and not any(out.iterdir())) or out.read_text() == "something"

@@ -52,9 +52,27 @@ def output_error(path: Path, exc: OSError, tmp: Path | None = None) -> OutputErr
     # A two-file call (a copy, a rename) names its source first: the file written is the second.
     where = exc.filename2 or exc.filename
     at = f": {where}" if where and Path(where) not in (path, tmp) else ""
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):  # name the file that stands in the way
+        blocking = next((p for p in (Path(path), *Path(path).parents) if p.is_file()), None)
+        if blocking == Path(path):
+            reason, at = "it is a file, and a folder is written here", ""
+        elif blocking is not None:
+            at = f": {blocking}"
     error = OutputError(f"{path}: cannot write ({reason}{at}); {advice}; nothing was written")
     error.path = Path(path)  # the file that could not be written (FolderBuild names it)
     return error
+
+
+def check_writable(path: str | Path, folder: bool = False) -> None:
+    """OutputError now, before the work whose result goes to ``path`` (a file, or a folder with
+    ``folder``), where the path alone rules the write out: a folder where a file goes, a file
+    where a folder goes, or a file among its parents."""
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise output_error(path, OSError(errno.EISDIR, "Is a directory", str(path)))
+    in_the_way = next((p for p in (path, *path.parents) if p.is_file()), None)
+    if in_the_way is not None and (in_the_way != path or folder):
+        raise output_error(path, OSError(errno.ENOTDIR, "Not a directory", str(in_the_way)))
 
 
 def write_failure(exc: BaseException) -> OSError | None:
@@ -251,6 +269,7 @@ class FolderBuild:
         self.tmp = temporary_path(self.path)
 
     def __enter__(self) -> FolderBuild:
+        check_writable(self.path, folder=True)  # before the work, not at publish
         if self.path.parent.is_dir():  # those of killed builds
             remove_stale_temporaries(self.path.parent, self.path.name)
         try:

@@ -213,6 +213,7 @@ def _weights(text: str | None) -> list[float] | None:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from tinycnn.atomic import check_writable
     from tinycnn.ensembles import ensemble, format_result, save_result
 
     weights = _weights(args.weights)
@@ -220,6 +221,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--select-on {args.select_on} chooses members for --greedy; add --greedy"
         )
+    if args.out:
+        check_writable(args.out, folder=True)  # before the members are scored
     with _cache_warnings_in_one_line():
         result = ensemble(
             args.members,

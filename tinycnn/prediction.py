@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from tinycnn.atomic import write_text
+from tinycnn.atomic import check_writable, write_text
 from tinycnn.checkpoint import class_difference
 from tinycnn.data.cache import load_cache
 from tinycnn.data.decode import fit_square, to_rgb
@@ -70,6 +70,7 @@ def write_submission(
     test_9, test_10, ...). Test images that prepare skipped (--skip-bad) have no line. The file
     is written to a temporary sibling and renamed, so it is never seen half-written.
     """
+    check_writable(out_file)  # a folder there: said before the test split is predicted
     predictor = as_predictor(models)
     cache = load_cache(cache_dir)
     check_classes(predictor.classes, cache.classes, f"the cache {cache.path}")

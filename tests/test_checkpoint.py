@@ -164,6 +164,8 @@ def test_resume_refuses_a_damaged_last_checkpoint_and_writes_nothing(
     assert main(["train", "--resume", str(out), "-q"]) == 1
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"tinycnn: error: {last}: damaged checkpoint (entry {entry}"), line
+    assert line.endswith("(a resume needs this file: the snapshots hold no optimiser state; or "
+                         "train a new run from a snapshot with --init-from)"), line  # fmt: skip
     assert "\n" not in line
     assert _tree(out) == before  # nothing written, nothing removed
 

@@ -147,10 +147,12 @@ def mixed_inputs(tmp_path: Path) -> dict[str, Path]:
         "gif": _save(tmp_path / "palette.gif", palette, transparency=0),
         "odd": _save(tmp_path / "odd.png", _noise("RGB", (100, 37), 4)),
         "corrupt": tmp_path / "corrupt.jpg",
+        "empty": tmp_path / "empty.png",
         "missing": tmp_path / "missing.jpg",
         "folder": folder,
     }
     paths["corrupt"].write_bytes(b"\xff\xd8 this is not a JPEG" * 20)
+    paths["empty"].write_bytes(b"")
     _save(folder / "nested" / "deeper" / "inside.webp", _noise("RGB", (80, 80), 5))
     _save(folder / ".hidden.jpg", _noise("RGB", (64, 64), 6))  # left out, like notes.txt
     (folder / "notes.txt").write_text("not an image")
@@ -162,8 +164,9 @@ def test_predict_files_reads_every_kind_and_reports_the_bad_ones(
 ) -> None:
     report = predict_files(predictor, list(mixed_inputs.values()))
     failed = {Path(f["file"]).name: f["reason"] for f in report.failures}
-    assert set(failed) == {"corrupt.jpg", "missing.jpg"}
+    assert set(failed) == {"corrupt.jpg", "empty.png", "missing.jpg"}
     assert "not an image" in failed["corrupt.jpg"] and "no such file" in failed["missing.jpg"]
+    assert failed["empty.png"] == "empty file (0 bytes)"
     predicted = [Path(row["file"]).name for row in report.rows]
     assert predicted == [
         "rgb.png",

@@ -137,10 +137,21 @@ def _verify_entries(path: Path, file: BinaryIO) -> None:
                         why = "its bytes fail their CRC-32 check: changed since it was written"
                     raise CheckpointError(
                         f"{path}: damaged checkpoint (entry {entry.filename}: {why}); use "
-                        "another checkpoint, or a sound copy of this one"
+                        f"another checkpoint, or a sound copy of this one{_resume_advice(path)}"
                     ) from None
     except _DAMAGED as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+
+
+def _resume_advice(path: str | Path) -> str:
+    """What a resume can do with a damaged last.pt: only its own resume point holds the
+    optimiser's state."""
+    if Path(path).name != "last.pt":
+        return ""
+    return (
+        " (a resume needs this file: the snapshots hold no optimiser state; or train a new run "
+        "from a snapshot with --init-from)"
+    )
 
 
 def _pickled_object(exc: Exception) -> str:

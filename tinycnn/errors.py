@@ -55,6 +55,10 @@ class ImageTooLargeError(TinycnnError):
     """An image has more pixels than the limit; it was not decoded."""
 
 
+class EmptyFileError(TinycnnError):
+    """A file to read holds no bytes."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM stopped a command; the CLI exits 128 + the signal number."""
 

@@ -24,7 +24,7 @@ from tinycnn.data.cache import load_cache
 from tinycnn.data.decode import fit_square, to_rgb
 from tinycnn.data.tiny_imagenet import natural_key
 from tinycnn.ensembles import load_predictor
-from tinycnn.errors import ConfigError, ImageTooLargeError
+from tinycnn.errors import ConfigError, EmptyFileError, ImageTooLargeError
 from tinycnn.inference import LoadedModel, Predictor, model_predictor, predict_batches
 
 IMAGE_SIZE = 64
@@ -182,6 +182,8 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS, side: int = IMAGE_SIZE)
     and resized to side x side (antialiased bicubic): what prepare does to such images
     (decode.fit_square), so a file predicted here and from a cache gets the same pixels.
     """
+    if path.is_file() and path.stat().st_size == 0:
+        raise EmptyFileError("empty file (0 bytes)")  # not the corrupt file Pillow would say
     with warnings.catch_warnings():
         # Pillow warns about images between its bomb limit and twice it; ours is stricter.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -208,7 +210,7 @@ def _check_max_pixels(max_pixels: int) -> None:
 
 def _failure_reason(exc: Exception) -> str:
     """One line on why a file could not be read."""
-    if isinstance(exc, ImageTooLargeError):
+    if isinstance(exc, ImageTooLargeError | EmptyFileError):
         return str(exc)
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not an image Pillow can read (corrupt, or an unsupported format)"

@@ -11,6 +11,7 @@ and which epoch best.pt holds.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -309,6 +310,13 @@ def test_resuming_a_run_that_used_its_time_budget_says_how_to_go_on(
     err = capsys.readouterr().err
     assert "used its whole train.max_minutes" in err and str(out / "config.toml") in err
     assert f"tinycnn train --resume {out} --set train.max_minutes=M" in err
+    # The M it names goes on: past the minutes trained (here more than the 0.0001 budget),
+    # not just past the budget (a resume with M = 0.0002 was refused again).
+    used = read_metrics(out)[-1]["elapsed_seconds"] / 60
+    named = float(re.search(r"\(M > ([0-9.e-]+), the whole run's minutes\)", err).group(1))
+    assert named >= used > 0.0001 and named < used + 0.01, (named, used)
+    assert main(["train", "--resume", str(out), "-q", "--set", f"train.max_minutes={named}"]) == 0
+    assert "used its whole" not in capsys.readouterr().err
 
 
 def test_a_run_its_time_budget_ended_resumes_only_with_a_larger_budget(

@@ -80,11 +80,15 @@ def check_budget_left(out: Path, payload: dict, minutes: float) -> None:
         return
     ended = time_budget_end(out)
     stopped = ended is not None and ended["iteration"] == payload["iteration"]
-    if payload["elapsed_seconds"] >= minutes * 60 or (stopped and minutes <= ended["max_minutes"]):
+    used = payload["elapsed_seconds"] / 60
+    if used >= minutes or (stopped and minutes <= ended["max_minutes"]):
+        # A budget that goes on: past the minutes trained and past the budget that stopped it.
+        floor = max(used, ended["max_minutes"] if stopped else 0.0)
         raise ConfigError(
             f"{out}: the run has used its whole train.max_minutes = {minutes:g} budget "
-            f"({out / 'config.toml'}); to train on, give it more: tinycnn train --resume "
-            f"{out} --set train.max_minutes=M (M > {minutes:g}, the whole run's minutes)"
+            f"({used:.4g} minutes trained; {out / 'config.toml'}); to train on, give it more: "
+            f"tinycnn train --resume {out} --set train.max_minutes=M "
+            f"(M > {math.ceil(floor * 100) / 100:g}, the whole run's minutes)"
         )
 
 

@@ -172,11 +172,24 @@ def test_greedy_without_a_tuning_split_names_greedy_not_split(run, tmp_path: Pat
     argv = ["ensemble", f"{plain}@last", "--data", str(cache), "--greedy", "--no-cache", "-q"]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "--greedy chooses members on --select-on tune: this model was trained" in err
+    last = plain / "checkpoints" / "last.pt"
+    assert f"--greedy chooses members on --select-on tune: {last} was trained" in err  # which
     assert "--split" not in err and "data.holdout_per_class = K" in err
     assert main([*argv, "--select-on", "test"]) == 1
     err = capsys.readouterr().err
     assert "--greedy chooses members on --select-on 'test': expected a labelled split" in err
+
+
+def test_greedy_and_weights_together_are_refused(run, capsys) -> None:
+    # Both set the members' weights: greedy's counts had silently replaced --weights.
+    cache, folder = run
+    argv = ["ensemble", f"{folder}@last:2", "--data", str(cache), "--no-cache", "-q"]
+    assert main([*argv, "--greedy", "--weights", "1,2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--weights and --greedy both set the members' weights (greedy: how often "
+                        "each is chosen); give one"), err  # fmt: skip
+    with pytest.raises(ConfigError, match="--weights and --greedy"):
+        ensemble([f"{folder}@last:2"], cache, weights=[1.0, 2.0], greedy=True, prob_cache=None)
 
 
 def test_greedy_weights_follow_the_tuning_split_not_val(run, monkeypatch) -> None:

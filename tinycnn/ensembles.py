@@ -135,7 +135,7 @@ def member_probabilities(
             label = f"evaluate {loaded.path.name} on {split}" if progress else None
             return loaded.probabilities(images, tta, batch_size, label).numpy()
 
-        name, rows = split_rows(cache, split, loaded.config, option)
+        name, rows = split_rows(cache, split, loaded.config, option, str(path))
         if first is None:
             first = (path, rows, loaded.config["data"])
         elif rows is not None and not np.array_equal(rows, first[1]):
@@ -180,6 +180,11 @@ def ensemble(
     prob_cache: where member probabilities are cached (None: not cached).
     """
     specs = [specs] if isinstance(specs, str | Path) else specs
+    if greedy and weights is not None:
+        raise ConfigError(
+            "--weights and --greedy both set the members' weights (greedy: how often each is "
+            "chosen); give one"
+        )
     paths = [p for spec in specs for p in resolve_members(str(spec))]
     if weights is not None:
         check_weights(weights, len(paths))

@@ -43,12 +43,13 @@ class Evaluation:
 
 
 def split_rows(
-    cache: Cache, split: str, config: dict, option: str = "--split"
+    cache: Cache, split: str, config: dict, option: str = "--split", model: str = "this model"
 ) -> tuple[str, np.ndarray | None]:
     """(the cache split a labelled split reads, its rows there or None for all of them).
 
     "tune" is the training run's held-out part of "train", rebuilt from its config
-    (data.holdout_*). option: what chose the split, as errors name it (e.g. "--split").
+    (data.holdout_*). option: what chose the split, as errors name it (e.g. "--split");
+    model: the model they name (one of several members: its checkpoint).
     """
     if split not in LABELLED_SPLITS:
         raise ConfigError(
@@ -60,7 +61,7 @@ def split_rows(
     per_class = config["data"]["holdout_per_class"]
     if not per_class:
         raise ConfigError(
-            f"{option} tune: this model was trained without a held-out split "
+            f"{option} tune: {model} was trained without a held-out split "
             "(data.holdout_per_class = 0); train with data.holdout_per_class = K for one"
         )
     _, rows = holdout_split(cache.split("train").labels, per_class, config["data"]["holdout_seed"])

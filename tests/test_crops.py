@@ -154,3 +154,24 @@ def test_a_model_of_32_pixel_images_predicts_exports_and_refuses_at_its_side(
     exported = export_model(checkpoint, "torchscript", tmp_path / "m.pt", check_images=images)
     assert "uint8[N, 32, 32, 3]" in exported.input_spec
     assert export_model(checkpoint, "torchscript", tmp_path / "r.pt").images_checked > 0
+
+
+def test_init_from_without_a_config_names_the_inherited_crop_and_the_fix(
+    run, cache32: Path, tmp_path: Path, capsys
+) -> None:
+    # Without --config a run takes the checkpoint's settings, crop 56 resolved for 64-pixel
+    # images: on a 32-pixel cache the fix is a --set, not removing a line from a config.
+    import tinycnn.cli
+
+    checkpoint = run[1] / "checkpoints" / "best.pt"
+    argv = ["train", "--data", str(cache32), "--init-from", str(checkpoint), "-q"]
+    assert tinycnn.cli.main([*argv, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tinycnn: error: augment.crop = 56, {checkpoint}'s (without --config"), (
+        err
+    )
+    assert err.endswith("give one that does: --set augment.crop=24") and "\n" not in err, err
+    assert "from the config" not in err and not (tmp_path / "run").exists()
+    # With --set augment.crop the user's own crop is checked as usual.
+    assert tinycnn.cli.main([*argv, "--out", str(tmp_path / "r2"), "--set", "augment.crop=30"]) == 1
+    assert "augment.crop = 30 does not fit" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tinycnn import cli_args, cli_ranks
-from tinycnn.errors import ConfigError, Interrupted, TinycnnError
+from tinycnn.errors import ConfigError, CropError, Interrupted, TinycnnError
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -120,13 +120,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # --init-from without --config: the checkpoint's settings, with --set changes
         base = checkpoint_config(args.init_from) if args.init_from and not args.config else None
         cfg = load_config(args.config, overrides, base=base)
-        result = train(
-            cfg,
-            args.out,
-            init_from=args.init_from,
-            progress=not args.quiet,
-            stop_at_iteration=args.stop_at,
-        )
+        try:
+            result = train(
+                cfg,
+                args.out,
+                init_from=args.init_from,
+                progress=not args.quiet,
+                stop_at_iteration=args.stop_at,
+            )
+        except CropError as exc:
+            if base is None or any(o.startswith("augment.crop=") for o in args.set):
+                raise
+            # The crop came with the checkpoint's settings: there is no config to remove it from.
+            side = exc.image_side
+            raise ConfigError(
+                f"augment.crop = {cfg.augment.crop}, {args.init_from}'s (without --config its "
+                f"settings are the base), does not fit this cache's {side}x{side} images: "
+                f"{exc.why}; give one that does: --set augment.crop={exc.fitted}"
+            ) from None
     last = result.metrics[-1] if result.metrics else None
     if last and distributed.current().main:  # under torchrun: one summary, rank 0's
         print(

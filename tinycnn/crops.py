@@ -57,6 +57,7 @@ def fit_crop(cfg: RunConfig, image_side: int, num_classes: int) -> RunConfig:
         f"{why}. Crops that fit the images and the model: {_spans(fits)}. Set one (e.g. --set "
         f"augment.crop={fitted}), or remove augment.crop from the config: unset, it is 7/8 of "
         f"the image side lowered to a side the model takes ({fitted} here)",
+        fitted,
     )
 
 

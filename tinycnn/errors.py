@@ -26,9 +26,9 @@ class ConfigError(TinycnnError):
 class CropError(ConfigError):
     """A set augment.crop that the cache's images (or the model) cannot take."""
 
-    def __init__(self, image_side: int, why: str, message: str) -> None:
+    def __init__(self, image_side: int, why: str, message: str, fitted: int | None = None) -> None:
         super().__init__(message)
-        self.image_side, self.why = image_side, why
+        self.image_side, self.why, self.fitted = image_side, why, fitted  # fitted: one that fits
 
 
 class OutputError(TinycnnError):

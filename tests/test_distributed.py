@@ -125,6 +125,11 @@ def test_two_processes_train_the_weights_of_one(cache: Path, tmp_path: Path) -> 
         assert b["train_top1_error"] == a["train_top1_error"]  # counted over the global batch
         assert b["train_pflop"] == pytest.approx(a["train_pflop"])  # summed over the ranks
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)  # sharded, gathered
+        # The speed is two processes': the hardware line says so (one process's says nothing).
+        assert b["hardware"].endswith(" x 2 processes, fp32") or b["hardware"].endswith(
+            " x 2 processes, bf16"
+        ), b["hardware"]
+        assert "processes" not in a["hardware"]
     one_steps, two_steps = _lines(tmp_path / "one", STEPS), _lines(tmp_path / "two", STEPS)
     assert [r["iteration"] for r in two_steps] == [2, 4, 6, 8, 10]  # one line each, rank 0's
     for a, b in zip(one_steps, two_steps, strict=True):

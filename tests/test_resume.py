@@ -470,7 +470,10 @@ def test_stop_at_pauses_where_asked_and_resume_equals_the_uninterrupted_run(
     out = tmp_path / "run"
     assert main([*train_argv(cache, out), "--stop-at", "4"]) == 0  # mid epoch 2 (3 an epoch)
     assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 4
-    assert f"resume with: tinycnn train --resume {out}" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert f"resume with: tinycnn train --resume {out}" in printed.err
+    assert f"paused (--stop-at 4): {out} after 4 iterations; val top-1 error" in printed.out
+    assert "interrupted" not in printed.out  # a pause asked for, not a Ctrl-C
     assert main(["train", "--resume", str(out), "-q", "--stop-at", "7"]) == 0
     assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 7
     assert main(["train", "--resume", str(out), "-q"]) == 0

@@ -503,6 +503,14 @@ def test_train_starts_with_one_banner_line(cache: Path, tmp_path: Path, capsys) 
         f"run folder {tmp_path / 'run'}",
     ):
         assert part in first, (part, first)
+    assert "resuming" not in first
+    # A resume says where it goes on from, as a part of its own.
+    cfg = load_config(None, [f"data.cache={json.dumps(str(cache))}", *RUN, "train.epochs=2"])
+    train(cfg, tmp_path / "two", progress=False, stop_at_iteration=2)
+    capsys.readouterr()
+    train(None, tmp_path / "two", resume=True, progress=True)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"; resuming at iteration 2; run folder {tmp_path / 'two'}" in first, first
 
 
 def test_the_banner_says_when_bf16_was_measured_no_faster(

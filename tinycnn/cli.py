@@ -139,15 +139,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"{exc.why}; give one that does: --set augment.crop={exc.fitted}"
             ) from None
     last = result.metrics[-1] if result.metrics else None
+    paused = result.stopped == "interrupted" and result.signal is None and args.stop_at is not None
     if last and distributed.current().main:  # under torchrun: one summary, rank 0's
+        stopped = f"paused (--stop-at {args.stop_at})" if paused else result.stopped
         print(
-            f"{result.stopped}: {result.run_dir} after {result.iteration} iterations; val "
+            f"{stopped}: {result.run_dir} after {result.iteration} iterations; val "
             f"top-1 error {last['val_top1_error']:.2%}, top-5 {last['val_top5_error']:.2%}"
         )
     if result.stopped == "interrupted":
         if distributed.current().main:
             print(f"resume with: tinycnn train --resume {result.run_dir}", file=sys.stderr)
-        if result.signal is None and args.stop_at is not None:  # the pause asked for
+        if paused:  # the pause asked for
             return 0
         return 128 + (result.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     return 0

@@ -84,7 +84,7 @@ def evaluate_epoch(
         elapsed_seconds=elapsed,
         images_per_second=s.accum.seen / epoch_seconds if epoch_seconds else None,
         precision=s.runtime.precision,
-        hardware=describe_hardware(s.runtime),
+        hardware=describe_hardware(s.runtime, s.dist.world),  # x N processes under torchrun
         partial_epoch=partial,
         schedule_done=s.iteration >= s.schedule.total,  # the run's last evaluation
     )

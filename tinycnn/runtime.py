@@ -248,14 +248,17 @@ def reuse_freed_memory(on: bool = True) -> bool:
     return all(mallopt(param, value) == 1 for param, value in settings.items())
 
 
-def describe_hardware(runtime: Runtime) -> str:
-    """What a run's speed depends on, in one line: the chip, its vector unit, threads, precision."""
+def describe_hardware(runtime: Runtime, processes: int = 1) -> str:
+    """What a run's speed depends on, in one line: the chip, its vector unit, threads, the
+    processes of a torchrun job, precision."""
     if runtime.device.type == "cuda":
         chip = torch.cuda.get_device_name(runtime.device)
     else:
         chip = _cpu_model()
         n = torch.get_num_threads()
         chip += f" ({torch.backends.cpu.get_cpu_capability()}, {n} thread{'s' * (n > 1)})"
+    if processes > 1:
+        chip += f" x {processes} processes"
     return f"{chip}, {runtime.precision}"
 
 

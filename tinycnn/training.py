@@ -146,7 +146,7 @@ def banner(s: Session) -> str:
         layout += ", compiled" + (
             f" at {', '.join(compiled)}" if cfg.train.compile == "auto" else ""
         )
-    where = "resuming at iteration " + f"{s.iteration:,} " if s.iteration else ""
+    where = f"resuming at iteration {s.iteration:,}; " if s.iteration else ""
     gflop = f"{s.schedule.flops_per_image / 1e9:.2f} GFLOP per training image"
     if cfg.augment.sizes:  # progressive resizing: each phase's cost
         per_image = s.schedule.flops_by_size

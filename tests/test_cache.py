@@ -402,18 +402,20 @@ def test_info_checks_the_small_files_without_verify(cache_copy: Path, capsys) ->
     assert f"{cache_copy / name}: content differs" in err and "\n" not in err
 
 
-def test_a_split_is_checked_when_first_opened(cache_copy: Path) -> None:
+def test_a_splits_images_are_checked_when_first_read(cache_copy: Path) -> None:
     images = np.load(cache_copy / "val_images.npy", mmap_mode="r+")
     images[3, 10, 10, 1] ^= 0x01  # one bit of one pixel
     images.flush()
     cache = load_cache(cache_copy)
     assert cache.verified == set()
-    assert len(cache.split("train")) > 0 and cache.verified == {"train"}
+    assert cache.split("train").images.shape[0] > 0 and cache.verified == {"train"}
+    val = cache.split("val")  # opened; its labels and files were checked with the cache
+    assert len(val) == len(val.labels) > 3 and cache.verified == {"train"}
     with pytest.raises(CacheError, match=r"val_images\.npy: content differs .*--force"):
-        cache.split("val")
+        val.images[0]
     assert "val" not in cache.verified
     with pytest.raises(CacheError, match=r"val_images\.npy: content differs"):
-        cache.split("val")  # still refused: a failed check is not remembered as passed
+        cache.split("val").images[0]  # still refused: a failed check is not remembered as passed
 
 
 def test_a_split_is_read_once_for_its_check(pristine: Path, monkeypatch) -> None:
@@ -426,8 +428,11 @@ def test_a_split_is_read_once_for_its_check(pristine: Path, monkeypatch) -> None
 
     monkeypatch.setattr(cache_module, "checksum_files", counting)
     cache = load_cache(pristine)
+    train = cache.split("train")
+    assert len(train.labels) == len(train) > 0 and read == []  # labels alone: no pixels read
     for _ in range(3):
-        cache.split("val")
+        cache.split("val").images[0]
     cache_module.verify_cache(cache, splits=["train"])  # as training does before it opens them
-    cache.split("train")
+    train.images[0]
+    cache.split("train").images[1]
     assert read == ["val_images.npy", "train_images.npy"]

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +42,24 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class SplitData:
-    """One split of a cache. ``images`` is a read-only memory map: index it, don't copy it."""
+    """One split of a cache. ``images`` is a read-only memory map: index it, don't copy it.
+    Its first read checks the array against its sha256 (``check``); the labels, boxes and file
+    names were checked when the cache was opened."""
 
     name: str
-    images: np.ndarray  # (N, 64, 64, 3) uint8, memory-mapped
+    mapped: np.ndarray = field(repr=False)  # (N, 64, 64, 3) uint8, memory-mapped, as opened
     labels: np.ndarray | None  # (N,) int16, None for the unlabelled test split
     boxes: np.ndarray | None  # (N, 4) int16
     files: list[str]
+    check: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    @property
+    def images(self) -> np.ndarray:
+        self.check()  # CacheError for a damaged array; the cache remembers a sound one
+        return self.mapped
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.mapped)
 
 
 class Cache:
@@ -103,8 +111,9 @@ class Cache:
     def split(self, name: str) -> SplitData:
         """Open one split; its images are memory-mapped, the small arrays are read.
 
-        The split's files are checked against their sha256 the first time (``verify_cache``:
-        reads the image array once, ~1 s per GB), so no command reads damaged pixels.
+        The split's image array is checked against its sha256 when its pixels are first read
+        (``SplitData.images``; ``verify_cache``: ~1 s per GB, once per split of this Cache), so
+        no command reads damaged pixels, and one that reads only labels reads no pixels.
         """
         if name not in self.manifest["splits"]:
             raise CacheError(f"{self.path}: no split {name!r} (has {', '.join(self.splits)})")
@@ -113,9 +122,9 @@ class Cache:
         files_text = (self.path / f"{name}_files.txt").read_text(encoding="utf-8")
         count = self.manifest["splits"][name]["count"]
         size = self.image_size
-        data = SplitData(
+        return SplitData(
             name=name,
-            images=self._load(f"{name}_images.npy", (count, size, size, 3), np.uint8, mmap=True),
+            mapped=self._load(f"{name}_images.npy", (count, size, size, 3), np.uint8, mmap=True),
             labels=self._load(labels_path.name, (count,), np.int16)
             if labels_path.exists()
             else None,
@@ -123,10 +132,13 @@ class Cache:
             if boxes_path.exists()
             else None,
             files=files_text.splitlines(),
+            check=partial(self.check_images, name),
         )
-        if name not in self.verified and self.manifest.get("checksums"):
-            verify_cache(self, splits=[name])  # a cache from before checksums opens unchecked
-        return data
+
+    def check_images(self, split: str) -> None:
+        """CacheError when the split's files differ from their sha256; once per split."""
+        if split not in self.verified and self.manifest.get("checksums"):
+            verify_cache(self, splits=[split])  # a cache from before checksums opens unchecked
 
     @cached_property
     def mean_image(self) -> np.ndarray:

@@ -400,6 +400,10 @@ def test_info_checks_the_small_files_without_verify(cache_copy: Path, capsys) ->
     assert main(["info", str(cache_copy)]) == 1
     err = capsys.readouterr().err.strip()
     assert f"{cache_copy / name}: content differs" in err and "\n" not in err
+    # --verify checks every file and names each damaged one, the pixels' too.
+    assert main(["info", str(cache_copy), "--verify"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{cache_copy / name}, {cache_copy / 'train_images.npy'}: content differs" in err, err
 
 
 def test_a_splits_images_are_checked_when_first_read(cache_copy: Path) -> None:

@@ -164,10 +164,20 @@ def test_resume_refuses_a_damaged_last_checkpoint_and_writes_nothing(
     assert main(["train", "--resume", str(out), "-q"]) == 1
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"tinycnn: error: {last}: damaged checkpoint (entry {entry}"), line
-    assert line.endswith("(a resume needs this file: the snapshots hold no optimiser state; or "
-                         "train a new run from a snapshot with --init-from)"), line  # fmt: skip
+    assert line.endswith("); a resume needs this file (the snapshots hold no optimiser state): "
+                         "put back a sound copy, or train a new run from a snapshot with "
+                         "--init-from"), line  # fmt: skip
+    assert "use another checkpoint" not in line
     assert "\n" not in line
     assert _tree(out) == before  # nothing written, nothing removed
+    # Cut short (a copy that stopped): the same advice.
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    before = _tree(out)
+    assert main(["train", "--resume", str(out), "-q"]) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"tinycnn: error: {last}: not a readable checkpoint ("), line
+    assert line.endswith("train a new run from a snapshot with --init-from") and "\n" not in line
+    assert _tree(out) == before
 
 
 def test_sound_checkpoints_load_and_unchecksummed_ones_are_not_refused(

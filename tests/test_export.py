@@ -212,6 +212,26 @@ def test_check_images_without_a_cache_are_random(checkpoints, tmp_path: Path) ->
     assert source == "8 random images (no cache found: pass --data CACHE to check on real ones)"
 
 
+def test_check_images_from_a_damaged_cache(checkpoints, mini_cache: Path, tmp_path: Path) -> None:
+    # The training cache, found damaged: random images, saying why (the export needs no cache);
+    # the same cache named with --data: an error, as in every command that reads its pixels.
+    import shutil
+
+    copy = Path(shutil.copytree(mini_cache, tmp_path / "copy"))
+    images = np.load(copy / "val_images.npy", mmap_mode="r+")
+    images[0, 0, 0, 0] ^= 0x01
+    images.flush()
+    payload = checkpoint.load_checkpoint(checkpoints["channel"])
+    payload["config"]["data"]["cache"] = str(copy)
+    path = checkpoint.save_checkpoint(tmp_path / "on-copy.pt", payload)
+    found, source = find_check_images(path, None)
+    assert found is None
+    assert source.startswith("8 random images (the training cache is damaged: ")
+    assert f"{copy / 'val_images.npy'}: content differs" in source
+    with pytest.raises(CacheError, match=r"val_images\.npy: content differs"):
+        find_check_images(path, copy)
+
+
 @pytest.mark.parametrize("data", ["empty folder", "missing folder"])
 def test_check_images_from_a_named_folder_that_is_no_cache_are_refused(
     checkpoints, tmp_path: Path, data: str

@@ -315,7 +315,8 @@ def test_resuming_a_run_that_used_its_time_budget_says_how_to_go_on(
     used = read_metrics(out)[-1]["elapsed_seconds"] / 60
     named = float(re.search(r"\(M > ([0-9.e-]+), the whole run's minutes\)", err).group(1))
     assert named >= used > 0.0001 and named < used + 0.01, (named, used)
-    assert main(["train", "--resume", str(out), "-q", "--set", f"train.max_minutes={named}"]) == 0
+    more = f"train.max_minutes={named + 0.01}"
+    assert main(["train", "--resume", str(out), "-q", "--set", more]) == 0
     assert "used its whole" not in capsys.readouterr().err
 
 

@@ -374,7 +374,8 @@ def test_apart_takes_snapshots_n_iterations_back_from_the_final_model(
         checkpoints / f"epoch-{e:03d}.pt" for e in (2, 3, 4)
     ]
     # as many members as snapshots: each snapshot once (iter 2, 4, 8, 10 and the 4 epochs)
-    assert len(set(resolve_members(f"{tmp_path / 'r'}@apart:1:8"))) == 4 + 4
+    every = resolve_members(f"{tmp_path / 'r'}@apart:1:8")
+    assert len(every) == len(set(every)) == 4 + 4
     with pytest.raises(ConfigError, match="selects 8 of the 9 snapshots asked for"):
         resolve_members(f"{tmp_path / 'r'}@apart:1:9")  # more: an error, not a smaller ensemble
     with pytest.raises(ConfigError, match="is not a positive whole number"):

@@ -22,7 +22,7 @@ from torch import nn
 from tinycnn import __version__
 from tinycnn.atomic import save_buffer
 from tinycnn.data.normalization import Normalization
-from tinycnn.errors import CheckpointError, ConfigError, TinycnnError
+from tinycnn.errors import CheckpointError, ConfigError, DamagedCheckpointError, TinycnnError
 
 FORMAT = 1
 # What inference needs from a checkpoint (training also reads optimizer, accumulator, ...).
@@ -82,9 +82,11 @@ def _read_file(path: Path, file: BinaryIO, digest: bool) -> tuple[dict[str, Any]
     try:  # is_zipfile lets some damaged end records through as BadZipFile
         archive = zipfile.is_zipfile(file)
     except _DAMAGED as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+        raise DamagedCheckpointError(
+            f"{path}: not a readable checkpoint ({_first_line(exc)})"
+        ) from None
     if not archive:  # every torch.save since 1.6 is a zip archive
-        raise CheckpointError(
+        raise DamagedCheckpointError(
             f"{path}: not a readable checkpoint (not a PyTorch zip archive: truncated, or "
             "another kind of file)"
         )
@@ -95,7 +97,9 @@ def _read_file(path: Path, file: BinaryIO, digest: bool) -> tuple[dict[str, Any]
     except pickle.UnpicklingError as exc:  # weights_only refused a class: a pickled object
         raise CheckpointError(f"{path}: {_pickled_object(exc)}") from None
     except Exception as exc:  # a damaged archive: say which, without the traceback
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+        raise DamagedCheckpointError(
+            f"{path}: not a readable checkpoint ({_first_line(exc)})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("kind") != "tinycnn-checkpoint":
         raise CheckpointError(f"{path}: not a tinycnn checkpoint{_what_it_is(payload)}")
     if payload.get("format") != FORMAT:
@@ -135,23 +139,14 @@ def _verify_entries(path: Path, file: BinaryIO) -> None:
                     why = _first_line(exc)
                     if "CRC" in why:
                         why = "its bytes fail their CRC-32 check: changed since it was written"
-                    raise CheckpointError(
-                        f"{path}: damaged checkpoint (entry {entry.filename}: {why}); use "
-                        f"another checkpoint, or a sound copy of this one{_resume_advice(path)}"
+                    raise DamagedCheckpointError(
+                        f"{path}: damaged checkpoint (entry {entry.filename}: {why})",
+                        "use another checkpoint, or a sound copy of this one",
                     ) from None
     except _DAMAGED as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
-
-
-def _resume_advice(path: str | Path) -> str:
-    """What a resume can do with a damaged last.pt: only its own resume point holds the
-    optimiser's state."""
-    if Path(path).name != "last.pt":
-        return ""
-    return (
-        " (a resume needs this file: the snapshots hold no optimiser state; or train a new run "
-        "from a snapshot with --init-from)"
-    )
+        raise DamagedCheckpointError(
+            f"{path}: not a readable checkpoint ({_first_line(exc)})"
+        ) from None
 
 
 def _pickled_object(exc: Exception) -> str:

@@ -53,10 +53,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import time
 
-    from tinycnn.data.cache import load_cache, summarize, verify_cache
+    from tinycnn.data.cache import load_cache, read_manifest, summarize, verify_cache
 
-    manifest = load_cache(args.cache).manifest  # checks the small files (labels, boxes, ...)
-    if args.verify:
+    if args.verify:  # every file, each damaged one named (the small files' check would stop first)
+        manifest = read_manifest(Path(args.cache))
         start = time.perf_counter()
         verify_cache(args.cache)
         gigabytes = sum(manifest["files"].values()) / 1e9
@@ -64,6 +64,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             f"verified {len(manifest['checksums'])} files ({gigabytes:.2f} GB) in "
             f"{time.perf_counter() - start:.1f} s: every sha256 matches the manifest"
         )
+    else:
+        manifest = load_cache(args.cache).manifest  # checks the small files (labels, boxes, ...)
     print(json.dumps(manifest, indent=1) if args.json else summarize(manifest, args.cache))
     if args.verify:
         print(verified, file=sys.stderr if args.json else sys.stdout)
@@ -129,14 +131,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 stop_at_iteration=args.stop_at,
             )
         except CropError as exc:
-            if base is None or any(o.startswith("augment.crop=") for o in args.set):
+            if base is None:
                 raise
-            # The crop came with the checkpoint's settings: there is no config to remove it from.
+            # No config to remove the crop from: the checkpoint's settings are the base, and
+            # without a --set of its own the run takes the checkpoint's crop.
             side = exc.image_side
+            own = any(o.partition("=")[0].strip() == "augment.crop" for o in args.set)
+            base_of = f"{args.init_from}'s: without --config its settings are the base"
+            whose = "" if own else f" ({base_of})"
             raise ConfigError(
-                f"augment.crop = {cfg.augment.crop}, {args.init_from}'s (without --config its "
-                f"settings are the base), does not fit this cache's {side}x{side} images: "
-                f"{exc.why}; give one that does: --set augment.crop={exc.fitted}"
+                f"augment.crop = {cfg.augment.crop}{whose} does not fit this cache's "
+                f"{side}x{side} images: {exc.why}; give one that does: --set "
+                f"augment.crop={exc.fitted}"
             ) from None
     last = result.metrics[-1] if result.metrics else None
     paused = result.stopped == "interrupted" and result.signal is None and args.stop_at is not None

@@ -39,6 +39,15 @@ class CheckpointError(TinycnnError):
     """A checkpoint is missing, unreadable, or not a tinycnn checkpoint."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint's bytes are damaged (cut short, changed): ``problem`` says how, without the
+    advice, which depends on what the checkpoint was to be used for."""
+
+    def __init__(self, problem: str, advice: str = "") -> None:
+        super().__init__(f"{problem}; {advice}" if advice else problem)
+        self.problem = problem
+
+
 class RunFolderError(TinycnnError):
     """A run folder is in use by another process, or one of its files is damaged."""
 

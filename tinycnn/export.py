@@ -46,7 +46,7 @@ from tinycnn.data.augment import resize_matrix
 from tinycnn.data.cache import load_cache
 from tinycnn.data.decode import IMAGE_SIZE
 from tinycnn.data.normalization import Normalization
-from tinycnn.errors import ConfigError, ExportError
+from tinycnn.errors import CacheError, ConfigError, ExportError
 from tinycnn.inference import LoadedModel, load_model
 from tinycnn.members import resolve_checkpoint
 from tinycnn.runtime import make_runtime
@@ -203,12 +203,22 @@ def find_check_images(
         raise ConfigError(f"--check-count {count}: check on at least 1 image")
     checkpoint = resolve_checkpoint(checkpoint)
     # A damaged checkpoint without these fields is reported by export_model, in one line.
+    named = bool(data)
     if not data:  # the training cache, where it still is; data named must be a cache
         config = load_checkpoint(checkpoint).get("config")
         data = (config or {}).get("data", {}).get("cache")
         if not data or not (Path(data) / "manifest.json").is_file():
             no_cache = "no cache found: pass --data CACHE to check on real ones"
             return None, f"{CHECK_IMAGES} random images ({no_cache})"
+    try:
+        return _val_images(checkpoint, data, count)
+    except CacheError as exc:  # the training cache, found damaged: no reason to stop an export
+        if named:
+            raise
+        return None, f"{CHECK_IMAGES} random images (the training cache is damaged: {exc})"
+
+
+def _val_images(checkpoint: Path, data: str | Path, count: int) -> tuple[np.ndarray, str]:
     cache = load_cache(data)
     side = load_checkpoint(checkpoint).get("image_size", cache.image_size)
     if cache.image_size != side:  # its images could not be what the export takes

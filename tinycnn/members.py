@@ -14,7 +14,7 @@
                          (schedule.name = "cyclic"; cycle-*.pt), in order
     RUN_DIR@cycles:K     the last K of them
 
-A selection that asks for K snapshots and finds fewer is an error naming those the run has.
+A selection that asks for K snapshots and finds fewer is an error naming those it can take.
 A checkpoint file stands for itself. A path that exists is taken whole, even with an @ in it;
 otherwise the selection follows the last @.
 """
@@ -162,12 +162,16 @@ def resolve_members(spec: str) -> list[Path]:
             f"{spec}: unknown selection @{kind}; use best, last, every:N, top:K, "
             "last:K, epochs:LIST, apart:N:K, cycles or cycles:K"
         )
-    if not chosen or (wanted and len(chosen) < wanted):
+    if chosen and wanted and len(chosen) < wanted:
         # Fewer members than asked for would change the ensemble without a word (last:30 for
-        # last:3 on a run of 6 snapshots).
-        found = f"selects {len(chosen)} of the {wanted} snapshots asked for" if chosen else ""
+        # last:3 on a run of 6 snapshots). Short, a selection takes all it can: those it names.
         raise ConfigError(
-            f"{spec}: {found or 'selects no snapshot'} (the run has "
+            f"{spec}: selects {len(chosen)} of the {wanted} snapshots asked for (all this "
+            f"selection can take: {', '.join(p.name for p in chosen)})"
+        )
+    if not chosen:
+        raise ConfigError(
+            f"{spec}: selects no snapshot (the run has "
             f"{', '.join(p.name for p in snapshots) or 'none'})"
         )
     return chosen

@@ -88,8 +88,13 @@ def check_budget_left(out: Path, payload: dict, minutes: float) -> None:
             f"{out}: the run has used its whole train.max_minutes = {minutes:g} budget "
             f"({used:.4g} minutes trained; {out / 'config.toml'}); to train on, give it more: "
             f"tinycnn train --resume {out} --set train.max_minutes=M "
-            f"(M > {math.ceil(floor * 100) / 100:g}, the whole run's minutes)"
+            f"(M > {_minutes_up(floor)}, the whole run's minutes)"
         )
+
+
+def _minutes_up(minutes: float) -> str:
+    """Minutes rounded up to the hundredth, without trailing zeros: 12345.641 -> "12345.65"."""
+    return f"{math.ceil(minutes * 100) / 100:.2f}".rstrip("0").rstrip(".")
 
 
 def trim_steps(out: Path, iteration: int) -> None:

@@ -26,7 +26,7 @@ from tinycnn.data.cache import Cache
 from tinycnn.data.normalization import Normalization
 from tinycnn.distributed import Dist, sync_batch_norm
 from tinycnn.ema import ema_bn_rows, has_batch_norm, make_ema
-from tinycnn.errors import ConfigError
+from tinycnn.errors import CheckpointError, ConfigError, DamagedCheckpointError
 from tinycnn.inference import recompute_batch_norm
 from tinycnn.models.conv import CHOICES
 from tinycnn.models.kernel_choice import SavedChoices
@@ -269,7 +269,14 @@ class Session:
 
     def restore(self, path: Path) -> None:
         """Go on from a resume point (last.pt): weights, optimiser, position, sums, logs."""
-        payload = load_checkpoint(path)
+        try:
+            payload = load_checkpoint(path)
+        except DamagedCheckpointError as exc:  # no other checkpoint will do
+            raise CheckpointError(
+                f"{exc.problem}; a resume needs this file (the snapshots hold no optimiser "
+                "state): put back a sound copy, or train a new run from a snapshot with "
+                "--init-from"
+            ) from None
         check_budget_left(self.out, payload, self.cfg.train.max_minutes)  # before any write
         check_classes(payload["classes"], self.cache.classes, path, str(self.cache.path))
         if not self.cache.has_content_id(payload.get("data_id", self.cache.content_id)):

@@ -60,9 +60,9 @@ def ensemble_rows(
     With two or more 8-layer dropout runs (configs/paper/paper8_l2_*): the model ensemble of
     them all (the paper's "3 8-layer CNNs"); the snapshot ensemble of the lambda 5e-4 run (else
     the first): 3 snapshots train.snapshot_every iterations apart (the paper's 10,000, shrunk
-    with a budget) ending with the final model (``RUN@apart:N:3``); and every run's 3 snapshots
-    together (the paper's 9 members). Each is scored on the tuning split (when the runs hold
-    one out) and the official val split.
+    with a budget) ending with the final model (``RUN@apart:N:3``; a short run's all, if
+    fewer); and every run's 3 snapshots together (the paper's 9 members). Each is scored on the
+    tuning split (when the runs hold one out) and the official val split.
     """
     models = [r for r in rows if (r.get("preset") or "").startswith("paper8_l2")]
     if len(models) < 2:

@@ -223,6 +223,7 @@ def train_one_epoch(
         dynamic_ncols=True,
     )
     start, first, before = time.perf_counter(), s.iteration, s.accum.seconds
+    saving = 0.0  # seconds of snapshot saves since start: the run's clock, not the epoch's
     with bar:
         while s.iteration < min((epoch + 1) * per_epoch, s.schedule.total):
             pos = s.iteration % per_epoch
@@ -235,8 +236,8 @@ def train_one_epoch(
             # The numbers reach the host (and the ranks agree on a stop) every few steps.
             due = snapshots or sums.due(s.iteration, per_epoch, s.schedule.total)
             reason = _flush(s, sums, stop, budget) if due else None
-            seconds = max(time.perf_counter() - start, 1e-9)
-            rate = (s.iteration - first) * batch / seconds  # since this start
+            seconds = max(time.perf_counter() - start, 1e-9)  # with the saves: the ETA's
+            rate = (s.iteration - first) * batch / max(seconds - saving, 1e-9)  # steps alone
             to_go = budget.remaining(s.schedule, s.iteration, seconds / (s.iteration - first))
             bar.set_postfix(
                 loss=f"{sums.last_loss:.3f}", img_s=f"{rate:.0f}", run_eta=to_go, refresh=False
@@ -248,16 +249,16 @@ def train_one_epoch(
                 tqdm.write(timed)  # the first step at each new input side times its conv shapes
             faults.pause_point("step", s.iteration)
             if snapshots:
-                s.clock_epoch(before, time.perf_counter() - start)
-                saving = time.perf_counter()
+                s.clock_epoch(before, time.perf_counter() - start - saving)
+                saved = time.perf_counter()
                 s.save(snapshots, budget.elapsed())  # last.pt once, however many names
                 faults.pause_point("snapshot", s.iteration)
-                start += time.perf_counter() - saving  # the epoch's clock times steps only
+                saving += time.perf_counter() - saved  # the epoch's clock times steps only
             # At an epoch's or the schedule's end, stop after its evaluation.
             if reason and s.iteration % per_epoch and s.iteration < s.schedule.total:
-                s.clock_epoch(before, time.perf_counter() - start)
+                s.clock_epoch(before, time.perf_counter() - start - saving)
                 return reason
-    s.clock_epoch(before, time.perf_counter() - start)
+    s.clock_epoch(before, time.perf_counter() - start - saving)
     return None
 
 

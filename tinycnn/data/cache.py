@@ -10,14 +10,15 @@ Layout of a cache folder (format 1; S = image_size, 64 unless prepared with --si
     {split}_files.txt       the source file of each row, relative to the dataset folder
     mean_image.npy          (S, S, 3) float32 mean training image, 0-255 scale
 
-Opening a cache maps the image arrays (``np.load(mmap_mode="r")``): nothing is read until used.
-Opening checks the manifest against its own digest (an edited class list or count is refused) and
+Opening a cache maps the image arrays (``np.load(mmap_mode="r")``): no pixel is read until used.
+Opening checks the manifest against its own digest (an edited class list or count is refused),
 each file's size against the manifest (cheap) and the small files' sha256 (milliseconds);
 ``verify_cache`` checks each file's sha256, recorded by prepare, which catches same-size damage
-(zeroed pixels, a rewritten header), and runs for a split's files when the split is first
-opened. An image array's checksum is made of its rows' (checksums.py: the decode workers hash
-the rows they write, so prepare never reads the arrays back); caches from before record the
-whole file's sha256 and are checked that way.
+(zeroed pixels, a rewritten header), and runs for a split's image array when its pixels are
+first read (``SplitData.images``), once per split of an open Cache. An image array's checksum
+is made of its rows' (checksums.py: the decode workers hash the rows they write, so prepare
+never reads the arrays back); caches from before record the whole file's sha256 and are checked
+that way.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def load_cache(path: str | Path) -> Cache:
 
     Its small files (labels, boxes, file lists, the mean image: a few MB) are checked against
     their sha256 every time (milliseconds), so no command scores or trains on damaged labels;
-    an image array is checked when its split is first opened (``Cache.split``).
+    an image array is checked when its pixels are first read (``SplitData.images``).
     """
     cache = Cache(path)
     if cache.manifest.get("checksums"):  # a cache from before checksums opens unchecked
@@ -216,7 +217,7 @@ def verify_cache(cache_or_path: Cache | str | Path, splits: Iterable[str] | None
             f"{listed}{more}: content differs from the sha256 recorded when the cache was "
             f"prepared (the file is damaged); {rebuild_hint(cache.path, cache.manifest)}"
         )
-    cache.verified.update(cache.splits if splits is None else splits)
+    cache.verified.update(cache.splits if splits is None else wanted)
 
 
 def _content_id(classes: list[str], checksums: dict[str, str]) -> str:

@@ -133,17 +133,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         except CropError as exc:
             if base is None:
                 raise
-            # No config to remove the crop from: the checkpoint's settings are the base, and
-            # without a --set of its own the run takes the checkpoint's crop.
-            side = exc.image_side
-            own = any(o.partition("=")[0].strip() == "augment.crop" for o in args.set)
-            base_of = f"{args.init_from}'s: without --config its settings are the base"
-            whose = "" if own else f" ({base_of})"
-            raise ConfigError(
-                f"augment.crop = {cfg.augment.crop}{whose} does not fit this cache's "
-                f"{side}x{side} images: {exc.why}; give one that does: --set "
-                f"augment.crop={exc.fitted}"
-            ) from None
+            raise _init_from_crop_error(exc, cfg.augment.crop, args) from None
     last = result.metrics[-1] if result.metrics else None
     paused = result.stopped == "interrupted" and result.signal is None and args.stop_at is not None
     if last and distributed.current().main:  # under torchrun: one summary, rank 0's
@@ -159,6 +149,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return 0
         return 128 + (result.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     return 0
+
+
+def _init_from_crop_error(exc: CropError, crop: int, args: argparse.Namespace) -> ConfigError:
+    """A crop that does not fit, for a run whose base is its --init-from checkpoint's settings:
+    there is no config to remove it from, and without a --set of its own it is the checkpoint's."""
+    side = exc.image_side
+    own = any(o.partition("=")[0].strip() == "augment.crop" for o in args.set)
+    whose = "" if own else f" ({args.init_from}'s: without --config its settings are the base)"
+    return ConfigError(
+        f"augment.crop = {crop}{whose} does not fit this cache's {side}x{side} images: "
+        f"{exc.why}; give one that does: --set augment.crop={exc.fitted}"
+    )
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

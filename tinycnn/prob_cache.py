@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tinycnn.atomic import write_bytes
-from tinycnn.data.cache import Cache, verify_cache
+from tinycnn.data.cache import Cache
 from tinycnn.errors import CacheError, OutputError
 from tinycnn.paths import PROB_CACHE
 
@@ -94,9 +94,7 @@ class ProbabilityCache:
         differ from the checksums the key names (Cache.content_id is made of the recorded
         checksums, not of the bytes read): probabilities of damaged pixels stored under a sound
         cache's key would outlive the damage. Once per cache and split (~1 s a GB)."""
-        source = split if split in cache.splits else "train"  # tune: held-out training rows
-        if source not in cache.verified:
-            verify_cache(cache, splits=[source])
+        cache.check_images(split if split in cache.splits else "train")  # tune: training rows
 
     @staticmethod
     def key(
